@@ -1,0 +1,28 @@
+"""Where moe-tui finds its bundled files and keeps the user's own (XDG directories via platformdirs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SAMPLES_DIR = REPO_ROOT / "samples"
+CONFIGS_DIR = SAMPLES_DIR / "configs"
+THEMES_DIR = REPO_ROOT / "themes"
+DEMO_MODEL_DIR = SAMPLES_DIR / "demo-mixtral"
+
+APP_NAME = "moe-tui"
+
+
+def user_data_dir() -> Path:
+    """Directory for the chat history database; ``MOE_TUI_DATA_DIR`` overrides it (tests use this)."""
+    override = os.environ.get("MOE_TUI_DATA_DIR")
+    return Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME))
+
+
+def user_config_dir() -> Path:
+    """Directory for the settings file (theme, keymap); ``MOE_TUI_CONFIG_DIR`` overrides it."""
+    override = os.environ.get("MOE_TUI_CONFIG_DIR")
+    return Path(override) if override else Path(platformdirs.user_config_dir(APP_NAME))
