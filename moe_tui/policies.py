@@ -1,0 +1,100 @@
+"""Eviction policies for a fixed set of cache slots, shared by the engine's expert cache and the cache lab.
+
+A policy only keeps bookkeeping about keys (expert ids); it owns no memory. The cache asks it which
+resident key to evict and tells it about every insertion, access and eviction. ``protected`` keys (the
+experts the current layer still needs) are never chosen as victims.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Hashable, Iterable
+
+
+class EvictionPolicy:
+    """Base class: a score per resident key; the lowest score is evicted first."""
+
+    name = "base"
+
+    def __init__(self) -> None:
+        self._clock = 0
+        self._score: dict[Hashable, tuple[int, ...]] = {}
+
+    def _tick(self) -> int:
+        self._clock += 1
+        return self._clock
+
+    def insert(self, key: Hashable) -> None:
+        """A key was loaded into a slot."""
+        raise NotImplementedError
+
+    def access(self, key: Hashable) -> None:
+        """A resident key was used."""
+        raise NotImplementedError
+
+    def evict(self, key: Hashable) -> None:
+        """A key left its slot."""
+        self._score.pop(key, None)
+
+    def victim(self, resident: Iterable[Hashable], protected: Collection[Hashable] = ()) -> Hashable | None:
+        """The resident key to evict next, never one in ``protected``; None when every key is protected."""
+        candidates = [key for key in resident if key not in protected]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda key: self._score.get(key, (0,)))
+
+    def order(self, resident: Iterable[Hashable]) -> list[Hashable]:
+        """Resident keys in eviction order, next victim first (what the cache panel shows)."""
+        return sorted(resident, key=lambda key: self._score.get(key, (0,)))
+
+
+class LRUPolicy(EvictionPolicy):
+    """Least recently used: evict the key whose last insertion or use is oldest."""
+
+    name = "lru"
+
+    def insert(self, key: Hashable) -> None:
+        """Loading counts as a use."""
+        self._score[key] = (self._tick(),)
+
+    def access(self, key: Hashable) -> None:
+        """Move the key to the most-recent end."""
+        self._score[key] = (self._tick(),)
+
+
+class FIFOPolicy(EvictionPolicy):
+    """First in, first out: evict the key loaded longest ago, whatever its use since."""
+
+    name = "fifo"
+
+    def insert(self, key: Hashable) -> None:
+        """Remember when the key arrived."""
+        self._score[key] = (self._tick(),)
+
+    def access(self, key: Hashable) -> None:
+        """Use does not change the order."""
+
+
+class LFUPolicy(EvictionPolicy):
+    """Least frequently used since loaded; ties go to the least recently used."""
+
+    name = "lfu"
+
+    def insert(self, key: Hashable) -> None:
+        """A loaded key starts with one use."""
+        self._score[key] = (1, self._tick())
+
+    def access(self, key: Hashable) -> None:
+        """Count the use and refresh recency."""
+        uses = self._score.get(key, (0, 0))[0]
+        self._score[key] = (uses + 1, self._tick())
+
+
+POLICIES: dict[str, type[EvictionPolicy]] = {cls.name: cls for cls in (LRUPolicy, LFUPolicy, FIFOPolicy)}
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    """A fresh policy by name (``lru``, ``lfu``, ``fifo``); ValueError names the choices otherwise."""
+    try:
+        return POLICIES[name.lower()]()
+    except KeyError:
+        raise ValueError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}") from None
