@@ -1,0 +1,27 @@
+"""Cache-policy simulation over routing traces: what each policy and cache size would have hit, next to the optimum.
+
+```python
+from moe_tui.sim import run_lab, simulate
+report = run_lab(header, events)              # every k in 1..num_experts x every policy, plus Belady's MIN
+report.hit_rate("lru", 2); report.gap("lru", 2, layer=0)
+simulate(header, events, cache_size=2, policy="lru").total.hits
+```
+"""
+
+from moe_tui.sim.cache import MIN_POLICY, belady_layer, simulate_layer
+from moe_tui.sim.lab import RECORDED, LabReport, SimResult, recorded_result, run_lab, simulate
+from moe_tui.sim.passes import LayerPass, layer_passes
+
+__all__ = [
+    "MIN_POLICY",
+    "RECORDED",
+    "LabReport",
+    "LayerPass",
+    "SimResult",
+    "belady_layer",
+    "layer_passes",
+    "recorded_result",
+    "run_lab",
+    "simulate",
+    "simulate_layer",
+]

@@ -1,0 +1,132 @@
+"""Replay one MoE layer's passes through ``k`` expert slots, under an online policy or Belady's MIN.
+
+The model of a pass, shared by every policy so that their counts compare:
+
+1. With prefetch on, the experts the recording engine prefetched for this pass are loaded first (each one
+   not already held costs a copy and may evict a resident expert, never another guess of the same batch).
+2. The pass then fetches its distinct experts in the trace's order (the order the recording engine fetched
+   them). One already held is a hit (a prefetch hit if a prefetch brought it in and it was not used since);
+   one not held is a miss, loaded into a free slot or into the slot of the policy's victim.
+3. The victim is never one of the pass's own experts when the pass needs no more experts than there are
+   slots, so they are all resident when it ends. When it needs more (a prefill on a small cache), experts
+   stream through the slots: each is computed as soon as it is loaded, and the victim is never one the pass
+   has yet to fetch unless every slot holds one.
+
+Belady's MIN sees the same fetches as one sequence and evicts the resident expert whose next fetch lies
+furthest in the future (never fetched again counts as infinitely far). It has the fewest misses any
+demand-fetching cache of that size can have on the trace (every online policy above is one such cache), so
+its hit rate bounds LRU, LFU and FIFO from above. Prefetching replays are not bounded by it: a prefetch hit
+is paid for by a copy made ahead of time, so compare their copies (misses plus prefetches), not only their
+hit rates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+
+from moe_tui.policies import EvictionPolicy, make_policy
+from moe_tui.sim.passes import LayerPass
+from moe_tui.telemetry import Counters
+
+MIN_POLICY = "min"
+
+
+def simulate_layer(passes: Sequence[LayerPass], cache_size: int, policy: str, prefetch: bool = False) -> Counters:
+    """Hits, misses and prefetch counts of an online policy (``lru``, ``lfu``, ``fifo``) on one layer's passes.
+
+    ``bytes_loaded`` and the times are left at zero: the caller scales copies by the expert size.
+    """
+    _check_cache_size(cache_size)
+    slots = _Slots(cache_size, make_policy(policy))
+    hits = misses = issued = used = 0
+    for layer_pass in passes:
+        if prefetch:
+            issued += slots.prefetch(layer_pass.prefetch)
+        experts = layer_pass.experts
+        fits = len(experts) <= cache_size
+        for index, expert in enumerate(experts):
+            if expert in slots.resident:
+                hits += 1
+                used += slots.use(expert)
+                continue
+            misses += 1
+            if not slots.load(expert, experts if fits else experts[index + 1 :]):
+                slots.load(expert, ())
+    return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used)
+
+
+def belady_layer(passes: Sequence[LayerPass], cache_size: int) -> Counters:
+    """Hits and misses of Belady's MIN (the offline optimum for demand fetching) on one layer's passes."""
+    _check_cache_size(cache_size)
+    fetches = [expert for layer_pass in passes for expert in layer_pass.experts]
+    following = _next_fetch(fetches)
+    next_fetch: dict[int, float] = {}
+    resident: set[int] = set()
+    hits = 0
+    for position, expert in enumerate(fetches):
+        if expert in resident:
+            hits += 1
+        else:
+            if len(resident) >= cache_size:
+                resident.remove(max(resident, key=lambda e: (next_fetch[e], e)))
+            resident.add(expert)
+        next_fetch[expert] = following[position]
+    return Counters(hits=hits, misses=len(fetches) - hits)
+
+
+def _next_fetch(fetches: Sequence[int]) -> list[float]:
+    """For each position, the position of the next fetch of the same expert (infinity when there is none)."""
+    upcoming: dict[int, float] = {}
+    result = [math.inf] * len(fetches)
+    for position in range(len(fetches) - 1, -1, -1):
+        expert = fetches[position]
+        result[position] = upcoming.get(expert, math.inf)
+        upcoming[expert] = position
+    return result
+
+
+def _check_cache_size(cache_size: int) -> None:
+    if cache_size < 1:
+        raise ValueError(f"cache size must be at least 1, not {cache_size}")
+
+
+class _Slots:
+    """The resident set of one layer's cache under an online policy, with the prefetched-but-unused marks."""
+
+    def __init__(self, cache_size: int, policy: EvictionPolicy):
+        self.cache_size = cache_size
+        self.policy = policy
+        self.resident: set[int] = set()
+        self.prefetched: set[int] = set()
+
+    def load(self, expert: int, protected: Collection[int]) -> bool:
+        """Bring ``expert`` into a slot, evicting the policy's victim if full; False when every slot is protected."""
+        if len(self.resident) >= self.cache_size:
+            victim = self.policy.victim(self.resident, protected)
+            if victim is None:
+                return False
+            self.resident.remove(victim)
+            self.prefetched.discard(victim)
+            self.policy.evict(victim)
+        self.resident.add(expert)
+        self.policy.insert(expert)
+        return True
+
+    def use(self, expert: int) -> int:
+        """Record a hit; returns 1 when a prefetch had brought the expert in (a prefetch hit), else 0."""
+        self.policy.access(expert)
+        if expert in self.prefetched:
+            self.prefetched.remove(expert)
+            return 1
+        return 0
+
+    def prefetch(self, guesses: Sequence[int]) -> int:
+        """Load the guesses not yet resident, never evicting another guess; returns the copies started."""
+        batch = set(guesses)
+        started = 0
+        for expert in dict.fromkeys(guesses):
+            if expert not in self.resident and self.load(expert, batch):
+                self.prefetched.add(expert)
+                started += 1
+        return started

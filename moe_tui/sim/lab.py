@@ -1,0 +1,218 @@
+"""The cache lab: replay a trace through every cache size and policy next to Belady's optimum."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from moe_tui.policies import POLICIES
+from moe_tui.sim.cache import MIN_POLICY, belady_layer, simulate_layer
+from moe_tui.sim.passes import LayerPass, has_prefetch, layer_passes
+from moe_tui.telemetry import Counters, LayerStep, TokenEvent, TraceEvent, TraceHeader
+
+PREFETCH_SUFFIX = "+prefetch"
+RECORDED = "recorded"
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One replay: a policy at a cache size, with counters per MoE layer and over all layers.
+
+    ``bytes_loaded`` counts every copy (misses and prefetches) at the trace's expert size.
+    """
+
+    policy: str
+    cache_size: tuple[int, ...]
+    layers: tuple[Counters, ...]
+    total: Counters
+
+    @property
+    def hit_rate(self) -> float:
+        """Share of expert fetches over all layers served from a slot."""
+        return self.total.hit_rate
+
+    @property
+    def copies(self) -> int:
+        """Experts copied into slots: misses plus prefetches."""
+        return self.total.misses + self.total.prefetch_issued
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``."""
+        return {
+            "policy": self.policy,
+            "cache_size": list(self.cache_size),
+            "total": _counters_dict(self.total),
+            "layers": [_counters_dict(c) for c in self.layers],
+        }
+
+
+@dataclass(frozen=True)
+class LabReport:
+    """Every policy at every cache size on one trace, Belady's MIN, and what the recording engine saw."""
+
+    header: TraceHeader
+    passes: int
+    tokens: int
+    cache_sizes: tuple[int, ...]
+    policies: tuple[str, ...]
+    results: dict[tuple[str, int], SimResult] = field(repr=False)
+    recorded: SimResult
+
+    def result(self, policy: str, cache_size: int) -> SimResult:
+        """The replay of ``policy`` at uniform cache size ``cache_size``."""
+        try:
+            return self.results[(policy, cache_size)]
+        except KeyError:
+            raise KeyError(f"no replay of {policy!r} at k={cache_size} in this report") from None
+
+    def hit_rate(self, policy: str, cache_size: int, layer: int | None = None) -> float:
+        """Hit rate of a policy at a cache size, over all layers or for one MoE layer."""
+        result = self.result(policy, cache_size)
+        return result.hit_rate if layer is None else result.layers[layer].hit_rate
+
+    def gap(self, policy: str, cache_size: int, layer: int | None = None) -> float:
+        """How far a policy's hit rate is below the optimum (MIN) at that cache size; negative only with prefetch."""
+        return self.hit_rate(MIN_POLICY, cache_size, layer) - self.hit_rate(policy, cache_size, layer)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for ``--json``: header, sizes, policies, every replay (with its gap to MIN) and the recording."""
+        replays = []
+        for (policy, k), result in self.results.items():
+            entry = result.to_dict()
+            entry["gap_to_min"] = self.gap(policy, k)
+            entry["layer_gap_to_min"] = [self.gap(policy, k, layer) for layer in range(self.header.num_layers)]
+            entry["bytes_per_token"] = result.total.bytes_loaded / self.tokens if self.tokens else None
+            replays.append(entry)
+        return {
+            "model": self.header.model,
+            "num_layers": self.header.num_layers,
+            "num_experts": self.header.num_experts,
+            "top_k": self.header.top_k,
+            "expert_bytes": self.header.expert_bytes,
+            "passes": self.passes,
+            "tokens": self.tokens,
+            "cache_sizes": list(self.cache_sizes),
+            "policies": list(self.policies),
+            "recorded": self.recorded.to_dict(),
+            "replays": replays,
+        }
+
+
+def simulate(
+    header: TraceHeader,
+    events: Iterable[TraceEvent],
+    cache_size: int | Sequence[int],
+    policy: str = "lru",
+) -> SimResult:
+    """Replay a trace through a cache of ``cache_size`` slots per layer (one int, or one per MoE layer).
+
+    ``policy`` is ``lru``, ``lfu``, ``fifo``, any of them followed by ``+prefetch`` (replaying the trace's
+    prefetch guesses), or ``min`` (Belady's optimum). Config changes recorded in the trace are ignored: the
+    replay answers "what if the cache had been this size with this policy".
+    """
+    return _simulate_passes(header, layer_passes(header, events), _sizes(header, cache_size), policy)
+
+
+def run_lab(
+    header: TraceHeader,
+    events: Iterable[TraceEvent],
+    cache_sizes: Sequence[int] | None = None,
+    policies: Sequence[str] | None = None,
+) -> LabReport:
+    """Replay a trace for every cache size (default 1..num_experts) and policy, plus MIN and the recording.
+
+    The default policies are every online policy, ``lru+prefetch`` when the trace holds prefetch guesses,
+    and ``min`` (always added, since gaps are measured against it).
+    """
+    events = list(events)
+    passes = layer_passes(header, events)
+    sizes = tuple(cache_sizes) if cache_sizes else tuple(range(1, header.num_experts + 1))
+    for k in sizes:
+        _sizes(header, k)
+    if policies is None:
+        chosen = list(POLICIES)
+        if has_prefetch(passes):
+            chosen.append("lru" + PREFETCH_SUFFIX)
+    else:
+        chosen = [p for p in policies if p != MIN_POLICY]
+    chosen.append(MIN_POLICY)
+    results = {
+        (policy, k): _simulate_passes(header, passes, (k,) * header.num_layers, policy)
+        for policy in chosen
+        for k in sizes
+    }
+    return LabReport(
+        header=header,
+        passes=len({e.step for e in events if isinstance(e, LayerStep)}),
+        tokens=sum(isinstance(e, TokenEvent) for e in events),
+        cache_sizes=sizes,
+        policies=tuple(chosen),
+        results=results,
+        recorded=recorded_result(header, events),
+    )
+
+
+def recorded_result(header: TraceHeader, events: Iterable[TraceEvent]) -> SimResult:
+    """The counters the recording engine itself measured, folded from the trace's steps."""
+    layers = [Counters() for _ in range(header.num_layers)]
+    for event in events:
+        if isinstance(event, LayerStep):
+            layers[event.layer] = layers[event.layer].add(event)
+    return SimResult(policy=RECORDED, cache_size=header.cache_size, layers=tuple(layers), total=_sum_counters(layers))
+
+
+def _simulate_passes(
+    header: TraceHeader, passes: list[list[LayerPass]], sizes: tuple[int, ...], policy: str
+) -> SimResult:
+    name = policy.lower()
+    prefetch = name.endswith(PREFETCH_SUFFIX)
+    base = name.removesuffix(PREFETCH_SUFFIX)
+    if base == MIN_POLICY and prefetch:
+        raise ValueError("min is the demand-fetching optimum; it has no prefetch variant")
+    if base != MIN_POLICY and base not in POLICIES:
+        choices = ", ".join([*POLICIES, MIN_POLICY])
+        raise ValueError(f"unknown cache policy {policy!r}; choose from {choices} (online ones may add +prefetch)")
+    layers = []
+    for layer, k in enumerate(sizes):
+        if base == MIN_POLICY:
+            counters = belady_layer(passes[layer], k)
+        else:
+            counters = simulate_layer(passes[layer], k, base, prefetch)
+        copies = counters.misses + counters.prefetch_issued
+        layers.append(replace(counters, bytes_loaded=copies * header.expert_bytes))
+    return SimResult(policy=name, cache_size=sizes, layers=tuple(layers), total=_sum_counters(layers))
+
+
+def _sizes(header: TraceHeader, cache_size: int | Sequence[int]) -> tuple[int, ...]:
+    sizes = (cache_size,) * header.num_layers if isinstance(cache_size, int) else tuple(cache_size)
+    if len(sizes) != header.num_layers:
+        raise ValueError(f"{len(sizes)} cache sizes given for {header.num_layers} MoE layers")
+    for k in sizes:
+        if not 1 <= k <= header.num_experts:
+            raise ValueError(f"cache size {k} is outside 1..{header.num_experts} (this model's experts per layer)")
+    return sizes
+
+
+def _sum_counters(layers: Iterable[Counters]) -> Counters:
+    total = Counters()
+    for c in layers:
+        total = Counters(
+            hits=total.hits + c.hits,
+            misses=total.misses + c.misses,
+            prefetch_issued=total.prefetch_issued + c.prefetch_issued,
+            prefetch_used=total.prefetch_used + c.prefetch_used,
+            bytes_loaded=total.bytes_loaded + c.bytes_loaded,
+            load_s=total.load_s + c.load_s,
+            compute_s=total.compute_s + c.compute_s,
+        )
+    return total
+
+
+def _counters_dict(c: Counters) -> dict[str, Any]:
+    return {
+        **asdict(c),
+        "hit_rate": c.hit_rate,
+        "prefetch_recall": c.prefetch_recall,
+        "prefetch_precision": c.prefetch_precision,
+    }

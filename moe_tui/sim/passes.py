@@ -1,0 +1,38 @@
+"""Turn a trace's events into what a cache simulation needs: per MoE layer, the experts each pass used."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from moe_tui.telemetry import LayerStep, TraceEvent, TraceHeader
+
+
+@dataclass(frozen=True)
+class LayerPass:
+    """One forward pass through one MoE layer: the distinct experts it used and the prefetch guesses before it.
+
+    ``experts`` keeps the trace's order; ``prefetch`` lists the experts whose copy the recording engine's
+    prefetch started for this layer ahead of the pass (experts it guessed but already held are not listed).
+    """
+
+    experts: tuple[int, ...]
+    prefetch: tuple[int, ...] = ()
+
+
+def layer_passes(header: TraceHeader, events: Iterable[TraceEvent]) -> list[list[LayerPass]]:
+    """The passes of every MoE layer in trace order (index = layer); tokens and config changes are skipped."""
+    passes: list[list[LayerPass]] = [[] for _ in range(header.num_layers)]
+    for event in events:
+        if isinstance(event, LayerStep) and event.experts:
+            passes[event.layer].append(LayerPass(experts=_distinct(event.experts), prefetch=event.prefetch_issued))
+    return passes
+
+
+def has_prefetch(passes: list[list[LayerPass]]) -> bool:
+    """Whether the recording engine issued any prefetch (so ``lru+prefetch`` can be replayed)."""
+    return any(p.prefetch for layer in passes for p in layer)
+
+
+def _distinct(experts: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(dict.fromkeys(experts))

@@ -1,0 +1,110 @@
+"""Text tables of a :class:`LabReport` for ``moe-tui lab``, and the check that a trace fits a model's shape."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from moe_tui.errors import UserError
+from moe_tui.precision import format_bytes
+from moe_tui.sim.cache import MIN_POLICY
+from moe_tui.sim.lab import LabReport
+from moe_tui.sim.table import format_table, percent
+from moe_tui.telemetry import TraceHeader
+
+MIN_LABEL = "MIN (optimum)"
+
+
+def format_report(report: LabReport, name: str, layer_sizes: Sequence[int]) -> str:
+    """The lab's headless output: trace summary, overall hit rates by k, copies per token, per-layer tables."""
+    parts = [_summary(report, name), _overall_table(report)]
+    if report.tokens:
+        parts.append(_copies_table(report))
+    parts.extend(_layer_table(report, k) for k in layer_sizes)
+    parts.append(_notes(report))
+    return "\n\n".join(parts)
+
+
+def check_model_shape(header: TraceHeader, spec: str) -> None:
+    """Raise UserError unless the trace's MoE layers, experts and top-k match the model named by ``spec``."""
+    from moe_tui.params import load_config, moe_shape
+
+    shape = moe_shape(load_config(spec))
+    expected = (shape.num_layers, shape.num_experts, shape.top_k)
+    found = (header.num_layers, header.num_experts, header.top_k)
+    if expected != found:
+        raise UserError(
+            f"the trace was recorded on a model with {_shape_text(*found)}, but {spec} has {_shape_text(*expected)}"
+        )
+
+
+def _shape_text(layers: int, experts: int, top_k: int) -> str:
+    return f"{layers} MoE layers x {experts} experts, top-{top_k}"
+
+
+def _label(policy: str) -> str:
+    return MIN_LABEL if policy == MIN_POLICY else policy
+
+
+def _summary(report: LabReport, name: str) -> str:
+    h = report.header
+    sizes = set(h.cache_size)
+    k_text = f"k={h.cache_size[0]}" if len(sizes) == 1 else "k per layer " + ",".join(map(str, h.cache_size))
+    recorded = report.recorded.total
+    lines = [
+        f"trace {name}: {h.model}, {_shape_text(h.num_layers, h.num_experts, h.top_k)}, "
+        f"{report.passes} forward passes, {report.tokens} tokens, {format_bytes(h.expert_bytes)} per expert",
+        f"recorded by the engine ({h.fast_tier} slots, {h.slow_tier} store): {h.policy}, {k_text}, "
+        f"prefetch {h.prefetch} -> hit rate {percent(recorded.hit_rate)}, "
+        f"prefetch recall {percent(recorded.prefetch_recall)}",
+    ]
+    return "\n".join(lines)
+
+
+def _cell(report: LabReport, policy: str, k: int, layer: int | None = None) -> str:
+    rate = report.hit_rate(policy, k, layer)
+    if policy == MIN_POLICY:
+        return percent(rate)
+    return f"{percent(rate)} ({-100 * report.gap(policy, k, layer):+.1f})"
+
+
+def _overall_table(report: LabReport) -> str:
+    headers = ["k", *(_label(p) for p in report.policies)]
+    rows = [[str(k), *(_cell(report, p, k) for p in report.policies)] for k in report.cache_sizes]
+    title = "hit rate over all MoE layers by cache size k (in brackets: points above or below MIN)"
+    return title + "\n" + format_table(headers, rows)
+
+
+def _copies_table(report: LabReport) -> str:
+    headers = ["k", *(_label(p) for p in report.policies)]
+    rows = []
+    for k in report.cache_sizes:
+        cells = [str(k)]
+        for policy in report.policies:
+            result = report.result(policy, k)
+            per_token = result.copies / report.tokens
+            cells.append(f"{per_token:.2f} ({format_bytes(result.total.bytes_loaded / report.tokens)})")
+        rows.append(cells)
+    title = "expert copies per generated token, misses plus prefetches (bytes moved per token)"
+    return title + "\n" + format_table(headers, rows)
+
+
+def _layer_table(report: LabReport, k: int) -> str:
+    headers = ["layer", *(_label(p) for p in report.policies)]
+    rows = [
+        [str(layer), *(_cell(report, p, k, layer) for p in report.policies)]
+        for layer in range(report.header.num_layers)
+    ]
+    return f"hit rate per MoE layer at k={k}\n" + format_table(headers, rows)
+
+
+def _notes(report: LabReport) -> str:
+    notes = [
+        "MIN is Belady's offline optimum for demand fetching (evict the expert used again furthest in the future):",
+        "no cache of that size can miss less on this trace, so it bounds lru, lfu and fifo from above.",
+    ]
+    if any(p.endswith("+prefetch") for p in report.policies):
+        notes.append(
+            "+prefetch replays the recording engine's guesses; it can beat MIN on hit rate because prefetch"
+            " hits are paid for with copies made ahead of time: compare copies per token too."
+        )
+    return "\n".join(notes)
