@@ -64,7 +64,8 @@ def _cell(report: LabReport, policy: str, k: int, layer: int | None = None) -> s
     rate = report.hit_rate(policy, k, layer)
     if policy == MIN_POLICY:
         return percent(rate)
-    return f"{percent(rate)} ({-100 * report.gap(policy, k, layer):+.1f})"
+    points = round(-100 * report.gap(policy, k, layer), 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+    return f"{percent(rate)} ({points:+.1f})"
 
 
 def _overall_table(report: LabReport) -> str:
@@ -104,7 +105,7 @@ def _notes(report: LabReport) -> str:
     ]
     if any(p.endswith("+prefetch") for p in report.policies):
         notes.append(
-            "+prefetch replays the recording engine's guesses; it can beat MIN on hit rate because prefetch"
-            " hits are paid for with copies made ahead of time: compare copies per token too."
+            "+prefetch replays the recording engine's guesses; it can beat MIN on hit rate because its\n"
+            "prefetch hits are paid for with copies made ahead of time: compare copies per token too."
         )
     return "\n".join(notes)
