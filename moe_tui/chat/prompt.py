@@ -1,0 +1,78 @@
+"""Turn a conversation into the prompt text a model expects, through its own chat template.
+
+Templates differ in what they accept: many reject a ``system`` role (Mistral/Mixtral raise an error) or drop
+it silently, and most insist that user and assistant turns alternate. :func:`render_prompt` smooths this over:
+consecutive turns of one role are merged, and a system prompt that the template rejects or leaves out is put
+at the top of the first user message instead. A tokenizer without a template gets :data:`PLAIN_TEMPLATE`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from moe_tui.errors import UserError
+
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: {{ message['content'] }}\n\n{% endfor %}"
+    "{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+_TURN_ROLES = ("user", "assistant")
+
+
+def split_conversation(messages: Iterable[Mapping[str, Any]], system_prompt: str = "") -> tuple[str, list[dict]]:
+    """Check a conversation and return (system text, turns): system messages joined, same-role turns merged.
+
+    Raises :class:`UserError` for a message without a known role or text, and for a conversation that does
+    not end with a user message (there would be nothing to answer).
+    """
+    system_parts = [system_prompt.strip()] if system_prompt.strip() else []
+    turns: list[dict] = []
+    for index, message in enumerate(messages):
+        role, content = message.get("role"), message.get("content")
+        if not isinstance(content, str):
+            raise UserError(f"message {index + 1} has no text content")
+        if role == "system":
+            if content.strip():
+                system_parts.append(content.strip())
+        elif role in _TURN_ROLES:
+            if turns and turns[-1]["role"] == role:
+                turns[-1]["content"] += "\n\n" + content
+            else:
+                turns.append({"role": role, "content": content})
+        else:
+            raise UserError(f"message {index + 1} has role {role!r}; expected system, user or assistant")
+    if not turns or turns[-1]["role"] != "user":
+        raise UserError("the conversation must end with a user message for the model to answer")
+    return "\n\n".join(system_parts), turns
+
+
+def render_prompt(tokenizer: Any, messages: Iterable[Mapping[str, Any]], system_prompt: str = "") -> str:
+    """The prompt text for ``messages`` (ending with the assistant's turn opened), via the tokenizer's template."""
+    system, turns = split_conversation(messages, system_prompt)
+    template = getattr(tokenizer, "chat_template", None) or PLAIN_TEMPLATE
+    if system:
+        try:
+            text = _apply(tokenizer, template, [{"role": "system", "content": system}, *turns])
+        except UserError:
+            text = None
+        if text is not None and system in text:
+            return text
+        first_user = next(index for index, turn in enumerate(turns) if turn["role"] == "user")
+        turns = [dict(turn) for turn in turns]
+        turns[first_user]["content"] = f"{system}\n\n{turns[first_user]['content']}"
+    return _apply(tokenizer, template, turns)
+
+
+def _apply(tokenizer: Any, template: str, conversation: list[dict]) -> str:
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            conversation, chat_template=template, tokenize=False, add_generation_prompt=True
+        )
+    except (TemplateError, ValueError, TypeError, KeyError) as error:
+        raise UserError(f"the model's chat template failed: {error}") from None
+    if not isinstance(text, str):
+        raise UserError("the model's chat template did not produce text")
+    return text

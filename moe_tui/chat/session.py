@@ -1,0 +1,316 @@
+"""A loaded model ready to chat: resolves the model, applies its chat template and streams answers.
+
+:meth:`ChatSession.generate` blocks, so the dashboard runs it in a worker thread. Each new piece of text goes
+to ``on_text`` as soon as its token exists, each token is recorded as a
+:class:`~moe_tui.telemetry.TokenEvent` in the engine's telemetry (tying the text to the engine step that
+produced it), and a :class:`threading.Event` ends the answer early. One generation runs at a time per session.
+
+torch and transformers are imported only when a model is loaded or run, so the settings and result types can
+be imported by the UI at no cost.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from moe_tui import paths
+from moe_tui.errors import UserError
+from moe_tui.telemetry import Telemetry, TokenEvent
+
+MAX_TEMPERATURE = 2.0
+DEMO_MODEL_NAME = "demo-mixtral"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to sample an answer; checked on creation (:class:`UserError` names the bad value).
+
+    ``temperature`` 0 means greedy decoding (top_p is then ignored); otherwise tokens are sampled at that
+    temperature from the smallest set of tokens whose probability reaches ``top_p``.
+    """
+
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    system_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise UserError(
+                f"temperature must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}, not {self.temperature!r}"
+            )
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            raise UserError(f"top-p must be a number above 0 and at most 1, not {self.top_p!r}")
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise UserError(f"max new tokens must be a whole number of at least 1, not {self.max_new_tokens!r}")
+        if not isinstance(self.system_prompt, str):
+            raise UserError("the system prompt must be text")
+
+    @classmethod
+    def from_text(
+        cls, temperature: str, top_p: str, max_new_tokens: str, system_prompt: str = ""
+    ) -> GenerationSettings:
+        """Settings typed into a form: the numbers are parsed here, with the same clear errors."""
+        return cls(
+            temperature=_parse(temperature, float, "temperature"),
+            top_p=_parse(top_p, float, "top-p"),
+            max_new_tokens=_parse(max_new_tokens, int, "max new tokens"),
+            system_prompt=system_prompt,
+        )
+
+    @property
+    def greedy(self) -> bool:
+        """Whether the answer is decoded greedily (temperature 0)."""
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """One answer: its text (exactly the pieces given to ``on_text``, joined), tokens generated, wall seconds,
+    and whether the stop event ended it early."""
+
+    text: str
+    tokens: int
+    seconds: float
+    stopped: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Generated tokens per second of wall time, prompt processing included."""
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class Engine(Protocol):
+    """What a session needs from the offloading engine (:class:`moe_tui.offload.OffloadedModel` provides it)."""
+
+    model: Any
+    telemetry: Telemetry
+
+    @property
+    def last_step(self) -> int:
+        """Step number of the last forward pass."""
+        ...
+
+
+class ChatSession:
+    """A model, its tokenizer and the engine running it; :meth:`generate` streams one answer at a time."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, model_name: str):
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self._busy = threading.Lock()
+
+    @classmethod
+    def load(cls, model: str | Path | None, offload_config: Any, progress: Progress | None = None) -> ChatSession:
+        """Load a model for chat: ``None`` is the bundled demo model, else a directory or a hub id already in the
+        local Hugging Face cache (nothing is downloaded). Bad specs fail with :class:`UserError` before heavy work.
+        """
+        directory, name = resolve_model(model)
+        if progress is not None:
+            progress("loading tokenizer", 0, 1)
+        tokenizer = load_tokenizer(directory, name)
+        if progress is not None:
+            progress("loading tokenizer", 1, 1)
+        engine = _load_engine(directory, offload_config, progress)
+        return cls(engine, tokenizer, name)
+
+    @property
+    def busy(self) -> bool:
+        """Whether a generation is running right now."""
+        return self._busy.locked()
+
+    def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        settings: GenerationSettings,
+        on_text: Callable[[str], None],
+        stop_event: threading.Event | None = None,
+    ) -> GenerationResult:
+        """Answer the conversation ``messages`` (dicts with ``role`` and ``content``, ending with the user's turn).
+
+        Blocks until the answer ends (end-of-sequence, ``max_new_tokens``, the context limit, or ``stop_event``
+        set; a stop event already set returns at once with nothing generated). ``on_text`` receives every new
+        non-empty piece of text in this thread. A second call while one is running raises :class:`UserError`;
+        any error leaves the session ready for the next call.
+        """
+        if not isinstance(settings, GenerationSettings):
+            raise TypeError("settings must be a GenerationSettings")
+        if not self._busy.acquire(blocking=False):
+            raise UserError("an answer is already being generated; stop it or wait for it to finish")
+        try:
+            return self._generate(messages, settings, on_text, stop_event or threading.Event())
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        """Release the engine's memory (its slots and store)."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+    def _generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        settings: GenerationSettings,
+        on_text: Callable[[str], None],
+        stop_event: threading.Event,
+    ) -> GenerationResult:
+        import torch
+
+        from moe_tui.chat.prompt import render_prompt
+        from moe_tui.chat.streaming import StopOnEvent, TokenStreamer
+
+        model = self.engine.model
+        prompt = render_prompt(self.tokenizer, messages, settings.system_prompt)
+        encoded = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        input_ids = encoded["input_ids"].to(model.device)
+        attention_mask = encoded["attention_mask"].to(model.device)
+        max_new_tokens = self._room_for_answer(input_ids.shape[1], settings.max_new_tokens)
+        started = time.perf_counter()
+        if stop_event.is_set():
+            return GenerationResult(text="", tokens=0, seconds=0.0, stopped=True)
+
+        telemetry = self.engine.telemetry
+
+        def on_token(piece: str) -> None:
+            telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece))
+            if piece:
+                on_text(piece)
+
+        streamer = TokenStreamer(self.tokenizer, on_token)
+        stop = StopOnEvent(stop_event)
+        try:
+            model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=self._generation_config(settings, max_new_tokens),
+                streamer=streamer,
+                stopping_criteria=stop.as_list(),
+            )
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise UserError(
+                "out of memory while generating; try a shorter conversation, fewer new tokens or a smaller cache size"
+            ) from None
+        if streamer.tail:
+            on_text(streamer.tail)
+        return GenerationResult(
+            text=streamer.decoder.text,
+            tokens=streamer.tokens,
+            seconds=time.perf_counter() - started,
+            stopped=stop.triggered,
+        )
+
+    def _room_for_answer(self, prompt_tokens: int, wanted: int) -> int:
+        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
+        if not limit:
+            return wanted
+        if prompt_tokens >= limit:
+            raise UserError(
+                f"the conversation is {prompt_tokens} tokens long but {self.model_name} reads at most {limit}; "
+                "start a new chat"
+            )
+        return min(wanted, limit - prompt_tokens)
+
+    def _generation_config(self, settings: GenerationSettings, max_new_tokens: int) -> Any:
+        from transformers import GenerationConfig
+
+        defaults = self.engine.model.generation_config
+        eos = defaults.eos_token_id if defaults.eos_token_id is not None else self.tokenizer.eos_token_id
+        pad = next((t for t in (defaults.pad_token_id, self.tokenizer.pad_token_id, eos) if t is not None), None)
+        if isinstance(pad, list):
+            pad = pad[0]
+        sampling: dict[str, Any] = (
+            {"do_sample": False}
+            if settings.greedy
+            else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
+        )
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            bos_token_id=defaults.bos_token_id,
+            num_beams=1,
+            **sampling,
+        )
+
+
+def resolve_model(model: str | Path | None) -> tuple[Path, str]:
+    """The local directory holding a model and the name to show for it.
+
+    ``None`` is the bundled demo model; an existing path must be a model directory (with ``config.json``);
+    anything else that looks like ``org/name`` is looked up in the local Hugging Face cache only.
+    """
+    if model is None:
+        if not (paths.DEMO_MODEL_DIR / "config.json").is_file():
+            raise UserError(
+                f"the bundled demo model is missing from {paths.DEMO_MODEL_DIR}; reinstall moe-tui or pass --model"
+            )
+        return paths.DEMO_MODEL_DIR, DEMO_MODEL_NAME
+    spec = str(model).strip()
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"{path} is a file; give the model's directory (the one with config.json)")
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json, so it is not a Hugging Face model directory")
+        return path, path.resolve().name
+    if not _HUB_ID.match(spec) or spec.count("/") > 1:
+        raise UserError(f"model {spec!r} not found: no such directory")
+    return _cached_snapshot(spec), spec
+
+
+def load_tokenizer(directory: Path, name: str) -> Any:
+    """The model's tokenizer from its directory (never downloaded); :class:`UserError` when it cannot be read."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot load the tokenizer of {name}: {first_line}") from None
+
+
+def _cached_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        directory = Path(snapshot_download(repo_id, local_files_only=True))
+    except (OSError, ValueError):
+        raise UserError(
+            f"model {repo_id!r} is neither a directory nor in the local Hugging Face cache "
+            f"(moe-tui never downloads; fetch it first with `hf download {repo_id}`)"
+        ) from None
+    if not (directory / "config.json").is_file():
+        raise UserError(f"the cached copy of {repo_id} has no config.json")
+    return directory
+
+
+def _load_engine(directory: Path, offload_config: Any, progress: Progress | None) -> Engine:
+    from moe_tui.offload import load_offloaded
+
+    return load_offloaded(str(directory), offload_config, progress=progress)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _parse(text: str, kind: type, label: str) -> Any:
+    try:
+        return kind(text.strip())
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise UserError(f"{label} must be {expected}, not {text.strip()!r}") from None

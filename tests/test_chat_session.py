@@ -1,0 +1,474 @@
+"""Chat session: prompt rendering, incremental decoding, streaming, stopping, telemetry and model resolution.
+
+Models are tiny random-weight Mixtrals and tokenizers are trained here in a few milliseconds, in two styles:
+byte-level BPE (GPT-2 style: characters split over byte tokens) and Metaspace BPE (SentencePiece style, like
+Mixtral's: a word's leading space lives in its token).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
+
+from moe_tui import paths
+from moe_tui.chat import session as session_module
+from moe_tui.chat.prompt import PLAIN_TEMPLATE, render_prompt, split_conversation
+from moe_tui.chat.session import ChatSession, GenerationResult, GenerationSettings, resolve_model
+from moe_tui.chat.streaming import IncrementalDecoder
+from moe_tui.errors import UserError
+from moe_tui.telemetry import Telemetry, TraceHeader
+
+CORPUS = [
+    "The experts of a mixture model are small MLPs; a router picks two of them for every token.",
+    "Offloading keeps most experts in host memory and copies them into a small cache when they are needed.",
+    "Café, naïve, 専門家 and the emoji 🙂 are characters that span several bytes.",
+] * 3
+SPECIALS = ["<unk>", "<s>", "</s>"]
+# Mistral-style: rejects a system role and needs user/assistant turns to alternate.
+STRICT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('roles must alternate') }}{% endif %}"
+    "{% if m['role'] == 'user' %}[INST] {{ m['content'] }} [/INST]"
+    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+SYSTEM_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+DROPPING_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+QUESTION = [{"role": "user", "content": "What do the experts do?"}]
+
+
+def build_tokenizer(style: str, chat_template: str | None = STRICT_TEMPLATE) -> PreTrainedTokenizerFast:
+    """A small BPE tokenizer trained on CORPUS, byte-level or Metaspace."""
+    if style == "byte":
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=320,
+            special_tokens=SPECIALS,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+    else:
+        tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=SPECIALS, show_progress=False)
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = chat_template
+    return fast
+
+
+def build_model(tokenizer: PreTrainedTokenizerFast, max_positions: int = 256) -> MixtralForCausalLM:
+    """A 2-layer, 4-expert top-2 Mixtral with random weights sized to the tokenizer."""
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return MixtralForCausalLM(config).eval()
+
+
+class ResidentEngine:
+    """Stand-in for the offloading engine: the plain model, a telemetry aggregate and a forward-pass counter."""
+
+    def __init__(self, model: MixtralForCausalLM, trace: io.StringIO | None = None):
+        config = model.config
+        layers, experts = config.num_hidden_layers, config.num_local_experts
+        header = TraceHeader("tiny", layers, experts, config.num_experts_per_tok, (experts,) * layers)
+        self.model = model
+        self.telemetry = Telemetry(header, trace=trace)
+        self.last_step = -1
+        self.closed = False
+        model.register_forward_pre_hook(self._count_step)
+
+    def _count_step(self, module: Any, args: Any) -> None:
+        self.last_step += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer("metaspace")
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer: PreTrainedTokenizerFast) -> MixtralForCausalLM:
+    return build_model(tokenizer)
+
+
+@pytest.fixture
+def chat(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast) -> ChatSession:
+    return ChatSession(ResidentEngine(model), tokenizer, "tiny")
+
+
+def reference_greedy(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt: str, n: int) -> list[int]:
+    encoded = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    output = model.generate(**encoded, do_sample=False, max_new_tokens=n, pad_token_id=tokenizer.eos_token_id)
+    return output[0, encoded["input_ids"].shape[1] :].tolist()
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": 0}, "top-p"),
+        ({"top_p": 1.5}, "top-p"),
+        ({"max_new_tokens": 0}, "max new tokens"),
+        ({"max_new_tokens": 2.5}, "max new tokens"),
+        ({"max_new_tokens": True}, "max new tokens"),
+        ({"system_prompt": None}, "system prompt"),
+    ],
+)
+def test_bad_settings_are_rejected_with_a_clear_message(values: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        GenerationSettings(**values)
+
+
+def test_settings_from_form_text() -> None:
+    settings = GenerationSettings.from_text(" 0 ", "0.5", "12", "Be brief.")
+    assert settings == GenerationSettings(temperature=0.0, top_p=0.5, max_new_tokens=12, system_prompt="Be brief.")
+    assert settings.greedy
+    with pytest.raises(UserError, match=r"max new tokens must be a whole number, not '1\.5'"):
+        GenerationSettings.from_text("0.7", "0.9", "1.5")
+    with pytest.raises(UserError, match="temperature must be a number"):
+        GenerationSettings.from_text("warm", "0.9", "10")
+
+
+# --- prompts --------------------------------------------------------------------------------------------------
+
+
+def test_conversation_checks_and_merges_turns() -> None:
+    system, turns = split_conversation(
+        [
+            {"role": "system", "content": "From history."},
+            {"role": "user", "content": "one"},
+            {"role": "user", "content": "two"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": "three"},
+        ],
+        system_prompt="From settings.",
+    )
+    assert system == "From settings.\n\nFrom history."
+    assert turns == [
+        {"role": "user", "content": "one\n\ntwo"},
+        {"role": "assistant", "content": "answer"},
+        {"role": "user", "content": "three"},
+    ]
+    with pytest.raises(UserError, match="end with a user message"):
+        split_conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
+    with pytest.raises(UserError, match="end with a user message"):
+        split_conversation([])
+    with pytest.raises(UserError, match="role 'tool'"):
+        split_conversation([{"role": "tool", "content": "x"}])
+    with pytest.raises(UserError, match="no text"):
+        split_conversation([{"role": "user"}])
+
+
+def test_system_prompt_is_folded_into_the_first_user_turn_when_the_template_rejects_it(tokenizer: Any) -> None:
+    conversation = [*QUESTION, {"role": "assistant", "content": "Routing."}, {"role": "user", "content": "More?"}]
+    prompt = render_prompt(tokenizer, conversation, "Be brief.")
+    assert prompt == "<s>[INST] Be brief.\n\nWhat do the experts do? [/INST]Routing.</s>[INST] More? [/INST]"
+    assert render_prompt(tokenizer, QUESTION) == "<s>[INST] What do the experts do? [/INST]"
+
+
+def test_system_prompt_uses_the_system_role_when_the_template_has_one() -> None:
+    tokenizer = build_tokenizer("metaspace", SYSTEM_TEMPLATE)
+    assert render_prompt(tokenizer, QUESTION, "Be brief.") == (
+        "<|system|>Be brief.\n<|user|>What do the experts do?\n<|assistant|>"
+    )
+
+
+def test_system_prompt_dropped_by_the_template_is_folded_in() -> None:
+    tokenizer = build_tokenizer("metaspace", DROPPING_TEMPLATE)
+    assert (
+        render_prompt(tokenizer, QUESTION, "Be brief.") == "<|user|>Be brief.\n\nWhat do the experts do?\n<|assistant|>"
+    )
+
+
+def test_tokenizer_without_template_gets_a_plain_one() -> None:
+    tokenizer = build_tokenizer("metaspace", None)
+    assert render_prompt(tokenizer, QUESTION, "Be brief.") == render_prompt(
+        build_tokenizer("metaspace", PLAIN_TEMPLATE), QUESTION, "Be brief."
+    )
+    assert render_prompt(tokenizer, QUESTION, "Be brief.").startswith("System: Be brief.\n\nUser: What do")
+
+
+def test_broken_template_gives_user_error() -> None:
+    tokenizer = build_tokenizer("metaspace", "{{ raise_exception('bad template') }}")
+    with pytest.raises(UserError, match="chat template failed: bad template"):
+        render_prompt(tokenizer, QUESTION)
+
+
+# --- incremental decoding -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["byte", "metaspace"])
+def test_decoded_pieces_join_to_the_full_decode_for_any_ids(style: str) -> None:
+    tokenizer = build_tokenizer(style)
+    rng = random.Random(7)
+    for _ in range(150):
+        ids = [rng.randrange(len(tokenizer)) for _ in range(rng.randrange(1, 40))]
+        decoder = IncrementalDecoder(tokenizer)
+        pieces = [decoder.push(token) for token in ids]
+        pieces.append(decoder.finish())
+        assert "".join(pieces) == decoder.text == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_multibyte_characters_are_never_split_across_pieces() -> None:
+    tokenizer = build_tokenizer("byte")
+    ids = tokenizer("Café 専門家 🙂 done", add_special_tokens=False)["input_ids"]
+    decoder = IncrementalDecoder(tokenizer)
+    pieces = [decoder.push(token) for token in ids]
+    assert "\ufffd" not in "".join(pieces)
+    assert "".join(pieces) + decoder.finish() == "Café 専門家 🙂 done"
+    assert any(piece == "" for piece in pieces), "a character spanning tokens was held back"
+
+
+# --- generation -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["byte", "metaspace"])
+def test_greedy_stream_matches_model_generate(style: str) -> None:
+    tokenizer = build_tokenizer(style)
+    model = build_model(tokenizer)
+    chat = ChatSession(ResidentEngine(model), tokenizer, "tiny")
+    pieces: list[str] = []
+    settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="Be brief.")
+    result = chat.generate(QUESTION, settings, pieces.append)
+
+    expected_ids = reference_greedy(model, tokenizer, render_prompt(tokenizer, QUESTION, "Be brief."), 24)
+    assert result.text == "".join(pieces) == tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert result.tokens == len(expected_ids)
+    assert all(pieces)
+    assert not result.stopped
+    assert result.seconds > 0 and result.tokens_per_s > 0
+
+
+def test_token_events_land_in_the_engine_telemetry(model: Any, tokenizer: Any) -> None:
+    trace = io.StringIO()
+    engine = ResidentEngine(model, trace=trace)
+    chat = ChatSession(engine, tokenizer, "tiny")
+    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=10), lambda piece: None)
+
+    assert engine.telemetry.snapshot().tokens == result.tokens == 10
+    records = [json.loads(line) for line in trace.getvalue().splitlines()]
+    tokens = [record for record in records if record["type"] == "token"]
+    # The prefill is forward pass 0 and yields the first token; each later token is one more pass.
+    assert [record["step"] for record in tokens] == list(range(10))
+    assert "".join(record["text"] for record in tokens) == result.text
+    assert engine.telemetry.snapshot().last_token == tokens[-1]["text"]
+
+
+def test_stop_event_ends_generation_mid_answer(chat: ChatSession) -> None:
+    stop = threading.Event()
+    pieces: list[str] = []
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            stop.set()
+
+    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=60), on_text, stop)
+    assert result.stopped
+    assert 3 <= result.tokens < 60
+    assert result.text == "".join(pieces)
+
+
+def test_stop_from_another_thread(chat: ChatSession) -> None:
+    stop, first_piece = threading.Event(), threading.Event()
+    outcome: list[GenerationResult] = []
+
+    def worker() -> None:
+        settings = GenerationSettings(temperature=0, max_new_tokens=200)
+        outcome.append(chat.generate(QUESTION, settings, lambda piece: first_piece.set(), stop))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    assert first_piece.wait(60)
+    stop.set()
+    thread.join(60)
+    [result] = outcome
+    assert result.stopped and result.tokens < 200
+
+
+def test_stop_event_already_set_generates_nothing(chat: ChatSession) -> None:
+    stop = threading.Event()
+    stop.set()
+    pieces: list[str] = []
+    result = chat.generate(QUESTION, GenerationSettings(max_new_tokens=5), pieces.append, stop)
+    assert (result.text, result.tokens, result.stopped, pieces) == ("", 0, True, [])
+    assert chat.engine.telemetry.snapshot().tokens == 0
+
+
+def test_second_generation_while_one_runs_is_refused(chat: ChatSession) -> None:
+    errors: list[str] = []
+
+    def on_text(piece: str) -> None:
+        assert chat.busy
+        try:
+            chat.generate(QUESTION, GenerationSettings(max_new_tokens=2), lambda _: None)
+        except UserError as error:
+            errors.append(str(error))
+
+    chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=3), on_text)
+    assert errors and all("already being generated" in error for error in errors)
+    assert not chat.busy
+
+
+def test_errors_inside_generation_leave_the_session_usable(chat: ChatSession, model: Any) -> None:
+    settings = GenerationSettings(temperature=0, max_new_tokens=8)
+    expected = chat.generate(QUESTION, settings, lambda _: None).text
+
+    def failing_on_text(piece: str) -> None:
+        raise RuntimeError("the UI went away")
+
+    with pytest.raises(RuntimeError, match="the UI went away"):
+        chat.generate(QUESTION, settings, failing_on_text)
+    assert not chat.busy
+
+    def failing_forward(module: Any, args: Any) -> None:
+        raise RuntimeError("forward failed")
+
+    handle = model.register_forward_pre_hook(failing_forward)
+    try:
+        with pytest.raises(RuntimeError, match="forward failed"):
+            chat.generate(QUESTION, settings, lambda _: None)
+    finally:
+        handle.remove()
+    assert chat.generate(QUESTION, settings, lambda _: None).text == expected
+
+
+def test_sampling_settings_are_applied(chat: ChatSession) -> None:
+    greedy = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=20), lambda _: None)
+    # top-p this small keeps only the most likely token, so sampling must reproduce greedy decoding.
+    narrow = chat.generate(QUESTION, GenerationSettings(temperature=1.0, top_p=1e-9, max_new_tokens=20), lambda _: None)
+    assert narrow.text == greedy.text
+    torch.manual_seed(1)
+    hot = chat.generate(QUESTION, GenerationSettings(temperature=2.0, top_p=1.0, max_new_tokens=20), lambda _: None)
+    torch.manual_seed(1)
+    hot_again = chat.generate(
+        QUESTION, GenerationSettings(temperature=2.0, top_p=1.0, max_new_tokens=20), lambda _: None
+    )
+    assert hot.text == hot_again.text != greedy.text
+
+
+def test_answer_is_capped_by_the_context_and_overlong_conversations_are_refused(tokenizer: Any) -> None:
+    model = build_model(tokenizer, max_positions=40)
+    chat = ChatSession(ResidentEngine(model), tokenizer, "tiny")
+    prompt_tokens = len(tokenizer(render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"])
+    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=500), lambda _: None)
+    assert result.tokens == 40 - prompt_tokens
+    long_question = [{"role": "user", "content": "experts " * 60}]
+    with pytest.raises(UserError, match="reads at most 40"):
+        chat.generate(long_question, GenerationSettings(), lambda _: None)
+    assert not chat.busy
+
+
+# --- loading --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hugging Face cache directory that the session's look-ups use."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub-cache"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    return cache
+
+
+def test_resolve_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_cache: Path) -> None:
+    with pytest.raises(UserError, match="no such directory"):
+        resolve_model(str(tmp_path / "missing"))
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(UserError, match="is a file"):
+        resolve_model(tmp_path / "weights.bin")
+    with pytest.raises(UserError, match=r"no config\.json"):
+        resolve_model(tmp_path)
+    with pytest.raises(UserError, match="nor in the local Hugging Face cache"):
+        resolve_model("some-org/some-model")
+    monkeypatch.setattr(paths, "DEMO_MODEL_DIR", tmp_path / "no-demo")
+    with pytest.raises(UserError, match="demo model is missing"):
+        resolve_model(None)
+    demo = tmp_path / "demo"
+    demo.mkdir()
+    (demo / "config.json").write_text("{}", encoding="utf-8")
+    monkeypatch.setattr(paths, "DEMO_MODEL_DIR", demo)
+    assert resolve_model(None) == (demo, "demo-mixtral")
+
+
+def test_resolve_model_finds_a_hub_id_in_the_local_cache(hub_cache: Path) -> None:
+    snapshot = hub_cache / "models--some-org--tiny-moe" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}", encoding="utf-8")
+    (hub_cache / "models--some-org--tiny-moe" / "refs").mkdir()
+    (hub_cache / "models--some-org--tiny-moe" / "refs" / "main").write_text("0123abcd", encoding="utf-8")
+    assert resolve_model("some-org/tiny-moe") == (snapshot, "some-org/tiny-moe")
+    with pytest.raises(UserError, match="nor in the local Hugging Face cache"):
+        resolve_model("some-org/other-moe")
+    with pytest.raises(UserError, match="no such directory"):
+        resolve_model("./not/a/hub/id")
+
+
+def test_load_resolves_a_directory_and_reads_its_tokenizer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: Any, model: Any
+) -> None:
+    directory = tmp_path / "tiny-mixtral"
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    loaded: list[Path] = []
+
+    def fake_engine(path: Path, config: Any, progress: Any) -> ResidentEngine:
+        loaded.append(path)
+        return ResidentEngine(model)
+
+    monkeypatch.setattr(session_module, "_load_engine", fake_engine)
+    stages: list[tuple[str, int, int]] = []
+    chat = ChatSession.load(str(directory), offload_config=None, progress=lambda *stage: stages.append(stage))
+    assert (chat.model_name, loaded) == ("tiny-mixtral", [directory])
+    assert stages == [("loading tokenizer", 0, 1), ("loading tokenizer", 1, 1)]
+    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=6), lambda _: None)
+    assert result.tokens == 6
+    chat.close()
+    assert chat.engine.closed
+
+    (directory / "tokenizer.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(UserError, match="cannot load the tokenizer of tiny-mixtral"):
+        ChatSession.load(directory, offload_config=None)
