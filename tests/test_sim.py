@@ -213,3 +213,11 @@ def test_recorded_result_folds_the_engine_counts() -> None:
     recorded = recorded_result(HEADER, events)
     assert recorded.total.misses == 4
     assert recorded.total.bytes_loaded == 400
+
+
+def test_decode_only_replays_prefill_without_counting_it() -> None:
+    # The prefill loads 0 and 1 (k=2); the decode passes then hit 0 and miss 2 and 3.
+    passes = [LayerPass((0, 1), n_tokens=5), LayerPass((0,)), LayerPass((2,)), LayerPass((3,))]
+    counters = simulate_layer(passes, 2, "lru", decode_only=True)
+    assert (counters.hits, counters.misses) == (1, 2)
+    assert simulate_layer(passes, 2, "lru").misses == 4

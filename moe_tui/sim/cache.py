@@ -32,25 +32,31 @@ from moe_tui.telemetry import Counters
 MIN_POLICY = "min"
 
 
-def simulate_layer(passes: Sequence[LayerPass], cache_size: int, policy: str, prefetch: bool = False) -> Counters:
+def simulate_layer(
+    passes: Sequence[LayerPass], cache_size: int, policy: str, prefetch: bool = False, decode_only: bool = False
+) -> Counters:
     """Hits, misses and prefetch counts of an online policy (``lru``, ``lfu``, ``fifo``) on one layer's passes.
 
-    ``bytes_loaded`` and the times are left at zero: the caller scales copies by the expert size.
+    With ``decode_only`` every pass is replayed but only one-token passes are counted (what decode speed
+    depends on). ``bytes_loaded`` and the times are left at zero: the caller scales copies by the expert size.
     """
     _check_cache_size(cache_size)
     slots = _Slots(cache_size, make_policy(policy))
     hits = misses = issued = used = 0
     for layer_pass in passes:
+        counted = not decode_only or layer_pass.n_tokens == 1
         if prefetch:
-            issued += slots.prefetch(layer_pass.prefetch)
+            started = slots.prefetch(layer_pass.prefetch)
+            issued += started * counted
         experts = layer_pass.experts
         fits = len(experts) <= cache_size
         for index, expert in enumerate(experts):
             if expert in slots.resident:
-                hits += 1
-                used += slots.use(expert)
+                from_prefetch = slots.use(expert)
+                used += from_prefetch * counted
+                hits += counted
                 continue
-            misses += 1
+            misses += counted
             if not slots.load(expert, experts if fits else experts[index + 1 :]):
                 slots.load(expert, ())
     return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used)

@@ -104,14 +104,17 @@ def simulate(
     events: Iterable[TraceEvent],
     cache_size: int | Sequence[int],
     policy: str = "lru",
+    decode_only: bool = False,
 ) -> SimResult:
     """Replay a trace through a cache of ``cache_size`` slots per layer (one int, or one per MoE layer).
 
     ``policy`` is ``lru``, ``lfu``, ``fifo``, any of them followed by ``+prefetch`` (replaying the trace's
     prefetch guesses), or ``min`` (Belady's optimum). Config changes recorded in the trace are ignored: the
-    replay answers "what if the cache had been this size with this policy".
+    replay answers "what if the cache had been this size with this policy". With ``decode_only`` (online
+    policies only) prefills are replayed but not counted.
     """
-    return _simulate_passes(header, layer_passes(header, events), _sizes(header, cache_size), policy)
+    passes = layer_passes(header, events)
+    return _simulate_passes(header, passes, _sizes(header, cache_size), policy, decode_only)
 
 
 def run_lab(
@@ -163,7 +166,7 @@ def recorded_result(header: TraceHeader, events: Iterable[TraceEvent]) -> SimRes
 
 
 def _simulate_passes(
-    header: TraceHeader, passes: list[list[LayerPass]], sizes: tuple[int, ...], policy: str
+    header: TraceHeader, passes: list[list[LayerPass]], sizes: tuple[int, ...], policy: str, decode_only: bool = False
 ) -> SimResult:
     name = policy.lower()
     prefetch = name.endswith(PREFETCH_SUFFIX)
@@ -173,12 +176,14 @@ def _simulate_passes(
     if base != MIN_POLICY and base not in POLICIES:
         choices = ", ".join([*POLICIES, MIN_POLICY])
         raise ValueError(f"unknown cache policy {policy!r}; choose from {choices} (online ones may add +prefetch)")
+    if base == MIN_POLICY and decode_only:
+        raise ValueError("min is replayed over whole traces only")
     layers = []
     for layer, k in enumerate(sizes):
         if base == MIN_POLICY:
             counters = belady_layer(passes[layer], k)
         else:
-            counters = simulate_layer(passes[layer], k, base, prefetch)
+            counters = simulate_layer(passes[layer], k, base, prefetch, decode_only)
         copies = counters.misses + counters.prefetch_issued
         layers.append(replace(counters, bytes_loaded=copies * header.expert_bytes))
     return SimResult(policy=name, cache_size=sizes, layers=tuple(layers), total=_sum_counters(layers))

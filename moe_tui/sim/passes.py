@@ -13,11 +13,13 @@ class LayerPass:
     """One forward pass through one MoE layer: the distinct experts it used and the prefetch guesses before it.
 
     ``experts`` keeps the trace's order; ``prefetch`` lists the experts whose copy the recording engine's
-    prefetch started for this layer ahead of the pass (experts it guessed but already held are not listed).
+    prefetch started for this layer ahead of the pass (experts it guessed but already held are not listed);
+    ``n_tokens`` is 1 for a decoded token and the prompt length for a prefill.
     """
 
     experts: tuple[int, ...]
     prefetch: tuple[int, ...] = ()
+    n_tokens: int = 1
 
 
 def layer_passes(header: TraceHeader, events: Iterable[TraceEvent]) -> list[list[LayerPass]]:
@@ -25,7 +27,7 @@ def layer_passes(header: TraceHeader, events: Iterable[TraceEvent]) -> list[list
     passes: list[list[LayerPass]] = [[] for _ in range(header.num_layers)]
     for event in events:
         if isinstance(event, LayerStep) and event.experts:
-            passes[event.layer].append(LayerPass(experts=_distinct(event.experts), prefetch=event.prefetch_issued))
+            passes[event.layer].append(LayerPass(_distinct(event.experts), event.prefetch_issued, event.n_tokens))
     return passes
 
 
