@@ -21,6 +21,7 @@ from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerF
 
 from moe_tui import paths
 from moe_tui.chat import session as session_module
+from moe_tui.chat.history import HistoryStore
 from moe_tui.chat.prompt import PLAIN_TEMPLATE, render_prompt, split_conversation
 from moe_tui.chat.session import ChatSession, GenerationResult, GenerationSettings, resolve_model
 from moe_tui.chat.streaming import IncrementalDecoder
@@ -194,10 +195,23 @@ def test_conversation_checks_and_merges_turns() -> None:
         split_conversation([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}])
     with pytest.raises(UserError, match="end with a user message"):
         split_conversation([])
+    with pytest.raises(UserError, match="end with a user message"):
+        split_conversation([{"role": "system", "content": "only a system prompt"}])
     with pytest.raises(UserError, match="role 'tool'"):
         split_conversation([{"role": "tool", "content": "x"}])
     with pytest.raises(UserError, match="no text"):
         split_conversation([{"role": "user"}])
+
+
+def test_history_messages_can_be_passed_directly_and_empty_ones_are_skipped(tmp_path: Path) -> None:
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        chat = store.create_conversation()
+        store.add_message(chat.id, "user", "first")
+        store.add_message(chat.id, "assistant", "")
+        store.add_message(chat.id, "user", "second")
+        store.add_message(chat.id, "assistant", "")
+        system, turns = split_conversation(store.messages(chat.id))
+    assert (system, turns) == ("", [{"role": "user", "content": "first\n\nsecond"}])
 
 
 def test_system_prompt_is_folded_into_the_first_user_turn_when_the_template_rejects_it(tokenizer: Any) -> None:
@@ -278,6 +292,18 @@ def test_greedy_stream_matches_model_generate(style: str) -> None:
     assert all(pieces)
     assert not result.stopped
     assert result.seconds > 0 and result.tokens_per_s > 0
+
+
+def test_answer_streamed_into_the_history_store(chat: ChatSession, tmp_path: Path) -> None:
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        conversation = store.create_conversation(model=chat.model_name)
+        store.add_message(conversation.id, "user", QUESTION[0]["content"])
+        answer = store.add_message(conversation.id, "assistant")
+        settings = GenerationSettings(temperature=0, max_new_tokens=16)
+        result = chat.generate(
+            store.messages(conversation.id), settings, lambda piece: store.append_to_message(answer.id, piece)
+        )
+        assert store.messages(conversation.id)[-1].content == result.text != ""
 
 
 def test_token_events_land_in_the_engine_telemetry(model: Any, tokenizer: Any) -> None:

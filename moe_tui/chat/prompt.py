@@ -9,7 +9,7 @@ at the top of the first user message instead. A tokenizer without a template get
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from moe_tui.errors import UserError
 
@@ -20,34 +20,48 @@ PLAIN_TEMPLATE = (
 _TURN_ROLES = ("user", "assistant")
 
 
-def split_conversation(messages: Iterable[Mapping[str, Any]], system_prompt: str = "") -> tuple[str, list[dict]]:
+class _RoleAndContent(Protocol):
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
+ChatMessage = Mapping[str, Any] | _RoleAndContent
+"""A message: a mapping with ``role`` and ``content`` keys, or an object with those attributes."""
+
+
+def split_conversation(messages: Iterable[ChatMessage], system_prompt: str = "") -> tuple[str, list[dict]]:
     """Check a conversation and return (system text, turns): system messages joined, same-role turns merged.
 
-    Raises :class:`UserError` for a message without a known role or text, and for a conversation that does
-    not end with a user message (there would be nothing to answer).
+    Messages are mappings or objects (such as :class:`moe_tui.chat.history.Message`) with ``role`` and
+    ``content``; empty ones are skipped (an answer placeholder not yet written, say). Raises
+    :class:`UserError` for a message without a known role or text, and for a conversation that does not end
+    with a user message (there would be nothing to answer).
     """
     system_parts = [system_prompt.strip()] if system_prompt.strip() else []
     turns: list[dict] = []
     for index, message in enumerate(messages):
-        role, content = message.get("role"), message.get("content")
+        role, content = _field(message, "role"), _field(message, "content")
         if not isinstance(content, str):
             raise UserError(f"message {index + 1} has no text content")
-        if role == "system":
-            if content.strip():
-                system_parts.append(content.strip())
-        elif role in _TURN_ROLES:
-            if turns and turns[-1]["role"] == role:
-                turns[-1]["content"] += "\n\n" + content
-            else:
-                turns.append({"role": role, "content": content})
-        else:
+        if role not in ("system", *_TURN_ROLES):
             raise UserError(f"message {index + 1} has role {role!r}; expected system, user or assistant")
+        if not content.strip():
+            continue
+        if role == "system":
+            system_parts.append(content.strip())
+        elif turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n\n" + content
+        else:
+            turns.append({"role": role, "content": content})
     if not turns or turns[-1]["role"] != "user":
         raise UserError("the conversation must end with a user message for the model to answer")
     return "\n\n".join(system_parts), turns
 
 
-def render_prompt(tokenizer: Any, messages: Iterable[Mapping[str, Any]], system_prompt: str = "") -> str:
+def render_prompt(tokenizer: Any, messages: Iterable[ChatMessage], system_prompt: str = "") -> str:
     """The prompt text for ``messages`` (ending with the assistant's turn opened), via the tokenizer's template."""
     system, turns = split_conversation(messages, system_prompt)
     template = getattr(tokenizer, "chat_template", None) or PLAIN_TEMPLATE
@@ -62,6 +76,10 @@ def render_prompt(tokenizer: Any, messages: Iterable[Mapping[str, Any]], system_
         turns = [dict(turn) for turn in turns]
         turns[first_user]["content"] = f"{system}\n\n{turns[first_user]['content']}"
     return _apply(tokenizer, template, turns)
+
+
+def _field(message: ChatMessage, name: str) -> Any:
+    return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
 def _apply(tokenizer: Any, template: str, conversation: list[dict]) -> str:

@@ -15,12 +15,13 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui import paths
+from moe_tui.chat.prompt import ChatMessage
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Telemetry, TokenEvent
 
@@ -132,12 +133,13 @@ class ChatSession:
 
     def generate(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[ChatMessage],
         settings: GenerationSettings,
         on_text: Callable[[str], None],
         stop_event: threading.Event | None = None,
     ) -> GenerationResult:
-        """Answer the conversation ``messages`` (dicts with ``role`` and ``content``, ending with the user's turn).
+        """Answer the conversation ``messages`` (``role``/``content`` dicts or history messages; the last non-empty
+        one is the user's turn).
 
         Blocks until the answer ends (end-of-sequence, ``max_new_tokens``, the context limit, or ``stop_event``
         set; a stop event already set returns at once with nothing generated). ``on_text`` receives every new
@@ -161,7 +163,7 @@ class ChatSession:
 
     def _generate(
         self,
-        messages: Sequence[Mapping[str, Any]],
+        messages: Sequence[ChatMessage],
         settings: GenerationSettings,
         on_text: Callable[[str], None],
         stop_event: threading.Event,
