@@ -94,6 +94,22 @@ def test_prefetched_expert_evicted_before_use_is_not_a_prefetch_hit() -> None:
     assert (counters.prefetch_issued, counters.prefetch_used, counters.hits) == (1, 0, 0)
 
 
+def test_prefetch_mark_lasts_one_pass() -> None:
+    # Guessed 1 for the first pass, which used 0; 1 stays resident and its use in the next pass is a plain hit.
+    passes = [LayerPass((0,), prefetch=(1,)), LayerPass((1,))]
+    counters = simulate_layer(passes, 2, "lru", prefetch=True)
+    assert (counters.prefetch_issued, counters.prefetch_used, counters.hits) == (1, 0, 1)
+
+
+def test_streaming_evicts_experts_outside_the_pass_first() -> None:
+    # FIFO holds 0, 1, 4 (oldest first). The pass (0, 1, 2, 3) needs 4 experts in 3 slots: 2 evicts 4 (not in
+    # the pass) although 0 is older; only 3 must evict an expert of the pass, then 0, the oldest. So 1 is still
+    # held for the last pass (plain FIFO would have evicted 0 and then 1).
+    passes = [LayerPass((0,)), LayerPass((1,)), LayerPass((4,)), LayerPass((0, 1, 2, 3)), LayerPass((1,))]
+    counters = simulate_layer(passes, 3, "fifo")
+    assert (counters.hits, counters.misses) == (3, 5)
+
+
 def optimum_hits(passes: list[LayerPass], cache_size: int) -> int:
     """Most hits any demand-fetching cache can get on the passes' fetches, trying every possible victim.
 

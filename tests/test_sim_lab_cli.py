@@ -19,7 +19,8 @@ def record_trace(
     """Write a trace the way an LRU engine with one-expert prefetch would, through the real trace writer.
 
     The toy engine keeps an OrderedDict per layer (oldest first), fetches held experts before missing ones,
-    never evicts an expert of the current pass, and prefetches one guess per pass (right 60% of the time).
+    never evicts an expert of the current pass, and prefetches one guess per pass (right 60% of the time);
+    a prefetch mark lasts one pass.
     """
     rng = random.Random(seed)
     header = TraceHeader(
@@ -58,6 +59,8 @@ def record_trace(
                     if len(cache) >= k:
                         victim = next(e for e in cache if e not in used)
                         del cache[victim]
+                    cache[expert] = False
+                for expert in cache:
                     cache[expert] = False
                 telemetry.record_step(
                     LayerStep(

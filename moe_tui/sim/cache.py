@@ -5,12 +5,14 @@ The model of a pass, shared by every policy so that their counts compare:
 1. With prefetch on, the experts the recording engine prefetched for this pass are loaded first (each one
    not already held costs a copy and may evict a resident expert, never another guess of the same batch).
 2. The pass then fetches its distinct experts in the trace's order (the order the recording engine fetched
-   them). One already held is a hit (a prefetch hit if a prefetch brought it in and it was not used since);
-   one not held is a miss, loaded into a free slot or into the slot of the policy's victim.
-3. The victim is never one of the pass's own experts when the pass needs no more experts than there are
-   slots, so they are all resident when it ends. When it needs more (a prefill on a small cache), experts
-   stream through the slots: each is computed as soon as it is loaded, and the victim is never one the pass
-   has yet to fetch unless every slot holds one.
+   them: held ones first). One already held is a hit (a prefetch hit if this pass's prefetch brought it
+   in); one not held is a miss, loaded into a free slot or into the slot of the policy's victim.
+3. The victim is never one of the pass's own experts while another resident expert can go, so a pass that
+   needs no more experts than there are slots ends with all of them resident. One that needs more (a
+   prefill on a small cache) streams the rest through the slots: each expert is computed as soon as it is
+   loaded, and then any expert the pass has finished with may make room for the next.
+4. Prefetch marks last until the end of the pass they were made for, as in the engine: a guess that was
+   not used by that pass and stays resident is an ordinary hit later.
 
 Belady's MIN sees the same fetches as one sequence and evicts the resident expert whose next fetch lies
 furthest in the future (never fetched again counts as infinitely far). It has the fewest misses any
@@ -49,7 +51,6 @@ def simulate_layer(
             started = slots.prefetch(layer_pass.prefetch)
             issued += started * counted
         experts = layer_pass.experts
-        fits = len(experts) <= cache_size
         for index, expert in enumerate(experts):
             if expert in slots.resident:
                 from_prefetch = slots.use(expert)
@@ -57,8 +58,9 @@ def simulate_layer(
                 hits += counted
                 continue
             misses += counted
-            if not slots.load(expert, experts if fits else experts[index + 1 :]):
+            if not slots.load(expert, experts) and not slots.load(expert, experts[index + 1 :]):
                 slots.load(expert, ())
+        slots.prefetched.clear()
     return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used)
 
 
