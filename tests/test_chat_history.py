@@ -54,6 +54,36 @@ def test_messages_persist_across_reopening(tmp_path: Path) -> None:
     assert messages[0].created_at <= messages[1].created_at <= messages[2].created_at
 
 
+def _raw(path: Path, query: str) -> list[tuple]:
+    connection = sqlite3.connect(path)
+    try:
+        return connection.execute(query).fetchall()
+    finally:
+        connection.close()
+
+
+def test_streamed_parts_are_folded_into_their_message(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    store = HistoryStore(path)
+    chat = store.create_conversation()
+    store.add_message(chat.id, "user", "q1")
+    answer = store.add_message(chat.id, "assistant", "Start: ")
+    for piece in ["a", "b", "", "c"]:
+        store.append_to_message(answer.id, piece)
+    assert _raw(path, "SELECT count(*) FROM message_parts") == [(3,)]
+    assert store.messages(chat.id)[-1].content == "Start: abc"
+    store.add_message(chat.id, "user", "q2")
+    assert _raw(path, "SELECT count(*) FROM message_parts") == [(0,)]
+    assert _raw(path, f"SELECT content FROM messages WHERE id = {answer.id}") == [("Start: abc",)]
+
+    second = store.add_message(chat.id, "assistant")
+    store.append_to_message(second.id, "xyz")
+    store.close()
+    store.close()
+    assert _raw(path, f"SELECT content FROM messages WHERE id = {second.id}") == [("xyz",)]
+    assert _raw(path, "SELECT count(*) FROM message_parts") == [(0,)]
+
+
 def test_database_uses_wal_and_records_its_schema_version(store: HistoryStore) -> None:
     store.create_conversation()
     connection = sqlite3.connect(store.path)
@@ -271,7 +301,9 @@ def test_text_shown_before_sigkill_is_in_the_database(tmp_path: Path) -> None:
     assert process.returncode == -signal.SIGKILL
     assert len(shown) == 40, "the writer stopped before streaming"
 
+    assert _raw(path, "SELECT count(*) FROM message_parts") != [(0,)]
     with HistoryStore(path) as store:
+        assert _raw(path, "SELECT count(*) FROM message_parts") == [(0,)], "opening folds the parts left behind"
         [chat] = store.list_conversations()
         user, answer = store.messages(chat.id)
     assert (chat.title, user.content) == ("Tell me a long story", "Tell me a long story")

@@ -3,10 +3,11 @@
 Durability: the database runs in WAL mode with ``synchronous=NORMAL`` and every call that changes something
 commits before it returns, :meth:`HistoryStore.append_to_message` included (one commit per streamed piece). A
 commit in that mode is a ``write()`` into the WAL file without an ``fsync``, so it survives the process being
-killed (SIGKILL, a dropped SSH session) and costs tens of microseconds (measured: ~10-35 us per append for
-answers up to 20 KB, ~130 us on average while a single answer grows to 100 KB), which is nothing next to the
-time a token takes. Only an operating-system crash or power loss can drop the last commits; the file then
-stays consistent.
+killed (SIGKILL, a dropped SSH session); only an operating-system crash or power loss can drop the last
+commits, and the file then stays consistent. So that a commit per piece stays cheap however long the answer
+grows, a streamed piece is inserted as a small row of ``message_parts`` rather than rewriting the message
+(which costs time and WAL bytes in proportion to its length); the parts are folded into their message when the
+conversation gets its next message, and when a store is opened or closed. Readers always see the parts joined.
 
 The schema version lives in ``PRAGMA user_version``; :data:`_MIGRATIONS` takes a file from any older version to
 the current one. A file that is not a moe-tui history database, is damaged, or was written by a newer moe-tui
@@ -77,7 +78,15 @@ def _migrate_to_1(connection: sqlite3.Connection) -> None:
             created_at REAL NOT NULL
         )"""
     )
+    connection.execute(
+        """CREATE TABLE message_parts (
+            id INTEGER PRIMARY KEY,
+            message_id INTEGER NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+            text TEXT NOT NULL
+        )"""
+    )
     connection.execute("CREATE INDEX messages_by_conversation ON messages(conversation_id, id)")
+    connection.execute("CREATE INDEX parts_by_message ON message_parts(message_id, id)")
     connection.execute("CREATE INDEX conversations_by_activity ON conversations(updated_at, id)")
 
 
@@ -108,6 +117,7 @@ class HistoryStore:
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path is not None else default_path()
         self._lock = threading.RLock()
+        self._closed = False
         self._connection = self._open()
 
     def create_conversation(self, title: str = DEFAULT_TITLE, model: str = "") -> Conversation:
@@ -148,7 +158,11 @@ class HistoryStore:
                 " WHERE conversation_id = ? ORDER BY id",
                 (conversation_id,),
             ).fetchall()
-        return [Message(*row) for row in rows]
+            parts = _parts_by_message(connection, conversation_id)
+        return [
+            Message(id, conversation, role, content + "".join(parts.get(id, ())), created_at)
+            for id, conversation, role, content, created_at in rows
+        ]
 
     def add_message(self, conversation_id: int, role: str, content: str = "") -> Message:
         """Append a message (committed at once); the first user message names a conversation still untitled."""
@@ -161,6 +175,7 @@ class HistoryStore:
             ).fetchone()
             if row is None:
                 raise UserError(f"there is no conversation #{conversation_id} in the chat history")
+            _fold_parts(connection, conversation_id)
             cursor = connection.execute(
                 "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?, ?, ?, ?)",
                 (conversation_id, role, content, now),
@@ -180,9 +195,12 @@ class HistoryStore:
         if not text:
             return
         with self._write() as connection:
-            cursor = connection.execute("UPDATE messages SET content = content || ? WHERE id = ?", (text, message_id))
-            if cursor.rowcount == 0:
-                raise UserError(f"message #{message_id} is no longer in the chat history (was its chat deleted?)")
+            try:
+                connection.execute("INSERT INTO message_parts (message_id, text) VALUES (?, ?)", (message_id, text))
+            except sqlite3.IntegrityError:
+                raise UserError(
+                    f"message #{message_id} is no longer in the chat history (was its chat deleted?)"
+                ) from None
 
     def delete_message(self, message_id: int) -> None:
         """Remove one message (for example an empty answer whose generation failed)."""
@@ -236,9 +254,16 @@ class HistoryStore:
         return target
 
     def close(self) -> None:
-        """Close the database (everything is already committed)."""
+        """Fold streamed parts into their messages and close the database (everything is already committed)."""
         with self._lock:
-            self._connection.close()
+            if self._closed:
+                return
+            try:
+                with self._write() as connection:
+                    _fold_parts(connection)
+            finally:
+                self._closed = True
+                self._connection.close()
 
     def __enter__(self) -> HistoryStore:
         return self
@@ -325,10 +350,31 @@ class HistoryStore:
                 migration(connection)
             if version < SCHEMA_VERSION:
                 connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            _fold_parts(connection)
         except BaseException:
             connection.rollback()
             raise
         connection.commit()
+
+
+def _parts_by_message(connection: sqlite3.Connection, conversation_id: int | None = None) -> dict[int, list[str]]:
+    """Streamed parts not yet folded into their messages, in order, for one conversation or all of them."""
+    query = "SELECT message_id, text FROM message_parts"
+    arguments: tuple[int, ...] = ()
+    if conversation_id is not None:
+        query += " WHERE message_id IN (SELECT id FROM messages WHERE conversation_id = ?)"
+        arguments = (conversation_id,)
+    parts: dict[int, list[str]] = {}
+    for message_id, text in connection.execute(query + " ORDER BY id", arguments):
+        parts.setdefault(message_id, []).append(text)
+    return parts
+
+
+def _fold_parts(connection: sqlite3.Connection, conversation_id: int | None = None) -> None:
+    """Append pending parts to their messages' content and drop them; call inside a write transaction."""
+    for message_id, texts in _parts_by_message(connection, conversation_id).items():
+        connection.execute("UPDATE messages SET content = content || ? WHERE id = ?", ("".join(texts), message_id))
+        connection.execute("DELETE FROM message_parts WHERE message_id = ?", (message_id,))
 
 
 def _clean_title(title: str) -> str:
