@@ -1,0 +1,150 @@
+"""Where a transformers-5 MoE model keeps its experts and routers, and how checkpoints name their tensors.
+
+The engine supports the families whose MoE block holds a fused experts module called as
+``experts(hidden_states, top_k_index, top_k_weights)`` with ``gate_up_proj`` [E, 2I, H] (gate rows first) and
+``down_proj`` [E, H, I], next to a router ``gate`` with a ``weight`` [E, H]: Mixtral, Qwen2-MoE, Qwen3-MoE and
+OLMoE. Everything else is refused with a :class:`~moe_tui.errors.UserError`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from moe_tui.errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    """Checkpoint naming of one model family in the original (one tensor per expert) layout."""
+
+    name: str
+    block: str  # attribute name of the MoE block in original checkpoints ("block_sparse_moe" or "mlp")
+    expert_names: tuple[str, str, str]  # gate, up, down projection names inside experts.E
+
+    def original_keys(self, decoder_index: int, expert: int) -> tuple[str, str, str]:
+        """Checkpoint keys of one expert's gate, up and down weights in the original layout."""
+        base = f"model.layers.{decoder_index}.{self.block}.experts.{expert}"
+        return tuple(f"{base}.{name}.weight" for name in self.expert_names)  # type: ignore[return-value]
+
+    @staticmethod
+    def fused_keys(decoder_index: int) -> tuple[str, str]:
+        """Checkpoint keys of one layer's fused ``gate_up_proj`` and ``down_proj`` (transformers-5 layout)."""
+        base = f"model.layers.{decoder_index}.mlp.experts"
+        return f"{base}.gate_up_proj", f"{base}.down_proj"
+
+    def checkpoint_name(self, model_key: str) -> str:
+        """The name a non-expert model parameter has in an original-layout checkpoint."""
+        if self.block != "mlp":
+            return model_key.replace(".mlp.", f".{self.block}.")
+        return model_key
+
+
+_QWEN_STYLE = ("gate_proj", "up_proj", "down_proj")
+FAMILIES: dict[str, Family] = {
+    "mixtral": Family("mixtral", "block_sparse_moe", ("w1", "w3", "w2")),
+    "qwen2_moe": Family("qwen2_moe", "mlp", _QWEN_STYLE),
+    "qwen3_moe": Family("qwen3_moe", "mlp", _QWEN_STYLE),
+    "olmoe": Family("olmoe", "mlp", _QWEN_STYLE),
+}
+
+
+@dataclass(frozen=True)
+class MoELayer:
+    """One MoE block: its index among MoE layers, its decoder layer, and its modules."""
+
+    index: int
+    decoder_index: int
+    block: nn.Module
+    router: nn.Module
+
+    @property
+    def experts(self) -> nn.Module:
+        """The block's current experts module (the original one until it is replaced)."""
+        return self.block.experts
+
+
+@dataclass(frozen=True)
+class MoEModel:
+    """The MoE structure of a model: family, decoder stack and MoE layers with their shared shape."""
+
+    family: Family
+    decoder: nn.Module
+    layers: tuple[MoELayer, ...]
+    num_experts: int
+    top_k: int
+    hidden_size: int
+    intermediate_size: int
+
+    @property
+    def expert_shapes(self) -> list[tuple[int, int]]:
+        """One expert's weight shapes in packing order: gate (I, H), up (I, H), down (H, I)."""
+        i, h = self.intermediate_size, self.hidden_size
+        return [(i, h), (i, h), (h, i)]
+
+
+def family_of(config: object) -> Family:
+    """The supported family of a transformers config, or a UserError saying why the model cannot be offloaded."""
+    model_type = getattr(config, "model_type", None)
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
+    if not experts:
+        raise UserError(f"model type {model_type!r} is not a Mixture-of-Experts model: there are no experts to offload")
+    raise UserError(f"MoE model type {model_type!r} is not supported yet; supported: {', '.join(FAMILIES)}")
+
+
+def find_moe(model: nn.Module) -> MoEModel:
+    """Locate the decoder stack and every MoE block of ``model`` (a ``*ForCausalLM``); UserError if none."""
+    family = family_of(getattr(model, "config", None))
+    decoder = getattr(model, "model", None)
+    decoder_layers = getattr(decoder, "layers", None)
+    if decoder is None or decoder_layers is None:
+        raise UserError(f"cannot find the decoder layers of this {family.name} model (expected model.model.layers)")
+    layers: list[MoELayer] = []
+    for decoder_index, layer in enumerate(decoder_layers):
+        block = getattr(layer, "mlp", None)
+        experts = getattr(block, "experts", None)
+        router = getattr(block, "gate", None)
+        if experts is None or router is None:
+            continue
+        _check_experts(experts, decoder_index)
+        layers.append(MoELayer(len(layers), decoder_index, block, router))
+    if not layers:
+        raise UserError(f"this {family.name} model has no MoE layers to offload")
+    num_experts, two_i, hidden = layers[0].experts.gate_up_proj.shape
+    for moe in layers:
+        if tuple(moe.experts.gate_up_proj.shape) != (num_experts, two_i, hidden):
+            raise UserError(f"MoE layer {moe.decoder_index} has a different expert shape from layer 0")
+    return MoEModel(
+        family=family,
+        decoder=decoder,
+        layers=tuple(layers),
+        num_experts=int(num_experts),
+        top_k=int(model.config.num_experts_per_tok),
+        hidden_size=int(hidden),
+        intermediate_size=int(two_i) // 2,
+    )
+
+
+def _check_experts(experts: nn.Module, decoder_index: int) -> None:
+    """Refuse experts modules whose weights are not the fused, untransposed, bias-free gate/up + down layout."""
+    gate_up = getattr(experts, "gate_up_proj", None)
+    down = getattr(experts, "down_proj", None)
+    layout_ok = (
+        isinstance(gate_up, nn.Parameter)
+        and isinstance(down, nn.Parameter)
+        and gate_up.dim() == 3
+        and down.dim() == 3
+        and not getattr(experts, "is_transposed", False)
+        and not getattr(experts, "has_bias", False)
+        and getattr(experts, "is_concatenated", True)
+        and getattr(experts, "has_gate", True)
+        and hasattr(experts, "act_fn")
+    )
+    if not layout_ok:
+        raise UserError(
+            f"the experts of decoder layer {decoder_index} ({type(experts).__name__}) are not in the fused "
+            "gate_up_proj/down_proj layout this engine supports"
+        )

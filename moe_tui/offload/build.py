@@ -1,0 +1,205 @@
+"""Turning a model into an OffloadedModel: checks first, then the expert store, then the engine.
+
+:func:`offload_model` offloads an in-memory transformers model; :mod:`moe_tui.offload.loader` shares the
+planning, packing and finishing steps here for checkpoints on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from moe_tui.errors import UserError
+from moe_tui.offload import memory
+from moe_tui.offload.arch import MoEModel, find_moe
+from moe_tui.offload.config import OffloadConfig
+from moe_tui.offload.experts import OffloadedExperts
+from moe_tui.offload.model import OffloadedModel, Progress
+from moe_tui.offload.quant import ExpertFormat, WeightSource, quantize_linears
+from moe_tui.offload.store import ExpertStore
+
+STORE_VERSION = 1
+ExpertReader = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass
+class Plan:
+    """Everything decided before the heavy work: device, dtype, buffer format and cache sizes."""
+
+    device: torch.device
+    dtype: torch.dtype
+    format: ExpertFormat
+    sizes: list[int]
+    store_kind: str
+
+
+def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype) -> Plan:
+    """Check the settings against the model and decide the layout (UserError on any problem)."""
+    device = cfg.resolved_device()
+    sizes = cfg.cache_sizes(len(moe.layers), moe.num_experts)
+    cfg.check_prefetch(moe.num_experts)
+    if cfg.expert_bits is not None:
+        for shape in moe.expert_shapes:
+            if (shape[0] * shape[1]) % cfg.group_size:
+                raise UserError(
+                    f"group size {cfg.group_size} does not divide the expert matrix {shape[0]}x{shape[1]}; "
+                    "choose a group size that does"
+                )
+    fmt = ExpertFormat(moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size)
+    store_kind = "pinned" if device.type == "cuda" and cfg.store == "ram" else cfg.store
+    return Plan(device, dtype, fmt, sizes, store_kind)
+
+
+def check_fast_tier(plan: Plan, resident_bytes: int) -> None:
+    """Refuse before allocating when the slots (plus workspace and resident weights) exceed free memory."""
+    fixed = WeightSource.planned_bytes(plan.format) + resident_bytes
+    memory.check_fits(plan.device, plan.sizes, plan.format.nbytes, fixed)
+
+
+def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | None = None) -> OffloadedModel:
+    """Offload the experts of an in-memory transformers MoE model (modified in place) and return the engine.
+
+    The experts' weights go into the slow-tier store (quantized with HQQ when ``cfg.expert_bits`` is set)
+    and each MoE block's ``experts`` module is replaced; the rest of the model moves to the fast tier.
+    """
+    if not isinstance(model, nn.Module):
+        raise UserError(f"expected a transformers model, got {type(model).__name__}")
+    moe = find_moe(model)
+    first = next(model.parameters())
+    plan = plan_offload(cfg, moe, cfg.torch_dtype() or first.dtype)
+    expert_params = {id(p) for m in moe.layers for p in m.experts.parameters()}
+    resident = sum(p.numel() for p in model.parameters() if id(p) not in expert_params) * plan.dtype.itemsize
+    check_fast_tier(plan, resident if plan.device != first.device else 0)
+    report = progress or terminal_progress()
+
+    def read(layer: int, expert: int) -> tuple[Tensor, Tensor, Tensor]:
+        experts = moe.layers[layer].experts
+        i = moe.intermediate_size
+        return experts.gate_up_proj[expert, :i], experts.gate_up_proj[expert, i:], experts.down_proj[expert]
+
+    source = {"kind": "in-memory", "digest": _content_digest(moe)} if cfg.quant_cache_dir else {}
+    store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=True)
+    finish_model(model, moe, cfg, plan, report)
+    name = str(getattr(model.config, "name_or_path", "") or model.config.model_type)
+    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
+
+
+def build_store(
+    cfg: OffloadConfig,
+    moe: MoEModel,
+    plan: Plan,
+    read: ExpertReader,
+    source: dict[str, object],
+    report: Progress,
+    replace_as_packed: bool,
+) -> tuple[ExpertStore, dict[str, object]]:
+    """Fill the slow-tier store with every expert (or reopen a saved one) and replace the experts modules.
+
+    ``read(layer, expert)`` returns one expert's gate, up and down weights. With ``replace_as_packed`` each
+    layer's original experts module is dropped as soon as it is packed, so its memory is freed layer by layer.
+    """
+    layers, experts = len(moe.layers), moe.num_experts
+    fmt = plan.format
+    cache_dir = _store_dir(cfg, moe, fmt, source)
+    description = {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+    if cache_dir is not None:
+        store = ExpertStore.open_saved(cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description)
+        if store is not None:
+            report("loading saved expert store", 1, 1)
+            for moe_layer in moe.layers:
+                _replace_experts(moe, moe_layer.index)
+            return store, {"store": "reused", "store_dir": str(cache_dir)}
+    path = None
+    if cache_dir is not None and plan.store_kind == "mmap":
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        path = cache_dir / "experts.bin.partial"
+    store = ExpertStore(layers, experts, fmt.nbytes, plan.store_kind, path)
+    stage = f"quantizing experts to {fmt.bits} bits" if fmt.bits else "packing experts"
+    quant_device = plan.device if plan.device.type == "cuda" else torch.device("cpu")
+    total = layers * experts
+    report(stage, 0, total)
+    for moe_layer in moe.layers:
+        for expert in range(experts):
+            gate, up, down = (w.to(quant_device) for w in read(moe_layer.index, expert))
+            fmt.pack(gate, up, down, store.row(moe_layer.index, expert))
+            report(stage, moe_layer.index * experts + expert + 1, total)
+        if replace_as_packed:
+            _replace_experts(moe, moe_layer.index)
+    if not replace_as_packed:
+        for moe_layer in moe.layers:
+            _replace_experts(moe, moe_layer.index)
+    info: dict[str, object] = {"store": "built"}
+    if cache_dir is not None:
+        report("saving expert store", 0, 1)
+        store.save(cache_dir, description)
+        report("saving expert store", 1, 1)
+        info["store_dir"] = str(cache_dir)
+    return store, info
+
+
+def finish_model(model: nn.Module, moe: MoEModel, cfg: OffloadConfig, plan: Plan, report: Progress) -> None:
+    """Move the resident part to the fast tier in the compute dtype and quantize its linear layers if asked."""
+    model.to(device=plan.device, dtype=plan.dtype)
+    if cfg.attn_bits is not None:
+        quantize_linears(moe, cfg.attn_bits, cfg.group_size, plan.dtype, plan.device, report)
+    model.eval()
+
+
+def _replace_experts(moe: MoEModel, index: int) -> None:
+    moe_layer = moe.layers[index]
+    if isinstance(moe_layer.block.experts, OffloadedExperts):
+        return
+    act_fn = moe_layer.block.experts.act_fn
+    moe_layer.block.experts = OffloadedExperts(index, moe.num_experts, act_fn)
+
+
+def _store_dir(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dict[str, object]) -> Path | None:
+    """The quantized-store cache directory for this model and format (None without ``quant_cache_dir``)."""
+    if cfg.quant_cache_dir is None:
+        return None
+    key = json.dumps(
+        {"version": STORE_VERSION, "format": fmt.describe(), "source": source}, sort_keys=True, default=str
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", moe.family.name)
+    return Path(cfg.quant_cache_dir).expanduser() / f"{label}-{fmt.precision}-{digest}"
+
+
+def _content_digest(moe: MoEModel) -> str:
+    """A hash of every expert weight of an in-memory model (identifies it for the store cache)."""
+    digest = hashlib.blake2b(digest_size=16)
+    for moe_layer in moe.layers:
+        for tensor in (moe_layer.experts.gate_up_proj, moe_layer.experts.down_proj):
+            digest.update(str((tuple(tensor.shape), tensor.dtype)).encode())
+            digest.update(tensor.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def terminal_progress() -> Progress:
+    """A progress callback drawing a one-line bar on stderr when it is a terminal, silent otherwise."""
+    if not sys.stderr.isatty():
+        return lambda stage, done, total: None
+    state = {"stage": ""}
+
+    def draw(stage: str, done: int, total: int) -> None:
+        width = 30
+        filled = width * done // total if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        if state["stage"] and stage != state["stage"]:
+            sys.stderr.write("\n")
+        state["stage"] = stage
+        sys.stderr.write(f"\r{stage}: [{bar}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+            state["stage"] = ""
+        sys.stderr.flush()
+
+    return draw

@@ -1,0 +1,110 @@
+"""Settings of the offloading engine, checked as soon as they are made (model-independent checks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from moe_tui.errors import UserError
+from moe_tui.policies import POLICIES
+
+EXPERT_BITS = (2, 3, 4, 8)
+ATTN_BITS = (4, 8)
+DEVICES = ("cpu", "cuda", "auto")
+STORES = ("ram", "mmap")
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+@dataclass
+class OffloadConfig:
+    """How to offload a model's experts.
+
+    ``cache_size``: expert slots per MoE layer in the fast tier (an int, or one int per MoE layer).
+    ``prefetch``: experts per layer guessed from the next layer's router and loaded ahead (0 = off).
+    ``policy``: eviction policy (``lru``, ``lfu``, ``fifo``).
+    ``expert_bits`` / ``attn_bits``: HQQ bit width for routed experts (2, 3, 4, 8) and for the other linear
+    layers of the decoder (4, 8); None keeps them unquantized. ``group_size``: HQQ group size.
+    ``device``: the fast tier (``cpu``, ``cuda``, ``auto``). ``store``: the slow tier on CPU (``ram`` or
+    ``mmap``, a memory-mapped file); with CUDA, ``ram`` means pinned host memory.
+    ``dtype``: compute dtype (None: the model's or checkpoint's own). ``trace_path``: write a JSON Lines trace.
+    ``quant_cache_dir``: save the packed (quantized) expert store here and reuse it on the next start.
+    ``telemetry``: record one LayerStep per layer per pass (stats, snapshot, trace); off only to measure its cost.
+    """
+
+    cache_size: int | list[int] = 2
+    prefetch: int = 1
+    policy: str = "lru"
+    expert_bits: int | None = None
+    attn_bits: int | None = None
+    group_size: int = 64
+    device: str = "cpu"
+    store: str = "ram"
+    dtype: str | torch.dtype | None = None
+    trace_path: str | Path | None = None
+    quant_cache_dir: str | Path | None = None
+    telemetry: bool = True
+
+    def __post_init__(self) -> None:
+        sizes = self.cache_size if isinstance(self.cache_size, (list, tuple)) else [self.cache_size]
+        if not sizes or any(not isinstance(k, int) or isinstance(k, bool) or k < 1 for k in sizes):
+            raise UserError(f"cache size must be a whole number >= 1 (one per MoE layer), got {self.cache_size!r}")
+        if not isinstance(self.prefetch, int) or self.prefetch < 0:
+            raise UserError(f"prefetch must be a whole number >= 0 (0 turns it off), got {self.prefetch!r}")
+        if not isinstance(self.policy, str) or self.policy.lower() not in POLICIES:
+            raise UserError(f"unknown cache policy {self.policy!r}; choose from {', '.join(POLICIES)}")
+        self.policy = self.policy.lower()
+        if self.expert_bits is not None and self.expert_bits not in EXPERT_BITS:
+            raise UserError(f"unsupported expert bit width {self.expert_bits!r}; choose from 2, 3, 4, 8 or none")
+        if self.attn_bits is not None and self.attn_bits not in ATTN_BITS:
+            raise UserError(f"unsupported attention bit width {self.attn_bits!r}; choose 4, 8 or none")
+        if not isinstance(self.group_size, int) or self.group_size < 8 or self.group_size % 8:
+            raise UserError(f"group size must be a positive multiple of 8, got {self.group_size!r}")
+        if self.device not in DEVICES:
+            raise UserError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
+        if self.store not in STORES:
+            raise UserError(f"unknown expert store {self.store!r}; choose from {', '.join(STORES)}")
+        if self.dtype is not None and not isinstance(self.dtype, torch.dtype) and self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+
+    def torch_dtype(self) -> torch.dtype | None:
+        """The compute dtype as a torch dtype (None: keep the model's)."""
+        if self.dtype is None or isinstance(self.dtype, torch.dtype):
+            return self.dtype
+        return DTYPES[self.dtype]
+
+    def resolved_device(self) -> torch.device:
+        """The fast-tier device; UserError when CUDA is asked for and absent."""
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
+        return torch.device(self.device)
+
+    def cache_sizes(self, num_layers: int, num_experts: int) -> list[int]:
+        """One cache size per MoE layer, checked against the model's shape."""
+        return check_cache_sizes(self.cache_size, num_layers, num_experts)
+
+    def check_prefetch(self, num_experts: int) -> None:
+        """Refuse a prefetch depth the model cannot have."""
+        if self.prefetch > num_experts:
+            raise UserError(f"prefetch {self.prefetch} is more than this model's {num_experts} experts per layer")
+
+
+def check_cache_sizes(cache_size: int | list[int] | tuple[int, ...], num_layers: int, num_experts: int) -> list[int]:
+    """Expand and check cache sizes: each within 1..num_experts, one per MoE layer."""
+    sizes = list(cache_size) if isinstance(cache_size, (list, tuple)) else [cache_size] * num_layers
+    if len(sizes) != num_layers:
+        raise UserError(f"cache size has {len(sizes)} entries but the model has {num_layers} MoE layers")
+    for k in sizes:
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
+            raise UserError(f"cache size {k!r} is out of range: choose 1..{num_experts} (experts per layer)")
+    return sizes

@@ -1,0 +1,270 @@
+"""The per-layer expert computation: routing summary, cache lookups, loads, prefetch, telemetry.
+
+One :class:`Engine` serves every MoE layer of a model. For each layer pass it:
+
+1. summarises the routing on the device (tokens per expert, router weight sums) and, when prefetch is on,
+   scores the next MoE layer's router on this layer's MoE input; all of it reaches the host in **one** small
+   transfer, the only synchronisation of the pass (the resident model reads its routing too);
+2. splits the selected experts into hits and misses, marks the hits used, and starts the copies of the misses
+   into free or evictable slots (never evicting an expert this pass still needs);
+3. starts the copies of the next layer's guessed experts (prefetch) that are not cached, evicting only
+   experts outside the guesses;
+4. computes hits first (overlapping the copies on CUDA), then misses; when a pass needs more experts than its
+   layer has slots (a long prefill), the remaining misses stream through the slots one after another;
+5. keeps a :class:`~moe_tui.telemetry.LayerStep` for the pass, recorded when the forward pass ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moe_tui.offload.cache import LayerCache
+from moe_tui.offload.quant import WeightSource
+from moe_tui.offload.store import ExpertStore
+from moe_tui.offload.transfer import Mover, Timer
+from moe_tui.telemetry import LayerStep, Telemetry
+
+
+@dataclass
+class PendingStep:
+    """A layer pass whose LayerStep waits for its timings (recorded at the end of the forward pass)."""
+
+    layer: int
+    n_tokens: int
+    experts: tuple[int, ...]
+    counts: tuple[int, ...]
+    weights: tuple[float, ...]
+    hits: tuple[bool, ...]
+    prefetch_hits: tuple[bool, ...]
+    prefetch_issued: tuple[int, ...]
+    slots: tuple[int | None, ...]
+    bytes_loaded: int
+    timer: Timer
+    extra_load_s: float = 0.0
+
+
+@dataclass
+class Tally:
+    """Counters kept even with telemetry off (cheap integers)."""
+
+    steps: int = 0
+    tokens: int = 0
+    hits: int = 0
+    misses: int = 0
+    prefetch_issued: int = 0
+    prefetch_used: int = 0
+    bytes_loaded: int = 0
+    pending: list[PendingStep] = field(default_factory=list)
+
+
+class Engine:
+    """Runs the offloaded experts of every MoE layer (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: ExpertStore,
+        caches: list[LayerCache],
+        routers: list[nn.Module],
+        act_fn: nn.Module,
+        source: WeightSource,
+        mover: Mover,
+        telemetry: Telemetry,
+        num_experts: int,
+        prefetch: int,
+        record: bool,
+    ):
+        self.store = store
+        self.caches = caches
+        self.routers = routers
+        self.act_fn = act_fn
+        self.source = source
+        self.mover = mover
+        self.telemetry = telemetry
+        self.num_experts = num_experts
+        self.prefetch = prefetch
+        self.record = record
+        self.step = 0
+        self.tally = Tally()
+
+    # ----------------------------------------------------------------- forward-pass boundaries
+    def begin_pass(self) -> None:
+        """A forward pass starts: count it and drop transient state an interrupted pass may have left."""
+        self.step += 1
+        self.tally.steps += 1
+        self.tally.pending.clear()
+        for cache in self.caches:
+            cache.issued.clear()
+            cache.prefetched.clear()
+            cache.prefetch_load_s = 0.0
+            cache.prefetch_bytes = 0
+
+    def end_pass(self) -> None:
+        """A forward pass ended (or failed): record the LayerSteps of the layers it ran."""
+        pending, self.tally.pending = self.tally.pending, []
+        for item in pending:
+            load_s, compute_s = item.timer.seconds()
+            self.telemetry.record_step(
+                LayerStep(
+                    step=self.step,
+                    layer=item.layer,
+                    n_tokens=item.n_tokens,
+                    experts=item.experts,
+                    counts=item.counts,
+                    weights=item.weights,
+                    hits=item.hits,
+                    prefetch_hits=item.prefetch_hits,
+                    prefetch_issued=item.prefetch_issued,
+                    slots=item.slots,
+                    bytes_loaded=item.bytes_loaded,
+                    load_s=load_s + item.extra_load_s,
+                    compute_s=compute_s,
+                )
+            )
+
+    # ----------------------------------------------------------------- one layer pass
+    @torch.no_grad()
+    def run_layer(self, layer: int, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
+        """The experts' output for ``hidden`` (T, H) routed by ``top_k_index`` / ``top_k_weights`` (T, K)."""
+        cache = self.caches[layer]
+        num_experts = self.num_experts
+        tokens, top_k = top_k_index.shape
+        flat = top_k_index.reshape(-1)
+        flat_weights = top_k_weights.reshape(-1)
+        record = self.record
+
+        # 1. one host transfer: tokens per expert, router weight sums, next layer's guesses
+        pieces = [torch.bincount(flat, minlength=num_experts + 1)[:num_experts].float()]
+        if record:
+            sums = torch.zeros(num_experts + 1, dtype=torch.float32, device=flat.device)
+            pieces.append(sums.index_add_(0, flat, flat_weights.float())[:num_experts])
+        depth = min(self.prefetch, self.caches[layer + 1].capacity) if layer + 1 < len(self.caches) else 0
+        if depth:
+            pieces.append(self._guess(layer + 1, hidden, depth).float())
+        summary = torch.cat(pieces).tolist()
+        counts = [int(c) for c in summary[:num_experts]]
+        guesses = [int(g) for g in summary[len(summary) - depth :]] if depth else []
+
+        needed = [e for e in range(num_experts) if counts[e]]
+        hits = [e for e in needed if e in cache.slot_of]
+        misses = [e for e in needed if e not in cache.slot_of]
+        order = hits + misses
+        prefetch_hits = [e in cache.prefetched for e in hits]
+        for expert in hits:
+            cache.policy.access(expert)
+
+        timer = Timer(self.mover.cuda) if record else None
+        self.mover.start_pass(timer)
+        bytes_loaded = cache.prefetch_bytes
+        extra_load_s = cache.prefetch_load_s
+
+        # 2. start the misses that have a slot to go to; the rest stream through the slots below
+        remaining = set(order)
+        for expert in misses:
+            slot = cache.victim(protected=remaining)
+            if slot is None:
+                break
+            bytes_loaded += self._load(cache, layer, slot, expert, timer)
+
+        # 3. prefetch the next layer's guesses
+        if guesses:
+            self._prefetch(layer + 1, guesses)
+
+        # 4. compute: group the tokens by expert, hits first
+        sorted_positions = torch.argsort(flat, stable=True)
+        token_of = sorted_positions // top_k
+        weight_of = flat_weights[sorted_positions]
+        starts = [0] * num_experts
+        running = 0
+        for expert in range(num_experts):
+            starts[expert] = running
+            running += counts[expert]
+        out = torch.zeros_like(hidden)
+        for expert in order:
+            slot = cache.slot_of.get(expert)
+            if slot is None:
+                slot = cache.victim(protected=remaining)
+                if slot is None:  # cannot happen: every computed expert is evictable
+                    raise RuntimeError(f"layer {layer}: no slot free for expert {expert}")
+                bytes_loaded += self._load(cache, layer, slot, expert, timer)
+            start = starts[expert]
+            rows = token_of[start : start + counts[expert]]
+            self.mover.before_compute(cache, slot, timer)
+            token = self.mover.begin(timer)
+            gate_up, down = self.source.weights(cache.slots[slot])
+            gate, up = F.linear(hidden[rows], gate_up).chunk(2, dim=-1)
+            result = F.linear(self.act_fn(gate) * up, down) * weight_of[start : start + counts[expert], None]
+            out.index_add_(0, rows, result.to(out.dtype))
+            self.mover.after_compute(cache, slot, timer, token)
+            remaining.discard(expert)
+        self.mover.end_pass(timer)
+
+        # 5. bookkeeping
+        used = sum(prefetch_hits)
+        tally = self.tally
+        if layer == 0:
+            tally.tokens += tokens
+        tally.hits += len(hits)
+        tally.misses += len(misses)
+        tally.prefetch_issued += len(cache.issued)
+        tally.prefetch_used += used
+        tally.bytes_loaded += bytes_loaded
+        if record and timer is not None:
+            tally.pending.append(
+                PendingStep(
+                    layer=layer,
+                    n_tokens=tokens,
+                    experts=tuple(order),
+                    counts=tuple(counts[e] for e in order),
+                    weights=tuple(summary[num_experts + e] / counts[e] for e in order),
+                    hits=(True,) * len(hits) + (False,) * len(misses),
+                    prefetch_hits=tuple(prefetch_hits) + (False,) * len(misses),
+                    prefetch_issued=tuple(cache.issued),
+                    slots=cache.eviction_order(),
+                    bytes_loaded=bytes_loaded,
+                    timer=timer,
+                    extra_load_s=extra_load_s,
+                )
+            )
+        cache.issued.clear()
+        cache.prefetched.clear()
+        cache.prefetch_bytes = 0
+        cache.prefetch_load_s = 0.0
+        return out
+
+    def _guess(self, layer: int, hidden: Tensor, depth: int) -> Tensor:
+        """The next layer's ``depth`` most likely experts for these tokens, from its router's logits."""
+        router = self.routers[layer]
+        logits = F.linear(hidden, router.weight, getattr(router, "bias", None))
+        scores = logits[0] if logits.shape[0] == 1 else torch.softmax(logits.float(), dim=-1).sum(dim=0)
+        return torch.topk(scores, depth).indices
+
+    def _prefetch(self, layer: int, guesses: list[int]) -> None:
+        """Start loading the guessed experts of ``layer`` that are not cached, evicting only non-guesses."""
+        cache = self.caches[layer]
+        protected = set(guesses)
+        timer = Timer(False) if self.record and not self.mover.cuda else None
+        for expert in guesses:
+            if expert in cache.slot_of:
+                continue
+            slot = cache.victim(protected=protected)
+            if slot is None:
+                break
+            cache.prefetch_bytes += self._load(cache, layer, slot, expert, timer)
+            cache.prefetched.add(expert)
+            cache.issued.append(expert)
+        if timer is not None:
+            cache.prefetch_load_s += timer.load_s
+
+    def _load(self, cache: LayerCache, layer: int, slot: int, expert: int, timer: Timer | None) -> int:
+        """Put ``expert`` into ``slot`` (bookkeeping, then the copy); a failed copy leaves the slot empty."""
+        cache.assign(slot, expert)
+        try:
+            self.mover.load(cache, slot, self.store.row(layer, expert), timer)
+        except BaseException:
+            cache.clear(slot)
+            raise
+        return self.store.nbytes

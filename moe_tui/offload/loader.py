@@ -1,0 +1,159 @@
+"""load_offloaded(): open a checkpoint without materialising its experts.
+
+The model is built on the meta device, its experts modules are replaced, the non-expert weights are loaded
+from the shards, and the experts are streamed one at a time into the store (quantized on the way). Every
+check (config, settings, shard headers, expert tensors and shapes, memory) runs before any of that.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from moe_tui import precision
+from moe_tui.errors import UserError
+from moe_tui.offload import memory
+from moe_tui.offload.arch import MoEModel, family_of, find_moe
+from moe_tui.offload.build import Plan, build_store, check_fast_tier, finish_model, plan_offload, terminal_progress
+from moe_tui.offload.checkpoint import Checkpoint
+from moe_tui.offload.config import OffloadConfig
+from moe_tui.offload.experts import OffloadedExperts
+from moe_tui.offload.model import OffloadedModel, Progress
+
+
+def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
+    """A model directory from a path or a hub id already in the local Hugging Face cache (never downloads)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{path} has no config.json: not a transformers model directory")
+        return path
+    if path.exists():
+        raise UserError(f"{path} is not a directory: give the model's directory or a hub id")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(spec), local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        raise UserError(
+            f"{spec} is neither a model directory nor a model in the local Hugging Face cache "
+            "(moe-tui never downloads; fetch it first with `hf download`)"
+        ) from None
+
+
+def load_offloaded(
+    path_or_hub_id: str | os.PathLike[str], cfg: OffloadConfig, progress: Progress | None = None
+) -> OffloadedModel:
+    """Load a safetensors MoE checkpoint with its experts offloaded (see the module docstring).
+
+    ``progress(stage, done, total)`` is called per stage ("reading checkpoint", "loading weights",
+    "quantizing experts to N bits" / "packing experts", ...); with None a bar is drawn on a terminal's stderr.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    report = progress or terminal_progress()
+    directory = resolve_model_dir(path_or_hub_id)
+    try:
+        config = AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError) as error:
+        raise UserError(f"cannot read the model config in {directory}: {error}") from None
+    family_of(config)
+    dtype = cfg.torch_dtype() or _config_dtype(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    moe = find_moe(model)
+    plan = plan_offload(cfg, moe, dtype)
+    report("reading checkpoint", 0, 1)
+    with Checkpoint(directory) as checkpoint:
+        layout = checkpoint.expert_layout(moe)
+        for moe_layer in moe.layers:
+            moe_layer.block.experts = OffloadedExperts(moe_layer.index, moe.num_experts, moe_layer.block.experts.act_fn)
+        names = _resident_names(model, moe, checkpoint)
+        report("reading checkpoint", 1, 1)
+        resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize
+        _check_memory(plan, moe, resident_bytes)
+        _load_resident(model, checkpoint, names, report)
+
+        def read(layer: int, expert: int):
+            return checkpoint.expert(moe, layout, moe.layers[layer].decoder_index, expert)
+
+        source = {"kind": "checkpoint", "files": [_file_identity(path) for path in checkpoint.files()]}
+        store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=False)
+    finish_model(model, moe, cfg, plan, report)
+    if (directory / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+    info.update({"directory": str(directory), "layout": layout})
+    name = str(getattr(config, "name_or_path", "") or directory.name)
+    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
+
+
+def _config_dtype(config: object) -> torch.dtype:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
+def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> dict[str, str]:
+    """Checkpoint key of every resident (non-expert) parameter and persistent buffer; UserError if one is missing."""
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    names: dict[str, str] = {}
+    for key, tensor in model.state_dict(keep_vars=True).items():
+        candidates = (key, moe.family.checkpoint_name(key))
+        found = next((name for name in candidates if name in checkpoint.shapes), None)
+        if found is None:
+            if key in tied:
+                continue
+            raise UserError(f"checkpoint {checkpoint.directory} is missing the tensor {key}")
+        if checkpoint.shapes[found] != tuple(tensor.shape):
+            raise UserError(
+                f"checkpoint tensor {found} has shape {list(checkpoint.shapes[found])}, "
+                f"expected {list(tensor.shape)} from the model config"
+            )
+        names[key] = found
+    return names
+
+
+def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> None:
+    """Refuse before loading when the fast tier, or RAM for the resident weights and the store, is too small."""
+    on_cpu = plan.device.type == "cpu"
+    check_fast_tier(plan, 0 if on_cpu else resident_bytes)
+    store_bytes = 0 if plan.store_kind == "mmap" else plan.format.nbytes * len(moe.layers) * moe.num_experts
+    slot_bytes = sum(plan.sizes) * plan.format.nbytes if on_cpu else 0
+    needed = store_bytes + resident_bytes + slot_bytes
+    available = memory.free_bytes(torch.device("cpu"))
+    if needed > available:
+        hint = "; store='mmap' keeps the experts in a file instead" if plan.store_kind != "mmap" else ""
+        raise UserError(
+            f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store and slots) "
+            f"but only {precision.format_bytes(available)} is available{hint}"
+        )
+
+
+def _load_resident(model: nn.Module, checkpoint: Checkpoint, names: dict[str, str], report: Progress) -> None:
+    """Materialise the non-expert weights on the CPU from the checkpoint and rebuild computed buffers."""
+    model.to_empty(device="cpu")
+    state = model.state_dict(keep_vars=True)
+    report("loading weights", 0, len(names))
+    with torch.no_grad():
+        for done, (key, name) in enumerate(names.items(), start=1):
+            target = state[key]
+            target.copy_(checkpoint.tensor(name))
+            report("loading weights", done, len(names))
+    for module in model.modules():  # non-persistent buffers (rotary frequencies) are computed, not loaded
+        own_buffers = getattr(module, "_non_persistent_buffers_set", set())
+        if own_buffers and not list(module.parameters(recurse=False)):
+            model._init_weights(module)
+    if hasattr(model, "tie_weights"):
+        model.tie_weights()
+
+
+def _file_identity(path: Path) -> list[object]:
+    """Name, size and modification time of a shard: identifies the checkpoint for the store cache."""
+    stat = path.stat()
+    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]

@@ -1,0 +1,137 @@
+"""The slow tier: every routed expert of every MoE layer as one contiguous byte buffer.
+
+Three kinds of storage, all laid out as ``[layer][expert][byte]``:
+
+* ``ram``: one ordinary host tensor per layer;
+* ``pinned``: page-locked host memory per layer, so copies to a CUDA device can run asynchronously;
+* ``mmap``: one file on disk mapped into memory (``torch.from_file``), so a store larger than RAM still works:
+  the kernel pages experts in when a copy reads them. Without a quantized-store cache directory the file is
+  a temporary one, unlinked as soon as it is mapped, so nothing is left behind even after a crash.
+
+A store can be saved to (and reopened from) a cache directory next to a small JSON description, so that a
+second start skips quantization.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+STORE_FILE = "experts.bin"
+META_FILE = "store.json"
+STORE_KINDS = ("ram", "pinned", "mmap")
+
+
+class ExpertStore:
+    """Packed expert buffers for ``num_layers`` x ``num_experts`` experts of ``nbytes`` bytes each."""
+
+    def __init__(self, num_layers: int, num_experts: int, nbytes: int, kind: str = "ram", path: Path | None = None):
+        if kind not in STORE_KINDS:
+            raise ValueError(f"unknown store kind {kind!r}")
+        self.num_layers = num_layers
+        self.num_experts = num_experts
+        self.nbytes = nbytes
+        self.kind = kind
+        self.path = path
+        self._layers: list[Tensor] = []
+        if kind == "mmap":
+            self._layers = list(_map_file(path, num_layers * num_experts * nbytes, create=True).view(num_layers, -1))
+        else:
+            pin = kind == "pinned"
+            self._layers = [
+                torch.empty(num_experts * nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(num_layers)
+            ]
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of all expert buffers together."""
+        return self.num_layers * self.num_experts * self.nbytes
+
+    def row(self, layer: int, expert: int) -> Tensor:
+        """The buffer of one expert (a view, ``nbytes`` uint8)."""
+        start = expert * self.nbytes
+        return self._layers[layer][start : start + self.nbytes]
+
+    def save(self, directory: Path, description: dict[str, object]) -> None:
+        """Write the store to ``directory`` (atomically: the description is written last)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / STORE_FILE
+        if self.kind == "mmap" and self.path is not None:
+            with open(self.path, "rb+") as handle:  # the mapping's dirty pages reach the disk before the rename
+                os.fsync(handle.fileno())
+            os.replace(self.path, target)
+            self.path = target
+        else:
+            partial = directory / (STORE_FILE + ".partial")
+            with open(partial, "wb") as handle:
+                for layer in self._layers:
+                    handle.write(memoryview(layer.numpy()))
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+        meta = {"layers": self.num_layers, "experts": self.num_experts, "nbytes": self.nbytes, **description}
+        partial_meta = directory / (META_FILE + ".partial")
+        partial_meta.write_text(json.dumps(meta, sort_keys=True, default=str))
+        os.replace(partial_meta, directory / META_FILE)
+
+    @classmethod
+    def open_saved(
+        cls, directory: Path, num_layers: int, num_experts: int, nbytes: int, kind: str, description: dict[str, object]
+    ) -> ExpertStore | None:
+        """Reopen a store saved with the same shape and description; None when there is none (or it differs)."""
+        meta_path = directory / META_FILE
+        data_path = directory / STORE_FILE
+        if not meta_path.is_file() or not data_path.is_file():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        expected = {"layers": num_layers, "experts": num_experts, "nbytes": nbytes, **description}
+        expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
+        if meta != expected or data_path.stat().st_size != num_layers * num_experts * nbytes:
+            return None
+        store = cls.__new__(cls)
+        store.num_layers, store.num_experts, store.nbytes, store.kind, store.path = (
+            num_layers,
+            num_experts,
+            nbytes,
+            kind,
+            data_path,
+        )
+        if kind == "mmap":
+            mapped = _map_file(data_path, num_layers * num_experts * nbytes, create=False)
+            store._layers = list(mapped.view(num_layers, -1))
+            return store
+        store._layers = [
+            torch.empty(num_experts * nbytes, dtype=torch.uint8, pin_memory=kind == "pinned") for _ in range(num_layers)
+        ]
+        with open(data_path, "rb") as handle:
+            for layer in store._layers:
+                handle.readinto(memoryview(layer.numpy()))
+        return store
+
+    def close(self) -> None:
+        """Drop the buffers (the mapping of an mmap store goes with its last view)."""
+        self._layers = []
+
+
+def _map_file(path: Path | None, size: int, create: bool) -> Tensor:
+    """Map ``size`` bytes of ``path`` (a new temporary file when None) as a shared uint8 tensor."""
+    temporary = path is None
+    if temporary:
+        handle, name = tempfile.mkstemp(prefix="moe-tui-experts-", suffix=".bin")
+        os.close(handle)
+        path = Path(name)
+    if create:
+        with open(path, "wb") as handle:
+            handle.truncate(size)
+    mapped = torch.from_file(str(path), shared=create, size=size, dtype=torch.uint8)
+    if temporary:
+        path.unlink()
+    return mapped

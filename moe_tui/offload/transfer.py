@@ -1,0 +1,138 @@
+"""Moving expert buffers from the slow tier into slots, and timing copies against computation.
+
+On CPU a copy is a synchronous ``copy_`` from the store (RAM or a mapped file) into a slot; its wall time is
+load time. On CUDA copies run on a separate stream with ``non_blocking=True`` from pinned memory; the compute
+stream waits on a per-slot ``ready`` event, and a copy into a slot waits on that slot's ``free`` event, so the
+host never waits for a copy. Time is measured with CUDA events (resolved after the forward pass): load time
+is how long the compute stream stalled waiting for copies.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor
+
+from moe_tui.offload.cache import LayerCache
+
+
+class Timer:
+    """Load and compute time of one layer pass (CPU: wall clock; CUDA: events resolved later)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.load_s = 0.0
+        self.compute_s = 0.0
+        self._stalls: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        self._span: tuple[torch.cuda.Event, torch.cuda.Event] | None = None
+
+    def seconds(self) -> tuple[float, float]:
+        """(load_s, compute_s); on CUDA this waits for the pass's last event (call after the forward pass)."""
+        if not self.cuda or self._span is None:
+            return self.load_s, self.compute_s
+        start, end = self._span
+        end.synchronize()
+        stalled = sum(a.elapsed_time(b) for a, b in self._stalls) / 1000.0
+        total = start.elapsed_time(end) / 1000.0
+        return self.load_s + stalled, max(total - stalled, 0.0)
+
+
+def _timed_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
+    event = torch.cuda.Event(enable_timing=True)
+    event.record(stream)
+    return event
+
+
+class CpuMover:
+    """Synchronous copies on the host."""
+
+    cuda = False
+
+    def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
+        """Copy ``source`` into ``slot`` now."""
+        if timer is None:
+            cache.slots[slot].copy_(source)
+            return
+        start = time.perf_counter()
+        cache.slots[slot].copy_(source)
+        timer.load_s += time.perf_counter() - start
+
+    def begin(self, timer: Timer | None) -> float:
+        """Mark the start of a computation; returns a token for :meth:`end`."""
+        return time.perf_counter() if timer is not None else 0.0
+
+    def before_compute(self, cache: LayerCache, slot: int, timer: Timer | None) -> None:
+        """Nothing to wait for: CPU copies are complete when ``load`` returns."""
+
+    def after_compute(self, cache: LayerCache, slot: int, timer: Timer | None, token: float) -> None:
+        """Count the computation's wall time."""
+        if timer is not None:
+            timer.compute_s += time.perf_counter() - token
+
+    def start_pass(self, timer: Timer | None) -> None:
+        """Nothing to mark on CPU."""
+
+    def end_pass(self, timer: Timer | None) -> None:
+        """Nothing to mark on CPU."""
+
+
+class CudaMover:
+    """Copies on a dedicated stream, ordered against computation with per-slot events."""
+
+    cuda = True
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.copy_stream = torch.cuda.Stream(device)
+
+    def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
+        """Queue the copy of ``source`` into ``slot`` after the slot's last reader; returns at once."""
+        stream = self.copy_stream
+        if cache.used[slot]:
+            stream.wait_event(cache.free[slot])
+        with torch.cuda.stream(stream):
+            cache.slots[slot].copy_(source, non_blocking=True)
+        cache.ready[slot].record(stream)
+        cache.pending[slot] = True
+
+    def begin(self, timer: Timer | None) -> float:
+        """Computation is timed per pass on CUDA."""
+        return 0.0
+
+    def before_compute(self, cache: LayerCache, slot: int, timer: Timer | None) -> None:
+        """Make the compute stream wait (on the device) for the slot's copy, timing the stall."""
+        if not cache.pending[slot]:
+            return
+        compute = torch.cuda.current_stream(self.device)
+        if timer is None:
+            compute.wait_event(cache.ready[slot])
+        else:
+            before = _timed_event(compute)
+            compute.wait_event(cache.ready[slot])
+            timer._stalls.append((before, _timed_event(compute)))
+        cache.pending[slot] = False
+
+    def after_compute(self, cache: LayerCache, slot: int, timer: Timer | None, token: float) -> None:
+        """Record that the slot's readers are queued, so a later copy into it waits for them."""
+        cache.free[slot].record(torch.cuda.current_stream(self.device))
+        cache.used[slot] = True
+
+    def start_pass(self, timer: Timer | None) -> None:
+        """Mark the start of the layer's expert computation."""
+        if timer is not None:
+            compute = torch.cuda.current_stream(self.device)
+            timer._span = (_timed_event(compute), _timed_event(compute))
+
+    def end_pass(self, timer: Timer | None) -> None:
+        """Mark the end of the layer's expert computation."""
+        if timer is not None and timer._span is not None:
+            timer._span = (timer._span[0], _timed_event(torch.cuda.current_stream(self.device)))
+
+
+Mover = CpuMover | CudaMover
+
+
+def make_mover(device: torch.device) -> Mover:
+    """The mover for a fast-tier device."""
+    return CudaMover(device) if device.type == "cuda" else CpuMover()
