@@ -414,14 +414,27 @@ def test_sampling_settings_are_applied(chat: ChatSession) -> None:
     assert hot.text == hot_again.text != greedy.text
 
 
-def test_answer_is_capped_by_the_context_and_overlong_conversations_are_refused(tokenizer: Any) -> None:
+def test_context_limit_caps_the_answer_and_drops_the_oldest_turns(tokenizer: Any) -> None:
     model = build_model(tokenizer, max_positions=40)
     chat = ChatSession(ResidentEngine(model), tokenizer, "tiny")
     prompt_tokens = len(tokenizer(render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"])
     result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=500), lambda _: None)
-    assert result.tokens == 40 - prompt_tokens
+    assert (result.tokens, result.prompt_tokens, result.dropped_turns) == (40 - prompt_tokens, prompt_tokens, 0)
+
+    old_turns = [
+        {"role": "user", "content": "experts experts experts"},
+        {"role": "assistant", "content": "router router router"},
+    ] * 3
+    settings = GenerationSettings(temperature=0, max_new_tokens=10)
+    result = chat.generate([*old_turns, *QUESTION], settings, lambda _: None)
+    assert result.dropped_turns > 0 and result.dropped_turns % 2 == 0
+    assert result.prompt_tokens + 10 <= 40
+    kept = [*old_turns, *QUESTION][result.dropped_turns :]
+    assert result.prompt_tokens == len(tokenizer(render_prompt(tokenizer, kept), add_special_tokens=False)["input_ids"])
+    assert result.tokens == 10
+
     long_question = [{"role": "user", "content": "experts " * 60}]
-    with pytest.raises(UserError, match="reads at most 40"):
+    with pytest.raises(UserError, match="reads at most 40; shorten it"):
         chat.generate(long_question, GenerationSettings(), lambda _: None)
     assert not chat.busy
 

@@ -63,7 +63,12 @@ def split_conversation(messages: Iterable[ChatMessage], system_prompt: str = "")
 
 def render_prompt(tokenizer: Any, messages: Iterable[ChatMessage], system_prompt: str = "") -> str:
     """The prompt text for ``messages`` (ending with the assistant's turn opened), via the tokenizer's template."""
-    system, turns = split_conversation(messages, system_prompt)
+    return render_turns(tokenizer, *split_conversation(messages, system_prompt))
+
+
+def render_turns(tokenizer: Any, system: str, turns: list[dict]) -> str:
+    """The prompt text for turns already checked by :func:`split_conversation`, with ``system`` placed as the
+    template allows."""
     template = getattr(tokenizer, "chat_template", None) or PLAIN_TEMPLATE
     if system:
         try:

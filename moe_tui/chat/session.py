@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui import paths
-from moe_tui.chat.prompt import ChatMessage
+from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Telemetry, TokenEvent
 
@@ -78,12 +78,15 @@ class GenerationSettings:
 @dataclass(frozen=True)
 class GenerationResult:
     """One answer: its text (exactly the pieces given to ``on_text``, joined), tokens generated, wall seconds,
-    and whether the stop event ended it early."""
+    whether the stop event ended it early, the prompt's length in tokens, and how many of the oldest turns
+    were left out of the prompt to fit the model's context."""
 
     text: str
     tokens: int
     seconds: float
     stopped: bool
+    prompt_tokens: int = 0
+    dropped_turns: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -170,18 +173,16 @@ class ChatSession:
     ) -> GenerationResult:
         import torch
 
-        from moe_tui.chat.prompt import render_prompt
         from moe_tui.chat.streaming import StopOnEvent, TokenStreamer
 
         model = self.engine.model
-        prompt = render_prompt(self.tokenizer, messages, settings.system_prompt)
-        encoded = self.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
-        input_ids = encoded["input_ids"].to(model.device)
-        attention_mask = encoded["attention_mask"].to(model.device)
-        max_new_tokens = self._room_for_answer(input_ids.shape[1], settings.max_new_tokens)
+        prompt_ids, dropped = self._fit_prompt(messages, settings)
+        input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=model.device)
+        limit = self._context_limit()
+        max_new_tokens = min(settings.max_new_tokens, limit - len(prompt_ids)) if limit else settings.max_new_tokens
         started = time.perf_counter()
         if stop_event.is_set():
-            return GenerationResult(text="", tokens=0, seconds=0.0, stopped=True)
+            return GenerationResult("", 0, 0.0, stopped=True, prompt_tokens=len(prompt_ids), dropped_turns=dropped)
 
         telemetry = self.engine.telemetry
 
@@ -195,7 +196,7 @@ class ChatSession:
         try:
             model.generate(
                 input_ids=input_ids,
-                attention_mask=attention_mask,
+                attention_mask=torch.ones_like(input_ids),
                 generation_config=self._generation_config(settings, max_new_tokens),
                 streamer=streamer,
                 stopping_criteria=stop.as_list(),
@@ -213,18 +214,32 @@ class ChatSession:
             tokens=streamer.tokens,
             seconds=time.perf_counter() - started,
             stopped=stop.triggered,
+            prompt_tokens=len(prompt_ids),
+            dropped_turns=dropped,
         )
 
-    def _room_for_answer(self, prompt_tokens: int, wanted: int) -> int:
-        limit = getattr(self.engine.model.config, "max_position_embeddings", None)
-        if not limit:
-            return wanted
-        if prompt_tokens >= limit:
+    def _context_limit(self) -> int | None:
+        return getattr(self.engine.model.config, "max_position_embeddings", None) or None
+
+    def _fit_prompt(self, messages: Sequence[ChatMessage], settings: GenerationSettings) -> tuple[list[int], int]:
+        """Prompt token ids, leaving out the oldest turns when the whole conversation would not leave room for
+        the answer (``max_new_tokens``, at most half the context); returns the ids and how many turns were left out.
+        """
+        system, turns = split_conversation(messages, settings.system_prompt)
+        limit = self._context_limit()
+        budget = limit - min(settings.max_new_tokens, limit // 2) if limit else None
+        starts = [index for index, turn in enumerate(turns) if turn["role"] == "user"]
+        for start in starts:
+            text = render_turns(self.tokenizer, system, turns[start:])
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            if budget is None or len(ids) <= budget:
+                break
+        if limit and len(ids) >= limit:
             raise UserError(
-                f"the conversation is {prompt_tokens} tokens long but {self.model_name} reads at most {limit}; "
-                "start a new chat"
+                f"the last message makes a prompt of {len(ids)} tokens but {self.model_name} reads at most {limit}; "
+                "shorten it"
             )
-        return min(wanted, limit - prompt_tokens)
+        return ids, start
 
     def _generation_config(self, settings: GenerationSettings, max_new_tokens: int) -> Any:
         from transformers import GenerationConfig
