@@ -15,6 +15,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat", "open the dashboard and chat with a model (default)"),
     "params": ("params", "show what a model is made of: total and active parameters, bytes per precision"),
     "lab": ("lab", "replay a routing trace through every cache size and policy next to the optimum (Belady's MIN)"),
+    "plan": ("plan", "list the offloading configurations that fit your memory, with a tokens/s estimate"),
 }
 
 DEFAULT_SUBCOMMAND = "chat"

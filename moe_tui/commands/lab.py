@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     """Read the trace, replay it, print tables or JSON; bad input raises UserError (exit 2)."""
     from moe_tui.errors import UserError
     from moe_tui.sim import run_lab
-    from moe_tui.sim.report import check_model_shape, format_report
+    from moe_tui.sim.report import check_trace_shape, format_report
     from moe_tui.telemetry import LayerStep, TraceError, read_trace
 
     try:
@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     if not any(isinstance(e, LayerStep) for e in events):
         raise UserError(f"{args.trace} holds a header but no routing steps: nothing to replay")
     if args.model is not None:
-        check_model_shape(header, args.model)
+        from moe_tui.params import load_config
+        from moe_tui.plan import model_facts
+
+        facts = model_facts(load_config(args.model), name=args.model)
+        check_trace_shape(header, facts.moe_layers, facts.num_experts, facts.top_k, args.model)
     k = args.k if args.k is not None else Counter(header.cache_size).most_common(1)[0][0]
     if not 1 <= k <= header.num_experts:
         raise UserError(f"--k {k} is outside 1..{header.num_experts} (the trace's experts per layer)")

@@ -24,16 +24,13 @@ def format_report(report: LabReport, name: str, layer_sizes: Sequence[int]) -> s
     return "\n\n".join(parts)
 
 
-def check_model_shape(header: TraceHeader, spec: str) -> None:
-    """Raise UserError unless the trace's MoE layers, experts and top-k match the model named by ``spec``."""
-    from moe_tui.params import load_config, moe_shape
-
-    shape = moe_shape(load_config(spec))
-    expected = (shape.num_layers, shape.num_experts, shape.top_k)
+def check_trace_shape(header: TraceHeader, num_layers: int, num_experts: int, top_k: int, model: str) -> None:
+    """Raise UserError unless the trace's MoE layers, experts and top-k match those of ``model``."""
+    expected = (num_layers, num_experts, top_k)
     found = (header.num_layers, header.num_experts, header.top_k)
     if expected != found:
         raise UserError(
-            f"the trace was recorded on a model with {_shape_text(*found)}, but {spec} has {_shape_text(*expected)}"
+            f"the trace was recorded on a model with {_shape_text(*found)}, but {model} has {_shape_text(*expected)}"
         )
 
 

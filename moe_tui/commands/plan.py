@@ -1,0 +1,216 @@
+"""``moe-tui plan MODEL``: the offloading configurations that fit a machine, with memory and a tokens/s estimate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+
+FORMULA = (
+    "C = bytes a token reads / compute bandwidth; M = misses/token x expert bytes / transfer bandwidth; "
+    "P = prefetch copies/token x expert bytes / transfer bandwidth; seconds/token = C + M + P on CPU, "
+    "max(C, P) + M on CUDA; bound = transfer when M + P > C, else compute"
+)
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "kb": 1000,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "mb": 1000**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "gb": 1000**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "tb": 1000**4,
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``plan`` subcommand."""
+    parser.add_argument("model", metavar="MODEL", help="config.json, model directory, bundled config name or hub id")
+    parser.add_argument(
+        "--vram", default=None, metavar="SIZE", help="GPU memory for the fast tier, e.g. 16GiB (omit: CPU only)"
+    )
+    parser.add_argument("--ram", default=None, metavar="SIZE", help="host memory, e.g. 64GiB (default: this machine's)")
+    parser.add_argument("--trace", default=None, metavar="TRACE", help="routing trace whose hit rates to use")
+    parser.add_argument(
+        "--bandwidth", type=float, default=None, metavar="GB/s", help="slow-to-fast tier copy speed (default: measured)"
+    )
+    parser.add_argument(
+        "--compute-bandwidth",
+        type=float,
+        default=None,
+        metavar="GB/s",
+        help="speed at which decoding reads fast-tier weights (default: measured)",
+    )
+    parser.add_argument("--context", type=int, default=4096, metavar="TOKENS", help="KV cache length (default 4096)")
+    parser.add_argument(
+        "--all", action="store_true", help="list every fitting configuration, not only the best per precision"
+    )
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def parse_size(text: str, option: str) -> int:
+    """``16GiB``, ``64G``, ``1.5TB``, ``512MiB`` (G/GiB binary, GB decimal) in bytes; UserError otherwise."""
+    from moe_tui.errors import UserError
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise UserError(f"{option} {text!r} is not a size: write it like 16GiB, 512MiB or 64G")
+    value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise UserError(f"{option} must be more than zero")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the plan and print it; bad input raises UserError (exit 2)."""
+    from moe_tui import plan
+    from moe_tui.errors import UserError
+    from moe_tui.params import load_config
+
+    if args.context < 1:
+        raise UserError("--context must be at least 1 token")
+    for option, value in (("--bandwidth", args.bandwidth), ("--compute-bandwidth", args.compute_bandwidth)):
+        if value is not None and value <= 0:
+            raise UserError(f"{option} must be more than zero GB/s")
+    facts = plan.model_facts(load_config(args.model), name=args.model)
+    machine, sources = _machine(args, facts)
+    copy_model, routing = _copy_model(args, facts)
+    every = plan.candidates(facts, machine, copy_model, prefetch_depths=range(facts.num_experts + 1))
+    fitting = [c for c in every if plan.fits(c, machine)]
+    if not fitting:
+        raise UserError(plan.nothing_fits_message(facts, machine))
+    shown = fitting if args.all else plan.best_per_precision(fitting)
+    if args.json:
+        print(json.dumps(_as_json(facts, machine, sources, routing, shown, len(fitting)), indent=1))
+    else:
+        print(_as_text(facts, machine, sources, routing, shown, len(fitting), args.all))
+    return 0
+
+
+def _machine(args: argparse.Namespace, facts) -> tuple:
+    """The budget and the bandwidths (given, measured here, or unknown) with where each came from."""
+    import psutil
+
+    from moe_tui import bandwidth
+    from moe_tui.plan import Machine
+
+    host = parse_size(args.ram, "--ram") if args.ram else psutil.virtual_memory().total
+    fast = parse_size(args.vram, "--vram") if args.vram else None
+    device = "cpu" if fast is None else "cuda"
+    transfer = args.bandwidth * 1e9 if args.bandwidth else None
+    compute = args.compute_bandwidth * 1e9 if args.compute_bandwidth else None
+    sources = {"transfer": "given", "compute": "given"}
+    if transfer is None or compute is None:
+        if device == "cuda" and not _cuda_available():
+            unknown = "no CUDA device here to measure it: pass --bandwidth and --compute-bandwidth"
+            sources = {"transfer": unknown, "compute": unknown}
+            transfer = compute = None
+        else:
+            where = "host RAM to host RAM" if device == "cpu" else "pinned host memory to CUDA"
+            if transfer is None:
+                transfer = bandwidth.transfer_bandwidth(device)
+                sources["transfer"] = f"measured here ({where})"
+            if compute is None:
+                compute = bandwidth.compute_bandwidth(device, facts.dtype)
+                sources["compute"] = f"measured here (one-token {facts.dtype} linear layer on {device})"
+    machine = Machine(
+        host_bytes=host, fast_bytes=fast, transfer_bandwidth=transfer, compute_bandwidth=compute, context=args.context
+    )
+    return machine, sources
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _copy_model(args: argparse.Namespace, facts) -> tuple:
+    """Copies per token from the trace (checked against the model's shape) or from uniform routing."""
+    from moe_tui import plan
+    from moe_tui.errors import UserError
+    from moe_tui.sim.report import check_trace_shape
+    from moe_tui.telemetry import TraceError, read_trace
+
+    if args.trace is None:
+        text = f"uniform routing assumed (no --trace): hit rate = k / {facts.num_experts}, no prefetch"
+        return plan.uniform_copy_model(facts), text
+    try:
+        header, events = read_trace(args.trace)
+    except TraceError as error:
+        raise UserError(str(error)) from None
+    check_trace_shape(header, facts.moe_layers, facts.num_experts, facts.top_k, args.model)
+    model = plan.trace_copy_model(header, events)
+    text = f"LRU replay of trace {args.trace} (decoded tokens only"
+    text += f"; prefetch {header.prefetch} replays its guesses)" if header.prefetch else ")"
+    return model, text
+
+
+def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool) -> str:
+    from moe_tui.precision import format_bytes
+    from moe_tui.sim.table import format_table, percent
+
+    fast = "host RAM (CPU only)" if machine.fast_bytes is None else f"{format_bytes(machine.fast_bytes)} (CUDA)"
+    lines = [
+        f"plan for {facts.name}: {facts.moe_layers} MoE layers x {facts.num_experts} experts, top-{facts.top_k}, "
+        f"{facts.dtype}; one expert {format_bytes(facts.expert_bytes[facts.dtype])} ({facts.dtype}), "
+        f"{format_bytes(facts.expert_bytes['hqq4'])} (hqq4)",
+        f"budget: fast tier {fast}, host {format_bytes(machine.host_bytes)}, KV cache for {machine.context} tokens",
+        f"routing: {routing}",
+        f"transfer bandwidth: {_gbps(machine.transfer_bandwidth)} ({sources['transfer']})",
+        f"compute bandwidth: {_gbps(machine.compute_bandwidth)} ({sources['compute']})",
+        f"estimate: {FORMULA}",
+        "",
+    ]
+    headers = ["experts", "other", "k", "prefetch", "fast tier", "host", "hit rate", "copies/token", "tok/s", "bound"]
+    rows = []
+    for c in shown:
+        copies = f"{c.misses_per_token:.2f}" + (f" +{c.prefetch_per_token:.2f} pf" if c.prefetch else "")
+        speed = "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.2f}"
+        rows.append(
+            [
+                c.expert_precision,
+                c.attn_precision,
+                str(c.cache_size),
+                str(c.prefetch),
+                format_bytes(c.fast_bytes),
+                format_bytes(c.host_bytes),
+                percent(c.hit_rate),
+                copies,
+                speed,
+                c.bound or "-",
+            ]
+        )
+    lines.append(format_table(headers, rows, left=2))
+    scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
+    lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
+    lines.append(
+        "Not counted: activations, the CUDA context and the Python process; HQQ dequantization time and "
+        "attention over a long context are not in C."
+    )
+    return "\n".join(lines)
+
+
+def _gbps(value: float | None) -> str:
+    return "unknown" if value is None else f"{value / 1e9:.1f} GB/s"
+
+
+def _as_json(facts, machine, sources, routing, shown, fitting: int) -> dict:
+    from dataclasses import asdict
+
+    return {
+        "model": asdict(facts),
+        "machine": {**asdict(machine), "device": machine.device},
+        "bandwidth_sources": sources,
+        "routing": routing,
+        "formula": FORMULA,
+        "fitting": fitting,
+        "configurations": [c.to_dict() for c in shown],
+    }

@@ -1,0 +1,317 @@
+"""The memory planner: which offloading configurations fit a machine, and how fast each should decode.
+
+For every expert precision (2, 3, 4 bits or unquantized), non-expert precision (4, 8 bits or unquantized),
+cache size k (the same for every MoE layer) and prefetch depth, the planner adds up:
+
+* fast tier: non-expert weights + k x MoE layers x one expert's packed buffer + the KV cache for the
+  context length (on a CPU-only machine the fast tier is host RAM too);
+* host: the expert store, every routed expert of every MoE layer packed at its precision.
+
+and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
+
+    C = bytes a token reads (non-expert weights + top_k x MoE layers x one expert) / compute bandwidth
+    M = demand misses per token x expert bytes / transfer bandwidth      (copies the layer waits for)
+    P = prefetch copies per token x expert bytes / transfer bandwidth    (copies started ahead of use)
+    seconds per token = C + M + P            on a CPU (copies and computation share the cores)
+                      = max(C, P) + M        on CUDA (prefetch copies overlap computation on a side stream)
+    tokens/s = 1 / seconds per token; the bound is "transfer" when M + P > C, "compute" otherwise.
+
+Misses and prefetch copies per token come from replaying a routing trace (LRU, or LRU with the trace's
+prefetch guesses) at each k, counting decode passes only; without a trace they assume uniform routing
+(hit rate k / num_experts, no prefetch). C treats decoding as reading every active weight once, which is
+what bounds batch-1 decoding; HQQ dequantization and attention over a long context add time it ignores.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from moe_tui.errors import UserError
+from moe_tui.precision import FLOAT_BYTES, format_bytes, precision_for_bits
+
+if TYPE_CHECKING:
+    from moe_tui.telemetry import TraceEvent, TraceHeader
+
+EXPERT_BITS: tuple[int | None, ...] = (2, 3, 4, None)
+ATTN_BITS: tuple[int | None, ...] = (4, 8, None)
+# Parts outside the routed experts that --attn-bits quantizes; embeddings, norms, routers and lm_head stay as is.
+QUANTIZED_KINDS = ("attention", "mlp", "shared_experts")
+DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+# (k, prefetch) -> (demand misses per token, prefetch copies per token, hit rate); None when not estimable.
+CopyModel = Callable[[int, int], tuple[float, float, float] | None]
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the planner needs to know about a model, computed from its parameter tree (no weights).
+
+    ``expert_bytes[p]`` is one routed expert's packed buffer at precision ``p``; ``dense_bytes[p]`` is the
+    non-expert weights when the quantizable ones (attention and other linear layers outside the experts) are
+    at ``p`` and the rest (embeddings, norms, routers) stay unquantized; ``dense_active_bytes[p]`` is the
+    part of them one token reads (the embedding contributes one row).
+    """
+
+    name: str
+    dtype: str
+    moe_layers: int
+    num_experts: int
+    top_k: int
+    expert_bytes: dict[str, int]
+    dense_bytes: dict[str, int]
+    dense_active_bytes: dict[str, int]
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True)
+class Machine:
+    """The budget: fast-tier bytes (None on a CPU-only machine: the fast tier is host RAM) and host bytes."""
+
+    host_bytes: int
+    fast_bytes: int | None = None
+    transfer_bandwidth: float | None = None  # bytes/s from the slow tier into a slot (None: unknown)
+    compute_bandwidth: float | None = None  # bytes/s at which decoding reads weights in the fast tier
+    context: int = 4096
+
+    @property
+    def can_estimate(self) -> bool:
+        """Whether both bandwidths are known, so that tokens/s can be estimated."""
+        return bool(self.transfer_bandwidth and self.compute_bandwidth)
+
+    @property
+    def device(self) -> str:
+        """``cuda`` when a separate fast tier is given, else ``cpu``."""
+        return "cpu" if self.fast_bytes is None else "cuda"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration with its memory and, when the bandwidths are known, its decode estimate."""
+
+    expert_precision: str
+    attn_precision: str
+    cache_size: int
+    prefetch: int
+    fast_bytes: int
+    host_bytes: int
+    hit_rate: float
+    misses_per_token: float
+    prefetch_per_token: float
+    compute_s: float | None = None
+    miss_s: float | None = None
+    prefetch_s: float | None = None
+    seconds_per_token: float | None = None
+    bound: str = ""
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The decode estimate (None without bandwidths)."""
+        if self.seconds_per_token is None:
+            return None
+        return 1.0 / self.seconds_per_token if self.seconds_per_token > 0 else math.inf
+
+    def rank(self) -> tuple[float, float, int]:
+        """Sort key, best first: fastest estimate, then highest hit rate, then most slots."""
+        seconds = self.seconds_per_token if self.seconds_per_token is not None else 0.0
+        return (seconds, -self.hit_rate, -self.cache_size)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain data for ``--json``."""
+        return {**asdict(self), "tokens_per_s": self.tokens_per_s}
+
+
+def model_facts(config: Any, name: str | None = None) -> ModelFacts:
+    """The planner's facts about the model a transformers config describes (built on the meta device).
+
+    UserError for a model without routed experts, or one whose active parameters the parameter tree cannot
+    tell (a family moe-tui has no routing knowledge of).
+    """
+    from moe_tui.params import build_tree, routed_expert_bytes
+
+    tree = build_tree(config)
+    experts = tree.find_all("experts")
+    label = name or getattr(config, "_name_or_path", "") or config.model_type
+    if not experts:
+        raise UserError(f"{label} has no routed experts: there is nothing to offload or plan")
+    first = experts[0]
+    top_k = first.active_repeat
+    if top_k is None or tree.active is None:
+        raise UserError(f"{label}: moe-tui cannot tell which parameters a token uses in a {config.model_type!r} model")
+    dtype = DTYPE_NAMES.get(str(getattr(config, "dtype", None) or "bfloat16").removeprefix("torch."), "bf16")
+    quantized = [node for kind in QUANTIZED_KINDS for node in tree.find_all(kind)]
+    embeddings = tree.find_all("embeddings")
+    row = config.hidden_size * FLOAT_BYTES[dtype]  # a token reads one row of the embedding table
+    rest = tree.bytes(dtype) - sum(n.bytes(dtype) for n in (*experts, *quantized))
+    rest_active = (
+        tree.active_bytes(dtype)
+        - sum(n.active_bytes(dtype) or 0 for n in (*experts, *quantized, *embeddings))
+        + row * len(embeddings)
+    )
+    precisions = {dtype, "hqq8", "hqq4", "hqq3", "hqq2"}
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return ModelFacts(
+        name=label,
+        dtype=dtype,
+        moe_layers=sum(node.copies // node.repeat for node in experts),
+        num_experts=first.repeat,
+        top_k=top_k,
+        expert_bytes={p: routed_expert_bytes(config, p) for p in precisions},
+        dense_bytes={p: rest + sum(n.bytes(p) for n in quantized) for p in precisions},
+        dense_active_bytes={p: rest_active + sum(n.active_bytes(p) or 0 for n in quantized) for p in precisions},
+        kv_bytes_per_token=2 * config.num_hidden_layers * kv_heads * head_dim * FLOAT_BYTES[dtype],
+    )
+
+
+def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel:
+    """Copies per decoded token from replaying a trace: LRU at k, or LRU with the trace's prefetch guesses.
+
+    The trace's own prefetch depth is the only depth it can replay; other depths are not estimated.
+    """
+    from moe_tui.sim import simulate
+    from moe_tui.sim.passes import has_prefetch, layer_passes
+
+    passes = layer_passes(header, events)
+    tokens = sum(p.n_tokens == 1 for p in passes[0])
+    if tokens == 0:
+        raise UserError("the trace holds no decoded tokens (only prefills): it cannot estimate decode copies")
+    replayable = header.prefetch if has_prefetch(passes) else 0
+
+    @functools.cache
+    def model(k: int, prefetch: int) -> tuple[float, float, float] | None:
+        if prefetch not in (0, replayable):
+            return None
+        policy = "lru+prefetch" if prefetch else "lru"
+        total = simulate(header, events, k, policy, decode_only=True).total
+        return total.misses / tokens, total.prefetch_issued / tokens, total.hit_rate
+
+    return model
+
+
+def fast_tier_bytes(facts: ModelFacts, expert_precision: str, attn_precision: str, k: int, context: int) -> int:
+    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer and the KV cache."""
+    slots = k * facts.moe_layers * facts.expert_bytes[expert_precision]
+    return facts.dense_bytes[attn_precision] + slots + facts.kv_bytes_per_token * context
+
+
+def store_bytes(facts: ModelFacts, expert_precision: str) -> int:
+    """Bytes of the expert store: every routed expert of every MoE layer at ``expert_precision``."""
+    return facts.moe_layers * facts.num_experts * facts.expert_bytes[expert_precision]
+
+
+def uniform_copy_model(facts: ModelFacts) -> CopyModel:
+    """Copies per token under uniform routing: each selected expert is held with probability k / E; no prefetch."""
+
+    def model(k: int, prefetch: int) -> tuple[float, float, float] | None:
+        if prefetch:
+            return None
+        hit_rate = min(k, facts.num_experts) / facts.num_experts
+        return facts.moe_layers * facts.top_k * (1 - hit_rate), 0.0, hit_rate
+
+    return model
+
+
+def estimate(
+    facts: ModelFacts,
+    machine: Machine,
+    expert_precision: str,
+    attn_precision: str,
+    k: int,
+    prefetch: int,
+    copies: tuple[float, float, float],
+) -> Candidate:
+    """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
+    misses, prefetched, hit_rate = copies
+    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context)
+    memory = Candidate(
+        expert_precision=expert_precision,
+        attn_precision=attn_precision,
+        cache_size=k,
+        prefetch=prefetch,
+        fast_bytes=fast,
+        host_bytes=store_bytes(facts, expert_precision) + (fast if machine.device == "cpu" else 0),
+        hit_rate=hit_rate,
+        misses_per_token=misses,
+        prefetch_per_token=prefetched,
+    )
+    if not machine.transfer_bandwidth or not machine.compute_bandwidth:
+        return memory
+    expert = facts.expert_bytes[expert_precision]
+    active = facts.dense_active_bytes[attn_precision] + facts.top_k * facts.moe_layers * expert
+    compute_s = active / machine.compute_bandwidth
+    miss_s = misses * expert / machine.transfer_bandwidth
+    prefetch_s = prefetched * expert / machine.transfer_bandwidth
+    overlapped = machine.device == "cuda"
+    seconds = max(compute_s, prefetch_s) + miss_s if overlapped else compute_s + miss_s + prefetch_s
+    return replace(
+        memory,
+        compute_s=compute_s,
+        miss_s=miss_s,
+        prefetch_s=prefetch_s,
+        seconds_per_token=seconds,
+        bound="transfer" if miss_s + prefetch_s > compute_s else "compute",
+    )
+
+
+def fits(candidate: Candidate, machine: Machine) -> bool:
+    """Whether a configuration fits the fast tier (when separate) and host RAM."""
+    fast_ok = machine.fast_bytes is None or candidate.fast_bytes <= machine.fast_bytes
+    return fast_ok and candidate.host_bytes <= machine.host_bytes
+
+
+def candidates(
+    facts: ModelFacts,
+    machine: Machine,
+    copy_model: CopyModel,
+    prefetch_depths: Sequence[int] = (0, 1),
+    expert_bits: Sequence[int | None] = EXPERT_BITS,
+    attn_bits: Sequence[int | None] = ATTN_BITS,
+) -> list[Candidate]:
+    """Every configuration the copy model can estimate, fitting or not, best first (see :meth:`Candidate.rank`)."""
+    result = []
+    for e_bits in expert_bits:
+        for a_bits in attn_bits:
+            e_prec = precision_for_bits(e_bits, facts.dtype)
+            a_prec = precision_for_bits(a_bits, facts.dtype)
+            for k in range(1, facts.num_experts + 1):
+                for prefetch in prefetch_depths:
+                    copies = copy_model(k, prefetch)
+                    if copies is not None:
+                        result.append(estimate(facts, machine, e_prec, a_prec, k, prefetch, copies))
+    return sorted(result, key=Candidate.rank)
+
+
+def smallest(facts: ModelFacts, machine: Machine) -> Candidate:
+    """The least memory any configuration needs: k=1, 2-bit experts, 4-bit non-expert weights, no prefetch."""
+    return estimate(facts, machine, "hqq2", "hqq4", 1, 0, (0.0, 0.0, 0.0))
+
+
+def nothing_fits_message(facts: ModelFacts, machine: Machine) -> str:
+    """Why no configuration fits, in the user's terms: the smallest one's needs against the budget."""
+    least = smallest(facts, machine)
+    setup = "k=1 at 2 bits (4-bit attention)"
+    if machine.fast_bytes is not None and least.fast_bytes > machine.fast_bytes:
+        return (
+            f"{facts.name} does not fit: even {setup} needs {format_bytes(least.fast_bytes)} of fast-tier memory "
+            f"(weights, slots and a {machine.context}-token KV cache); you have {format_bytes(machine.fast_bytes)}"
+        )
+    what = "its expert store" if machine.fast_bytes is not None else "its expert store, slots and other weights"
+    return (
+        f"{facts.name} does not fit: even {setup} needs {format_bytes(least.host_bytes)} of host memory "
+        f"for {what}; you have {format_bytes(machine.host_bytes)}"
+    )
+
+
+def best_per_precision(fitting: Sequence[Candidate]) -> list[Candidate]:
+    """For each (expert precision, attention precision, prefetch), the best fitting configuration."""
+    best: dict[tuple[str, str, int], Candidate] = {}
+    for candidate in fitting:
+        key = (candidate.expert_precision, candidate.attn_precision, candidate.prefetch)
+        if key not in best or candidate.rank() < best[key].rank():
+            best[key] = candidate
+    return sorted(best.values(), key=Candidate.rank)

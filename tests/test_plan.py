@@ -1,0 +1,239 @@
+"""The memory planner: model facts from the parameter tree, the memory sums, the estimate formula, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moe_tui import cli, plan
+from moe_tui.commands.plan import parse_size
+from moe_tui.errors import UserError
+from moe_tui.params import load_config, routed_expert_bytes
+from moe_tui.telemetry import LayerStep, TokenEvent, TraceHeader
+
+GIB = 1024**3
+TINY = {
+    "model_type": "mixtral",
+    "architectures": ["MixtralForCausalLM"],
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_local_experts": 4,
+    "num_experts_per_tok": 2,
+    "vocab_size": 256,
+    "torch_dtype": "float32",
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> Path:
+    """A 2-layer, 4-expert, top-2 Mixtral config.json."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TINY))
+    return path
+
+
+def facts_by_hand() -> plan.ModelFacts:
+    """Round numbers: 1000-byte bf16 experts (250 at hqq2), 10 000 bytes of other weights."""
+    precisions = ("bf16", "hqq8", "hqq4", "hqq3", "hqq2")
+    return plan.ModelFacts(
+        name="toy",
+        dtype="bf16",
+        moe_layers=2,
+        num_experts=4,
+        top_k=2,
+        expert_bytes={"bf16": 1000, "hqq8": 600, "hqq4": 400, "hqq3": 300, "hqq2": 250},
+        dense_bytes=dict.fromkeys(precisions, 10_000),
+        dense_active_bytes=dict.fromkeys(precisions, 6_000),
+        kv_bytes_per_token=10,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("16GiB", 16 * GIB), ("16G", 16 * GIB), ("16GB", 16 * 10**9), ("512MiB", 512 * 1024**2), ("1.5TiB", 1536 * GIB)],
+)
+def test_parse_size(text: str, expected: int) -> None:
+    assert parse_size(text, "--vram") == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "16 parsecs", "-3G", "0G"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(UserError, match="--vram"):
+        parse_size(text, "--vram")
+
+
+def test_model_facts_of_mixtral_8x7b() -> None:
+    config = load_config("mixtral-8x7b")
+    facts = plan.model_facts(config, name="mixtral-8x7b")
+    assert (facts.moe_layers, facts.num_experts, facts.top_k, facts.dtype) == (32, 8, 2, "bf16")
+    assert facts.expert_bytes["hqq4"] == routed_expert_bytes(config, "hqq4")
+    assert facts.expert_bytes["bf16"] == 3 * 14336 * 4096 * 2
+    assert facts.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    # Everything outside the experts: embeddings + lm_head (2 x 32000 x 4096) + attention + routers + norms.
+    attention = 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096)
+    rest = 2 * 32000 * 4096 + 32 * 8 * 4096 + (2 * 32 + 1) * 4096
+    assert facts.dense_bytes["bf16"] == 2 * (attention + rest)
+    assert facts.dense_bytes["hqq4"] < facts.dense_bytes["hqq8"] < facts.dense_bytes["bf16"]
+    # A token reads one embedding row, not the table.
+    assert facts.dense_active_bytes["bf16"] == facts.dense_bytes["bf16"] - 2 * 32000 * 4096 + 2 * 4096
+
+
+def test_memory_sums() -> None:
+    facts = facts_by_hand()
+    assert plan.fast_tier_bytes(facts, "hqq2", "bf16", k=3, context=100) == 10_000 + 3 * 2 * 250 + 100 * 10
+    assert plan.store_bytes(facts, "hqq4") == 2 * 4 * 400
+
+
+def test_estimate_on_cpu_adds_copies_to_compute() -> None:
+    facts = facts_by_hand()
+    machine = plan.Machine(host_bytes=10**9, transfer_bandwidth=1000.0, compute_bandwidth=10_000.0, context=0)
+    c = plan.estimate(facts, machine, "bf16", "bf16", k=2, prefetch=1, copies=(1.5, 0.5, 0.6))
+    assert c.compute_s == pytest.approx((6_000 + 2 * 2 * 1000) / 10_000)  # 1.0 s
+    assert c.miss_s == pytest.approx(1.5) and c.prefetch_s == pytest.approx(0.5)
+    assert c.seconds_per_token == pytest.approx(3.0)
+    assert c.tokens_per_s == pytest.approx(1 / 3)
+    assert c.bound == "transfer"
+    assert c.host_bytes == plan.store_bytes(facts, "bf16") + c.fast_bytes  # one RAM for both tiers
+
+
+def test_estimate_on_cuda_overlaps_prefetch_with_compute() -> None:
+    facts = facts_by_hand()
+    machine = plan.Machine(
+        host_bytes=10**9, fast_bytes=10**9, transfer_bandwidth=1000.0, compute_bandwidth=10_000.0, context=0
+    )
+    c = plan.estimate(facts, machine, "bf16", "bf16", k=2, prefetch=1, copies=(0.2, 0.5, 0.9))
+    assert c.seconds_per_token == pytest.approx(max(1.0, 0.5) + 0.2)
+    assert c.bound == "compute"
+    assert c.host_bytes == plan.store_bytes(facts, "bf16")
+
+
+def test_without_bandwidths_memory_only() -> None:
+    c = plan.estimate(facts_by_hand(), plan.Machine(host_bytes=10**9), "hqq4", "hqq4", 1, 0, (1.0, 0.0, 0.5))
+    assert c.tokens_per_s is None and c.bound == ""
+    assert c.fast_bytes > 0
+
+
+def test_uniform_copy_model() -> None:
+    model = plan.uniform_copy_model(facts_by_hand())
+    assert model(1, 0) == (2 * 2 * 0.75, 0.0, 0.25)
+    assert model(4, 0) == (0.0, 0.0, 1.0)
+    assert model(2, 1) is None
+
+
+def test_nothing_fits_names_the_smallest_need() -> None:
+    facts = facts_by_hand()
+    machine = plan.Machine(host_bytes=10**9, fast_bytes=1000)
+    least = plan.fast_tier_bytes(facts, "hqq2", "hqq4", 1, machine.context)
+    message = plan.nothing_fits_message(facts, machine)
+    assert "even k=1 at 2 bits" in message and f"needs {least / 1024:.1f} KiB" in message
+    assert "you have 1000 B" in message
+    candidates = plan.candidates(facts, machine, plan.uniform_copy_model(facts), prefetch_depths=(0,))
+    assert not [c for c in candidates if plan.fits(c, machine)]
+
+
+def test_best_per_precision_picks_the_largest_k_that_fits() -> None:
+    facts = facts_by_hand()
+    machine = plan.Machine(
+        host_bytes=10**9, fast_bytes=10_000 + 3 * 2 * 400, transfer_bandwidth=1e3, compute_bandwidth=1e4, context=0
+    )
+    every = plan.candidates(facts, machine, plan.uniform_copy_model(facts), prefetch_depths=(0,))
+    best = {
+        (c.expert_precision, c.attn_precision): c
+        for c in plan.best_per_precision([c for c in every if plan.fits(c, machine)])
+    }
+    assert best[("hqq4", "hqq4")].cache_size == 3
+    assert best[("hqq2", "hqq4")].cache_size == 4
+    assert best[("bf16", "bf16")].cache_size == 1
+
+
+def decode_trace(routing: list[list[tuple[int, ...]]], prefetch: bool) -> tuple[TraceHeader, list]:
+    """A trace with one prefill (experts 0 and 1 in every layer) followed by decode steps."""
+    header = TraceHeader(
+        model="toy", num_layers=2, num_experts=4, top_k=1, cache_size=(1, 1), prefetch=int(prefetch), expert_bytes=1
+    )
+    events: list = []
+    steps = [[(0, 1), (0, 1)], *routing]
+    for step, layers in enumerate(steps):
+        for layer, experts in enumerate(layers):
+            n = len(experts)
+            events.append(
+                LayerStep(
+                    step=step,
+                    layer=layer,
+                    n_tokens=4 if step == 0 else 1,
+                    experts=experts,
+                    counts=(1,) * n,
+                    weights=(1.0,) * n,
+                    hits=(False,) * n,
+                    prefetch_hits=(False,) * n,
+                    prefetch_issued=experts if prefetch and step else (),
+                    slots=(),
+                )
+            )
+        events.append(TokenEvent(step, "x"))
+    return header, events
+
+
+def test_trace_copy_model_counts_decoded_tokens_only() -> None:
+    header, events = decode_trace([[(0,), (2,)], [(3,), (2,)]], prefetch=False)
+    model = plan.trace_copy_model(header, events)
+    # k=2 after the prefill holds {0, 1} in both layers: layer 0 hits 0 then misses 3; layer 1 misses 2 then hits.
+    assert model(2, 0) == (2 / 2, 0.0, 0.5)
+    assert model(2, 1) is None  # the trace holds no prefetch guesses
+
+
+def test_trace_copy_model_replays_prefetch() -> None:
+    header, events = decode_trace([[(0,), (2,)], [(3,), (2,)]], prefetch=True)
+    misses, prefetched, hit_rate = plan.trace_copy_model(header, events)(1, 1)
+    assert (misses, hit_rate) == (0.0, 1.0)  # exact guesses: every decoded expert was prefetched
+    assert prefetched == pytest.approx(3 / 2)  # 3 copies (layer 1 already held 2 for the second token) / 2 tokens
+
+
+def test_cli_plan_table_and_json(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["plan", str(tiny_config), "--vram", "1MiB", "--ram", "1GiB", "--context", "256"]
+    argv += ["--bandwidth", "10", "--compute-bandwidth", "100"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 MoE layers x 4 experts, top-2, fp32" in out
+    assert "transfer bandwidth: 10.0 GB/s (given)" in out and "max(C, P) + M on CUDA" in out
+    assert cli.main([*argv, "--json", "--all"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["fitting"] == len(data["configurations"]) > 0
+    for entry in data["configurations"]:
+        assert entry["fast_bytes"] <= 1024**2
+        assert entry["tokens_per_s"] == pytest.approx(1 / entry["seconds_per_token"])
+
+
+def test_cli_plan_cpu_only_measures_bandwidth(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["plan", str(tiny_config), "--ram", "1GiB"]) == 0
+    out = capsys.readouterr().out
+    assert "fast tier host RAM (CPU only)" in out and "measured here (host RAM to host RAM)" in out
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Exit 2 with one line on stderr."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-tui: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_cli_plan_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    err = error_of(["plan", "mixtral-8x7b", "--vram", "2GiB", "--ram", "64GiB"], capsys)
+    assert "even k=1 at 2 bits (4-bit attention) needs 3.3 GiB of fast-tier memory" in err
+    assert "you have 2.0 GiB" in err
+
+
+def test_cli_plan_bad_inputs(tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "--vram 'big'" in error_of(["plan", str(tiny_config), "--vram", "big"], capsys)
+    assert "no such file" in error_of(["plan", str(tmp_path / "missing.json")], capsys)
+    trace = tmp_path / "other.jsonl"
+    header = TraceHeader(model="other", num_layers=3, num_experts=8, top_k=2, cache_size=(2, 2, 2))
+    trace.write_text(json.dumps({"type": "header", "schema": 1, **{**header.__dict__, "cache_size": [2, 2, 2]}}) + "\n")
+    err = error_of(["plan", str(tiny_config), "--ram", "1GiB", "--bandwidth", "1", "--trace", str(trace)], capsys)
+    assert "3 MoE layers x 8 experts, top-2" in err and "2 MoE layers x 4 experts, top-2" in err
