@@ -170,3 +170,29 @@ def test_binary_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     path = tmp_path / "model.safetensors"
     path.write_bytes(bytes(range(256)) * 4)
     assert "not a text trace file" in error_of(["lab", str(path)], capsys)
+
+
+def mixtral_config(path: Path, layers: int, experts: int, top_k: int) -> Path:
+    """A small Mixtral config.json."""
+    config = {
+        "model_type": "mixtral",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_local_experts": experts,
+        "num_experts_per_tok": top_k,
+        "vocab_size": 256,
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def test_model_check(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    same = mixtral_config(tmp_path / "same.json", layers=2, experts=4, top_k=2)
+    assert cli.main(["lab", str(trace), "--model", str(same), "--json"]) == 0
+    capsys.readouterr()
+    other = mixtral_config(tmp_path / "other.json", layers=2, experts=8, top_k=2)
+    err = error_of(["lab", str(trace), "--model", str(other)], capsys)
+    assert "recorded on a model with 2 MoE layers x 4 experts, top-2" in err and "8 experts" in err
