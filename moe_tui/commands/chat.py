@@ -1,0 +1,118 @@
+"""``moe-tui chat``: the dashboard, on the demo model, a model directory or hub id, or a replayed trace."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from moe_tui.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _speed(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the dashboard."""
+    parser.add_argument(
+        "--model",
+        metavar="PATH_OR_HUB_ID",
+        help="model directory or hub id in the local HF cache (default: the bundled demo model)",
+    )
+    parser.add_argument(
+        "--cache-size", "-k", type=_positive_int, metavar="K", help="expert slots per MoE layer in fast memory"
+    )
+    parser.add_argument(
+        "--prefetch",
+        type=_non_negative_int,
+        metavar="P",
+        help="experts per layer to prefetch from the next layer's router (0 = off)",
+    )
+    parser.add_argument("--policy", choices=("lru", "lfu", "fifo"), help="cache eviction policy")
+    parser.add_argument(
+        "--expert-bits",
+        type=int,
+        choices=(2, 3, 4, 8),
+        metavar="B",
+        help="HQQ bit width for experts (2, 3, 4, 8; default: unquantized)",
+    )
+    parser.add_argument(
+        "--attn-bits", type=int, choices=(4, 8), metavar="B", help="HQQ bit width for attention and other layers (4, 8)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu", "auto"),
+        default="auto",
+        help="fast tier for the expert cache (default: auto)",
+    )
+    parser.add_argument("--theme", metavar="NAME", help="colour theme (moe-dark, moe-light, moe-contrast); remembered")
+    parser.add_argument("--replay", metavar="TRACE", help="drive every panel from a recorded trace, with no model")
+    parser.add_argument("--speed", type=_speed, default=1.0, help="replay speed (1 = as recorded; +/- in the app)")
+    parser.add_argument("--record", metavar="TRACE", help="write this session's routing trace (JSON Lines) to TRACE")
+
+
+def options_from_args(args: argparse.Namespace):
+    """The app's launch options from parsed arguments; contradictory ones raise UserError."""
+    from moe_tui.tui.backend import LaunchOptions
+
+    if args.replay and args.record:
+        raise UserError("--record needs a model; it cannot be combined with --replay")
+    if args.replay and args.model:
+        raise UserError("choose either --model or --replay (a replay needs no model)")
+    return LaunchOptions(
+        model=args.model,
+        cache_size=args.cache_size,
+        prefetch=args.prefetch,
+        policy=args.policy,
+        expert_bits=args.expert_bits,
+        attn_bits=args.attn_bits,
+        device=args.device,
+        replay=args.replay,
+        replay_speed=args.speed,
+        record=args.record,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the dashboard; returns when the user quits."""
+    options = options_from_args(args)
+    if not sys.stdout.isatty():
+        raise UserError("the dashboard needs an interactive terminal (stdout is not a TTY)")
+    from moe_tui.tui.app import MoeTuiApp
+
+    app = MoeTuiApp(options, theme=args.theme)
+    code = app.run() or 0
+    if app.loading:
+        # A model still loading in its worker thread cannot be interrupted; everything the user wrote is
+        # already committed, so leave now instead of waiting for the load to finish.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code

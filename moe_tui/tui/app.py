@@ -1,0 +1,237 @@
+"""The moe-tui App: wiring only. Themes, settings, history store and system probe in; a loading worker that
+attaches a model session or a replayed trace to the main screen; any failure turned into an error screen."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any, ClassVar
+
+from textual import work
+from textual.app import App
+from textual.binding import BindingType
+from textual.message import Message
+
+from moe_tui import config
+from moe_tui.errors import UserError
+from moe_tui.system import Probe, SystemProbe
+from moe_tui.themes import DEFAULT_THEME, DEFAULT_VARIABLES, load_theme
+from moe_tui.tui import keys
+from moe_tui.tui.backend import Backend, LaunchOptions, NoBackend, Progress, load_backend
+from moe_tui.tui.screens.error import ErrorScreen
+from moe_tui.tui.screens.help import HelpScreen
+from moe_tui.tui.screens.loading import LoadingScreen, LoadProgress
+from moe_tui.tui.screens.main import MainScreen
+
+Loader = Callable[[LaunchOptions, Progress], Backend]
+
+
+class LoadFinished(Message):
+    """The loading worker is done: a backend, or the error that stopped it."""
+
+    def __init__(self, backend: Backend | None, error: str = "", details: str = "", user_error: bool = True) -> None:
+        super().__init__()
+        self.backend = backend
+        self.error = error
+        self.details = details
+        self.user_error = user_error
+
+
+class MoeTuiApp(App[int]):
+    """Chat with an offloaded MoE model (or replay a trace) and watch its experts, cache and memory live."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "moe-tui"
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings("app.help", "app.palette", "app.quit", "app.theme")
+
+    def __init__(
+        self,
+        options: LaunchOptions,
+        *,
+        theme: str | None = None,
+        loader: Loader = load_backend,
+        probe: Probe | None = None,
+        store_factory: Callable[[], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        self.options = options
+        self.requested_theme = theme
+        self.loader = loader
+        self.probe = probe
+        self.store_factory = store_factory
+        self.clock = clock
+        self.moe_themes: list[str] = []
+        self.settings, self._settings_warning = config.load_settings()
+        self.keymap: dict[str, str] = {}
+        self.store: Any = None
+        self.main: MainScreen | None = None
+        self.startup_s: float | None = None
+        self._started = time.perf_counter()
+
+    def get_theme_variable_defaults(self) -> dict[str, str]:
+        """Heat and status colours for themes that do not define them (Textual's own)."""
+        return dict(DEFAULT_VARIABLES)
+
+    # ----------------------------------------------------------------- start
+    def on_mount(self) -> None:
+        """Themes, keymap, history, the main screen, then load the model behind the loading screen."""
+        warnings = [self._settings_warning] if self._settings_warning else []
+        warnings += self._register_themes()
+        self.theme = self._initial_theme(warnings)
+        known, unknown = keys.check_keymap(self.settings.keymap)
+        if unknown:
+            warnings.append(f"settings: unknown key binding ids {', '.join(unknown)} (see f1 for the ids)")
+        self.keymap = known
+        self.set_keymap(known)
+        store_error = self._open_store()
+        generation = self._generation_defaults(warnings)
+        self.main = MainScreen(self.store, self.probe or SystemProbe(), self.settings, generation)
+        self.push_screen(self.main)
+        for warning in warnings:
+            self.notify(warning, severity="warning", timeout=10)
+        self.theme_changed_signal.subscribe(self, self._on_theme_changed)
+        if store_error:
+            self.push_screen(
+                ErrorScreen(
+                    "Chat history unavailable",
+                    store_error,
+                    "You can still chat; answers will not be saved this time.",
+                )
+            )
+        self.call_after_refresh(self._mark_started)
+        self.load_model(self.options.model, replay=self.options.replay)
+
+    def _mark_started(self) -> None:
+        self.startup_s = time.perf_counter() - self._started
+
+    def _register_themes(self) -> list[str]:
+        from moe_tui.paths import THEMES_DIR
+
+        warnings = []
+        for path in sorted(THEMES_DIR.glob("*.toml")):
+            try:
+                theme = load_theme(path)
+            except UserError as error:
+                warnings.append(str(error))
+                continue
+            self.register_theme(theme)
+            self.moe_themes.append(theme.name)
+        return warnings
+
+    def _initial_theme(self, warnings: list[str]) -> str:
+        for source, name in (("--theme", self.requested_theme), ("settings", self.settings.theme)):
+            if name:
+                if name in self.available_themes:
+                    return name
+                warnings.append(f"{source}: unknown theme {name!r}; choose from {', '.join(self.moe_themes)}")
+        return DEFAULT_THEME if DEFAULT_THEME in self.available_themes else "textual-dark"
+
+    def _open_store(self) -> str:
+        try:
+            if self.store_factory is not None:
+                self.store = self.store_factory()
+            else:
+                from moe_tui.chat.history import HistoryStore
+
+                self.store = HistoryStore()
+        except UserError as error:
+            self.store = None
+            return str(error)
+        return ""
+
+    def _generation_defaults(self, warnings: list[str]) -> Any:
+        from moe_tui.chat.session import GenerationSettings
+
+        saved = self.settings.generation
+        try:
+            return GenerationSettings(saved.temperature, saved.top_p, saved.max_new_tokens, saved.system_prompt)
+        except UserError as error:
+            warnings.append(f"settings: {error}; using the default generation settings")
+            return GenerationSettings()
+
+    # ----------------------------------------------------------------- loading
+    def load_model(self, model: str | None, replay: str | None = None) -> None:
+        """Load a model (or open a trace) in a worker behind the loading screen."""
+        options = replace(self.options, model=model, replay=replay)
+        what = f"trace {replay}" if replay else (model or "the demo model")
+        loading = LoadingScreen(what)
+        self.push_screen(loading)
+        self._load(options, loading)
+
+    @work(thread=True, exclusive=True, group="load", exit_on_error=False)
+    def _load(self, options: LaunchOptions, loading: LoadingScreen) -> None:
+        def progress(stage: str, done: int, total: int) -> None:
+            loading.post_message(LoadProgress(stage, done, total))
+
+        try:
+            backend = self.loader(options, progress)
+        except UserError as error:
+            self.post_message(LoadFinished(None, str(error)))
+        except Exception as error:  # an unexpected failure still ends on a readable screen
+            summary = traceback.format_exception_only(type(error), error)[-1].strip()
+            self.post_message(LoadFinished(None, summary, traceback.format_exc(), user_error=False))
+        else:
+            self.post_message(LoadFinished(backend))
+
+    def on_load_finished(self, message: LoadFinished) -> None:
+        """Attach the loaded backend, or explain why loading failed and carry on without a model."""
+        if isinstance(self.screen, LoadingScreen):
+            self.pop_screen()
+        assert self.main is not None
+        if message.backend is not None:
+            old = self.main.backend
+            self.main.attach(message.backend)
+            if old is not message.backend:
+                old.close()
+            return
+        if not isinstance(self.main.backend, NoBackend):
+            keep = f"Still using {self.main.backend.name}."
+        else:
+            keep = "You can browse earlier chats (f2) and load another model from the command palette (ctrl+p)."
+        title = "Could not load the model" if message.user_error else "Loading failed unexpectedly"
+        self.push_screen(ErrorScreen(title, message.error, keep, message.details))
+
+    # ----------------------------------------------------------------- actions
+    def action_help(self) -> None:
+        """Show the keys."""
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen(self.keymap))
+
+    def action_next_theme(self) -> None:
+        """Cycle through moe-tui's themes."""
+        if self.moe_themes:
+            index = self.moe_themes.index(self.theme) + 1 if self.theme in self.moe_themes else 0
+            self.set_theme(self.moe_themes[index % len(self.moe_themes)])
+
+    def set_theme(self, name: str) -> None:
+        """Switch theme (remembered in the settings file)."""
+        self.theme = name
+
+    def _on_theme_changed(self, theme: Any) -> None:
+        self.remember(theme=theme.name)
+        if self.main is not None:
+            self.main.redraw_all()
+
+    def remember(self, **changes: Any) -> None:
+        """Update and save the settings file; a failed write is reported, never fatal."""
+        if "generation" in changes:
+            value = changes["generation"]
+            changes["generation"] = config.GenerationDefaults(
+                value.temperature, value.top_p, value.max_new_tokens, value.system_prompt
+            )
+        self.settings = replace(self.settings, **changes)
+        try:
+            config.save_settings(self.settings)
+        except OSError as error:
+            self.notify(f"could not save settings: {error}", severity="warning")
+
+    def on_unmount(self) -> None:
+        """Release the model, the probe and the database."""
+        if self.main is not None:
+            self.main.backend.close()
+            self.main.probe.close()
+        if self.store is not None:
+            self.store.close()

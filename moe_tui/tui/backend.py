@@ -1,0 +1,240 @@
+"""What the dashboard is attached to: a live model session or a replayed trace, behind one small interface.
+
+The screens only call :class:`Backend` methods, so the same panels, palette and tests work for both. Loading
+(``load_backend``) imports torch and transformers and may take seconds: the app runs it in a worker thread
+behind the loading screen.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from moe_tui.errors import UserError
+from moe_tui.telemetry import Snapshot, TokenEvent
+from moe_tui.tui.widgets.memory import EngineBudget
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """What the command line asked for (None keeps the engine's default)."""
+
+    model: str | None = None
+    cache_size: int | None = None
+    prefetch: int | None = None
+    policy: str | None = None
+    expert_bits: int | None = None
+    attn_bits: int | None = None
+    device: str = "auto"
+    replay: str | None = None
+    replay_speed: float = 1.0
+    record: str | None = None
+
+    def offload_config(self) -> Any:
+        """The engine's OffloadConfig for these options (imports torch; call from a worker)."""
+        from moe_tui.offload import OffloadConfig
+
+        chosen = {
+            "cache_size": self.cache_size,
+            "prefetch": self.prefetch,
+            "policy": self.policy,
+            "expert_bits": self.expert_bits,
+            "attn_bits": self.attn_bits,
+            "trace_path": self.record,
+        }
+        return OffloadConfig(device=self.device, **{key: value for key, value in chosen.items() if value is not None})
+
+
+class Session(Protocol):
+    """The part of :class:`moe_tui.chat.session.ChatSession` the dashboard uses."""
+
+    engine: Any
+    model_name: str
+
+    def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        settings: Any,
+        on_text: Callable[[str], None],
+        stop_event: threading.Event | None = None,
+    ) -> Any:
+        """Stream one answer (blocking)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model."""
+        ...
+
+
+class Backend:
+    """The interface the screens use; subclasses attach it to a model or to a trace."""
+
+    mode = "none"
+    can_chat = False
+    can_tune = False
+
+    @property
+    def name(self) -> str:
+        """What to call the model in the status bar."""
+        return "no model"
+
+    def snapshot(self) -> Snapshot | None:
+        """The engine's current snapshot (None when there is nothing to show)."""
+        return None
+
+    def budget(self) -> EngineBudget | None:
+        """The engine's fixed memory budget, if known."""
+        return None
+
+    def model_config(self) -> Any:
+        """The model's transformers config, for the parameter tree (None when unknown)."""
+        return None
+
+    def set_cache_size(self, k: int) -> None:
+        """Change k for every layer from the next forward pass."""
+        raise UserError(self._cannot("change the cache size"))
+
+    def set_policy(self, policy: str) -> None:
+        """Change the eviction policy from the next forward pass."""
+        raise UserError(self._cannot("change the policy"))
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Change how many experts per layer are prefetched (0 = off)."""
+        raise UserError(self._cannot("change prefetch"))
+
+    def close(self) -> None:
+        """Release what the backend holds."""
+
+    def _cannot(self, what: str) -> str:
+        return f"cannot {what}: no model is loaded"
+
+
+class NoBackend(Backend):
+    """No model (it failed to load): history and settings still work."""
+
+
+class LiveBackend(Backend):
+    """A chat session on the offloading engine."""
+
+    mode = "live"
+    can_chat = True
+    can_tune = True
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.engine = session.engine
+
+    @property
+    def name(self) -> str:
+        """The session's model name."""
+        return self.session.model_name
+
+    def snapshot(self) -> Snapshot:
+        """The engine's snapshot."""
+        return self.engine.snapshot()
+
+    def budget(self) -> EngineBudget | None:
+        """The engine's slots and store, from ``memory()``."""
+        memory = self.engine.memory()
+        try:
+            return EngineBudget(
+                fast_tier=str(memory["fast_tier"]),
+                slow_tier=str(memory["slow_tier"]),
+                fast_tier_bytes=int(memory["fast_tier_bytes"]),
+                slow_tier_bytes=int(memory["slow_tier_bytes"]),
+                expert_bytes=int(memory["expert_bytes"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def model_config(self) -> Any:
+        """The transformers config of the running model."""
+        return getattr(getattr(self.engine, "model", None), "config", None)
+
+    def set_cache_size(self, k: int) -> None:
+        """Resize every layer's cache (the engine checks k against the model and free memory)."""
+        self.engine.set_cache_size(k)
+
+    def set_policy(self, policy: str) -> None:
+        """Switch the eviction policy."""
+        self.engine.set_policy(policy)
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Change the prefetch depth."""
+        self.engine.set_prefetch(prefetch)
+
+    def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        settings: Any,
+        on_text: Callable[[str], None],
+        stop_event: threading.Event,
+    ) -> Any:
+        """Stream one answer (blocking: run it in a worker thread)."""
+        return self.session.generate(messages, settings, on_text, stop_event)
+
+    def close(self) -> None:
+        """Release the engine."""
+        self.session.close()
+
+
+class ReplayBackend(Backend):
+    """A trace played back at adjustable speed; the engine settings are those recorded."""
+
+    mode = "replay"
+
+    def __init__(self, replay: Any, name: str):
+        self.replay = replay
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The trace's model and file."""
+        return self._name
+
+    def snapshot(self) -> Snapshot:
+        """The replayed telemetry's snapshot."""
+        return self.replay.snapshot()
+
+    def budget(self) -> EngineBudget | None:
+        """The recorded engine's budget, derived from the trace header."""
+        header = self.replay.header
+        if not header.expert_bytes:
+            return None
+        return EngineBudget(
+            fast_tier=header.fast_tier,
+            slow_tier=header.slow_tier,
+            fast_tier_bytes=header.expert_bytes * sum(header.cache_size),
+            slow_tier_bytes=header.expert_bytes * header.num_layers * header.num_experts,
+            expert_bytes=header.expert_bytes,
+        )
+
+    def _cannot(self, what: str) -> str:
+        return f"cannot {what} while replaying a trace (try `moe-tui lab TRACE` to compare settings)"
+
+    def run(self, stop: threading.Event, on_tokens: Callable[[list[TokenEvent]], None]) -> None:
+        """Play the trace in real time until it ends or ``stop`` is set (blocking)."""
+        self.replay.run(stop, on_tokens)
+
+
+def load_backend(options: LaunchOptions, progress: Progress) -> Backend:
+    """Open the trace or load the model the options name (blocking; raises UserError on bad input)."""
+    if options.replay is not None:
+        from pathlib import Path
+
+        from moe_tui.replay import Replay
+
+        progress("reading trace", 0, 1)
+        replay = Replay.open(options.replay, speed=options.replay_speed)
+        progress("reading trace", 1, 1)
+        return ReplayBackend(replay, f"{replay.header.model} (replay of {Path(options.replay).name})")
+    from moe_tui.chat.session import ChatSession
+
+    progress("importing torch and transformers", 0, 1)
+    config = options.offload_config()
+    progress("importing torch and transformers", 1, 1)
+    return LiveBackend(ChatSession.load(options.model, config, progress=progress))

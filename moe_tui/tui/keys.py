@@ -1,0 +1,99 @@
+"""Every key binding of the app in one table, each with an id the user can remap in the settings file.
+
+Screens and widgets take their ``BINDINGS`` from here (:func:`bindings`), the help screen lists this table
+with the keys in effect, and the settings file's ``[keymap]`` is checked against these ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Key:
+    """One binding: id, default key(s) (comma separated), action, what it does, where it works."""
+
+    id: str
+    keys: str
+    action: str
+    description: str
+    where: str
+    show: bool = True
+    priority: bool = False
+
+
+KEYS: tuple[Key, ...] = (
+    Key("app.help", "f1", "app.help", "Help", "anywhere"),
+    Key("app.palette", "ctrl+p", "app.command_palette", "Commands", "anywhere", show=False, priority=True),
+    Key("app.quit", "ctrl+q", "app.quit", "Quit", "anywhere", priority=True),
+    Key("app.theme", "ctrl+t", "app.next_theme", "Next theme", "anywhere", show=False),
+    Key("chat.send", "ctrl+j,alt+enter", "submit", "Send", "prompt", priority=True),
+    Key("chat.stop", "escape", "stop", "Stop answer", "main screen"),
+    Key("chat.new", "ctrl+n", "new_chat", "New chat", "main screen"),
+    Key("chat.conversations", "f2", "toggle_conversations", "Chats", "main screen"),
+    Key("chat.settings", "f3", "generation_settings", "Settings", "main screen"),
+    Key("lab.open", "f4", "open_lab", "Lab", "main screen"),
+    Key("chat.export", "f5", "export", "Export", "main screen", show=False),
+    Key("view.switch", "f6", "switch_view", "Chat/panels", "main screen"),
+    Key("panel.maximize", "f11", "toggle_maximize", "Maximise", "main screen"),
+    Key("panel.heatmap", "alt+1", "toggle_panel('heatmap')", "Show/hide experts", "main screen", show=False),
+    Key("panel.cache", "alt+2", "toggle_panel('cache')", "Show/hide cache", "main screen", show=False),
+    Key("panel.prefetch", "alt+3", "toggle_panel('prefetch')", "Show/hide prefetch", "main screen", show=False),
+    Key("panel.memory", "alt+4", "toggle_panel('memory')", "Show/hide memory", "main screen", show=False),
+    Key("panel.params", "alt+5", "toggle_panel('params')", "Show/hide parameters", "main screen", show=False),
+    Key("panel.chat", "alt+0", "toggle_panel('chat')", "Show/hide chat", "main screen", show=False),
+    Key(
+        "panel.earlier",
+        "left_square_bracket",
+        "move_panel(-1)",
+        "Move focused panel earlier",
+        "focused panel",
+        show=False,
+    ),
+    Key(
+        "panel.later", "right_square_bracket", "move_panel(1)", "Move focused panel later", "focused panel", show=False
+    ),
+    Key("panel.hide", "x", "hide_focused", "Hide focused panel", "focused panel", show=False),
+    Key("replay.faster", "plus,equals_sign", "replay_speed(2.0)", "Replay faster", "replay", show=False),
+    Key("replay.slower", "minus", "replay_speed(0.5)", "Replay slower", "replay", show=False),
+    Key("replay.pause", "space", "replay_pause", "Pause/resume replay", "replay", show=False),
+    Key("replay.restart", "ctrl+r", "replay_restart", "Replay from the start", "replay", show=False),
+    Key("lab.close", "escape,f4", "app.pop_screen", "Back", "lab"),
+    Key("help.close", "escape,f1", "app.pop_screen", "Back", "help"),
+)
+
+BY_ID: dict[str, Key] = {key.id: key for key in KEYS}
+
+
+def bindings(*ids: str) -> list[Binding]:
+    """Textual bindings for these ids."""
+    return [
+        Binding(
+            BY_ID[binding_id].keys,
+            BY_ID[binding_id].action,
+            BY_ID[binding_id].description,
+            show=BY_ID[binding_id].show,
+            priority=BY_ID[binding_id].priority,
+            id=binding_id,
+        )
+        for binding_id in ids
+    ]
+
+
+def bindings_where(where: str) -> list[Binding]:
+    """Textual bindings for every key that works ``where``."""
+    return bindings(*(key.id for key in KEYS if key.where == where))
+
+
+def check_keymap(keymap: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The entries of a user keymap with known ids, and the ids that are unknown."""
+    known = {binding_id: keys for binding_id, keys in keymap.items() if binding_id in BY_ID}
+    return known, sorted(set(keymap) - set(known))
+
+
+def display_keys(keys: str) -> str:
+    """``ctrl+j,alt+enter`` as ``ctrl+j / alt+enter``, with a few key names spelled as typed."""
+    names = {"plus": "+", "minus": "-", "equals_sign": "=", "left_square_bracket": "[", "right_square_bracket": "]"}
+    return " / ".join(names.get(key.strip(), key.strip()) for key in keys.split(","))

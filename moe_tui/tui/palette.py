@@ -1,0 +1,143 @@
+"""Command palette entries for the main screen: cache size k, policy, prefetch, theme, chats, panels, replay.
+
+Only commands that make sense right now are offered (engine settings only with a live model, replay speed
+only while replaying, stop only while an answer is being generated). Typing ``k 5`` offers k = 5 even when
+the model has fewer experts, so that the engine's own message explains why it does not fit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from moe_tui.policies import POLICIES
+
+if TYPE_CHECKING:
+    from moe_tui.tui.screens.main import MainScreen
+
+_K_QUERY = re.compile(r"^\s*(?:k|cache(?: size)?)\s*=?\s*(\d+)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One palette entry."""
+
+    title: str
+    help: str
+    run: Callable[[], object]
+    discover: bool = True
+
+
+def main_commands(screen: MainScreen) -> list[Command]:
+    """Every command that applies to the main screen in its current state."""
+    commands: list[Command] = []
+    backend = screen.backend
+    snapshot = backend.snapshot()
+    if backend.can_tune and snapshot is not None:
+        header = snapshot.header
+        current_k = header.cache_size[0] if len(set(header.cache_size)) == 1 else None
+        for k in range(1, header.num_experts + 1):
+            mark = " (current)" if k == current_k else ""
+            commands.append(
+                Command(
+                    f"Cache size: k = {k}{mark}",
+                    "expert slots per layer, from the next token",
+                    partial(screen.set_cache_size, k),
+                )
+            )
+        for policy in POLICIES:
+            mark = " (current)" if policy == header.policy else ""
+            commands.append(
+                Command(f"Policy: {policy}{mark}", "cache eviction policy", partial(screen.set_policy, policy))
+            )
+        if header.prefetch:
+            commands.append(
+                Command("Prefetch: off", "stop guessing the next layer's experts", partial(screen.set_prefetch, 0))
+            )
+        for depth in range(1, min(header.num_experts, 3) + 1):
+            if depth != header.prefetch:
+                commands.append(
+                    Command(
+                        f"Prefetch: on, {depth} per layer",
+                        "load the next layer's likely experts ahead of time",
+                        partial(screen.set_prefetch, depth),
+                    )
+                )
+    if screen.generating:
+        commands.append(Command("Stop generation", "end the answer now", screen.action_stop))
+    commands.append(Command("New chat", "start an empty conversation", screen.action_new_chat))
+    commands.append(Command("Conversations", "show or hide the list of chats", screen.action_toggle_conversations))
+    commands.append(Command("Export conversation to Markdown", "write this chat to a .md file", screen.action_export))
+    commands.append(
+        Command(
+            "Generation settings",
+            "temperature, top-p, max new tokens, system prompt",
+            screen.action_generation_settings,
+        )
+    )
+    commands.append(Command("Cache lab", "hit rate per policy and k against Belady's optimum", screen.action_open_lab))
+    commands.append(Command("Load model…", "open another model directory or cached hub id", screen.action_load_model))
+    for theme in screen.app.moe_themes:
+        mark = " (current)" if theme == screen.app.theme else ""
+        commands.append(
+            Command(f"Theme: {theme}{mark}", "colours of the whole app", partial(screen.app.set_theme, theme))
+        )
+    for panel_id, title in screen.panel_titles().items():
+        shown = "Hide" if screen.panel_shown(panel_id) else "Show"
+        commands.append(
+            Command(
+                f"{shown} panel: {title}", "toggle a dashboard panel", partial(screen.action_toggle_panel, panel_id)
+            )
+        )
+        commands.append(
+            Command(
+                f"Maximise panel: {title}",
+                "fill the screen with one panel (f11 restores)",
+                partial(screen.maximize_panel, panel_id),
+                False,
+            )
+        )
+    if backend.mode == "replay":
+        commands.append(
+            Command("Replay: faster", "double the playback speed", partial(screen.action_replay_speed, 2.0))
+        )
+        commands.append(Command("Replay: slower", "halve the playback speed", partial(screen.action_replay_speed, 0.5)))
+        commands.append(Command("Replay: pause / resume", "hold the playback", screen.action_replay_pause))
+        commands.append(Command("Replay: restart", "play the trace again from the start", screen.action_replay_restart))
+    return commands
+
+
+class MainCommands(Provider):
+    """Palette provider for the main screen."""
+
+    def _commands(self) -> list[Command]:
+        from moe_tui.tui.screens.main import MainScreen
+
+        screen = self.screen
+        return main_commands(screen) if isinstance(screen, MainScreen) else []
+
+    async def discover(self) -> Hits:
+        """The commands shown before anything is typed."""
+        for command in self._commands():
+            if command.discover:
+                yield DiscoveryHit(command.title, command.run, help=command.help)
+
+    async def search(self, query: str) -> Hits:
+        """Commands matching ``query``; ``k N`` also offers that exact cache size."""
+        from moe_tui.tui.screens.main import MainScreen
+
+        matcher = self.matcher(query)
+        for command in self._commands():
+            score = matcher.match(command.title)
+            if score > 0:
+                yield Hit(score, matcher.highlight(command.title), command.run, help=command.help)
+        found = _K_QUERY.match(query)
+        screen = self.screen
+        if found and isinstance(screen, MainScreen) and screen.backend.can_tune:
+            k = int(found.group(1))
+            yield Hit(1.0, f"Cache size: k = {k}", partial(screen.set_cache_size, k), help="as typed")

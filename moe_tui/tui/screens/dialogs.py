@@ -1,0 +1,34 @@
+"""Small modal dialogs: a one-line text question (model path, export file)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, Static
+
+
+class AskScreen(ModalScreen[str | None]):
+    """Ask for one line of text; enter answers, escape cancels (dismisses with None)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel", id="dialog.cancel")]
+
+    def __init__(self, question: str, value: str = "", hint: str = "") -> None:
+        super().__init__(classes="dialog")
+        self.question = question
+        self.value = value
+        self.hint = hint
+
+    def compose(self):
+        """Question, input, hint."""
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question, classes="dialog-title")
+            yield Input(value=self.value, id="ask-input")
+            yield Static(self.hint or "enter: OK    escape: cancel", classes="dialog-hint", markup=False)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Answer with the text typed."""
+        event.stop()
+        self.dismiss(event.value.strip() or None)

@@ -1,0 +1,103 @@
+"""The cache lab: hit rate for every policy and cache size k against Belady's optimum, on the trace being
+replayed, on this session's own recording, or on a trace file; computed in a worker thread."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from textual import work
+from textual.binding import BindingType
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Label, Static
+
+from moe_tui.errors import UserError
+from moe_tui.telemetry import TraceEvent, TraceHeader
+from moe_tui.tui import keys
+from moe_tui.tui.backend import Backend
+
+MIN_POLICY = "min"
+
+
+def trace_of(backend: Backend) -> tuple[TraceHeader, list[TraceEvent], str]:
+    """The trace to study: the replayed one, else the live session's recording; UserError when there is none."""
+    if backend.mode == "replay":
+        replay = backend.replay  # type: ignore[attr-defined]
+        return replay.header, list(replay.events), "the replayed trace"
+    recording = getattr(backend, "recording", None)
+    if recording is None:
+        raise UserError("no trace to study: start with --record TRACE, or replay one with --replay TRACE")
+    header, events = recording()
+    return header, events, "this session's trace"
+
+
+def lab_rows(report: Any) -> tuple[list[str], list[list[str]]]:
+    """Column titles and rows: k, then each policy's hit rate and its gap to MIN, then MIN itself."""
+    policies = [policy for policy in report.policies if policy != MIN_POLICY]
+    columns = ["k", *policies, "MIN (optimum)"]
+    rows = []
+    for k in report.cache_sizes:
+        optimum = report.hit_rate(MIN_POLICY, k)
+        cells = [str(k)]
+        for policy in policies:
+            rate = report.hit_rate(policy, k)
+            cells.append(f"{rate * 100:5.1f}% ({(rate - optimum) * 100:+.1f})")
+        cells.append(f"{optimum * 100:5.1f}%")
+        rows.append(cells)
+    return columns, rows
+
+
+class LabScreen(Screen):
+    """A table of simulated hit rates; escape or f4 goes back."""
+
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings("lab.close")
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(id="lab")
+        self.backend = backend
+
+    def compose(self):
+        """Title, explanation, table."""
+        with Vertical(id="lab-box"):
+            yield Label("Cache lab", id="lab-title")
+            yield Static("simulating…", id="lab-note", markup=False)
+            yield DataTable(id="lab-table", zebra_stripes=True, cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        """Start the simulation."""
+        try:
+            header, events, source = trace_of(self.backend)
+        except UserError as error:
+            self.query_one("#lab-note", Static).update(str(error))
+            return
+        self._simulate(header, events, source)
+
+    @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
+    def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:
+        from moe_tui.sim import run_lab
+
+        try:
+            report = run_lab(header, events)
+        except (UserError, ValueError) as error:
+            self.app.call_from_thread(self.query_one("#lab-note", Static).update, f"cannot simulate: {error}")
+            return
+        self.app.call_from_thread(self._show, report, source)
+
+    def _show(self, report: Any, source: str) -> None:
+        header = report.header
+        recorded = report.recorded.total
+        note = (
+            f"{source}: {header.model}, {header.num_layers} MoE layers x {header.num_experts} experts,"
+            f" top-{header.top_k}, {report.passes} forward passes, {report.tokens} tokens."
+            f" The engine ran {header.policy} and measured {recorded.hit_rate * 100:.1f}% hits."
+            " Each cell: simulated hit rate (points vs MIN, Belady's optimum:"
+            " no cache of that size misses less on this trace)."
+        )
+        self.query_one("#lab-note", Static).update(note)
+        table = self.query_one(DataTable)
+        columns, rows = lab_rows(report)
+        table.clear(columns=True)
+        table.add_columns(*columns)
+        table.add_rows(rows)
+        table.focus()

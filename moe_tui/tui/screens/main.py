@@ -1,0 +1,630 @@
+"""The main screen: chat on the left, live panels on the right, a status bar and the keys in the footer.
+
+Data flow: the generation worker (a thread) streams text to the chat view with ``post_message`` and writes it
+to the history store as it arrives; the engine folds routing events into its telemetry; a 10 Hz timer here
+polls the telemetry's versioned snapshot and hands it to the visible panels, which redraw only when the
+version changed. System memory is sampled in a thread worker once a second, the next sample being asked for
+only after the last one was drawn.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual import on, work
+from textual.binding import BindingType
+from textual.containers import Horizontal, VerticalScroll
+from textual.events import Resize
+from textual.message import Message
+from textual.screen import Screen
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+
+from moe_tui.errors import UserError
+from moe_tui.system import Probe, SystemSample
+from moe_tui.telemetry import Snapshot, TokenEvent
+from moe_tui.tui import keys
+from moe_tui.tui.backend import Backend, NoBackend
+from moe_tui.tui.palette import MainCommands
+from moe_tui.tui.widgets.cache import CachePanel
+from moe_tui.tui.widgets.chat import ChatView, PromptInput
+from moe_tui.tui.widgets.conversations import ConversationList
+from moe_tui.tui.widgets.heatmap import HeatmapPanel
+from moe_tui.tui.widgets.memory import MemoryPanel
+from moe_tui.tui.widgets.panel import Panel
+from moe_tui.tui.widgets.params import ParamsPanel
+from moe_tui.tui.widgets.prefetch import PrefetchPanel
+from moe_tui.tui.widgets.statusbar import StatusBar
+
+REFRESH_HZ = 10.0
+PROMPT_HINT = "Ask something… (ctrl+j or alt+enter sends)"
+SAMPLE_INTERVAL_S = 1.0
+MIN_WIDTH, MIN_HEIGHT = 60, 20
+PANEL_CLASSES: tuple[type[Panel], ...] = (HeatmapPanel, CachePanel, PrefetchPanel, MemoryPanel, ParamsPanel)
+PANEL_IDS = tuple(panel.PANEL_ID for panel in PANEL_CLASSES)
+
+
+class SystemSampled(Message):
+    """A new system sample from the sampling worker."""
+
+    def __init__(self, sample: SystemSample | None, error: str = "") -> None:
+        super().__init__()
+        self.sample = sample
+        self.error = error
+
+
+class GenerationFinished(Message):
+    """The generation worker is done (``error`` is empty when it ended normally or was stopped)."""
+
+    def __init__(self, serial: int, message_id: int | None, text: str, error: str = "") -> None:
+        super().__init__()
+        self.serial = serial
+        self.message_id = message_id
+        self.text = text
+        self.error = error
+
+
+class ReplayEnded(Message):
+    """The replayed trace has been played to its end."""
+
+
+class MainScreen(Screen):
+    """Chat plus dashboard; everything reachable from the keyboard."""
+
+    COMMANDS: ClassVar[set] = {MainCommands}
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("main screen") + keys.bindings_where("replay")
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [
+        (0, "-tiny"),
+        (MIN_WIDTH, "-narrow"),
+        (80, "-medium"),
+        (140, "-wide"),
+    ]
+    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (MIN_HEIGHT, "-tall")]
+
+    def __init__(self, store: Any, probe: Probe, settings: Any, generation: Any) -> None:
+        super().__init__(id="main")
+        self.store = store
+        self.probe = probe
+        self.settings = settings
+        self.generation = generation
+        self.backend: Backend = NoBackend()
+        self.generating = False
+        self.conversation_id: int | None = None
+        self.redraws = 0
+        self._serial = 0
+        self._stop = threading.Event()
+        self._replay_stop = threading.Event()
+        self._drawn_version = -1
+        self._sampling = True
+        self._unsaved: list[dict[str, str]] = []
+        self.panels: dict[str, Panel] = {cls.PANEL_ID: cls() for cls in PANEL_CLASSES}
+
+    # ----------------------------------------------------------------- layout
+    def compose(self):
+        """Status bar, conversation list, chat, dashboard of panels, footer."""
+        yield StatusBar(id="status")
+        yield Static("", id="too-small", markup=False)
+        with Horizontal(id="body"):
+            yield ConversationList(id="conversations")
+            yield ChatView(id="chat")
+            with VerticalScroll(id="dashboard", can_focus=False):
+                for panel_id in self._panel_order():
+                    yield self.panels[panel_id]
+        yield Footer()
+
+    def _panel_order(self) -> list[str]:
+        saved = [panel_id for panel_id in self.settings.panel_order if panel_id in self.panels]
+        return saved + [panel_id for panel_id in PANEL_IDS if panel_id not in saved]
+
+    def on_mount(self) -> None:
+        """Apply the saved layout, start polling and sampling."""
+        for panel_id in self.settings.hidden_panels:
+            if panel_id in self.panels:
+                self.panels[panel_id].display = False
+        if "chat" in self.settings.hidden_panels:
+            self.chat.display = False
+        self.query_one(ConversationList).display = False
+        self.set_interval(1 / REFRESH_HZ, self.refresh_panels)
+        self._request_sample()
+        self.attach(self.backend)
+        self.query_one(PromptInput).focus()
+
+    @property
+    def chat(self) -> ChatView:
+        """The chat pane."""
+        return self.query_one(ChatView)
+
+    def on_resize(self, event: Resize) -> None:
+        """Say so when the terminal is too small to be useful."""
+        width, height = event.size
+        self.query_one("#too-small", Static).update(
+            f"Terminal too small: {width}x{height}. moe-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}.\n"
+            "Enlarge the window (or reduce the font size). ctrl+q quits."
+        )
+        self._show_status(self.backend.snapshot())
+
+    # ---------------------------------------------------------------- backend
+    def attach(self, backend: Backend) -> None:
+        """Show a newly loaded model or trace (or none)."""
+        self.backend = backend
+        self._drawn_version = -1
+        prompt = self.query_one(PromptInput)
+        prompt.disabled = not backend.can_chat
+        prompt.placeholder = PROMPT_HINT if backend.can_chat else "no model to chat with"
+        if backend.mode == "replay":
+            self.chat.set_status("replay: +/- speed · space pause · ctrl+r restart")
+            self._start_replay()
+        elif backend.can_chat:
+            self.chat.set_status(f"{backend.name} ready · ctrl+j or alt+enter sends · esc stops")
+            prompt.focus()
+        else:
+            self.chat.set_status("no model loaded · ctrl+p → Load model… · earlier chats: f2")
+        self.panels["memory"].show_budget(backend.budget())  # type: ignore[attr-defined]
+        self._show_params()
+        self.refresh_panels()
+
+    def _show_params(self) -> None:
+        panel = self.panels["params"]
+        assert isinstance(panel, ParamsPanel)
+        config = self.backend.model_config()
+        if config is None:
+            note = "replayed trace: no model to break down" if self.backend.mode == "replay" else "no model loaded"
+            panel.show_note(note)
+            return
+        panel.show_note("building the parameter tree…")
+        self._build_params(config)
+
+    @work(thread=True, exclusive=True, group="params", exit_on_error=False)
+    def _build_params(self, config: Any) -> None:
+        from moe_tui.tui.params_view import params_tree
+
+        try:
+            root, size_of, note = params_tree(config, self.backend)
+        except Exception as error:  # a model family the breakdown does not know must not break the dashboard
+            self.app.call_from_thread(self.panels["params"].show_note, f"no parameter breakdown: {error}")
+            return
+        self.app.call_from_thread(self.panels["params"].show_tree, root, size_of, note)  # type: ignore[attr-defined]
+
+    # ---------------------------------------------------------------- polling
+    def refresh_panels(self) -> None:
+        """Hand the current snapshot to visible panels (a no-op when nothing changed since the last draw)."""
+        snapshot = self.backend.snapshot()
+        if snapshot is None or snapshot.version == self._drawn_version:
+            return
+        self._drawn_version = snapshot.version
+        for panel in self.panels.values():
+            if self._visible(panel) and panel.show(snapshot):
+                self.redraws += 1
+        self._show_status(snapshot)
+
+    def _visible(self, panel: Panel) -> bool:
+        maximized = self.maximized
+        if maximized is not None:
+            return maximized is panel
+        return bool(panel.display) and bool(self.query_one("#dashboard").display)
+
+    def _show_status(self, snapshot: Snapshot | None) -> None:
+        if self.generating:
+            activity = "generating… (esc stops)"
+        elif self.backend.mode == "replay":
+            replay = self.backend.replay  # type: ignore[attr-defined]
+            state = "finished" if replay.finished else "paused" if replay.paused else "playing"
+            activity = f"replay ×{replay.speed:g} {state}"
+        else:
+            activity = "" if self.backend.can_chat else "no model"
+        if self.has_class("-narrow"):
+            activity = f"{activity} │ f6 chat/panels" if activity else "f6 chat/panels"
+        self.query_one(StatusBar).show_status(self.backend.name, self.backend.mode, snapshot, activity)
+
+    # --------------------------------------------------------------- sampling
+    def _request_sample(self) -> None:
+        if self._sampling:
+            self._sample_system()
+
+    @work(thread=True, exclusive=True, group="system", exit_on_error=False)
+    def _sample_system(self) -> None:
+        try:
+            self.post_message(SystemSampled(self.probe.sample()))
+        except Exception as error:  # a probe must never take the dashboard down
+            self.post_message(SystemSampled(None, error=f"{type(error).__name__}: {error}"))
+
+    def on_system_sampled(self, message: SystemSampled) -> None:
+        """Draw the sample, then schedule the next one."""
+        if message.sample is not None:
+            self.panels["memory"].show_sample(message.sample)  # type: ignore[attr-defined]
+        elif message.error:
+            self.notify(f"memory probe failed: {message.error}", severity="warning")
+        self.set_timer(SAMPLE_INTERVAL_S, self._request_sample)
+
+    def on_unmount(self) -> None:
+        """Stop the workers' loops."""
+        self._sampling = False
+        self._stop.set()
+        self._replay_stop.set()
+
+    # ------------------------------------------------------------------- chat
+    @on(PromptInput.Submitted)
+    async def _on_prompt(self, message: PromptInput.Submitted) -> None:
+        if not self.backend.can_chat:
+            self.notify("no model is loaded: load one from the command palette (ctrl+p)", severity="warning")
+            return
+        if self.generating:
+            self.notify("still answering: press esc to stop first", severity="warning")
+            return
+        history = self._conversation_messages()
+        history.append({"role": "user", "content": message.text})
+        answer_id = None
+        if self.store is not None:
+            try:
+                if self.conversation_id is None:
+                    self.conversation_id = self.store.create_conversation(model=self.backend.name).id
+                self.store.add_message(self.conversation_id, "user", message.text)
+                answer_id = self.store.add_message(self.conversation_id, "assistant", "").id
+            except UserError as error:
+                self.notify(f"chat history: {error}; this answer will not be saved", severity="warning")
+        else:
+            self._unsaved.append({"role": "user", "content": message.text})
+        self._serial += 1
+        await self.chat.begin_answer(message.text, self._serial)
+        self._stop = threading.Event()
+        self.generating = True
+        self._show_status(self.backend.snapshot())
+        self._generate(self._serial, history, self.generation, answer_id, self._stop)
+
+    def _conversation_messages(self) -> list[dict[str, str]]:
+        if self.store is None or self.conversation_id is None:
+            return list(self._unsaved)
+        return [
+            {"role": item.role, "content": item.content}
+            for item in self.store.messages(self.conversation_id)
+            if item.content or item.role != "assistant"
+        ]
+
+    @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
+    def _generate(
+        self, serial: int, messages: list[dict[str, str]], settings: Any, answer_id: int | None, stop: threading.Event
+    ) -> None:
+        chat = self.chat
+        pieces: list[str] = []
+        store = self.store
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            if store is not None and answer_id is not None:
+                store.append_to_message(answer_id, piece)
+            chat.post_message(ChatView.AnswerText(serial, piece))
+
+        try:
+            result = self.backend.generate(messages, settings, on_text, stop)  # type: ignore[attr-defined]
+        except UserError as error:
+            chat.post_message(ChatView.AnswerEnded(serial, f"error: {error}", failed=True))
+            self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=str(error)))
+            return
+        except Exception as error:  # shown in the app; the session stays usable for the next prompt
+            detail = traceback.format_exception_only(type(error), error)[-1].strip()
+            chat.post_message(ChatView.AnswerEnded(serial, f"generation failed: {detail}", failed=True))
+            self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=detail))
+            return
+        note = f"{result.tokens} tokens in {result.seconds:.1f} s · {result.tokens_per_s:.1f} tok/s"
+        if result.stopped:
+            note += " · stopped"
+        chat.post_message(ChatView.AnswerEnded(serial, note))
+        self.post_message(GenerationFinished(serial, answer_id, "".join(pieces)))
+
+    def on_generation_finished(self, message: GenerationFinished) -> None:
+        """Back to idle; report errors; forget an answer that never started."""
+        self.generating = False
+        if self.store is None and message.text:
+            self._unsaved.append({"role": "assistant", "content": message.text})
+        if message.error:
+            self.notify(message.error, title="Generation failed", severity="error", timeout=8)
+            if not message.text and message.message_id is not None and self.store is not None:
+                self.store.delete_message(message.message_id)
+        self._show_status(self.backend.snapshot())
+        if self.query_one(ConversationList).display:
+            self._refresh_conversations()
+
+    def action_stop(self) -> None:
+        """Stop the answer being generated (or restore a maximised panel)."""
+        if self.generating:
+            self._stop.set()
+            self.chat.set_status("stopping…")
+        elif self.maximized is not None:
+            self.minimize()
+
+    async def action_new_chat(self) -> None:
+        """Start an empty conversation (stopping an answer in progress)."""
+        self._stop.set()
+        self.conversation_id = None
+        self._unsaved = []
+        await self.chat.show_messages([])
+        self.chat.set_status("new chat")
+        self.query_one(PromptInput).focus()
+        if self.query_one(ConversationList).display:
+            self._refresh_conversations()
+
+    def action_toggle_conversations(self) -> None:
+        """Show or hide the conversation list."""
+        listing = self.query_one(ConversationList)
+        listing.display = not listing.display
+        if listing.display:
+            self._refresh_conversations()
+            listing.focus()
+        else:
+            self.query_one(PromptInput).focus()
+
+    def _refresh_conversations(self) -> None:
+        listing = self.query_one(ConversationList)
+        if self.store is None:
+            listing.show_conversations([], None)
+            return
+        listing.show_conversations(self.store.list_conversations(), self.conversation_id)
+
+    @on(ConversationList.Opened)
+    async def _on_conversation_opened(self, message: ConversationList.Opened) -> None:
+        await self.open_conversation(message.conversation_id)
+
+    async def open_conversation(self, conversation_id: int) -> None:
+        """Show a saved conversation (stopping an answer in progress)."""
+        if self.store is None:
+            return
+        self._stop.set()
+        try:
+            messages = self.store.messages(conversation_id)
+            title = self.store.conversation(conversation_id).title
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.conversation_id = conversation_id
+        await self.chat.show_messages([(item.role, item.content) for item in messages])
+        self.chat.set_status(f"opened “{title}”")
+
+    def action_export(self) -> None:
+        """Write the current conversation to a Markdown file."""
+        from moe_tui.tui.screens.dialogs import AskScreen
+
+        if self.store is None or self.conversation_id is None:
+            self.notify("nothing to export yet: this chat has no messages", severity="warning")
+            return
+        conversation_id = self.conversation_id
+
+        def export(answer: str | None) -> None:
+            if answer is None:
+                return
+            try:
+                path = self.store.export_markdown_file(conversation_id, answer)
+            except UserError as error:
+                self.notify(str(error), title="Export failed", severity="error")
+                return
+            self.notify(f"exported to {path}", title="Conversation exported")
+
+        self.app.push_screen(
+            AskScreen("Export this conversation to (a .md file or a directory):", str(Path.cwd())), export
+        )
+
+    def action_generation_settings(self) -> None:
+        """Edit temperature, top-p, max new tokens and the system prompt."""
+        from moe_tui.tui.screens.settings import SettingsScreen
+
+        def apply(settings: Any) -> None:
+            if settings is not None:
+                self.generation = settings
+                self.app.remember(generation=settings)  # type: ignore[attr-defined]
+                self.notify("generation settings saved")
+
+        self.app.push_screen(SettingsScreen(self.generation), apply)
+
+    def action_open_lab(self) -> None:
+        """Open the cache lab on this session's or the replayed trace."""
+        from moe_tui.tui.screens.lab import LabScreen
+
+        self.app.push_screen(LabScreen(self.backend))
+
+    def action_load_model(self) -> None:
+        """Ask for a model directory or cached hub id and load it."""
+        from moe_tui.tui.screens.dialogs import AskScreen
+
+        def load(answer: str | None) -> None:
+            if answer:
+                self.app.load_model(answer)  # type: ignore[attr-defined]
+
+        self.app.push_screen(AskScreen("Model directory or cached hub id:", "", "enter: load    escape: cancel"), load)
+
+    # ---------------------------------------------------------- engine tuning
+    def set_cache_size(self, k: int) -> None:
+        """Change k for every layer (from the next token); the engine says when k does not fit."""
+        self._tune(lambda: self.backend.set_cache_size(k), f"cache size k = {k} from the next token")
+
+    def set_policy(self, policy: str) -> None:
+        """Switch the eviction policy (from the next token)."""
+        self._tune(lambda: self.backend.set_policy(policy), f"policy {policy} from the next token")
+
+    def set_prefetch(self, prefetch: int) -> None:
+        """Change the prefetch depth (0 = off)."""
+        note = f"prefetch {prefetch} per layer" if prefetch else "prefetch off"
+        self._tune(lambda: self.backend.set_prefetch(prefetch), note)
+
+    def _tune(self, change: Any, note: str) -> None:
+        try:
+            change()
+        except UserError as error:
+            self.notify(str(error), title="Not changed", severity="error")
+            return
+        except (ValueError, RuntimeError) as error:
+            self.notify(f"{type(error).__name__}: {error}", title="Not changed", severity="error")
+            return
+        self.notify(note)
+        self.panels["memory"].show_budget(self.backend.budget())  # type: ignore[attr-defined]
+        self.refresh_panels()
+
+    # ------------------------------------------------------------------ panels
+    def panel_titles(self) -> dict[str, str]:
+        """Panel ids and titles, chat included, in display order."""
+        return {"chat": "Chat", **{panel_id: self.panels[panel_id].TITLE for panel_id in self._current_order()}}
+
+    def _current_order(self) -> list[str]:
+        return [child.PANEL_ID for child in self.query_one("#dashboard").children if isinstance(child, Panel)]
+
+    def panel_shown(self, panel_id: str) -> bool:
+        """Whether a panel (or the chat) is shown."""
+        widget = self.chat if panel_id == "chat" else self.panels[panel_id]
+        return bool(widget.display)
+
+    def action_toggle_panel(self, panel_id: str) -> None:
+        """Show or hide a panel (or the chat pane)."""
+        widget: Widget = self.chat if panel_id == "chat" else self.panels[panel_id]
+        widget.display = not widget.display
+        if not self.chat.display and not any(panel.display for panel in self.panels.values()):
+            widget.display = True
+            self.notify("at least one pane stays visible", severity="warning")
+            return
+        self.query_one("#dashboard").display = any(panel.display for panel in self.panels.values())
+        if widget.display and isinstance(widget, Panel):
+            snapshot = self.backend.snapshot()
+            if snapshot is not None:
+                widget.show(snapshot)
+        self._remember_layout()
+
+    def maximize_panel(self, panel_id: str) -> None:
+        """Fill the screen with one panel."""
+        panel = self.panels[panel_id]
+        if not panel.display:
+            self.action_toggle_panel(panel_id)
+        self.maximize(panel, container=False)
+        self._after_maximize()
+
+    def action_toggle_maximize(self) -> None:
+        """Maximise the focused panel (or the chat), or restore the layout."""
+        if self.maximized is not None:
+            self.minimize()
+            self._drawn_version = -1
+            return
+        focused = self.focused
+        target = None
+        while focused is not None:
+            if isinstance(focused, (Panel, ChatView)):
+                target = focused
+                break
+            focused = focused.parent if isinstance(focused.parent, Widget) else None
+        if target is None:
+            self.notify("focus a panel first (tab), then f11", severity="warning")
+            return
+        if isinstance(target, ChatView):
+            self.maximize(target.log_view, container=False)
+        else:
+            self.maximize(target, container=False)
+        self._after_maximize()
+
+    def _after_maximize(self) -> None:
+        self._drawn_version = -1
+        snapshot = self.backend.snapshot()
+        if isinstance(self.maximized, Panel) and snapshot is not None:
+            self.maximized.show(snapshot)
+
+    @on(Panel.MoveRequested)
+    def _on_move(self, message: Panel.MoveRequested) -> None:
+        dashboard = self.query_one("#dashboard")
+        order = [child for child in dashboard.children if isinstance(child, Panel)]
+        index = order.index(message.panel)
+        target = index + message.delta
+        if not 0 <= target < len(order):
+            return
+        if message.delta < 0:
+            dashboard.move_child(message.panel, before=order[target])
+        else:
+            dashboard.move_child(message.panel, after=order[target])
+        message.panel.focus()
+        self._remember_layout()
+
+    @on(Panel.HideRequested)
+    def _on_hide(self, message: Panel.HideRequested) -> None:
+        self.action_toggle_panel(message.panel.PANEL_ID)
+
+    def action_switch_view(self) -> None:
+        """Narrow terminals: switch between chat and panels; wider ones: move focus between them."""
+        if self.has_class("-narrow"):
+            self.toggle_class("show-panels")
+        if self.focused is not None and self.chat in self.focused.ancestors_with_self:
+            first = next((panel for panel in self._panels_in_order() if panel.display), None)
+            if first is not None:
+                first.focus()
+        else:
+            self.query_one(PromptInput).focus()
+
+    def _panels_in_order(self) -> list[Panel]:
+        return [child for child in self.query_one("#dashboard").children if isinstance(child, Panel)]
+
+    def _remember_layout(self) -> None:
+        hidden = [panel_id for panel_id, panel in self.panels.items() if not panel.display]
+        if not self.chat.display:
+            hidden.append("chat")
+        self.settings = replace(self.settings, panel_order=tuple(self._current_order()), hidden_panels=tuple(hidden))
+        self.app.remember(panel_order=self.settings.panel_order, hidden_panels=self.settings.hidden_panels)  # type: ignore[attr-defined]
+
+    def redraw_all(self) -> None:
+        """Draw every panel again (the theme changed)."""
+        for panel in self.panels.values():
+            panel.redraw()
+        self._drawn_version = -1
+
+    # ------------------------------------------------------------------ replay
+    def _start_replay(self) -> None:
+        replay = self.backend.replay  # type: ignore[attr-defined]
+        played = "".join(event.text for event in replay.events[: replay.position] if isinstance(event, TokenEvent))
+        self._replay_stop.set()
+        self._replay_stop = threading.Event()
+        self._serial += 1
+        self._play(played, self._serial, self._replay_stop)
+
+    @work(exclusive=True, group="replay-start")
+    async def _play(self, played: str, serial: int, stop: threading.Event) -> None:
+        await self.chat.continue_answer(played, serial)
+        self._run_replay(serial, stop)
+
+    @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
+    def _run_replay(self, serial: int, stop: threading.Event) -> None:
+        chat = self.chat
+
+        def on_tokens(tokens: list[TokenEvent]) -> None:
+            text = "".join(token.text for token in tokens)
+            if text:
+                chat.post_message(ChatView.AnswerText(serial, text))
+
+        self.backend.run(stop, on_tokens)  # type: ignore[attr-defined]
+        if not stop.is_set():
+            self.post_message(ReplayEnded())
+
+    def on_replay_ended(self, message: ReplayEnded) -> None:
+        """Say the trace is over."""
+        self.notify("end of the trace · ctrl+r replays it")
+        self._show_status(self.backend.snapshot())
+
+    def action_replay_speed(self, factor: float) -> None:
+        """Change the playback speed."""
+        replay = self.backend.replay  # type: ignore[attr-defined]
+        replay.speed = replay.speed * factor
+        self._show_status(self.backend.snapshot())
+
+    def action_replay_pause(self) -> None:
+        """Pause or resume the playback."""
+        replay = self.backend.replay  # type: ignore[attr-defined]
+        replay.paused = not replay.paused
+        self._show_status(self.backend.snapshot())
+
+    def action_replay_restart(self) -> None:
+        """Play the trace again from the start."""
+        self._replay_stop.set()
+        self.backend.replay.restart()  # type: ignore[attr-defined]
+        self._start_replay()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Replay keys only while replaying; stop only while generating (or a panel is maximised)."""
+        if action.startswith("replay_"):
+            return self.backend.mode == "replay"
+        if action == "stop":
+            return self.generating or self.maximized is not None
+        return True

@@ -1,0 +1,34 @@
+"""The one-line status bar: model, engine settings, speed and what the app is doing."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widgets import Static
+
+from moe_tui.telemetry import Snapshot
+
+
+def status_text(name: str, mode: str, snapshot: Snapshot | None, activity: str) -> Text:
+    """``moe-tui │ demo-mixtral │ k=2 lru │ prefetch 1 │ 12.3 tok/s │ generating…``."""
+    text = Text()
+    text.append(" moe-tui ", style="bold reverse")
+    text.append(f" {name}")
+    if snapshot is not None:
+        header = snapshot.header
+        sizes = sorted(set(header.cache_size))
+        k = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        text.append(f" │ k={k} {header.policy}")
+        text.append(f" │ prefetch {header.prefetch}" if header.prefetch else " │ prefetch off")
+        text.append(f" │ {header.fast_tier}")
+        text.append(f" │ {snapshot.tokens_per_s:.1f} tok/s")
+    if activity:
+        text.append(f" │ {activity}", style="bold")
+    return text
+
+
+class StatusBar(Static):
+    """Shows :func:`status_text`; updated by the main screen on each snapshot tick."""
+
+    def show_status(self, name: str, mode: str, snapshot: Snapshot | None, activity: str) -> None:
+        """Redraw with new facts."""
+        self.update(status_text(name, mode, snapshot, activity))

@@ -1,0 +1,339 @@
+"""Deterministic stand-ins for the dashboard's tests: synthetic routing traces, a fake engine and chat session,
+and a fake system probe. The fake engine runs a real cache (the shared eviction policies) over seeded
+routing with locality, so the panels show consistent hits, misses, slots and prefetch marks."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_tui.errors import UserError
+from moe_tui.policies import make_policy
+from moe_tui.system import GpuSample, HostSample, SystemSample
+from moe_tui.telemetry import ConfigEvent, LayerStep, Telemetry, TokenEvent, TraceEvent, TraceHeader
+
+TEXT = (
+    "The expert cache keeps the most recently used experts of every layer in fast memory, "
+    "so a token whose router picks the same experts as the last one needs no copy at all. "
+    "Prefetch guesses the next layer's experts from the current hidden state."
+)
+WORDS = TEXT.split(" ")
+
+
+def header(layers: int = 6, experts: int = 8, k: int = 2, prefetch: int = 1, policy: str = "lru") -> TraceHeader:
+    """A Mixtral-like header (top-2) for synthetic traces."""
+    return TraceHeader(
+        model="synthetic-mixtral",
+        num_layers=layers,
+        num_experts=experts,
+        top_k=2,
+        cache_size=(k,) * layers,
+        policy=policy,
+        prefetch=prefetch,
+        expert_bytes=3 * 1024 * 1024,
+        fast_tier="cpu",
+        slow_tier="ram",
+    )
+
+
+class SyntheticRouter:
+    """Seeded routing with locality through real per-layer caches; produces one LayerStep per layer per pass."""
+
+    def __init__(self, head: TraceHeader, seed: int = 0):
+        self.header = head
+        self.rng = random.Random(seed)
+        self.sizes = list(head.cache_size)
+        self.policy_name = head.policy
+        self.prefetch = head.prefetch
+        self.favourites = [self.rng.sample(range(head.num_experts), 3) for _ in range(head.num_layers)]
+        self.resident: list[list[int]] = [[] for _ in range(head.num_layers)]
+        self.policies = [make_policy(head.policy) for _ in range(head.num_layers)]
+        self.guesses: list[tuple[int, ...]] = [() for _ in range(head.num_layers)]
+
+    def configure(self, cache_size: int | None = None, policy: str | None = None, prefetch: int | None = None) -> None:
+        """Change k, policy or prefetch from the next pass, as the engine does."""
+        if cache_size is not None:
+            self.sizes = [cache_size] * self.header.num_layers
+            for layer, resident in enumerate(self.resident):
+                order = self.policies[layer].order(resident)
+                for victim in order[: max(0, len(resident) - cache_size)]:
+                    resident.remove(victim)
+                    self.policies[layer].evict(victim)
+        if policy is not None:
+            self.policy_name = policy
+            for layer, resident in enumerate(self.resident):
+                self.policies[layer] = make_policy(policy)
+                for expert in resident:
+                    self.policies[layer].insert(expert)
+        if prefetch is not None:
+            self.prefetch = prefetch
+
+    def _route(self, layer: int) -> list[int]:
+        experts = self.header.num_experts
+        chosen: list[int] = []
+        while len(chosen) < self.header.top_k:
+            pool = self.favourites[layer] if self.rng.random() < 0.75 else range(experts)
+            expert = self.rng.choice(list(pool))
+            if expert not in chosen:
+                chosen.append(expert)
+        return chosen
+
+    def step(self, step: int, when: float, n_tokens: int = 1) -> list[LayerStep]:
+        """One forward pass through every layer."""
+        steps = []
+        for layer in range(self.header.num_layers):
+            chosen = self._route(layer)
+            policy = self.policies[layer]
+            resident = self.resident[layer]
+            issued = self.guesses[layer]
+            prefetched = set(issued)
+            hits, prefetch_hits, loaded = [], [], 0
+            for expert in chosen:
+                if expert in resident:
+                    hits.append(True)
+                    prefetch_hits.append(expert in prefetched)
+                    policy.access(expert)
+                else:
+                    hits.append(False)
+                    prefetch_hits.append(False)
+                    loaded += 1
+                    if len(resident) >= self.sizes[layer]:
+                        victim = policy.victim(resident, protected=chosen)
+                        if victim is not None:
+                            resident.remove(victim)
+                            policy.evict(victim)
+                    resident.append(expert)
+                    policy.insert(expert)
+            weights = sorted((self.rng.uniform(0.3, 0.7) for _ in chosen), reverse=True)
+            total = sum(weights)
+            slots = list(policy.order(resident)) + [None] * (self.sizes[layer] - len(resident))
+            steps.append(
+                LayerStep(
+                    step=step,
+                    layer=layer,
+                    n_tokens=n_tokens,
+                    experts=tuple(chosen),
+                    counts=(n_tokens,) * len(chosen),
+                    weights=tuple(round(w / total, 4) for w in weights),
+                    hits=tuple(hits),
+                    prefetch_hits=tuple(prefetch_hits),
+                    prefetch_issued=issued,
+                    slots=tuple(slots),
+                    bytes_loaded=loaded * self.header.expert_bytes,
+                    load_s=0.002 * loaded,
+                    compute_s=0.004,
+                    time=when,
+                )
+            )
+            self._prefetch_next(layer)
+        return steps
+
+    def _prefetch_next(self, layer: int) -> None:
+        following = (layer + 1) % self.header.num_layers
+        if not self.prefetch:
+            self.guesses[following] = ()
+            return
+        guesses = tuple(e for e in self.favourites[following][: self.prefetch] if e not in self.resident[following])
+        resident = self.resident[following]
+        policy = self.policies[following]
+        for expert in guesses:
+            if len(resident) >= self.sizes[following]:
+                victim = policy.victim(resident)
+                if victim is None:
+                    continue
+                resident.remove(victim)
+                policy.evict(victim)
+            resident.append(expert)
+            policy.insert(expert)
+        self.guesses[following] = guesses
+
+
+def synthetic_events(head: TraceHeader, tokens: int = 40, seed: int = 0, start: float = 1000.0) -> list[TraceEvent]:
+    """A prefill pass then ``tokens`` decode passes, each followed by its token, 0.1 s apart."""
+    router = SyntheticRouter(head, seed)
+    events: list[TraceEvent] = list(router.step(0, start, n_tokens=12))
+    for index in range(tokens):
+        when = start + 0.1 * (index + 1)
+        events.extend(router.step(index + 1, when))
+        word = WORDS[index % len(WORDS)]
+        events.append(TokenEvent(step=index + 1, text=(" " if index else "") + word, time=when))
+    return events
+
+
+def write_trace(path: Path, head: TraceHeader, events: list[TraceEvent]) -> Path:
+    """Write a trace file the way the engine's telemetry does."""
+    with path.open("w", encoding="utf-8") as handle:
+        telemetry = Telemetry(head, trace=handle)
+        for event in events:
+            if isinstance(event, LayerStep):
+                telemetry.record_step(event)
+            elif isinstance(event, TokenEvent):
+                telemetry.record_token(event)
+            else:
+                telemetry.record_config(event)
+    return path
+
+
+class FakeEngine:
+    """The engine API the dashboard uses, over a SyntheticRouter; k, policy and prefetch apply at the next pass."""
+
+    def __init__(self, head: TraceHeader, seed: int = 0):
+        self.header = head
+        self.router = SyntheticRouter(head, seed)
+        self.telemetry = Telemetry(head)
+        self.last_step = 0
+        self.model = None
+        self.config = None
+
+    def forward(self, n_tokens: int = 1) -> None:
+        """One forward pass."""
+        self.last_step += 1
+        for step in self.router.step(self.last_step, time.time(), n_tokens):
+            self.telemetry.record_step(step)
+
+    def snapshot(self):
+        """The telemetry snapshot."""
+        return self.telemetry.snapshot()
+
+    def memory(self) -> dict[str, Any]:
+        """A budget from the header and current sizes."""
+        return {
+            "fast_tier": "cpu",
+            "slow_tier": "ram",
+            "fast_tier_bytes": sum(self.router.sizes) * self.header.expert_bytes,
+            "slow_tier_bytes": self.header.num_layers * self.header.num_experts * self.header.expert_bytes,
+            "expert_bytes": self.header.expert_bytes,
+        }
+
+    def set_cache_size(self, k: int, layer: int | None = None) -> None:
+        """Resize every layer; out-of-range k is refused like the engine does."""
+        if not 1 <= k <= self.header.num_experts:
+            raise UserError(f"cache size {k} is out of range: choose 1..{self.header.num_experts} (experts per layer)")
+        self.router.configure(cache_size=k)
+        self._record_config()
+
+    def set_policy(self, name: str) -> None:
+        """Switch the policy."""
+        self.router.configure(policy=name)
+        self._record_config()
+
+    def set_prefetch(self, p: int) -> None:
+        """Change the prefetch depth."""
+        self.router.configure(prefetch=p)
+        self._record_config()
+
+    def _record_config(self) -> None:
+        self.telemetry.record_config(
+            ConfigEvent(
+                step=self.last_step,
+                cache_size=tuple(self.router.sizes),
+                policy=self.router.policy_name,
+                prefetch=self.router.prefetch,
+            )
+        )
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+@dataclass(frozen=True)
+class FakeResult:
+    """Mirrors the chat package's GenerationResult."""
+
+    text: str
+    tokens: int
+    seconds: float
+    stopped: bool
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens per second."""
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class FakeSession:
+    """A chat session that answers with words from :data:`WORDS`, one forward pass per word."""
+
+    def __init__(self, head: TraceHeader | None = None, delay: float = 0.0, words: int = 12, fail: str = ""):
+        self.engine = FakeEngine(head or header())
+        self.model_name = "fake-mixtral"
+        self.delay = delay
+        self.words = words
+        self.fail = fail
+        self.prompts: list[list[dict[str, str]]] = []
+        self.started = threading.Event()
+        self.closed = False
+
+    def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
+        """Stream ``words`` words (or fewer when stopped)."""
+        self.prompts.append([dict(message) for message in messages])
+        if self.fail:
+            raise UserError(self.fail)
+        start = time.perf_counter()
+        self.engine.forward(n_tokens=8)
+        pieces = []
+        self.started.set()
+        for index in range(self.words):
+            if stop_event is not None and stop_event.is_set():
+                break
+            if self.delay:
+                time.sleep(self.delay)
+            self.engine.forward()
+            piece = ("" if index == 0 else " ") + WORDS[index % len(WORDS)]
+            self.engine.telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece))
+            pieces.append(piece)
+            on_text(piece)
+        stopped = stop_event is not None and stop_event.is_set()
+        return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped)
+
+    def close(self) -> None:
+        """Remember that the app released the session."""
+        self.closed = True
+
+
+class FakeProbe:
+    """A fixed system sample: one 16 GiB GPU (or none), 32 GiB of RAM."""
+
+    def __init__(self, gpu: bool = True):
+        self.gpu = gpu
+        self.samples = 0
+
+    def sample(self) -> SystemSample:
+        """The same reading every time."""
+        self.samples += 1
+        gpus = ()
+        if self.gpu:
+            gpus = (
+                GpuSample(
+                    index=0,
+                    uuid="GPU-fake",
+                    name="Fake GPU 16GB",
+                    memory_used=6 << 30,
+                    memory_total=16 << 30,
+                    utilization=37,
+                    pcie_rx=2 << 30,
+                    pcie_tx=64 << 20,
+                    process_allocated=4 << 30,
+                    process_reserved=5 << 30,
+                ),
+            )
+        host = HostSample(ram_total=32 << 30, ram_used=12 << 30, ram_available=20 << 30, rss=3 << 30)
+        return SystemSample(gpus=gpus, gpu_status="" if self.gpu else "no NVIDIA GPU: test", host=host, time=0.0)
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def trace_lines(path: Path) -> list[dict[str, Any]]:
+    """A trace file's records."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def as_dict(event: TraceEvent) -> dict[str, Any]:
+    """An event as plain data."""
+    return asdict(event)
