@@ -7,10 +7,9 @@ Mixtral's: a word's leading space lives in its token).
 
 from __future__ import annotations
 
-import io
-import json
 import random
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
 
 from moe_tui import paths
-from moe_tui.chat import session as session_module
 from moe_tui.chat.history import HistoryStore
 from moe_tui.chat.prompt import PLAIN_TEMPLATE, render_prompt, split_conversation
 from moe_tui.chat.session import ChatSession, GenerationResult, GenerationSettings, resolve_model
 from moe_tui.chat.streaming import IncrementalDecoder
 from moe_tui.errors import UserError
-from moe_tui.telemetry import Telemetry, TraceHeader
+from moe_tui.offload import OffloadConfig, OffloadedModel, offload_model
+from moe_tui.telemetry import LayerStep, TokenEvent, read_trace
 
 CORPUS = [
     "The experts of a mixture model are small MLPs; a router picks two of them for every token.",
@@ -97,24 +96,24 @@ def build_model(tokenizer: PreTrainedTokenizerFast, max_positions: int = 256) ->
     return MixtralForCausalLM(config).eval()
 
 
-class ResidentEngine:
-    """Stand-in for the offloading engine: the plain model, a telemetry aggregate and a forward-pass counter."""
+def offloaded(model: MixtralForCausalLM, **settings: Any) -> OffloadedModel:
+    """The model with its experts offloaded by the real engine: 2 slots per layer, prefetch 1, unquantized."""
+    config = OffloadConfig(**{"cache_size": 2, "prefetch": 1, **settings})
+    return offload_model(model, config, progress=lambda stage, done, total: None)
 
-    def __init__(self, model: MixtralForCausalLM, trace: io.StringIO | None = None):
-        config = model.config
-        layers, experts = config.num_hidden_layers, config.num_local_experts
-        header = TraceHeader("tiny", layers, experts, config.num_experts_per_tok, (experts,) * layers)
-        self.model = model
-        self.telemetry = Telemetry(header, trace=trace)
-        self.last_step = -1
-        self.closed = False
-        model.register_forward_pre_hook(self._count_step)
 
-    def _count_step(self, module: Any, args: Any) -> None:
-        self.last_step += 1
+def chat_session(tokenizer: PreTrainedTokenizerFast, max_positions: int = 256, **settings: Any) -> ChatSession:
+    """A session over a fresh tiny model (always the same weights) run by the offloading engine."""
+    return ChatSession(offloaded(build_model(tokenizer, max_positions), **settings), tokenizer, "tiny")
 
-    def close(self) -> None:
-        self.closed = True
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; on a busy 2-core machine two threads are 10-20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -122,14 +121,11 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer("metaspace")
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer: PreTrainedTokenizerFast) -> MixtralForCausalLM:
-    return build_model(tokenizer)
-
-
 @pytest.fixture
-def chat(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast) -> ChatSession:
-    return ChatSession(ResidentEngine(model), tokenizer, "tiny")
+def chat(tokenizer: PreTrainedTokenizerFast) -> Iterator[ChatSession]:
+    session = chat_session(tokenizer)
+    yield session
+    session.close()
 
 
 def reference_greedy(model: MixtralForCausalLM, tokenizer: PreTrainedTokenizerFast, prompt: str, n: int) -> list[int]:
@@ -280,13 +276,13 @@ def test_multibyte_characters_are_never_split_across_pieces() -> None:
 @pytest.mark.parametrize("style", ["byte", "metaspace"])
 def test_greedy_stream_matches_model_generate(style: str) -> None:
     tokenizer = build_tokenizer(style)
-    model = build_model(tokenizer)
-    chat = ChatSession(ResidentEngine(model), tokenizer, "tiny")
+    prompt = render_prompt(tokenizer, QUESTION, "Be brief.")
+    expected_ids = reference_greedy(build_model(tokenizer), tokenizer, prompt, 24)
+    chat = chat_session(tokenizer)
     pieces: list[str] = []
     settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="Be brief.")
     result = chat.generate(QUESTION, settings, pieces.append)
 
-    expected_ids = reference_greedy(model, tokenizer, render_prompt(tokenizer, QUESTION, "Be brief."), 24)
     assert result.text == "".join(pieces) == tokenizer.decode(expected_ids, skip_special_tokens=True)
     assert result.tokens == len(expected_ids)
     assert all(pieces)
@@ -306,19 +302,21 @@ def test_answer_streamed_into_the_history_store(chat: ChatSession, tmp_path: Pat
         assert store.messages(conversation.id)[-1].content == result.text != ""
 
 
-def test_token_events_land_in_the_engine_telemetry(model: Any, tokenizer: Any) -> None:
-    trace = io.StringIO()
-    engine = ResidentEngine(model, trace=trace)
-    chat = ChatSession(engine, tokenizer, "tiny")
+def test_token_events_land_in_the_engine_telemetry(tokenizer: Any, tmp_path: Path) -> None:
+    chat = chat_session(tokenizer, trace_path=tmp_path / "trace.jsonl")
     result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=10), lambda piece: None)
+    snapshot = chat.engine.snapshot()
+    chat.close()
 
-    assert engine.telemetry.snapshot().tokens == result.tokens == 10
-    records = [json.loads(line) for line in trace.getvalue().splitlines()]
-    tokens = [record for record in records if record["type"] == "token"]
-    # The prefill is forward pass 0 and yields the first token; each later token is one more pass.
-    assert [record["step"] for record in tokens] == list(range(10))
-    assert "".join(record["text"] for record in tokens) == result.text
-    assert engine.telemetry.snapshot().last_token == tokens[-1]["text"]
+    assert snapshot.tokens == result.tokens == 10
+    _, events = read_trace(tmp_path / "trace.jsonl")
+    tokens = [event for event in events if isinstance(event, TokenEvent)]
+    passes = list(dict.fromkeys(event.step for event in events if isinstance(event, LayerStep)))
+    # Each token names the forward pass that produced it: the prefill yields the first, each later pass one more.
+    assert [token.step for token in tokens] == passes
+    assert len(passes) == 10
+    assert "".join(token.text for token in tokens) == result.text
+    assert snapshot.last_token == tokens[-1].text
 
 
 def test_stop_event_ends_generation_mid_answer(chat: ChatSession) -> None:
@@ -377,7 +375,7 @@ def test_second_generation_while_one_runs_is_refused(chat: ChatSession) -> None:
     assert not chat.busy
 
 
-def test_errors_inside_generation_leave_the_session_usable(chat: ChatSession, model: Any) -> None:
+def test_errors_inside_generation_leave_the_session_usable(chat: ChatSession) -> None:
     settings = GenerationSettings(temperature=0, max_new_tokens=8)
     expected = chat.generate(QUESTION, settings, lambda _: None).text
 
@@ -391,7 +389,7 @@ def test_errors_inside_generation_leave_the_session_usable(chat: ChatSession, mo
     def failing_forward(module: Any, args: Any) -> None:
         raise RuntimeError("forward failed")
 
-    handle = model.register_forward_pre_hook(failing_forward)
+    handle = chat.engine.model.register_forward_pre_hook(failing_forward)
     try:
         with pytest.raises(RuntimeError, match="forward failed"):
             chat.generate(QUESTION, settings, lambda _: None)
@@ -415,8 +413,7 @@ def test_sampling_settings_are_applied(chat: ChatSession) -> None:
 
 
 def test_context_limit_caps_the_answer_and_drops_the_oldest_turns(tokenizer: Any) -> None:
-    model = build_model(tokenizer, max_positions=40)
-    chat = ChatSession(ResidentEngine(model), tokenizer, "tiny")
+    chat = chat_session(tokenizer, max_positions=40)
     prompt_tokens = len(tokenizer(render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"])
     result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=500), lambda _: None)
     assert (result.tokens, result.prompt_tokens, result.dropped_turns) == (40 - prompt_tokens, prompt_tokens, 0)
@@ -454,15 +451,13 @@ def hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_resolve_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_cache: Path) -> None:
-    with pytest.raises(UserError, match="no such directory"):
+    with pytest.raises(UserError, match="nor a model in the local Hugging Face cache"):
         resolve_model(str(tmp_path / "missing"))
     (tmp_path / "weights.bin").write_bytes(b"x")
-    with pytest.raises(UserError, match="is a file"):
+    with pytest.raises(UserError, match="is not a directory"):
         resolve_model(tmp_path / "weights.bin")
     with pytest.raises(UserError, match=r"no config\.json"):
         resolve_model(tmp_path)
-    with pytest.raises(UserError, match="nor in the local Hugging Face cache"):
-        resolve_model("some-org/some-model")
     monkeypatch.setattr(paths, "DEMO_MODEL_DIR", tmp_path / "no-demo")
     with pytest.raises(UserError, match="demo model is missing"):
         resolve_model(None)
@@ -471,6 +466,7 @@ def test_resolve_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, h
     (demo / "config.json").write_text("{}", encoding="utf-8")
     monkeypatch.setattr(paths, "DEMO_MODEL_DIR", demo)
     assert resolve_model(None) == (demo, "demo-mixtral")
+    assert resolve_model(f"  {demo}/ ") == (demo, "demo")
 
 
 def test_resolve_model_finds_a_hub_id_in_the_local_cache(hub_cache: Path) -> None:
@@ -480,34 +476,29 @@ def test_resolve_model_finds_a_hub_id_in_the_local_cache(hub_cache: Path) -> Non
     (hub_cache / "models--some-org--tiny-moe" / "refs").mkdir()
     (hub_cache / "models--some-org--tiny-moe" / "refs" / "main").write_text("0123abcd", encoding="utf-8")
     assert resolve_model("some-org/tiny-moe") == (snapshot, "some-org/tiny-moe")
-    with pytest.raises(UserError, match="nor in the local Hugging Face cache"):
+    with pytest.raises(UserError, match="nor a model in the local Hugging Face cache"):
         resolve_model("some-org/other-moe")
-    with pytest.raises(UserError, match="no such directory"):
-        resolve_model("./not/a/hub/id")
 
 
-def test_load_resolves_a_directory_and_reads_its_tokenizer(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: Any, model: Any
-) -> None:
+def test_load_reads_the_tokenizer_and_offloads_the_checkpoint(tmp_path: Path, tokenizer: Any) -> None:
     directory = tmp_path / "tiny-mixtral"
+    model = build_model(tokenizer)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    loaded: list[Path] = []
+    expected = tokenizer.decode(reference_greedy(model, tokenizer, render_prompt(tokenizer, QUESTION), 6))
 
-    def fake_engine(path: Path, config: Any, progress: Any) -> ResidentEngine:
-        loaded.append(path)
-        return ResidentEngine(model)
-
-    monkeypatch.setattr(session_module, "_load_engine", fake_engine)
     stages: list[tuple[str, int, int]] = []
-    chat = ChatSession.load(str(directory), offload_config=None, progress=lambda *stage: stages.append(stage))
-    assert (chat.model_name, loaded) == ("tiny-mixtral", [directory])
-    assert stages == [("loading tokenizer", 0, 1), ("loading tokenizer", 1, 1)]
-    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=6), lambda _: None)
-    assert result.tokens == 6
-    chat.close()
-    assert chat.engine.closed
+    chat = ChatSession.load(str(directory), OffloadConfig(cache_size=1), progress=lambda *stage: stages.append(stage))
+    try:
+        assert chat.model_name == "tiny-mixtral"
+        assert isinstance(chat.engine, OffloadedModel) and chat.engine.cache_sizes == [1, 1]
+        assert stages[:2] == [("loading tokenizer", 0, 1), ("loading tokenizer", 1, 1)]
+        assert len(stages) > 2, "the engine's own loading stages are passed through"
+        result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=6), lambda _: None)
+        assert result.text == expected
+    finally:
+        chat.close()
 
     (directory / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match="cannot load the tokenizer of tiny-mixtral"):
-        ChatSession.load(directory, offload_config=None)
+        ChatSession.load(directory, OffloadConfig())

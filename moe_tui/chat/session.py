@@ -12,7 +12,6 @@ be imported by the UI at no cost.
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ from moe_tui.telemetry import Telemetry, TokenEvent
 
 MAX_TEMPERATURE = 2.0
 DEMO_MODEL_NAME = "demo-mixtral"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 Progress = Callable[[str, int, int], None]
 
@@ -267,8 +265,8 @@ class ChatSession:
 def resolve_model(model: str | Path | None) -> tuple[Path, str]:
     """The local directory holding a model and the name to show for it.
 
-    ``None`` is the bundled demo model; an existing path must be a model directory (with ``config.json``);
-    anything else that looks like ``org/name`` is looked up in the local Hugging Face cache only.
+    ``None`` is the bundled demo model; otherwise a model directory or a hub id already in the local Hugging
+    Face cache, resolved by the engine's loader (so both agree on what a spec means; nothing is downloaded).
     """
     if model is None:
         if not (paths.DEMO_MODEL_DIR / "config.json").is_file():
@@ -276,17 +274,12 @@ def resolve_model(model: str | Path | None) -> tuple[Path, str]:
                 f"the bundled demo model is missing from {paths.DEMO_MODEL_DIR}; reinstall moe-tui or pass --model"
             )
         return paths.DEMO_MODEL_DIR, DEMO_MODEL_NAME
+    from moe_tui.offload.loader import resolve_model_dir
+
     spec = str(model).strip()
-    path = Path(spec).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise UserError(f"{path} is a file; give the model's directory (the one with config.json)")
-        if not (path / "config.json").is_file():
-            raise UserError(f"{path} has no config.json, so it is not a Hugging Face model directory")
-        return path, path.resolve().name
-    if not _HUB_ID.match(spec) or spec.count("/") > 1:
-        raise UserError(f"model {spec!r} not found: no such directory")
-    return _cached_snapshot(spec), spec
+    directory = resolve_model_dir(spec)
+    is_path = Path(spec).expanduser().is_dir()
+    return directory, directory.resolve().name if is_path else spec
 
 
 def load_tokenizer(directory: Path, name: str) -> Any:
@@ -298,21 +291,6 @@ def load_tokenizer(directory: Path, name: str) -> Any:
     except (OSError, ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load the tokenizer of {name}: {first_line}") from None
-
-
-def _cached_snapshot(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    try:
-        directory = Path(snapshot_download(repo_id, local_files_only=True))
-    except (OSError, ValueError):
-        raise UserError(
-            f"model {repo_id!r} is neither a directory nor in the local Hugging Face cache "
-            f"(moe-tui never downloads; fetch it first with `hf download {repo_id}`)"
-        ) from None
-    if not (directory / "config.json").is_file():
-        raise UserError(f"the cached copy of {repo_id} has no config.json")
-    return directory
 
 
 def _load_engine(directory: Path, offload_config: Any, progress: Progress | None) -> Engine:
