@@ -502,3 +502,27 @@ def test_load_reads_the_tokenizer_and_offloads_the_checkpoint(tmp_path: Path, to
     (directory / "tokenizer.json").write_text("{not json", encoding="utf-8")
     with pytest.raises(UserError, match="cannot load the tokenizer of tiny-mixtral"):
         ChatSession.load(directory, OffloadConfig())
+
+
+@pytest.mark.skipif(not (paths.DEMO_MODEL_DIR / "config.json").is_file(), reason="the demo model is not built")
+def test_demo_model_chats_like_plain_transformers() -> None:
+    from transformers import AutoModelForCausalLM
+
+    chat = ChatSession.load(None, OffloadConfig(cache_size=2, prefetch=1), progress=lambda *stage: None)
+    try:
+        assert chat.model_name == "demo-mixtral"
+        settings = GenerationSettings(temperature=0, max_new_tokens=24, system_prompt="Answer briefly.")
+        pieces: list[str] = []
+        result = chat.generate([{"role": "user", "content": "What does len() return?"}], settings, pieces.append)
+        snapshot = chat.engine.snapshot()
+    finally:
+        chat.close()
+
+    plain = AutoModelForCausalLM.from_pretrained(paths.DEMO_MODEL_DIR, local_files_only=True).eval()
+    prompt = render_prompt(chat.tokenizer, [{"role": "user", "content": "What does len() return?"}], "Answer briefly.")
+    encoded = chat.tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+    output = plain.generate(**encoded, do_sample=False, max_new_tokens=24)
+    expected = chat.tokenizer.decode(output[0, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert result.text == "".join(pieces) == expected
+    assert snapshot.tokens == result.tokens
+    assert snapshot.totals.accesses > 0, "the engine routed every token through its expert caches"

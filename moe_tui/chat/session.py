@@ -247,8 +247,11 @@ class ChatSession:
         pad = next((t for t in (defaults.pad_token_id, self.tokenizer.pad_token_id, eos) if t is not None), None)
         if isinstance(pad, list):
             pad = pad[0]
+        # Greedy: temperature/top_p at their neutral values, so that sampling values from the model's
+        # generation_config.json are neither used nor warned about; other defaults there (such as a repetition
+        # penalty) apply, as they do for model.generate().
         sampling: dict[str, Any] = (
-            {"do_sample": False}
+            {"do_sample": False, "temperature": 1.0, "top_p": 1.0}
             if settings.greedy
             else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
         )
