@@ -14,14 +14,17 @@ Trace schema (version 1), one JSON object per line:
   0-based among them.
 * ``{"type": "step", "step": int, "layer": int, "n_tokens": int, "experts": [int], "counts": [int],
   "weights": [float], "hits": [bool], "prefetch_hits": [bool], "prefetch_issued": [int],
-  "slots": [int | null], "bytes_loaded": int, "load_s": float, "compute_s": float, "time": float}``.
+  "slots": [int | null], "bytes_loaded": int, "load_s": float, "compute_s": float, "time": float,
+  "prefetch_guesses": [int]}``.
   ``step`` numbers forward passes (a prefill is one step of ``n_tokens`` tokens, each decoded token one
   step of 1). ``experts`` are the distinct experts this pass used, in the order the engine fetched them;
   ``counts[i]`` tokens went to ``experts[i]`` with mean router weight ``weights[i]``. ``hits[i]`` says
   whether ``experts[i]`` was already in a slot when fetched, ``prefetch_hits[i]`` whether it was there
   because a prefetch put it there (a subset of hits). ``prefetch_issued`` lists the experts whose copy a
-  prefetch started for this layer ahead of this pass. ``slots`` is the slot content after the pass in
-  eviction order (next victim first; ``null`` is an empty slot).
+  prefetch started for this layer ahead of this pass; ``prefetch_guesses`` (optional, may be absent) every
+  expert the prefetch guessed for it, held already or not, in guess order (the cache lab needs the held
+  ones too: a prefetch never evicts a guess). ``slots`` is the slot content after the pass in eviction
+  order (next victim first; ``null`` is an empty slot).
 * ``{"type": "token", "step": int, "text": str, "time": float}``: the text of the token a step produced.
 * ``{"type": "config", "step": int, "cache_size": [int], "policy": str, "prefetch": int}``: settings
   changed between tokens.
@@ -89,6 +92,7 @@ class LayerStep:
     load_s: float = 0.0
     compute_s: float = 0.0
     time: float = field(default_factory=time.time)
+    prefetch_guesses: tuple[int, ...] = ()
 
     @property
     def misses(self) -> int:
@@ -454,13 +458,15 @@ def _parse_step(record: dict[str, Any], header: TraceHeader) -> LayerStep:
         load_s=float(record.get("load_s", 0.0)),
         compute_s=float(record.get("compute_s", 0.0)),
         time=float(record.get("time", 0.0)),
+        prefetch_guesses=tuple(int(e) for e in record.get("prefetch_guesses", ())),
     )
     if not 0 <= step.layer < header.num_layers:
         raise ValueError(f"layer {step.layer} is outside this model's {header.num_layers} MoE layers")
     lengths = {len(step.experts), len(step.counts), len(step.weights), len(step.hits), len(step.prefetch_hits)}
     if len(lengths) != 1:
         raise ValueError("experts, counts, weights, hits and prefetch_hits must have the same length")
-    for expert in (*step.experts, *step.prefetch_issued, *(s for s in step.slots if s is not None)):
+    held = (s for s in step.slots if s is not None)
+    for expert in (*step.experts, *step.prefetch_issued, *step.prefetch_guesses, *held):
         if not 0 <= expert < header.num_experts:
             raise ValueError(f"expert {expert} is outside this model's {header.num_experts} experts")
     return step

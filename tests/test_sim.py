@@ -94,6 +94,16 @@ def test_prefetched_expert_evicted_before_use_is_not_a_prefetch_hit() -> None:
     assert (counters.prefetch_issued, counters.prefetch_used, counters.hits) == (1, 0, 0)
 
 
+def test_prefetch_never_evicts_a_guess_it_already_holds() -> None:
+    # Slots hold 0 (least recent) and 1. Guessing (0, 2) loads 2 over 1, keeping the guessed 0.
+    passes = [LayerPass((0,)), LayerPass((1,)), LayerPass((0,), prefetch=(0, 2))]
+    counters = simulate_layer(passes, 2, "lru", prefetch=True)
+    assert (counters.hits, counters.prefetch_issued, counters.prefetch_used) == (1, 1, 0)
+    # A trace that lists only the started copy (2) cannot know 0 was guessed: LRU evicts 0, which then misses.
+    only_issued = [*passes[:2], LayerPass((0,), prefetch=(2,))]
+    assert simulate_layer(only_issued, 2, "lru", prefetch=True).hits == 0
+
+
 def test_prefetch_mark_lasts_one_pass() -> None:
     # Guessed 1 for the first pass, which used 0; 1 stays resident and its use in the next pass is a plain hit.
     passes = [LayerPass((0,), prefetch=(1,)), LayerPass((1,))]

@@ -12,8 +12,9 @@ from moe_tui.telemetry import LayerStep, TraceEvent, TraceHeader
 class LayerPass:
     """One forward pass through one MoE layer: the distinct experts it used and the prefetch guesses before it.
 
-    ``experts`` keeps the trace's order; ``prefetch`` lists the experts whose copy the recording engine's
-    prefetch started for this layer ahead of the pass (experts it guessed but already held are not listed);
+    ``experts`` keeps the trace's order; ``prefetch`` lists the recording engine's prefetch guesses for the
+    pass: all of them when the trace records ``prefetch_guesses``, otherwise only those whose copy it started
+    (older traces leave out the guesses it already held, so replays of prefetch depth > 1 are approximate);
     ``n_tokens`` is 1 for a decoded token and the prompt length for a prefill.
     """
 
@@ -27,7 +28,9 @@ def layer_passes(header: TraceHeader, events: Iterable[TraceEvent]) -> list[list
     passes: list[list[LayerPass]] = [[] for _ in range(header.num_layers)]
     for event in events:
         if isinstance(event, LayerStep) and event.experts:
-            passes[event.layer].append(LayerPass(_distinct(event.experts), event.prefetch_issued, event.n_tokens))
+            passes[event.layer].append(
+                LayerPass(_distinct(event.experts), event.prefetch_guesses or event.prefetch_issued, event.n_tokens)
+            )
     return passes
 
 
