@@ -197,7 +197,7 @@ class Engine:
             gate_up, down = self.source.weights(cache.slots[slot])
             gate, up = F.linear(hidden[rows], gate_up).chunk(2, dim=-1)
             result = F.linear(self.act_fn(gate) * up, down) * weight_of[start : start + counts[expert], None]
-            out.index_add_(0, rows, result.to(out.dtype))
+            out.index_put_((rows,), result.to(out.dtype), accumulate=True)  # index_add_ is slow on CPU
             self.mover.after_compute(cache, slot, timer, token)
             remaining.discard(expert)
         self.mover.end_pass(timer)
