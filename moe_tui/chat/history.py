@@ -160,8 +160,8 @@ class HistoryStore:
             ).fetchall()
             parts = _parts_by_message(connection, conversation_id)
         return [
-            Message(id, conversation, role, content + "".join(parts.get(id, ())), created_at)
-            for id, conversation, role, content, created_at in rows
+            Message(message_id, conversation, role, content + "".join(parts.get(message_id, ())), created_at)
+            for message_id, conversation, role, content, created_at in rows
         ]
 
     def add_message(self, conversation_id: int, role: str, content: str = "") -> Message:

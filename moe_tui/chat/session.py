@@ -274,7 +274,8 @@ def resolve_model(model: str | Path | None) -> tuple[Path, str]:
     if model is None:
         if not (paths.DEMO_MODEL_DIR / "config.json").is_file():
             raise UserError(
-                f"the bundled demo model is missing from {paths.DEMO_MODEL_DIR}; reinstall moe-tui or pass --model"
+                f"the bundled demo model is missing from {paths.DEMO_MODEL_DIR}; rebuild it with "
+                "`python -m moe_tui.demo.train` or pass --model"
             )
         return paths.DEMO_MODEL_DIR, DEMO_MODEL_NAME
     from moe_tui.offload.loader import resolve_model_dir
