@@ -1,0 +1,404 @@
+"""The dashboard driven like a user would: prompts, streaming, stop, chats, export, settings, themes, k, panels.
+
+The app runs headless (``run_test``) on a fake chat session whose engine runs a real eviction policy over
+seeded routing, and a fake system probe, so every check is deterministic and fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.pilot import Pilot
+from textual.widgets import Input
+from tui_fakes import FakeProbe, FakeSession, header
+
+from moe_tui import config
+from moe_tui.chat.history import HistoryStore
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions, LiveBackend
+from moe_tui.tui.screens.dialogs import AskScreen
+from moe_tui.tui.screens.help import HelpScreen
+from moe_tui.tui.screens.main import MainScreen
+from moe_tui.tui.screens.settings import SettingsScreen
+from moe_tui.tui.widgets.cache import CacheView
+from moe_tui.tui.widgets.chat import ChatView, MessageView, PromptInput
+from moe_tui.tui.widgets.conversations import ConversationList
+
+
+def make_app(session: FakeSession | None = None, **kwargs) -> tuple[MoeTuiApp, FakeSession]:
+    """An app whose loader hands over ``session`` at once."""
+    session = session or FakeSession()
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe(), **kwargs)
+    return app, session
+
+
+def run(test: Callable[[Pilot], object], app: MoeTuiApp, size: tuple[int, int] = (120, 40)) -> None:
+    """Run ``test(pilot)`` against the app in a headless terminal."""
+
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: main_screen(app).backend.can_chat or app.screen.id == "error")
+            await test(pilot)
+
+    asyncio.run(main())
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float = 15.0) -> None:
+    """Let the app run until ``condition`` holds (fails the test after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the app")
+        await pilot.pause(0.02)
+
+
+def main_screen(app: MoeTuiApp) -> MainScreen:
+    assert app.main is not None
+    return app.main
+
+
+async def type_text(pilot: Pilot, text: str) -> None:
+    """Type like a user, one key at a time."""
+    keys = ["space" if char == " " else "question_mark" if char == "?" else char for char in text]
+    await pilot.press(*keys)
+
+
+async def send(pilot: Pilot, text: str) -> None:
+    await type_text(pilot, text)
+    await pilot.press("ctrl+j")
+
+
+def messages(app: MoeTuiApp) -> list[tuple[str, str]]:
+    return [(view.role, view.source) for view in app.screen.query(MessageView)]
+
+
+def test_prompt_streams_an_answer_and_saves_it(tmp_path: Path) -> None:
+    app, session = make_app(FakeSession(words=12, delay=0.01))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        assert app.focused is app.screen.query_one(PromptInput)
+        await send(pilot, "what is a cache?")
+        await wait_for(pilot, lambda: bool(session.prompts) and not screen.generating)
+        await pilot.pause(0.1)
+        chat = app.screen.query_one(ChatView)
+        assert chat.streamed_pieces == 12, "each piece arrives as its own message into the Markdown stream"
+        roles = messages(app)
+        assert roles[0] == ("user", "what is a cache?")
+        assert roles[1][0] == "assistant" and roles[1][1].startswith("The expert cache keeps")
+        assert session.prompts[-1] == [{"role": "user", "content": "what is a cache?"}]
+        assert "12 tokens" in str(app.screen.query_one("#chat-status").render())
+        store = app.store
+        conversation = store.list_conversations()[0]
+        saved = store.messages(conversation.id)
+        assert [(m.role, m.content) for m in saved] == roles
+        assert app.screen.query_one(PromptInput).text == ""
+
+    run(check, app)
+
+
+def test_enter_makes_a_new_line_and_ctrl_j_sends() -> None:
+    app, session = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await type_text(pilot, "one")
+        await pilot.press("enter")
+        await type_text(pilot, "two")
+        assert app.screen.query_one(PromptInput).text == "one\ntwo"
+        assert not session.prompts
+        await pilot.press("alt+enter")
+        await wait_for(pilot, lambda: bool(session.prompts) and not main_screen(app).generating)
+        assert session.prompts[0][-1]["content"] == "one\ntwo"
+
+    run(check, app)
+
+
+def test_stop_ends_the_answer_and_the_app_stays_usable() -> None:
+    app, session = make_app(FakeSession(words=500, delay=0.02))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "talk")
+        await wait_for(pilot, lambda: app.screen.query_one(ChatView).streamed_pieces >= 3)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not screen.generating)
+        await pilot.pause(0.1)
+        answer = messages(app)[-1][1]
+        assert 0 < len(answer.split()) < 500
+        assert "stopped" in str(app.screen.query_one("#chat-status").render())
+        session.words = 3
+        session.delay = 0.0
+        await send(pilot, "again")
+        await wait_for(pilot, lambda: len(messages(app)) == 4 and not screen.generating)
+        assert session.prompts[-1][-1] == {"role": "user", "content": "again"}
+        assert session.prompts[-1][1]["role"] == "assistant", "the stopped answer stays in the conversation"
+
+    run(check, app)
+
+
+def test_new_chat_conversation_list_and_export(tmp_path: Path) -> None:
+    app, session = make_app(FakeSession(words=4))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "first question")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not screen.generating)
+        first = screen.conversation_id
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert messages(app) == []
+        await send(pilot, "second question")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not screen.generating)
+        assert screen.conversation_id != first
+        assert session.prompts[-1] == [{"role": "user", "content": "second question"}], "a new chat starts empty"
+        await pilot.press("f2")
+        listing = app.screen.query_one(ConversationList)
+        assert listing.display and listing.option_count == 2
+        assert "second question" in str(listing.get_option_at_index(0).prompt)
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: screen.conversation_id == first)
+        await pilot.pause(0.1)
+        assert messages(app)[0] == ("user", "first question")
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        app.screen.query_one(Input).value = str(tmp_path)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: any(tmp_path.iterdir()))
+        exported = next(tmp_path.iterdir()).read_text()
+        assert "first question" in exported and "## Assistant" in exported
+
+    run(check, app)
+
+
+def test_generation_settings_are_edited_validated_and_remembered() -> None:
+    app, session = make_app()
+    seen = []
+    original = session.generate
+
+    def spy(messages, settings, on_text, stop_event=None):
+        seen.append(settings)
+        return original(messages, settings, on_text, stop_event)
+
+    session.generate = spy
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        app.screen.query_one("#temperature", Input).value = "5"
+        await pilot.press("ctrl+s")
+        assert isinstance(app.screen, SettingsScreen), "a bad value keeps the form open"
+        assert "temperature" in str(app.screen.query_one("#settings-error").render())
+        app.screen.query_one("#temperature", Input).value = "0"
+        app.screen.query_one("#max-new-tokens", Input).value = "32"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        await send(pilot, "hi")
+        await wait_for(pilot, lambda: bool(seen) and not main_screen(app).generating)
+        assert seen[0].temperature == 0 and seen[0].max_new_tokens == 32
+        assert config.load_settings()[0].generation.max_new_tokens == 32
+
+    run(check, app)
+
+
+def test_theme_switch_is_remembered() -> None:
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        assert app.theme == "moe-dark"
+        await pilot.press("ctrl+t")
+        await pilot.pause(0.1)
+        assert app.theme != "moe-dark" and app.theme in app.moe_themes
+        chosen = app.theme
+        await pilot.pause(0.1)
+        assert config.load_settings()[0].theme == chosen
+
+    run(check, app)
+    again, _ = make_app()
+
+    async def check_again(pilot: Pilot) -> None:
+        assert again.theme == config.load_settings()[0].theme != "moe-dark"
+
+    run(check_again, again)
+
+
+def test_theme_from_the_palette_and_from_the_command_line() -> None:
+    app, _ = make_app(theme="moe-contrast")
+
+    async def check(pilot: Pilot) -> None:
+        assert app.theme == "moe-contrast"
+        await pilot.press("ctrl+p")
+        await type_text(pilot, "theme moe-light")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.theme == "moe-light")
+
+    run(check, app)
+
+
+async def palette(pilot: Pilot, query: str) -> None:
+    await pilot.press("ctrl+p")
+    await type_text(pilot, query)
+    await pilot.pause(0.3)
+    await pilot.press("enter")
+    await pilot.pause(0.1)
+
+
+def cache_slot_counts(app: MoeTuiApp) -> list[int]:
+    view = app.screen.query_one(CacheView)
+    rows = [line for line in str(view.render()).splitlines() if line.startswith("L")]
+    return [len(row[5:].split("%")[0].split()) - 1 for row in rows]
+
+
+def test_changing_k_from_the_palette_shows_k_slots_per_layer() -> None:
+    app, session = make_app(FakeSession(header(layers=4, k=2), words=3))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "warm up")
+        await wait_for(pilot, lambda: not screen.generating and screen.backend.snapshot().tokens == 3)
+        await pilot.pause(0.2)
+        assert cache_slot_counts(app) == [2, 2, 2, 2]
+        await palette(pilot, "k 3")
+        assert session.engine.router.sizes == [3, 3, 3, 3]
+        await send(pilot, "again")
+        await wait_for(pilot, lambda: not screen.generating and screen.backend.snapshot().tokens == 6)
+        await pilot.pause(0.2)
+        assert cache_slot_counts(app) == [3, 3, 3, 3]
+        assert "k=3" in str(app.screen.query_one("#status").render())
+
+    run(check, app)
+
+
+def test_k_that_does_not_fit_is_refused_in_the_app() -> None:
+    app, session = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await palette(pilot, "k 99")
+        await pilot.pause(0.1)
+        assert any("out of range" in note.message for note in app._notifications)
+        assert session.engine.router.sizes == [2] * 6
+        await send(pilot, "still works")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not main_screen(app).generating)
+
+    run(check, app)
+
+
+def test_policy_and_prefetch_from_the_palette() -> None:
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await palette(pilot, "policy lfu")
+        await palette(pilot, "prefetch off")
+        await pilot.pause(0.2)
+        header_now = main_screen(app).backend.snapshot().header
+        assert (header_now.policy, header_now.prefetch) == ("lfu", 0)
+        assert "prefetch off" in str(app.screen.query_one("#status").render())
+
+    run(check, app)
+
+
+def test_panels_hide_move_and_maximise_by_keyboard() -> None:
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        order = [panel.PANEL_ID for panel in screen._panels_in_order()]
+        assert order == ["heatmap", "cache", "prefetch", "memory", "params"]
+        await pilot.press("alt+1")
+        assert not screen.panels["heatmap"].display
+        await pilot.press("alt+1")
+        assert screen.panels["heatmap"].display
+        screen.panels["cache"].focus()
+        await pilot.press("left_square_bracket")
+        assert [panel.PANEL_ID for panel in screen._panels_in_order()][:2] == ["cache", "heatmap"]
+        await pilot.press("f11")
+        assert screen.maximized is screen.panels["cache"]
+        await pilot.press("escape")
+        assert screen.maximized is None
+        await pilot.press("x")
+        assert not screen.panels["cache"].display
+        await pilot.pause(0.1)
+        saved = config.load_settings()[0]
+        assert saved.panel_order[:2] == ("cache", "heatmap") and "cache" in saved.hidden_panels
+
+    run(check, app)
+    again, _ = make_app()
+
+    async def check_layout(pilot: Pilot) -> None:
+        screen = main_screen(again)
+        assert [panel.PANEL_ID for panel in screen._panels_in_order()][:2] == ["cache", "heatmap"]
+        assert not screen.panels["cache"].display
+
+    run(check_layout, again)
+
+
+def test_help_lists_every_binding_id() -> None:
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f1")
+        await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+        text = app.export_screenshot()
+        assert "chat.stop" in text and "panel.maximize" in text and "ctrl+j&#160;/&#160;alt+enter" in text
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+
+    run(check, app)
+
+
+def test_keymap_overrides_from_the_settings_file() -> None:
+    config.save_settings(config.Settings(keymap={"chat.new": "f9", "bogus.id": "f8"}))
+    app, _ = make_app(FakeSession(words=2))
+
+    async def check(pilot: Pilot) -> None:
+        assert any("bogus.id" in note.message for note in app._notifications)
+        await send(pilot, "hello")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not main_screen(app).generating)
+        await pilot.press("ctrl+n")
+        await pilot.pause(0.1)
+        assert len(messages(app)) == 2, "ctrl+n no longer starts a new chat"
+        await pilot.press("f9")
+        await pilot.pause(0.1)
+        assert messages(app) == []
+
+    run(check, app)
+
+
+def test_panels_redraw_only_when_the_snapshot_changes() -> None:
+    app, session = make_app(FakeSession(words=3))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "hi")
+        await wait_for(pilot, lambda: not screen.generating)
+        await pilot.pause(0.3)
+        before = screen.redraws
+        await pilot.pause(0.5)
+        assert screen.redraws == before, "an idle engine causes no redraws"
+        session.engine.forward()
+        await pilot.pause(0.3)
+        assert screen.redraws > before
+
+    run(check, app)
+
+
+def test_history_store_failure_does_not_stop_chatting(tmp_path: Path) -> None:
+    bad = tmp_path / "history.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+    app, session = make_app(FakeSession(words=3), store_factory=lambda: HistoryStore(bad))
+
+    async def check(pilot: Pilot) -> None:
+        assert app.store is None
+        await wait_for(pilot, lambda: app.screen.id == "error")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        await send(pilot, "one")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not main_screen(app).generating)
+        await send(pilot, "two")
+        await wait_for(pilot, lambda: len(messages(app)) == 4 and not main_screen(app).generating)
+        assert session.prompts[-1][0]["content"] == "one", "context kept in memory"
+
+    run(check, app)

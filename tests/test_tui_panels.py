@@ -1,0 +1,161 @@
+"""The panels' text, drawn from snapshots without running the app: layouts, marks, figures, no-GPU state."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from tui_fakes import FakeProbe, header, synthetic_events
+
+from moe_tui.replay import Replay
+from moe_tui.system import HostSample, SystemSample
+from moe_tui.themes import DEFAULT_VARIABLES, load_themes
+from moe_tui.tui.keys import KEYS, check_keymap, display_keys
+from moe_tui.tui.widgets import cache, heatmap, memory, prefetch, statusbar
+from moe_tui.tui.widgets.colours import Colours
+from moe_tui.tui.widgets.text import bar, sparkline
+
+COLOURS = Colours.from_variables({**DEFAULT_VARIABLES, "foreground": "#d0d0d0", "accent": "#ffaf00"})
+
+
+def played(layers: int = 6, experts: int = 8, k: int = 2, tokens: int = 40, prefetch_depth: int = 1):
+    head = header(layers=layers, experts=experts, k=k, prefetch=prefetch_depth)
+    replay = Replay(head, synthetic_events(head, tokens=tokens))
+    replay.play()
+    return replay.snapshot()
+
+
+def test_heat_levels_cover_the_ramp() -> None:
+    assert heatmap.heat_level(0.0) == 0
+    assert heatmap.heat_level(0.01) == 1
+    assert heatmap.heat_level(1.0) == 5
+    levels = [heatmap.heat_level(f / 10) for f in range(11)]
+    assert levels == sorted(levels)
+
+
+@pytest.mark.parametrize(
+    ("layers", "experts", "width", "height", "expected"),
+    [
+        (6, 8, 60, 20, "detailed"),
+        (6, 8, 40, 20, "rows"),
+        (32, 8, 44, 18, "columns"),
+        (32, 8, 120, 40, "detailed"),
+        (24, 60, 70, 20, "rows"),
+    ],
+)
+def test_layout_follows_the_space(layers: int, experts: int, width: int, height: int, expected: str) -> None:
+    head = header(layers=layers, experts=experts)
+    assert heatmap.choose_layout(head, width, height) == expected
+
+
+def test_detailed_heatmap_writes_the_router_weights_of_the_last_pass() -> None:
+    snapshot = played()
+    text = heatmap.render_heatmap(snapshot, COLOURS, 60, 30).plain
+    lines = text.splitlines()
+    assert lines[1].split() == [f"e{e}" for e in range(8)]
+    for state in snapshot.layers:
+        row = next(line for line in lines if line.startswith(f"L{state.layer} "))
+        for weight in state.last_weights:
+            assert f"{weight:.2f}" in row
+    assert "router weight" in lines[-1]
+
+
+def test_compact_heatmap_marks_picks_with_a_dot_per_layer() -> None:
+    snapshot = played()
+    text = heatmap.render_heatmap(snapshot, COLOURS, 30, 30).plain
+    rows = [line for line in text.splitlines() if line.startswith("L")]
+    assert len(rows) == 6
+    for state, row in zip(snapshot.layers, rows, strict=True):
+        cells = row[heatmap.LABEL : heatmap.LABEL + 8]
+        assert {i for i, c in enumerate(cells) if c == heatmap.PICK} == set(state.last_experts)
+
+
+def test_transposed_heatmap_has_a_row_per_expert() -> None:
+    snapshot = played(layers=32)
+    text = heatmap.render_heatmap(snapshot, COLOURS, 44, 14).plain
+    rows = [line for line in text.splitlines() if line.startswith("e")]
+    assert len(rows) == 8 and all(len(row) >= heatmap.LABEL + 32 for row in rows)
+
+
+def test_cache_rows_show_k_slots_with_status_marks() -> None:
+    snapshot = played(k=3)
+    text = cache.render_cache(snapshot, COLOURS, 50, 30).plain
+    rows = [line for line in text.splitlines() if line.startswith("L")]
+    assert len(rows) == 6
+    for state, row in zip(snapshot.layers, rows, strict=True):
+        slots = row[5:].split("%")[0].split()[:-1]
+        assert len(slots) == 3
+        for cell, expert, status in zip(slots, state.slots, state.slot_status, strict=True):
+            if expert is None:
+                assert set(cell) == {"·"}
+            else:
+                assert cell.startswith(str(expert))
+                assert cell[len(str(expert)) :] in ("+", "!", "^", "~", "")
+                assert status in ("hit", "miss", "prefetch", "prefetched", "idle")
+    summary = text.splitlines()[0]
+    assert f"{snapshot.totals.hit_rate * 100:.1f}%" in summary and "k=3 lru" in summary
+
+
+def test_cache_row_announces_a_pending_resize() -> None:
+    snapshot = played(k=2)
+    resized = replace(snapshot.layers[0], cache_size=4)
+    assert "→k=4" in cache.layer_row(resized, 1, COLOURS, 60).plain
+
+
+def test_prefetch_panel_reports_counts_and_tiers() -> None:
+    snapshot = played()
+    text = prefetch.render_prefetch(snapshot, COLOURS, 60, 40).plain
+    totals = snapshot.totals
+    assert f"guesses {totals.prefetch_issued} used {totals.prefetch_used} wasted {totals.prefetch_wasted}" in text
+    assert "no GPU, copies are memcpy" in text
+    assert "issued  used  prec  recall" in text, "per-layer table when tall enough"
+    off = played(prefetch_depth=0)
+    assert "prefetch off" in prefetch.render_prefetch(off, COLOURS, 60, 10).plain
+    assert "real PCIe copies" in prefetch.describe_tiers("cuda:0", "pinned")
+
+
+def test_memory_panel_with_a_gpu_and_without_one() -> None:
+    budget = memory.EngineBudget("cuda:0", "pinned", 3 << 30, 40 << 30, 170 << 20)
+    text = memory.render_memory(FakeProbe().sample(), budget, COLOURS, 60).plain
+    assert "GPU0 Fake GPU 16GB" in text
+    assert "6.0 GiB / 16.0 GiB" in text and "util 37%" in text
+    assert "this process 5.0 GiB reserved" in text
+    assert "engine slots 3.0 GiB in cuda:0, store 40.0 GiB in pinned" in text
+    no_gpu = memory.render_memory(FakeProbe(gpu=False).sample(), None, COLOURS, 60).plain
+    assert "no NVIDIA GPU" in no_gpu and "showing host memory only" in no_gpu
+    assert "RAM" in no_gpu and "RSS 3.0 GiB" in no_gpu and "GPU0" not in no_gpu
+
+
+def test_unknown_gpu_values_read_na() -> None:
+    from moe_tui.system import GpuSample
+
+    host = HostSample(ram_total=1, ram_used=1, ram_available=0, rss=1)
+    sample = SystemSample(gpus=(GpuSample(index=0, uuid="u", name="x"),), gpu_status="", host=host, time=0)
+    text = memory.render_memory(sample, None, COLOURS, 60).plain
+    assert "N/A / N/A" in text and "util N/A" in text and "rx N/A" in text
+
+
+def test_status_bar_text() -> None:
+    text = statusbar.status_text("demo", "live", played(), "generating…").plain
+    assert "demo" in text and "k=2 lru" in text and "prefetch 1" in text and "generating…" in text
+
+
+def test_text_helpers() -> None:
+    assert sparkline([0.0, 0.5, 1.0], 3) == "▁▅█"
+    assert sparkline([0.1] * 50, 4) == "▁▁▁▁"
+    assert bar(0.5, 4) == "██░░" and bar(None, 3) == "░░░"
+
+
+def test_keymap_ids_are_unique_and_checked() -> None:
+    ids = [key.id for key in KEYS]
+    assert len(ids) == len(set(ids))
+    known, unknown = check_keymap({"chat.stop": "ctrl+x", "nope": "a"})
+    assert known == {"chat.stop": "ctrl+x"} and unknown == ["nope"]
+    assert display_keys("ctrl+j,alt+enter") == "ctrl+j / alt+enter"
+
+
+def test_every_theme_gives_distinct_heat_cells() -> None:
+    for theme in load_themes().values():
+        colours = Colours.from_variables({**theme.variables, "foreground": theme.foreground or "#ffffff"})
+        styles = {str(colours.heat_cell(level).bgcolor) for level in range(6)}
+        assert len(styles) == 6
