@@ -30,9 +30,10 @@ class LayerCache:
         self.expert_in: list[int | None] = [None] * capacity
         self.slot_of: dict[int, int] = {}
         self.prefetched: set[int] = set()  # loaded by a prefetch and not used since
-        self.issued: list[int] = []  # prefetches started for this layer's next pass
-        self.prefetch_bytes = 0  # bytes those prefetches moved
-        self.prefetch_load_s = 0.0  # host time those prefetches took (CPU copies are synchronous)
+        self.guesses: list[int] = []  # experts a prefetch guessed for this layer's next pass
+        self.issued: list[int] = []  # the guesses whose copy it started (the others were held already)
+        self.prefetch_bytes = 0  # bytes those copies moved
+        self.prefetch_load_s = 0.0  # host time those copies took (CPU copies are synchronous)
         cuda = device.type == "cuda"
         self.ready = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
         self.free = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
@@ -76,6 +77,14 @@ class LayerCache:
             self.policy.evict(old)
             self.prefetched.discard(old)
         self.expert_in[slot] = None
+
+    def forget_prefetch(self) -> None:
+        """End of a pass (or an interrupted one): prefetch marks last one pass."""
+        self.guesses.clear()
+        self.issued.clear()
+        self.prefetched.clear()
+        self.prefetch_bytes = 0
+        self.prefetch_load_s = 0.0
 
     def eviction_order(self) -> tuple[int | None, ...]:
         """Slot contents in eviction order, next victim first; empty slots (filled first) lead as None."""

@@ -41,6 +41,7 @@ class PendingStep:
     hits: tuple[bool, ...]
     prefetch_hits: tuple[bool, ...]
     prefetch_issued: tuple[int, ...]
+    prefetch_guesses: tuple[int, ...]
     slots: tuple[int | None, ...]
     bytes_loaded: int
     timer: Timer
@@ -97,10 +98,7 @@ class Engine:
         self.tally.steps += 1
         self.tally.pending.clear()
         for cache in self.caches:
-            cache.issued.clear()
-            cache.prefetched.clear()
-            cache.prefetch_load_s = 0.0
-            cache.prefetch_bytes = 0
+            cache.forget_prefetch()
 
     def end_pass(self) -> None:
         """A forward pass ended (or failed): record the LayerSteps of the layers it ran."""
@@ -118,6 +116,7 @@ class Engine:
                     hits=item.hits,
                     prefetch_hits=item.prefetch_hits,
                     prefetch_issued=item.prefetch_issued,
+                    prefetch_guesses=item.prefetch_guesses,
                     slots=item.slots,
                     bytes_loaded=item.bytes_loaded,
                     load_s=load_s + item.extra_load_s,
@@ -223,16 +222,14 @@ class Engine:
                     hits=(True,) * len(hits) + (False,) * len(misses),
                     prefetch_hits=tuple(prefetch_hits) + (False,) * len(misses),
                     prefetch_issued=tuple(cache.issued),
+                    prefetch_guesses=tuple(cache.guesses),
                     slots=cache.eviction_order(),
                     bytes_loaded=bytes_loaded,
                     timer=timer,
                     extra_load_s=extra_load_s,
                 )
             )
-        cache.issued.clear()
-        cache.prefetched.clear()
-        cache.prefetch_bytes = 0
-        cache.prefetch_load_s = 0.0
+        cache.forget_prefetch()
         return out
 
     def _guess(self, layer: int, hidden: Tensor, depth: int) -> Tensor:
@@ -245,6 +242,7 @@ class Engine:
     def _prefetch(self, layer: int, guesses: list[int]) -> None:
         """Start loading the guessed experts of ``layer`` that are not cached, evicting only non-guesses."""
         cache = self.caches[layer]
+        cache.guesses = list(guesses)
         protected = set(guesses)
         timer = Timer(False) if self.record and not self.mover.cuda else None
         for expert in guesses:
