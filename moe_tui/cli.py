@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "params": ("params", "show what a model is made of: total and active parameters, bytes per precision"),
     "lab": ("lab", "replay a routing trace through every cache size and policy next to the optimum (Belady's MIN)"),
     "plan": ("plan", "list the offloading configurations that fit your memory, with a tokens/s estimate"),
+    "bench": ("bench", "measure decode/prefill speed, hit rate and memory of one or several configurations"),
 }
 
 DEFAULT_SUBCOMMAND = "chat"

@@ -1,0 +1,221 @@
+"""``moe-tui bench``: decode/prefill speed, cache and memory figures of one or several configurations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the ``bench`` subcommand."""
+    source = parser.add_argument_group("model")
+    source.add_argument(
+        "--model", default=None, metavar="DIR", help="model directory (default: the bundled demo model)"
+    )
+    source.add_argument(
+        "--synthetic", action="store_true", help="a Mixtral with random weights, shaped by the flags below"
+    )
+    source.add_argument("--layers", type=int, default=4, help="synthetic: decoder layers (default 4)")
+    source.add_argument("--hidden", type=int, default=1024, help="synthetic: hidden size (default 1024)")
+    source.add_argument("--intermediate", type=int, default=2816, help="synthetic: expert width (default 2816)")
+    source.add_argument("--experts", type=int, default=8, help="synthetic: experts per layer (default 8)")
+    source.add_argument("--top-k", type=int, default=2, help="synthetic: experts per token (default 2)")
+    source.add_argument("--heads", type=int, default=8, help="synthetic: attention heads (default 8)")
+    source.add_argument("--kv-heads", type=int, default=2, help="synthetic: key/value heads (default 2)")
+    source.add_argument("--vocab", type=int, default=4096, help="synthetic: vocabulary size (default 4096)")
+    source.add_argument("--seed", type=int, default=0, help="synthetic: weight seed (default 0)")
+    source.add_argument(
+        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights (default: the model's)"
+    )
+    source.add_argument("--routing", default=None, metavar="TRACE", help="force routing from a recorded trace")
+    runs = parser.add_argument_group("runs")
+    runs.add_argument(
+        "--config", default="k=2,prefetch=1", metavar="SPEC", help="the configuration (default k=2,prefetch=1)"
+    )
+    runs.add_argument(
+        "--compare",
+        nargs="*",
+        default=None,
+        metavar="SPEC",
+        help="several configurations, ratios against the first (no SPEC: resident k=E k=2 k=2,prefetch=1 k=4 "
+        "hf-offload). SPEC: resident | hf-offload | k=N[,prefetch=P,policy=lru,bits=B,attn-bits=B,store=ram|mmap,"
+        "telemetry=on|off,record=on|off]",
+    )
+    runs.add_argument("--interleave", action="store_true", help="load all configurations at once and alternate them")
+    runs.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (default samples/prompts/bench.txt)")
+    runs.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
+    runs.add_argument("--runs", type=int, default=2, help="measured passes over the prompts (default 2)")
+    runs.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="fast tier (default auto)")
+    runs.add_argument("--record", default=None, metavar="TRACE", help="write the first engine configuration's trace")
+    runs.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the input, run the configurations, print a table or JSON; bad input raises UserError (exit 2)."""
+    import tempfile
+    from dataclasses import replace
+    from pathlib import Path
+
+    from moe_tui import bench
+    from moe_tui.errors import UserError
+    from moe_tui.paths import DEMO_MODEL_DIR
+
+    if args.tokens < 2:
+        raise UserError("--tokens must be at least 2 (decode speed is measured after the first new token)")
+    if args.runs < 1:
+        raise UserError("--runs must be at least 1")
+    prompts = bench.load_prompts(args.prompts or bench.DEFAULT_PROMPTS)
+    device = _device(args.device)
+    with tempfile.TemporaryDirectory(prefix="moe-tui-synthetic-") as scratch:
+        if args.synthetic:
+            if args.model:
+                raise UserError("give either --model or --synthetic, not both")
+            source = bench.write_synthetic(_shape(args), Path(scratch), args.dtype or "float32")
+        else:
+            directory = Path(args.model) if args.model else DEMO_MODEL_DIR
+            if not args.model and not (directory / "config.json").is_file():
+                raise UserError(f"the bundled demo model is missing ({directory}); pass --model DIR or --synthetic")
+            source = bench.open_model(directory, args.dtype)
+        texts = (args.compare or list(bench.DEFAULT_COMPARE)) if args.compare is not None else [args.config]
+        specs = [bench.parse_spec(text, source.num_experts) for text in texts]
+        if args.record:
+            engines = [i for i, spec in enumerate(specs) if spec.kind == "engine"]
+            if not engines:
+                raise UserError("--record needs an engine configuration (k=...) to record")
+            specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
+        routing, notes = _routing(args.routing, source)
+        settings = bench.Settings(
+            prompts=[source.encode(p) for p in prompts], new_tokens=args.tokens, runs=args.runs, device=device
+        )
+        say = (lambda message: None) if args.json else (lambda message: print(f"... {message}", file=sys.stderr))
+        if args.interleave:
+            if routing is not None:
+                raise UserError("--routing cannot be combined with --interleave (one router hook per model)")
+            results = bench.run_interleaved(source, specs, settings, progress=say)
+            notes.append("configurations were loaded together and run in turn (--interleave): peak RSS is shared")
+        else:
+            results = bench.run_configs(source, specs, settings, routing=routing, progress=say)
+        data = bench.report(source, settings, results, notes)
+    print(bench.dumps(data) if args.json else format_report(data))
+    return 0
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    from moe_tui.errors import UserError
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA device is available")
+    return choice
+
+
+def _shape(args: argparse.Namespace):
+    from moe_tui.bench import SyntheticShape
+    from moe_tui.errors import UserError
+
+    numbers = {
+        "--layers": args.layers,
+        "--hidden": args.hidden,
+        "--intermediate": args.intermediate,
+        "--experts": args.experts,
+        "--top-k": args.top_k,
+        "--heads": args.heads,
+        "--kv-heads": args.kv_heads,
+        "--vocab": args.vocab,
+    }
+    for flag, value in numbers.items():
+        if value < 1:
+            raise UserError(f"{flag} must be at least 1")
+    if args.top_k > args.experts:
+        raise UserError(f"--top-k {args.top_k} is more than --experts {args.experts}")
+    if args.hidden % args.heads or args.heads % args.kv_heads:
+        raise UserError("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads")
+    return SyntheticShape(
+        layers=args.layers,
+        hidden=args.hidden,
+        intermediate=args.intermediate,
+        experts=args.experts,
+        top_k=args.top_k,
+        heads=args.heads,
+        kv_heads=args.kv_heads,
+        vocab=args.vocab,
+        seed=args.seed,
+    )
+
+
+def _routing(path: str | None, source) -> tuple:
+    """The forced routing from a trace (checked against the model's shape) and the note it adds."""
+    from moe_tui.bench import ForcedRouting
+    from moe_tui.errors import UserError
+    from moe_tui.sim.report import check_trace_shape
+    from moe_tui.telemetry import TraceError, read_trace
+
+    if path is None:
+        return None, []
+    try:
+        header, events = read_trace(path)
+    except TraceError as error:
+        raise UserError(str(error)) from None
+    check_trace_shape(header, source.num_layers, source.num_experts, source.top_k, source.description)
+    note = f"routing forced from {path}: prefetch guesses still come from the model's own routers"
+    return ForcedRouting(header, events), [note]
+
+
+def format_report(data: dict) -> str:
+    """The benchmark as text: machine, model, settings, then one row per configuration."""
+    from moe_tui.precision import format_bytes
+    from moe_tui.sim.table import format_table, percent
+
+    machine = data["machine"]
+    gpu = f"{machine['gpu']} ({format_bytes(machine['gpu_bytes'])})" if machine["gpu"] else "no GPU"
+    settings = data["settings"]
+    lengths = data["prompt_tokens"]
+    lines = [
+        f"machine: {machine['cpu']}, {machine['cores']} cores, {format_bytes(machine['ram_bytes'])} RAM, {gpu}; "
+        f"torch {machine['torch']}, transformers {machine['transformers']}",
+        f"model: {data['model']}",
+        f"runs: {settings['prompts']} prompts ({min(lengths)}-{max(lengths)} tokens), {settings['new_tokens']} new "
+        f"tokens each, {settings['runs']} measured passes after a warm-up, greedy, batch 1, "
+        f"device {settings['device']}",
+        f"tiers: {data['tiers']}",
+        *(f"note: {note}" for note in data["notes"]),
+        "",
+    ]
+    headers = [
+        "config", "decode tok/s", "x first", "prefill tok/s", "TTFT ms", "hit rate", "prefetch used/issued",
+        "recall", "moved/token", "stall ms/token", "fast tier", "slow tier", "peak RSS",
+    ]  # fmt: skip
+    rows = []
+    for entry in data["results"]:
+        engine = entry["engine"]
+        ratio = entry["decode_vs_first"]
+        stall = entry["stall_s_per_token"]
+        rows.append(
+            [
+                entry["label"],
+                f"{entry['decode_tokens_per_s']:.2f}",
+                "-" if ratio is None else f"{ratio:.2f}x",
+                f"{entry['prefill_tokens_per_s']:.1f}",
+                f"{1000 * entry['ttft_s']:.0f}",
+                "-" if engine is None else percent(engine["hit_rate"]),
+                "-" if engine is None else f"{engine['prefetch_used']}/{engine['prefetch_issued']}",
+                "-" if engine is None or not engine["prefetch_issued"] else percent(engine["prefetch_recall"]),
+                "-" if entry["bytes_per_token"] is None else format_bytes(entry["bytes_per_token"]),
+                "-" if not stall else f"{1000 * stall:.1f}",
+                format_bytes(entry["fast_peak_bytes"] or entry["fast_tier_bytes"]),
+                format_bytes(entry["slow_tier_bytes"]) if entry["slow_tier_bytes"] else "-",
+                format_bytes(entry["peak_rss_bytes"]),
+            ]
+        )
+    lines.append(format_table(headers, rows))
+    lines.append(
+        "\ndecode tok/s: median over generations of (new tokens - 1) / time after the first new token; "
+        "x first: against the first configuration; moved/token: expert bytes copied per generated token "
+        "(prefill copies included); stall: time spent copying experts (0 when telemetry is off); fast tier: "
+        "weights and slots kept there (CUDA: peak allocated); slow tier: expert store (hf-offload: its offload "
+        "folder on disk); peak RSS: the whole process while the configuration ran."
+    )
+    return "\n".join(lines)

@@ -1,0 +1,172 @@
+"""``moe-tui bench`` on a tiny synthetic Mixtral: the numbers it reports, forced routing, recording, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moe_tui import bench, cli
+from moe_tui.errors import UserError
+from moe_tui.telemetry import read_trace
+
+TINY = ["--synthetic", "--layers", "2", "--hidden", "64", "--intermediate", "96", "--heads", "4", "--vocab", "128"]
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    """Two short prompts."""
+    path = tmp_path / "prompts.txt"
+    path.write_text("# two prompts\nHello there.\n\nWhy is the sky blue?\n")
+    return path
+
+
+def test_load_prompts_skips_comments_and_blank_lines(prompts: Path) -> None:
+    assert bench.load_prompts(prompts) == ["Hello there.", "Why is the sky blue?"]
+
+
+def test_shipped_prompt_set_is_varied() -> None:
+    shipped = bench.load_prompts(bench.DEFAULT_PROMPTS)
+    assert len(shipped) >= 6 and len(set(shipped)) == len(shipped)
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n\n"])
+def test_empty_prompt_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "empty.txt"
+    path.write_text(text)
+    with pytest.raises(UserError, match="holds no prompts"):
+        bench.load_prompts(path)
+
+
+def test_parse_spec() -> None:
+    assert bench.parse_spec("resident", 8).kind == "resident"
+    assert bench.parse_spec("hf-offload", 8).kind == "hf-offload"
+    spec = bench.parse_spec("k=E,prefetch=1,policy=lfu,bits=4,telemetry=off", 8)
+    assert (spec.kind, spec.cache_size, spec.prefetch, spec.policy, spec.expert_bits, spec.telemetry) == (
+        "engine", 8, 1, "lfu", 4, False,
+    )  # fmt: skip
+    assert spec.label == "k=8,prefetch=1,policy=lfu,bits=4,telemetry=off"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("prefetch=1", "needs k=N"),
+        ("k=9", "k must be 1..8"),
+        ("k=two", "k must be a whole number"),
+        ("k=2,colour=red", "cannot read configuration"),
+        ("k=2,telemetry=maybe", "telemetry must be on or off"),
+    ],
+)
+def test_parse_spec_rejects(text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        bench.parse_spec(text, 8)
+
+
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+    """Run the CLI and parse its JSON output."""
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_compare_reports_ratios_and_engine_counters(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", *TINY, "--tokens", "3", "--runs", "1", "--prompts", str(prompts), "--json"]
+    data = run_json([*argv, "--compare", "resident", "k=2,prefetch=1", "hf-offload"], capsys)
+    assert data["machine"]["cores"] >= 1 and "both host RAM" in data["tiers"]
+    assert data["prompt_tokens"] == [len(b"Hello there."), len(b"Why is the sky blue?")]
+    resident, engine, offload = data["results"]
+    assert [r["label"] for r in data["results"]] == ["resident", "k=2,prefetch=1", "hf-offload"]
+    assert resident["decode_vs_first"] == 1.0
+    for entry in data["results"]:
+        assert len(entry["samples"]) == 2 and all(s["new_tokens"] == 3 for s in entry["samples"])
+        assert entry["decode_tokens_per_s"] > 0 and entry["ttft_s"] > 0
+        assert entry["decode_vs_first"] == pytest.approx(entry["decode_tokens_per_s"] / resident["decode_tokens_per_s"])
+    counters = engine["engine"]
+    assert counters["hits"] + counters["misses"] > 0 and counters["prefetch_issued"] > 0
+    assert engine["bytes_per_token"] == pytest.approx(counters["bytes_loaded"] / 6)
+    assert engine["slow_tier_bytes"] == 2 * 8 * 3 * 64 * 96 * 4  # every fp32 expert of both layers in the store
+    assert resident["engine"] is None and offload["engine"] is None
+    assert offload["slow_tier_bytes"] > 0  # the MoE blocks went to the offload folder
+
+
+def test_table_output(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--config", "k=1"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "synthetic Mixtral: 2 layers, hidden 64" in out
+    assert "config  decode tok/s  x first" in out and "\nk=1 " in out
+
+
+def test_record_then_lab_and_forced_routing(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "run.jsonl"
+    base = ["bench", *TINY, "--tokens", "4", "--runs", "1", "--prompts", str(prompts), "--json"]
+    run_json([*base, "--config", "k=2,prefetch=1", "--record", str(trace)], capsys)
+    header, events = read_trace(trace)
+    assert (header.num_layers, header.num_experts, header.top_k, header.cache_size) == (2, 8, 2, (2, 2))
+    assert cli.main(["lab", str(trace)]) == 0
+    capsys.readouterr()
+
+    # Forced from that trace, the routers can only pick the experts of its 9 decoded steps per layer. The
+    # warm-up (a 12-token prompt and 3 decoded tokens) walks all 9 routes, so with k=8 every expert the
+    # measured runs need is already cached: no misses, and the hit count is the fetches themselves.
+    forced = run_json([*base, "--config", "k=E", "--routing", str(trace)], capsys)
+    assert "routing forced from" in forced["notes"][0]
+    assert sum(getattr(e, "n_tokens", 0) == 1 for e in events) == 2 * 9
+    counters = forced["results"][0]["engine"]
+    assert counters["misses"] == 0 and counters["hits"] > 0
+
+
+def test_forced_routing_hook_picks_trace_experts() -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from moe_tui.telemetry import LayerStep, TraceHeader
+
+    config = transformers.MixtralConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+    )  # fmt: skip
+    model = transformers.MixtralForCausalLM(config).eval()
+    header = TraceHeader(model="toy", num_layers=2, num_experts=4, top_k=2, cache_size=(2, 2))
+    routes = [(0, 1), (2, 3), (1, 3)]
+    events = [
+        LayerStep(step, layer, 1, routes[step], (1, 1), (0.25, 0.75), (False,) * 2, (False,) * 2, (), ())
+        for step in range(3)
+        for layer in range(2)
+    ]
+    forced = bench.ForcedRouting(header, events)
+    forced.install(model)
+    seen = []
+    model.model.layers[1].mlp.gate.register_forward_hook(lambda m, a, out: seen.append(out[2].tolist()))
+    with torch.no_grad():
+        model(torch.tensor([[1, 2, 3, 4]]))  # four tokens take routes 0, 1, 2, 0
+    assert seen == [[[0, 1], [2, 3], [1, 3], [0, 1]]]
+    assert forced.cursor == [4, 4]
+    forced.remove()
+    with torch.no_grad():
+        model(torch.tensor([[1]]))
+    assert forced.cursor == [4, 4]  # hooks gone: the model routes on its own again
+
+
+def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Exit 2 with one line on stderr."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-tui: error: ") and err.count("\n") == 1
+    return err
+
+
+def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    assert "holds no prompts" in error_of(["bench", *TINY, "--prompts", str(empty)], capsys)
+    assert "--tokens must be at least 2" in error_of(["bench", *TINY, "--tokens", "1"], capsys)
+    assert "not a model directory" in error_of(["bench", "--model", str(tmp_path), "--prompts", str(prompts)], capsys)
+    argv = ["bench", *TINY, "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
+    assert "cannot read configuration" in error_of([*argv, "--compare", "k=2", "turbo"], capsys)
+    other = tmp_path / "other.jsonl"
+    other.write_text(
+        json.dumps({"type": "header", "schema": 1, "model": "x", "num_layers": 3, "num_experts": 8, "top_k": 2,
+                    "cache_size": [2, 2, 2]}) + "\n"
+    )  # fmt: skip
+    assert "3 MoE layers x 8 experts" in error_of([*argv, "--routing", str(other)], capsys)
