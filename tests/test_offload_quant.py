@@ -64,16 +64,21 @@ def test_packing_follows_hqqs_bit_order() -> None:
     assert torch.equal(pack_rows(values % 8, 3), BitPack.pack_3bit_32(values % 8))
 
 
-@pytest.mark.parametrize("precision_name", ["hqq2", "hqq3", "hqq4", "hqq8", "fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("group_size", [32, 64])
-def test_expert_buffer_size_equals_the_parameter_breakdown(precision_name: str, group_size: int) -> None:
-    # Mixtral-8x7B's real expert shapes (no weights are made: the layout alone decides the size)
-    shapes = [(14336, 4096), (14336, 4096), (4096, 14336)]
-    bits = precision.HQQ_BITS.get(precision_name)
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(precision_name, torch.bfloat16)
-    fmt = ExpertFormat(shapes, dtype, bits, group_size)
-    assert fmt.nbytes == precision.tensors_bytes(shapes, precision_name, group_size)
-    assert fmt.precision == precision_name
+def test_expert_buffer_size_equals_the_parameter_breakdown(group_size: int) -> None:
+    from transformers import MixtralConfig
+
+    from moe_tui.params import expert_weight_shapes, routed_expert_bytes
+
+    config = MixtralConfig()  # Mixtral-8x7B's real shapes; only the layout is built, no weights
+    shapes = expert_weight_shapes(config)
+    assert shapes == [(14336, 4096), (14336, 4096), (4096, 14336)]  # the engine's packing order
+    for precision_name in ("hqq2", "hqq3", "hqq4", "hqq8", "fp32", "bf16", "fp16"):
+        bits = precision.HQQ_BITS.get(precision_name)
+        dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision_name, torch.bfloat16)
+        fmt = ExpertFormat(shapes, dtype, bits, group_size)
+        assert fmt.nbytes == routed_expert_bytes(config, precision_name, group_size)
+        assert fmt.precision == precision_name
 
 
 def test_store_rows_and_slots_have_the_predicted_size() -> None:

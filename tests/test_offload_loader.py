@@ -1,0 +1,224 @@
+"""load_offloaded(): both checkpoint layouts, shards, mmap store, the local hub cache, and every broken input."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from offload_models import build, llama_config, mixtral_config, prompt, qwen2_moe_config, save_fused, save_original
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from moe_tui.errors import UserError
+from moe_tui.offload import OffloadConfig, load_offloaded
+from moe_tui.offload import loader as offload_loader
+from moe_tui.offload import memory as offload_memory
+
+TOLERANCE = 1e-5
+
+
+def logits(model, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(ids.to(model.device)).logits.cpu()
+
+
+@pytest.fixture(scope="module")
+def mixtral():
+    """A small Mixtral and its logits on a fixed prompt."""
+    model = build(mixtral_config(experts=4), seed=31)
+    return model, logits(model, prompt(batch=2, length=7))
+
+
+@pytest.mark.parametrize(
+    ("writer", "layout"),
+    [
+        (lambda m, d: save_original(m, d), "original"),
+        (lambda m, d: save_original(m, d, shard_size="60KB"), "original"),
+        (lambda m, d: save_fused(m, d), "fused"),
+        (lambda m, d: save_fused(m, d, shards=3), "fused"),
+    ],
+    ids=["original", "original-sharded", "fused", "fused-sharded"],
+)
+def test_both_layouts_load_to_the_same_logits(mixtral, tmp_path: Path, writer, layout: str) -> None:
+    model, expected = mixtral
+    directory = writer(model, tmp_path / "ckpt")
+    stages: list[tuple[str, int, int]] = []
+    om = load_offloaded(directory, OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: stages.append(a))
+    assert om.load_info["layout"] == layout
+    assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= TOLERANCE
+    names = [stage for stage, _, _ in stages]
+    assert {"reading checkpoint", "loading weights", "packing experts"} <= set(names)
+    packing = [(done, total) for stage, done, total in stages if stage == "packing experts"]
+    assert packing[0] == (0, 12) and packing[-1] == (12, 12)  # one step per expert, streamed
+    assert type(om.model.model.layers[0].mlp.experts).__name__ == "OffloadedExperts"
+
+
+def test_generation_after_loading_matches_the_original_model(mixtral, tmp_path: Path) -> None:
+    model, _ = mixtral
+    om = load_offloaded(save_original(model, tmp_path / "ckpt"), OffloadConfig(cache_size=1, prefetch=2))
+    ids = prompt(batch=1, length=5)
+    with torch.no_grad():
+        expected = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        got = om.model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(expected, got)
+
+
+def test_mmap_store_and_saved_quantized_store(mixtral, tmp_path: Path, monkeypatch) -> None:
+    model, expected = mixtral
+    directory = save_fused(model, tmp_path / "ckpt")
+    settings = {"cache_size": 2, "store": "mmap", "expert_bits": 4, "group_size": 16, "quant_cache_dir": tmp_path / "q"}
+    first = load_offloaded(directory, OffloadConfig(**settings))
+    assert first.memory()["slow_tier"] == "mmap" and first.load_info["store"] == "built"
+    saved = Path(first.load_info["store_dir"])
+    assert (saved / "experts.bin").stat().st_size == first.memory()["slow_tier_bytes"]
+    ids = prompt(batch=2, length=7)
+    quantized = logits(first.model, ids)
+    assert 0 < (quantized - expected).abs().max().item() < 0.5
+    monkeypatch.setattr("moe_tui.offload.quant.quantize_matrix", lambda *a, **k: pytest.fail("quantized again"))
+    second = load_offloaded(directory, OffloadConfig(**settings))
+    assert second.load_info["store"] == "reused"
+    assert torch.equal(logits(second.model, ids), quantized)
+    ram = load_offloaded(directory, OffloadConfig(**{**settings, "store": "ram"}))
+    assert ram.load_info["store"] == "reused" and torch.equal(logits(ram.model, ids), quantized)
+
+
+def test_a_model_with_dense_layers_and_shared_experts_loads(tmp_path: Path) -> None:
+    model = build(qwen2_moe_config(), seed=32)
+    ids = prompt(batch=1, length=6)
+    for directory in (save_original(model, tmp_path / "a"), save_fused(model, tmp_path / "b")):
+        om = load_offloaded(directory, OffloadConfig(cache_size=3))
+        assert (logits(om.model, ids) - logits(model, ids)).abs().max().item() <= TOLERANCE
+
+
+def test_a_hub_id_resolves_only_through_the_local_cache(mixtral, tmp_path: Path, monkeypatch) -> None:
+    model, expected = mixtral
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-mixtral" / "snapshots" / "0123abcd"
+    save_original(model, snapshot)
+    (cache / "models--acme--tiny-mixtral" / "refs").mkdir()
+    (cache / "models--acme--tiny-mixtral" / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    om = load_offloaded("acme/tiny-mixtral", OffloadConfig(cache_size=2))
+    assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= TOLERANCE
+    with pytest.raises(UserError, match="neither a model directory nor a model in the local Hugging Face cache"):
+        load_offloaded("acme/not-downloaded", OffloadConfig())
+
+
+# ----------------------------------------------------------------------------------------------- broken input
+def rewrite(path: Path, change) -> None:
+    """Rewrite one safetensors file with ``change(tensors)`` applied."""
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
+    change(tensors)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+@pytest.fixture()
+def checkpoint(mixtral, tmp_path: Path) -> Path:
+    """A fresh single-file original-layout checkpoint to break."""
+    return save_original(mixtral[0], tmp_path / "ckpt")
+
+
+@pytest.fixture()
+def no_heavy_work(monkeypatch):
+    """Fail the test if weights start loading (every check must come first)."""
+    monkeypatch.setattr(offload_loader, "_load_resident", lambda *a, **k: pytest.fail("heavy work started"))
+
+
+def test_missing_expert_tensor(checkpoint: Path, no_heavy_work) -> None:
+    key = "model.layers.2.block_sparse_moe.experts.3.w2.weight"
+    rewrite(checkpoint / "model.safetensors", lambda t: t.pop(key))
+    with pytest.raises(UserError, match=f"missing the expert tensor {key}"):
+        load_offloaded(checkpoint, OffloadConfig())
+
+
+def test_expert_tensor_with_a_wrong_shape(checkpoint: Path, no_heavy_work) -> None:
+    key = "model.layers.1.block_sparse_moe.experts.0.w1.weight"
+    rewrite(checkpoint / "model.safetensors", lambda t: t.update({key: torch.zeros(40, 47)}))
+    with pytest.raises(UserError, match=rf"{key} in model.safetensors has shape \[40, 47\], expected \[40, 48\]"):
+        load_offloaded(checkpoint, OffloadConfig())
+
+
+def test_fused_expert_tensor_with_a_wrong_shape(mixtral, tmp_path: Path, no_heavy_work) -> None:
+    directory = save_fused(mixtral[0], tmp_path / "fused")
+    key = "model.layers.0.mlp.experts.down_proj"
+    rewrite(directory / "model.safetensors", lambda t: t.update({key: torch.zeros(3, 48, 40)}))
+    with pytest.raises(UserError, match=r"down_proj in model.safetensors has shape \[3, 48, 40\]"):
+        load_offloaded(directory, OffloadConfig())
+
+
+def test_missing_non_expert_tensor(checkpoint: Path, no_heavy_work) -> None:
+    rewrite(checkpoint / "model.safetensors", lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"))
+    with pytest.raises(UserError, match=re.escape("missing the tensor model.layers.1.self_attn.k_proj.weight")):
+        load_offloaded(checkpoint, OffloadConfig())
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_corrupted_safetensors(checkpoint: Path, damage: str, no_heavy_work) -> None:
+    path = checkpoint / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes(data[:-1000] if damage == "truncated" else b"\x20\x00\x00\x00\x00\x00\x00\x00" + b"x" * 64)
+    with pytest.raises(UserError, match=re.escape("model.safetensors is not a readable safetensors file")):
+        load_offloaded(checkpoint, OffloadConfig())
+
+
+def test_index_naming_a_missing_shard(mixtral, tmp_path: Path, no_heavy_work) -> None:
+    directory = save_fused(mixtral[0], tmp_path / "fused", shards=2)
+    (directory / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(UserError, match=re.escape("refers to model-00002-of-00002.safetensors, which is missing")):
+        load_offloaded(directory, OffloadConfig())
+
+
+def test_directories_that_are_not_checkpoints(tmp_path: Path, no_heavy_work) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=re.escape("has no config.json")):
+        load_offloaded(tmp_path / "empty", OffloadConfig())
+    mixtral_config().save_pretrained(tmp_path / "no-weights")
+    with pytest.raises(UserError, match=re.escape("has no model.safetensors")):
+        load_offloaded(tmp_path / "no-weights", OffloadConfig())
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(UserError, match="is not a directory"):
+        load_offloaded(tmp_path / "file.txt", OffloadConfig())
+
+
+def test_a_dense_checkpoint_is_refused(tmp_path: Path, no_heavy_work) -> None:
+    directory = save_original(build(llama_config()), tmp_path / "llama")
+    with pytest.raises(UserError, match="not a Mixture-of-Experts model"):
+        load_offloaded(directory, OffloadConfig())
+
+
+def test_an_unreadable_config_is_refused(checkpoint: Path, no_heavy_work) -> None:
+    (checkpoint / "config.json").write_text("{ not json")
+    with pytest.raises(UserError, match="cannot read the model config"):
+        load_offloaded(checkpoint, OffloadConfig())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"cache_size": 5}, "cache size 5 is out of range"), ({"prefetch": 9}, "prefetch 9 is more than")],
+)
+def test_settings_beyond_the_model_are_refused_before_loading(checkpoint: Path, kwargs, message, no_heavy_work):
+    with pytest.raises(UserError, match=message):
+        load_offloaded(checkpoint, OffloadConfig(**kwargs))
+
+
+def test_not_enough_memory_is_refused_before_loading(checkpoint: Path, monkeypatch, no_heavy_work) -> None:
+    expert = 3 * 48 * 40 * 4
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 3 * 3 * expert)
+    with pytest.raises(UserError, match="cache size 3 would fit"):
+        load_offloaded(checkpoint, OffloadConfig(cache_size=4))
+    with pytest.raises(UserError, match=r"loading needs .* of RAM .* store='mmap'"):
+        load_offloaded(checkpoint, OffloadConfig(cache_size=1))
+
+
+def test_weights_saved_without_index_metadata_still_load(mixtral, tmp_path: Path) -> None:
+    directory = save_fused(mixtral[0], tmp_path / "fused", shards=2)
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    del index["metadata"]
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    om = load_offloaded(directory, OffloadConfig(cache_size=4))
+    assert (logits(om.model, prompt(batch=2, length=7)) - mixtral[1]).abs().max().item() <= TOLERANCE
