@@ -35,8 +35,8 @@ KEYS: tuple[Key, ...] = (
     Key("chat.conversations", "f2", "toggle_conversations", "Chats", "main screen"),
     Key("chat.settings", "f3", "generation_settings", "Settings", "main screen"),
     Key("lab.open", "f4", "open_lab", "Lab", "main screen"),
-    Key("chat.export", "f5", "export", "Export", "main screen", show=False),
-    Key("view.switch", "f6", "switch_view", "Chat/panels", "main screen"),
+    Key("chat.export", "f5", "export", "Export", "main screen", show=False, priority=True),
+    Key("view.switch", "f6", "switch_view", "Chat/panels", "main screen", priority=True),
     Key("panel.maximize", "f11", "toggle_maximize", "Maximise", "main screen"),
     Key("panel.heatmap", "alt+1", "toggle_panel('heatmap')", "Show/hide experts", "main screen", show=False),
     Key("panel.cache", "alt+2", "toggle_panel('cache')", "Show/hide cache", "main screen", show=False),
@@ -62,6 +62,12 @@ KEYS: tuple[Key, ...] = (
     Key("replay.restart", "ctrl+r", "replay_restart", "Replay from the start", "replay", show=False),
     Key("lab.close", "escape,f4", "app.pop_screen", "Back", "lab"),
     Key("help.close", "escape,f1", "app.pop_screen", "Back", "help"),
+    Key("loading.quit", "ctrl+q", "app.quit", "Quit", "loading"),
+    Key("error.continue", "enter,escape", "dismiss('continue')", "Continue", "error", priority=True),
+    Key("error.details", "d", "toggle_details", "Details", "error"),
+    Key("dialog.cancel", "escape", "dismiss(None)", "Cancel", "dialog"),
+    Key("settings.save", "ctrl+s", "save", "Save", "settings", priority=True),
+    Key("settings.cancel", "escape", "dismiss(None)", "Cancel", "settings"),
 )
 
 BY_ID: dict[str, Key] = {key.id: key for key in KEYS}

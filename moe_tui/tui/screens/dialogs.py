@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
+
+from moe_tui.tui import keys
 
 
 class AskScreen(ModalScreen[str | None]):
     """Ask for one line of text; enter answers, escape cancels (dismisses with None)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "dismiss(None)", "Cancel", id="dialog.cancel")]
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
     def __init__(self, question: str, value: str = "", hint: str = "") -> None:
         super().__init__(classes="dialog")

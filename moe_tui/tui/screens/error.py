@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Collapsible, Label, Static
 
+from moe_tui.tui import keys
+
 
 class ErrorScreen(ModalScreen[str]):
-    """Shows an error; enter continues (the app stays usable), ctrl+q quits. Dismisses with the choice."""
+    """Shows an error; enter continues (the app stays usable), d unfolds details, ctrl+q quits (app binding)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter,escape", "dismiss('continue')", "Continue", id="error.continue"),
-        Binding("ctrl+q", "app.quit", "Quit", id="error.quit"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("error")
 
     def __init__(self, title: str, message: str, hint: str = "", details: str = "") -> None:
         super().__init__(id="error")
@@ -35,4 +34,14 @@ class ErrorScreen(ModalScreen[str]):
             if self.details:
                 with Collapsible(title="technical details", collapsed=True), VerticalScroll(id="error-details"):
                     yield Static(self.details, markup=False)
-            yield Static("enter: continue    ctrl+q: quit", id="error-keys")
+            keys_line = (
+                "enter: continue    d: technical details    ctrl+q: quit"
+                if self.details
+                else "enter: continue    ctrl+q: quit"
+            )
+            yield Static(keys_line, id="error-keys")
+
+    def action_toggle_details(self) -> None:
+        """Fold or unfold the technical details."""
+        for collapsible in self.query(Collapsible):
+            collapsible.collapsed = not collapsible.collapsed

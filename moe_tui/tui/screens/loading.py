@@ -5,11 +5,13 @@ from __future__ import annotations
 import time
 from typing import ClassVar
 
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Label, ProgressBar, Static
+
+from moe_tui.tui import keys
 
 
 class LoadProgress(Message):
@@ -29,7 +31,7 @@ class LoadProgress(Message):
 class LoadingScreen(Screen):
     """Shown while a model loads in a worker; the app stays responsive (quit works at any time)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("ctrl+q", "app.quit", "Quit", id="loading.quit")]
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("loading")
 
     def __init__(self, what: str) -> None:
         super().__init__(id="loading")

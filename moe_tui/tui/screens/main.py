@@ -155,6 +155,8 @@ class MainScreen(Screen):
         prompt = self.query_one(PromptInput)
         prompt.disabled = not backend.can_chat
         prompt.placeholder = PROMPT_HINT if backend.can_chat else "no model to chat with"
+        if not backend.can_chat:
+            self.chat.log_view.focus()
         if backend.mode == "replay":
             self.chat.set_status("replay: +/- speed · space pause · ctrl+r restart")
             self._start_replay()

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from textual.binding import Binding, BindingType
+from textual.binding import BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, TextArea
 
 from moe_tui.chat.session import GenerationSettings
 from moe_tui.errors import UserError
+from moe_tui.tui import keys
 
 
 class SettingsScreen(ModalScreen[GenerationSettings | None]):
     """A form; ctrl+s or the Save button checks the values and dismisses with new settings, escape cancels."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+s", "save", "Save", id="settings.save", priority=True),
-        Binding("escape", "dismiss(None)", "Cancel", id="settings.cancel"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("settings")
 
     def __init__(self, settings: GenerationSettings) -> None:
         super().__init__(classes="dialog")

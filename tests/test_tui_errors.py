@@ -1,0 +1,296 @@
+"""Bad input and failures give a clear message inside the app, and the app stays usable afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from test_tui_app import send, wait_for
+from textual.pilot import Pilot
+from textual.widgets import Static
+from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_trace
+
+from moe_tui import paths
+from moe_tui.system import Nvml, SystemProbe
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
+from moe_tui.tui.screens.error import ErrorScreen
+from moe_tui.tui.screens.main import MainScreen
+from moe_tui.tui.widgets.chat import ChatView, MessageView, PromptInput
+from moe_tui.tui.widgets.conversations import ConversationList
+from moe_tui.tui.widgets.memory import MemoryView
+
+
+def run(app: MoeTuiApp, test: Callable[[Pilot], object], size: tuple[int, int] = (120, 40)) -> None:
+    async def main() -> None:
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.main is not None and app.screen.id != "loading", timeout=60)
+            await test(pilot)
+
+    asyncio.run(main())
+
+
+def error_text(app: MoeTuiApp) -> str:
+    assert isinstance(app.screen, ErrorScreen)
+    return f"{app.screen.title_text}: {app.screen.message}"
+
+
+async def continue_without_model(pilot: Pilot, app: MoeTuiApp) -> None:
+    """Dismiss the error and check the main screen still works: chats list, no model, palette."""
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+    screen = app.screen
+    assert screen.query_one(PromptInput).disabled
+    await pilot.press("f2")
+    assert screen.query_one(ConversationList).display
+    await pilot.press("f2")
+    await pilot.press("f1")
+    await pilot.pause(0.1)
+    assert app.screen.id == "help"
+    await pilot.press("escape")
+
+
+def real_app(options: LaunchOptions) -> MoeTuiApp:
+    return MoeTuiApp(options, loader=load_backend, probe=FakeProbe())
+
+
+def test_missing_model_path_shows_an_error_and_the_app_stays_usable(tmp_path: Path) -> None:
+    app = real_app(LaunchOptions(model=str(tmp_path / "no-such-model")))
+
+    async def check(pilot: Pilot) -> None:
+        assert "Could not load the model" in error_text(app)
+        assert "no-such-model" in error_text(app) and "Traceback" not in error_text(app)
+        await continue_without_model(pilot, app)
+
+    run(app, check)
+
+
+@pytest.fixture
+def llama_dir(tmp_path: Path) -> Path:
+    """A dense (non-MoE) model directory with a real tokenizer."""
+    directory = tmp_path / "tiny-llama"
+    directory.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (paths.DEMO_MODEL_DIR / name).exists():
+            shutil.copy(paths.DEMO_MODEL_DIR / name, directory / name)
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 2,
+        "vocab_size": 4096,
+        "max_position_embeddings": 128,
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
+def test_non_moe_model_is_refused_in_the_app(llama_dir: Path) -> None:
+    app = real_app(LaunchOptions(model=str(llama_dir)))
+
+    async def check(pilot: Pilot) -> None:
+        assert "not a Mixture-of-Experts model" in error_text(app)
+        await continue_without_model(pilot, app)
+
+    run(app, check)
+
+
+def test_k_that_does_not_fit_the_model_is_refused_in_the_app() -> None:
+    app = real_app(LaunchOptions(cache_size=9))
+
+    async def check(pilot: Pilot) -> None:
+        assert "cache size 9 is out of range: choose 1..8" in error_text(app)
+        await continue_without_model(pilot, app)
+
+    run(app, check)
+
+
+@pytest.mark.parametrize("content", [None, "garbage\n", '{"type": "header", "schema": 99}\n'])
+def test_unreadable_trace_is_reported_in_the_app(tmp_path: Path, content: str | None) -> None:
+    path = tmp_path / "trace.jsonl"
+    if content is not None:
+        path.write_text(content)
+    app = real_app(LaunchOptions(replay=str(path)))
+
+    async def check(pilot: Pilot) -> None:
+        assert "trace" in error_text(app) and str(path) in error_text(app)
+        await continue_without_model(pilot, app)
+
+    run(app, check)
+
+
+def test_unexpected_loader_failure_is_readable_with_details_folded() -> None:
+    def broken(options, progress):
+        progress("reading shards", 1, 4)
+        raise RuntimeError("shard 2 is corrupt")
+
+    app = MoeTuiApp(LaunchOptions(), loader=broken, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        assert error_text(app) == "Loading failed unexpectedly: RuntimeError: shard 2 is corrupt"
+        assert "Traceback" in app.screen.details
+        await continue_without_model(pilot, app)
+
+    run(app, check)
+
+
+def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> None:
+    release = asyncio.Event()
+    session = FakeSession(words=2)
+    calls: list[str | None] = []
+
+    def slow(options, progress):
+        calls.append(options.model)
+        if options.model == "later":
+            return LiveBackend(session)
+        progress("reading shards", 1, 3)
+        progress("quantizing experts", 5, 10)
+        raise_error = options.model == "bad"
+        while not release.is_set():
+            import time
+
+            time.sleep(0.01)
+        if raise_error:
+            from moe_tui.errors import UserError
+
+            raise UserError("bad model")
+        return LiveBackend(session)
+
+    app = MoeTuiApp(LaunchOptions(model="bad"), loader=slow, probe=FakeProbe())
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.screen.id == "loading" and len(app.screen.stages) == 2)
+            stages = app.screen.stages
+            assert stages["reading shards"].progress == 1 and stages["reading shards"].total == 3
+            assert stages["quantizing experts"].percentage == pytest.approx(0.5)
+            release.set()
+            await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+            await pilot.press("enter")
+            app.load_model("later")
+            await wait_for(pilot, lambda: app.main.backend.can_chat)
+            await send(pilot, "hello")
+            await wait_for(pilot, lambda: len(app.main.query(MessageView)) == 2 and not app.main.generating)
+
+    asyncio.run(main())
+    assert calls == ["bad", "later"]
+
+
+def test_generation_error_is_shown_and_the_next_prompt_works() -> None:
+    session = FakeSession(words=2, fail="out of memory while generating; try a smaller cache size")
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        await send(pilot, "boom")
+        await wait_for(pilot, lambda: bool(session.prompts) and not app.main.generating)
+        await pilot.pause(0.1)
+        assert any("out of memory" in note.message for note in app._notifications)
+        assert app.main.query_one("MessageView.failed")
+        assert app.store.messages(app.main.conversation_id)[-1].role == "user", "the empty answer is not kept"
+        session.fail = ""
+        await send(pilot, "again")
+        await wait_for(pilot, lambda: len(session.prompts) == 2 and not app.main.generating)
+        assert app.main.query(MessageView).last().source.startswith("The expert")
+
+    run(app, check)
+
+
+def test_no_gpu_memory_panel_with_nvml_unavailable() -> None:
+    class NoLibrary(Exception):
+        pass
+
+    def missing_driver():
+        module = type("pynvml", (), {})()
+
+        def init() -> None:
+            raise NoLibrary("NVML Shared Library Not Found")
+
+        module.nvmlInit = init
+        return module
+
+    probe = SystemProbe(nvml=Nvml(loader=missing_driver))
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(FakeSession()), probe=probe)
+
+    async def check(pilot: Pilot) -> None:
+        view = app.main.query_one(MemoryView)
+        await wait_for(pilot, lambda: view.sample is not None)
+        text = str(view.render())
+        assert "no NVIDIA GPU: the NVIDIA driver library (libnvidia-ml) is not installed" in text
+        assert "showing host memory only" in text and "RAM" in text and "RSS" in text
+        assert "engine slots" in text
+
+    run(app, check)
+
+
+def test_60x20_terminal_stays_usable_and_smaller_says_so() -> None:
+    session = FakeSession(words=3)
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        screen = app.main
+        assert screen.has_class("-narrow")
+        assert "f6 chat/panels" in str(screen.query_one("#status").render())
+        await send(pilot, "small")
+        await wait_for(pilot, lambda: len(screen.query(MessageView)) == 2 and not screen.generating)
+        assert screen.query_one(ChatView).display and screen.query_one("#dashboard").region.width == 0
+        await pilot.press("f6")
+        await pilot.pause(0.1)
+        assert screen.has_class("show-panels") and screen.panels["heatmap"].region.width > 0
+        await pilot.resize_terminal(50, 15)
+        await pilot.pause(0.2)
+        too_small = screen.query_one("#too-small", Static)
+        assert too_small.region.width > 0 and "Terminal too small: 50x15" in str(too_small.render())
+        await pilot.resize_terminal(100, 30)
+        await pilot.pause(0.2)
+        assert too_small.region.width == 0 and screen.query_one("#body").region.height > 0
+
+    run(app, check, size=(60, 20))
+
+
+def test_replay_drives_the_panels_and_speed_keys(tmp_path: Path) -> None:
+    head = header(layers=4)
+    path = write_trace(tmp_path / "t.jsonl", head, synthetic_events(head, tokens=30))
+    app = MoeTuiApp(LaunchOptions(replay=str(path), replay_speed=8.0), loader=load_backend, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        screen = app.main
+        replay = screen.backend.replay
+        assert screen.query_one(PromptInput).disabled
+        await wait_for(pilot, lambda: replay.position > 10)
+        await pilot.press("minus")
+        assert replay.speed == 4.0
+        await pilot.press("space")
+        assert replay.paused
+        await pilot.press("space")
+        await wait_for(pilot, lambda: replay.finished)
+        await pilot.pause(0.2)
+        assert screen.query(MessageView).last().source.startswith("The expert cache")
+        assert "finished" in str(screen.query_one("#status").render())
+        await pilot.press("space", "ctrl+r")
+        await wait_for(pilot, lambda: replay.position == 0 and replay.snapshot().tokens == 0)
+        assert "paused" in str(screen.query_one("#status").render())
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        await wait_for(pilot, lambda: app.screen.query_one("DataTable").row_count == head.num_experts)
+
+    run(app, check)
+
+
+def test_command_line_rejects_contradictions(capsys: pytest.CaptureFixture[str]) -> None:
+    from moe_tui.cli import main
+
+    assert main(["chat", "--replay", "t.jsonl", "--record", "u.jsonl"]) == 2
+    assert "cannot be combined" in capsys.readouterr().err
+    assert main(["chat", "--replay", "t.jsonl", "--model", "m"]) == 2
+    assert main(["--theme", "moe-light", "--speed", "2"]) == 2, "not a terminal under pytest"
+    assert "interactive terminal" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["chat", "--cache-size", "0"])
+    assert exit_info.value.code == 2
