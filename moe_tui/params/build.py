@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig
 
 LAYERS_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "transformer.layers")
+TOKEN_EMBEDDINGS = ("embed_tokens", "wte", "word_embeddings")
 SHARED_LABELS = {"shared_expert": "shared expert", "shared_expert_gate": "shared expert gate"}
 
 
@@ -67,18 +68,8 @@ def tree_from_model(model: nn.Module, config: PretrainedConfig | None = None) ->
     config = config if config is not None else model.config
     family = family_for(config.model_type)
     walker = _Walker(family, _top_k(config, family))
-    base_path, layers = _find_layers(model)
-    children: list[ParamNode] = []
-    for name, module in model.named_children():
-        path = name
-        if base_path and path == base_path.split(".")[0] and base_path != path:
-            children.extend(walker.base_children(module, path, base_path, layers))
-        elif path == base_path:
-            children.extend(walker.layer_groups(layers, path))
-        else:
-            node = walker.top_level(name, module, path)
-            if node is not None:
-                children.append(node)
+    layers_path = _find_layers_path(model)
+    children = walker.flatten(model, "", layers_path.split(".") if layers_path else [])
     note = "" if family is not None else _unknown_note(config.model_type)
     label = f"{type(model).__name__} ({family.name if family else config.model_type})"
     return ParamNode(
@@ -106,8 +97,8 @@ def _top_k(config: PretrainedConfig, family: Family | None) -> int | None:
     return int(getattr(config, family.top_k_field))
 
 
-def _find_layers(model: nn.Module) -> tuple[str, Any]:
-    """The dotted path of the decoder layers' ModuleList and the list itself ("" and None if there is none)."""
+def _find_layers_path(model: nn.Module) -> str:
+    """The dotted path of the decoder layers' ModuleList ("" when the model has none of the usual ones)."""
     from torch import nn
 
     for path in LAYERS_PATHS:
@@ -115,8 +106,8 @@ def _find_layers(model: nn.Module) -> tuple[str, Any]:
         for part in path.split("."):
             module = getattr(module, part, None)
         if isinstance(module, nn.ModuleList):
-            return path, module
-    return "", None
+            return path
+    return ""
 
 
 class _Walker:
@@ -140,18 +131,21 @@ class _Walker:
                 shapes.append(tuple(param.shape))
         return tuple(shapes)
 
-    def base_children(self, base: nn.Module, base_name: str, layers_path: str, layers: Any) -> list[ParamNode]:
-        """The children of the base model (``model``) flattened into the root: embeddings, layers, final norm."""
+    def flatten(self, module: nn.Module, path: str, layers_parts: list[str]) -> list[ParamNode]:
+        """Children of ``module`` as top-level nodes: the containers on the way to the decoder layers (the base
+        ``model``) are opened up, so the root lists embeddings, layer groups, final norm and lm_head."""
         nodes = []
-        layers_name = layers_path.split(".")[-1]
-        for name, module in base.named_children():
-            path = f"{base_name}.{name}"
-            if name == layers_name:
-                nodes.extend(self.layer_groups(layers, path))
-            else:
-                node = self.top_level(name, module, path)
-                if node is not None:
-                    nodes.append(node)
+        for name, child in module.named_children():
+            child_path = f"{path}.{name}" if path else name
+            if layers_parts and name == layers_parts[0]:
+                if len(layers_parts) == 1:
+                    nodes.extend(self.layer_groups(child, child_path))
+                else:
+                    nodes.extend(self.flatten(child, child_path, layers_parts[1:]))
+                continue
+            node = self.top_level(name, child, child_path)
+            if node is not None:
+                nodes.append(node)
         return nodes
 
     def top_level(self, name: str, module: nn.Module, path: str) -> ParamNode | None:
@@ -159,7 +153,8 @@ class _Walker:
         from torch import nn
 
         if isinstance(module, nn.Embedding) or "embed" in name:
-            return self.module_node(name, module, path, kind="embeddings", label="embeddings")
+            label = "embeddings" if name in TOKEN_EMBEDDINGS else name
+            return self.module_node(name, module, path, kind="embeddings", label=label)
         if name == "lm_head":
             node = self.module_node(name, module, path, kind="lm_head", label="lm_head", keep_empty=True)
             if node is not None and node.total == 0:
@@ -224,7 +219,7 @@ class _Walker:
 
     def feed_forward_node(self, name: str, module: nn.Module, path: str) -> ParamNode | None:
         """A dense MLP, or a MoE block split into router, routed experts, shared experts and the rest."""
-        experts = getattr(module, "experts", None)
+        experts = dict(module.named_children()).get("experts")
         if experts is None:
             return self.module_node(name, module, path, kind="mlp", label="MLP")
         routers = self.family.routers if self.family else ("gate", "router")
