@@ -195,7 +195,7 @@ def test_deepseek_v2_lite_groups_dense_first_layer_apart():
     groups = [node for node in tree.children if node.kind == "layers"]
     assert [(g.label, g.span) for g in groups] == [("layer 0", (0, 0)), ("layers 1-26 (x26)", (1, 26))]
     assert groups[0].find("experts") is None and groups[0].find("mlp") is not None
-    assert groups[1].find("experts").label == "routed experts (64, top-6)"
+    assert groups[1].find("experts").label == "routed experts (64 x 8.65 M, top-6)"
     assert groups[1].find("shared_experts") is not None
     assert groups[1].find("attention").label == "attention (MLA)"
     assert sum(g.total for g in groups) == sum(g.per_copy * g.repeat for g in groups)
@@ -299,7 +299,7 @@ def test_per_expert_module_lists_give_the_same_tree_as_fused_tensors():
     fused = build_tree(config)
     assert (listed.total, listed.active) == (fused.total, fused.active)
     node = listed.find("experts")
-    assert node.label == "routed experts (4, top-2)"
+    assert node.label == "routed experts (4 x 3.84 K, top-2)"
     assert [leaf.name for leaf in node.children] == ["w1", "w2", "w3"]
     assert node.tensor_shapes() == [(inter, hidden), (hidden, inter), (inter, hidden)]
 

@@ -26,7 +26,7 @@ def test_tree_output_for_mixtral(capsys: pytest.CaptureFixture[str]):
     for text in (
         "MixtralForCausalLM (Mixtral)",
         "layers 0-31 (x32)",
-        "routed experts (8, top-2)",
+        "routed experts (8 x 176.16 M, top-2)",
         "q_proj [4096x4096]",
         "gate_proj [14336x4096]",
         "46,702,792,704",

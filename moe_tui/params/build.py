@@ -20,6 +20,7 @@ from moe_tui.errors import UserError
 from moe_tui.params.config import one_line
 from moe_tui.params.families import Family, family_for, known_model_types
 from moe_tui.params.tree import ParamNode
+from moe_tui.precision import format_count
 
 if TYPE_CHECKING:
     from torch import nn
@@ -257,7 +258,10 @@ class _Walker:
         else:
             count, leaves = self._fused_experts(module, path)
         top_k = self.top_k if self.family is not None and self.family.is_moe else None
-        label = f"routed experts ({count}, top-{top_k})" if top_k is not None else f"experts ({count})"
+        each = format_count(sum(leaf.own_params for leaf in leaves))
+        label = (
+            f"routed experts ({count} x {each}, top-{top_k})" if top_k is not None else f"experts ({count} x {each})"
+        )
         return ParamNode(
             name=name,
             kind="experts",
