@@ -157,10 +157,19 @@ class BenchModel:
     tokenizer: Any = None
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of a prompt: the model's tokenizer, or UTF-8 bytes folded into the vocabulary without one."""
-        if self.tokenizer is not None:
-            return list(self.tokenizer(prompt)["input_ids"])
-        return [byte % self.vocab_size for byte in prompt.encode("utf-8")]
+        """Token ids of a prompt as a user turn: the model's chat template (or plain tokenizer) when it has
+        one, else UTF-8 bytes folded into the vocabulary."""
+        if self.tokenizer is None:
+            return [byte % self.vocab_size for byte in prompt.encode("utf-8")]
+        if getattr(self.tokenizer, "chat_template", None):
+            chat = [{"role": "user", "content": prompt}]
+            encoded = self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return list(self.tokenizer(prompt)["input_ids"])
+
+    def decode(self, token: int) -> str:
+        """The text of one token id (its number without a tokenizer)."""
+        return self.tokenizer.decode([token]) if self.tokenizer is not None else f"<{token}>"
 
 
 def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> BenchModel:
@@ -282,6 +291,7 @@ class Loaded:
     slow_tier_bytes: int = 0
     device: str = "cpu"
     cleanup: list[Callable[[], None]] = field(default_factory=list)
+    on_token: Callable[[int], None] | None = None
 
     def close(self) -> None:
         """Release the model (and the engine's store, the offload folder)."""
@@ -365,6 +375,13 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
     memory = engine.memory()
+    on_token = None
+    if trace is not None:
+        from moe_tui.telemetry import TokenEvent
+
+        def on_token(token: int) -> None:
+            engine.telemetry.record_token(TokenEvent(step=engine.last_step, text=source.decode(token)))
+
     fast = memory["fast_tier_bytes"] + memory["resident_bytes"]
     return Loaded(
         spec=spec,
@@ -374,6 +391,7 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
         slow_tier_bytes=memory["slow_tier_bytes"],
         device=device,
         cleanup=[engine.close],
+        on_token=on_token,
     )
 
 
@@ -408,14 +426,20 @@ class Sample:
 
 
 class _Clock:
-    """A transformers streamer that only notes when each new token arrives (the first call is the prompt)."""
+    """A transformers streamer that notes when each new token arrives (the first call is the prompt).
 
-    def __init__(self) -> None:
+    With ``on_token`` it also hands each new token id over (to write the token into a recorded trace).
+    """
+
+    def __init__(self, on_token: Callable[[int], None] | None = None) -> None:
         self.times: list[float] = []
+        self.on_token = on_token
 
     def put(self, value: Any) -> None:
         """Called with the prompt, then with each new token."""
         self.times.append(time.perf_counter())
+        if self.on_token is not None and len(self.times) > 1:
+            self.on_token(int(value.reshape(-1)[0]))
 
     def end(self) -> None:
         """Called when generation ends."""
@@ -426,7 +450,7 @@ def generate_once(loaded: Loaded, ids: list[int], new_tokens: int) -> Sample:
     import torch
 
     input_ids = torch.tensor([ids], device=loaded.device)
-    clock = _Clock()
+    clock = _Clock(loaded.on_token)
     with torch.inference_mode():
         start = time.perf_counter()
         loaded.model.generate(
@@ -663,6 +687,7 @@ def describe_machine() -> dict[str, Any]:
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
         "ram_bytes": psutil.virtual_memory().total,
         "gpu": gpu,
         "gpu_bytes": torch.cuda.get_device_properties(0).total_memory if gpu else None,

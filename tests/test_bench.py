@@ -9,7 +9,7 @@ import pytest
 
 from moe_tui import bench, cli
 from moe_tui.errors import UserError
-from moe_tui.telemetry import read_trace
+from moe_tui.telemetry import TokenEvent, read_trace
 
 TINY = ["--synthetic", "--layers", "2", "--hidden", "64", "--intermediate", "96", "--heads", "4", "--vocab", "128"]
 
@@ -104,6 +104,7 @@ def test_record_then_lab_and_forced_routing(tmp_path: Path, prompts: Path, capsy
     run_json([*base, "--config", "k=2,prefetch=1", "--record", str(trace)], capsys)
     header, events = read_trace(trace)
     assert (header.num_layers, header.num_experts, header.top_k, header.cache_size) == (2, 8, 2, (2, 2))
+    assert sum(isinstance(e, TokenEvent) for e in events) == 4 + 2 * 4  # warm-up and two prompts, 4 tokens each
     assert cli.main(["lab", str(trace)]) == 0
     capsys.readouterr()
 
@@ -170,3 +171,24 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
                     "cache_size": [2, 2, 2]}) + "\n"
     )  # fmt: skip
     assert "3 MoE layers x 8 experts" in error_of([*argv, "--routing", str(other)], capsys)
+
+
+class FakeTokenizer:
+    """Just enough of a tokenizer: a chat template that wraps the user turn in markers."""
+
+    chat_template = "<user>{content}</user><assistant>"
+
+    def apply_chat_template(self, chat: list[dict], add_generation_prompt: bool, tokenize: bool) -> dict:
+        assert add_generation_prompt and tokenize and chat == [{"role": "user", "content": "hi"}]
+        return {"input_ids": [1, 7, 8, 2]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(96 + i) for i in ids)
+
+
+def test_prompts_go_through_the_chat_template() -> None:
+    model = bench.BenchModel(Path("."), "fake", 1, 2, 1, 16, "float32", tokenizer=FakeTokenizer())
+    assert model.encode("hi") == [1, 7, 8, 2]
+    assert model.decode(3) == "c"
+    plain = bench.BenchModel(Path("."), "fake", 1, 2, 1, 16, "float32")
+    assert plain.encode("hi") == [ord("h") % 16, ord("i") % 16]

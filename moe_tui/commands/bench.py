@@ -46,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--tokens", type=int, default=32, help="new tokens per prompt (default 32)")
     runs.add_argument("--runs", type=int, default=2, help="measured passes over the prompts (default 2)")
     runs.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="fast tier (default auto)")
+    runs.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     runs.add_argument("--record", default=None, metavar="TRACE", help="write the first engine configuration's trace")
     runs.add_argument("--json", action="store_true", help="print the results as JSON")
 
@@ -64,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 2 (decode speed is measured after the first new token)")
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     prompts = bench.load_prompts(args.prompts or bench.DEFAULT_PROMPTS)
     device = _device(args.device)
     with tempfile.TemporaryDirectory(prefix="moe-tui-synthetic-") as scratch:
@@ -175,7 +182,7 @@ def format_report(data: dict) -> str:
     lengths = data["prompt_tokens"]
     lines = [
         f"machine: {machine['cpu']}, {machine['cores']} cores, {format_bytes(machine['ram_bytes'])} RAM, {gpu}; "
-        f"torch {machine['torch']}, transformers {machine['transformers']}",
+        f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}",
         f"model: {data['model']}",
         f"runs: {settings['prompts']} prompts ({min(lengths)}-{max(lengths)} tokens), {settings['new_tokens']} new "
         f"tokens each, {settings['runs']} measured passes after a warm-up, greedy, batch 1, "
