@@ -114,6 +114,7 @@ def render_summary(
     parts: list[RenderableType] = [Text(tree.label, style="bold"), facts]
     if tree.note:
         parts.append(Text(tree.note, style="yellow"))
+    parts.append(Text(""))
     table = Table(title=f"memory (HQQ group size {group_size})", title_justify="left", box=None, pad_edge=False)
     table.add_column("precision")
     table.add_column("all weights", justify="right")
