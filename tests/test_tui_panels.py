@@ -62,12 +62,14 @@ def test_detailed_heatmap_writes_the_router_weights_of_the_last_pass() -> None:
 
 def test_compact_heatmap_marks_picks_with_a_dot_per_layer() -> None:
     snapshot = played()
-    text = heatmap.render_heatmap(snapshot, COLOURS, 30, 30).plain
-    rows = [line for line in text.splitlines() if line.startswith("L")]
-    assert len(rows) == 6
-    for state, row in zip(snapshot.layers, rows, strict=True):
-        cells = row[heatmap.LABEL : heatmap.LABEL + 8]
-        assert {i for i, c in enumerate(cells) if c == heatmap.PICK} == set(state.last_experts)
+    for width, spacing in ((12, 1), (30, 3)):
+        text = heatmap.render_heatmap(snapshot, COLOURS, width, 30).plain
+        rows = [line for line in text.splitlines() if line.startswith("L")]
+        assert len(rows) == 6
+        for state, row in zip(snapshot.layers, rows, strict=True):
+            cells = row[heatmap.LABEL :: spacing][:8]
+            assert {i for i, c in enumerate(cells) if c == heatmap.PICK} == set(state.last_experts)
+            assert all(c in heatmap.SHADES + heatmap.PICK for c in cells)
 
 
 def test_transposed_heatmap_has_a_row_per_expert() -> None:
@@ -106,7 +108,8 @@ def test_prefetch_panel_reports_counts_and_tiers() -> None:
     snapshot = played()
     text = prefetch.render_prefetch(snapshot, COLOURS, 60, 40).plain
     totals = snapshot.totals
-    assert f"guesses {totals.prefetch_issued} used {totals.prefetch_used} wasted {totals.prefetch_wasted}" in text
+    assert f"guesses {totals.prefetch_issued} · used {totals.prefetch_used} · wasted {totals.prefetch_wasted}" in text
+    assert f"precision {totals.prefetch_precision * 100:.0f}%" in text
     assert "no GPU, copies are memcpy" in text
     assert "issued  used  prec  recall" in text, "per-layer table when tall enough"
     off = played(prefetch_depth=0)
@@ -119,8 +122,8 @@ def test_memory_panel_with_a_gpu_and_without_one() -> None:
     text = memory.render_memory(FakeProbe().sample(), budget, COLOURS, 60).plain
     assert "GPU0 Fake GPU 16GB" in text
     assert "6.0 GiB / 16.0 GiB" in text and "util 37%" in text
-    assert "this process 5.0 GiB reserved" in text
-    assert "engine slots 3.0 GiB in cuda:0, store 40.0 GiB in pinned" in text
+    assert "this process 5.0 GiB (4.0 GiB allocated)" in text
+    assert "engine slots 3.0 GiB in cuda:0" in text and "store 40.0 GiB in pinned" in text
     no_gpu = memory.render_memory(FakeProbe(gpu=False).sample(), None, COLOURS, 60).plain
     assert "no NVIDIA GPU" in no_gpu and "showing host memory only" in no_gpu
     assert "RAM" in no_gpu and "RSS 3.0 GiB" in no_gpu and "GPU0" not in no_gpu

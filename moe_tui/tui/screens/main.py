@@ -193,21 +193,23 @@ class MainScreen(Screen):
 
     # ---------------------------------------------------------------- polling
     def refresh_panels(self) -> None:
-        """Hand the current snapshot to visible panels (a no-op when nothing changed since the last draw)."""
+        """Hand the current snapshot to visible panels; each redraws only if it has not drawn this version."""
         snapshot = self.backend.snapshot()
-        if snapshot is None or snapshot.version == self._drawn_version:
+        if snapshot is None:
             return
-        self._drawn_version = snapshot.version
+        dashboard_shown = bool(self.query_one("#dashboard").display)
         for panel in self.panels.values():
-            if self._visible(panel) and panel.show(snapshot):
+            if self._visible(panel, dashboard_shown) and panel.show(snapshot):
                 self.redraws += 1
-        self._show_status(snapshot)
+        if snapshot.version != self._drawn_version:
+            self._drawn_version = snapshot.version
+            self._show_status(snapshot)
 
-    def _visible(self, panel: Panel) -> bool:
+    def _visible(self, panel: Panel, dashboard_shown: bool) -> bool:
         maximized = self.maximized
         if maximized is not None:
             return maximized is panel
-        return bool(panel.display) and bool(self.query_one("#dashboard").display)
+        return dashboard_shown and bool(panel.display) and panel.region.height > 0
 
     def _show_status(self, snapshot: Snapshot | None) -> None:
         if self.generating:
@@ -553,9 +555,10 @@ class MainScreen(Screen):
         if self.focused is not None and self.chat in self.focused.ancestors_with_self:
             first = next((panel for panel in self._panels_in_order() if panel.display), None)
             if first is not None:
-                first.focus()
+                self.call_after_refresh(first.focus)
         else:
-            self.query_one(PromptInput).focus()
+            target = self.query_one(PromptInput) if self.backend.can_chat else self.chat.log_view
+            self.call_after_refresh(target.focus)
 
     def _panels_in_order(self) -> list[Panel]:
         return [child for child in self.query_one("#dashboard").children if isinstance(child, Panel)]

@@ -13,7 +13,7 @@ from moe_tui.tui.widgets.colours import STATUS_MARKS, Colours
 from moe_tui.tui.widgets.panel import Panel, SnapshotView
 from moe_tui.tui.widgets.text import sparkline
 
-LEGEND = (("hit", "hit"), ("miss", "miss"), ("prefetch", "prefetch hit"), ("prefetched", "prefetch unused"))
+LEGEND = (("hit", "hit"), ("miss", "miss"), ("prefetch", "prefetched"), ("prefetched", "unused guess"))
 
 
 def slot_cells(state: LayerState, digits: int, colours: Colours) -> Text:

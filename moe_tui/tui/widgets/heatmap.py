@@ -61,9 +61,9 @@ def render_heatmap(snapshot: Snapshot, colours: Colours, width: int, height: int
     if layout == "detailed":
         _detailed(snapshot, colours, text)
     elif layout == "rows":
-        _rows(snapshot, colours, text)
+        _rows(snapshot, colours, text, _spacing(width, snapshot.header.num_experts, 3))
     else:
-        _columns(snapshot, colours, text)
+        _columns(snapshot, colours, text, _spacing(width, snapshot.header.num_layers, 2))
     text.append("\n")
     text.append_text(legend(layout, colours))
     return text
@@ -88,28 +88,35 @@ def _detailed(snapshot: Snapshot, colours: Colours, text: Text) -> None:
             text.append(" ")
 
 
-def _rows(snapshot: Snapshot, colours: Colours, text: Text) -> None:
+def _spacing(width: int, cells: int, widest: int) -> int:
+    """Columns per cell in the compact modes: spread the glyphs out when there is room (at most ``widest``)."""
+    return max(1, min(widest, (width - LABEL) // max(cells, 1)))
+
+
+def _rows(snapshot: Snapshot, colours: Colours, text: Text, spacing: int) -> None:
     experts = snapshot.header.num_experts
     text.append(" " * LABEL)
-    text.append(_index_ruler(experts), style=colours.label)
+    text.append(_index_ruler(experts, spacing), style=colours.label)
     for state in snapshot.layers:
         text.append("\n")
         text.append(f"L{state.layer:<{LABEL - 1}}", style=colours.label)
         picked = set(state.last_experts)
         for expert in range(experts):
             text.append_text(_glyph(_frequency(state.window_frequency, expert), expert in picked, colours))
+            text.append(" " * (spacing - 1))
 
 
-def _columns(snapshot: Snapshot, colours: Colours, text: Text) -> None:
+def _columns(snapshot: Snapshot, colours: Colours, text: Text, spacing: int) -> None:
     layers = snapshot.layers
     text.append(" " * LABEL)
-    text.append(_index_ruler(len(layers)), style=colours.label)
+    text.append(_index_ruler(len(layers), spacing), style=colours.label)
     for expert in range(snapshot.header.num_experts):
         text.append("\n")
         text.append(f"e{expert:<{LABEL - 1}}", style=colours.label)
         for state in layers:
             picked = expert in state.last_experts
             text.append_text(_glyph(_frequency(state.window_frequency, expert), picked, colours))
+            text.append(" " * (spacing - 1))
 
 
 def _glyph(frequency: float, picked: bool, colours: Colours) -> Text:
@@ -123,15 +130,16 @@ def _frequency(window: tuple[float, ...], expert: int) -> float:
     return window[expert] if expert < len(window) else 0.0
 
 
-def _index_ruler(count: int) -> str:
-    """Column indices, one character each: every index below 10, else a mark every fifth column."""
-    if count <= 10:
-        return "".join(str(index) for index in range(count))
-    ruler = [" "] * count
-    for index in range(0, count, 5):
+def _index_ruler(count: int, spacing: int = 1) -> str:
+    """Column indices over cells ``spacing`` wide: every index where they fit, else every 2nd, 5th or 10th."""
+    digits = len(str(count - 1))
+    every = 1 if digits == 1 or digits < spacing else next(n for n in (2, 5, 10) if n * spacing > digits)
+    ruler = [" "] * (count * spacing)
+    for index in range(0, count, every):
         for offset, digit in enumerate(str(index)):
-            if index + offset < count:
-                ruler[index + offset] = digit
+            position = index * spacing + offset
+            if position < len(ruler):
+                ruler[position] = digit
     return "".join(ruler)
 
 

@@ -50,7 +50,7 @@ def gpu_lines(gpu: GpuSample, colours: Colours, width: int) -> Text:
     if gpu.process_reserved is None:
         text.append("N/A (no CUDA context in this process)")
     else:
-        text.append(f"{size(gpu.process_reserved)} reserved, {size(gpu.process_allocated)} allocated")
+        text.append(f"{size(gpu.process_reserved)} ({size(gpu.process_allocated)} allocated)")
     return text
 
 
@@ -80,10 +80,10 @@ def render_memory(sample: SystemSample | None, budget: EngineBudget | None, colo
         text.append("\n")
         text.append("engine ", style=colours.label)
         text.append(f"slots {size(budget.fast_tier_bytes)}", style=colours.label)
-        text.append(f" in {budget.fast_tier}", style=colours.muted)
-        text.append(f", store {size(budget.slow_tier_bytes)}", style=colours.label)
+        text.append(f" in {budget.fast_tier} · {size(budget.expert_bytes)}/expert", style=colours.muted)
+        text.append("\n       ")
+        text.append(f"store {size(budget.slow_tier_bytes)}", style=colours.label)
         text.append(f" in {budget.slow_tier}", style=colours.muted)
-        text.append(f", {size(budget.expert_bytes)}/expert", style=colours.muted)
     return text
 
 

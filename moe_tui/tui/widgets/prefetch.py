@@ -31,9 +31,9 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
     totals = snapshot.totals
     text = Text()
     if header.prefetch:
-        text.append(f"prefetch {header.prefetch}/layer  ", style=colours.label)
+        text.append(f"prefetch {header.prefetch}/layer · ", style=colours.label)
     else:
-        text.append("prefetch off  ", style=colours.label)
+        text.append("prefetch off · ", style=colours.label)
     text.append(f"{snapshot.tokens_per_s:.1f}", style=colours.highlight)
     text.append(" tok/s", style=colours.muted)
     text.append("\n")
@@ -41,7 +41,7 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
     text.append("\n")
     text.append("moved ", style=colours.muted)
     text.append(size(snapshot.bytes_per_token), style=colours.label)
-    text.append("/token  ", style=colours.muted)
+    text.append("/token · ", style=colours.muted)
     text.append(f"{size(totals.bytes_loaded)} total", style=colours.muted)
     text.append("\n")
     stall = snapshot.stall_share
@@ -52,7 +52,7 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
     text.append(f" compute {percent(1 - stall) if totals.load_s + totals.compute_s else 'N/A'}", style=colours.muted)
     text.append("\n")
     text.append(describe_tiers(header.fast_tier, header.slow_tier), style=colours.muted)
-    if header.prefetch and height >= len(snapshot.layers) + 8:
+    if header.prefetch and height >= len(snapshot.layers) + 7:
         text.append("\n")
         text.append("       issued  used  prec  recall", style=colours.label)
         for state in snapshot.layers:
@@ -69,13 +69,13 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
 def _counts_line(totals: Counters, colours: Colours) -> Text:
     text = Text("guesses ", style=colours.muted)
     text.append(str(totals.prefetch_issued), style=colours.label)
-    text.append(" used ", style=colours.muted)
+    text.append(" · used ", style=colours.muted)
     text.append(str(totals.prefetch_used), style=colours.slot("prefetch"))
-    text.append(" wasted ", style=colours.muted)
+    text.append(" · wasted ", style=colours.muted)
     text.append(str(totals.prefetch_wasted), style=colours.slot("prefetched"))
-    text.append("  precision ", style=colours.muted)
+    text.append("\nprecision ", style=colours.muted)
     text.append(percent(totals.prefetch_precision if totals.prefetch_issued else None), style=colours.label)
-    text.append(" recall ", style=colours.muted)
+    text.append(" · recall ", style=colours.muted)
     text.append(percent(totals.prefetch_recall if totals.accesses else None), style=colours.label)
     return text
 

@@ -7,22 +7,25 @@ from textual.widgets import Static
 
 from moe_tui.telemetry import Snapshot
 
+MAX_NAME = 28
+
 
 def status_text(name: str, mode: str, snapshot: Snapshot | None, activity: str) -> Text:
-    """``moe-tui │ demo-mixtral │ k=2 lru │ prefetch 1 │ 12.3 tok/s │ generating…``."""
-    text = Text()
+    """``moe-tui │ demo-mixtral │ k=2 lru │ prefetch 1 │ 12.3 tok/s │ generating… │ cpu`` (least useful last)."""
+    text = Text(no_wrap=True, overflow="ellipsis")
     text.append(" moe-tui ", style="bold reverse")
-    text.append(f" {name}")
+    text.append(f" {name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + '…'}")
     if snapshot is not None:
         header = snapshot.header
         sizes = sorted(set(header.cache_size))
         k = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
         text.append(f" │ k={k} {header.policy}")
         text.append(f" │ prefetch {header.prefetch}" if header.prefetch else " │ prefetch off")
-        text.append(f" │ {header.fast_tier}")
         text.append(f" │ {snapshot.tokens_per_s:.1f} tok/s")
     if activity:
         text.append(f" │ {activity}", style="bold")
+    if snapshot is not None:
+        text.append(f" │ {snapshot.header.fast_tier}")
     return text
 
 
