@@ -47,8 +47,8 @@ class ConversationList(OptionList):
         if not conversations:
             self.add_option(Option(Text("no conversations yet", style="dim"), id="none", disabled=True))
         ids = [conversation.id for conversation in conversations]
-        if current in ids:
-            self.highlighted = ids.index(current)
+        if ids:
+            self.highlighted = ids.index(current) if current in ids else 0
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         """Open the chosen conversation."""
