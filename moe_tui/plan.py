@@ -3,8 +3,9 @@
 For every expert precision (2, 3, 4 bits or unquantized), non-expert precision (4, 8 bits or unquantized),
 cache size k (the same for every MoE layer) and prefetch depth, the planner adds up:
 
-* fast tier: non-expert weights + k x MoE layers x one expert's packed buffer + the KV cache for the
-  context length (on a CPU-only machine the fast tier is host RAM too);
+* fast tier: non-expert weights + k x MoE layers x one expert's packed buffer + the engine's
+  dequantization workspace (quantized experts) + the KV cache for the context length (on a CPU-only
+  machine the fast tier is host RAM too);
 * host: the expert store, every routed expert of every MoE layer packed at its precision.
 
 and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
@@ -27,7 +28,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from moe_tui.errors import UserError
@@ -53,7 +54,8 @@ class ModelFacts:
     ``expert_bytes[p]`` is one routed expert's packed buffer at precision ``p``; ``dense_bytes[p]`` is the
     non-expert weights when the quantizable ones (attention and other linear layers outside the experts) are
     at ``p`` and the rest (embeddings, norms, routers) stay unquantized; ``dense_active_bytes[p]`` is the
-    part of them one token reads (the embedding contributes one row).
+    part of them one token reads (the embedding contributes one row); ``workspace_bytes[p]`` is the engine's
+    dequantization workspace for experts at ``p`` (one expert at the compute dtype; 0 unquantized).
     """
 
     name: str
@@ -65,6 +67,7 @@ class ModelFacts:
     dense_bytes: dict[str, int]
     dense_active_bytes: dict[str, int]
     kv_bytes_per_token: int
+    workspace_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,7 +133,7 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
     UserError for a model without routed experts, or one whose active parameters the parameter tree cannot
     tell (a family moe-tui has no routing knowledge of).
     """
-    from moe_tui.params import build_tree, routed_expert_bytes
+    from moe_tui.params import build_tree, expert_weight_shapes, routed_expert_bytes
 
     tree = build_tree(config)
     experts = tree.find_all("experts")
@@ -165,7 +168,20 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         dense_bytes={p: rest + sum(n.bytes(p) for n in quantized) for p in precisions},
         dense_active_bytes={p: rest_active + sum(n.active_bytes(p) or 0 for n in quantized) for p in precisions},
         kv_bytes_per_token=2 * config.num_hidden_layers * kv_heads * head_dim * FLOAT_BYTES[dtype],
+        workspace_bytes={p: _workspace_bytes(expert_weight_shapes(config), dtype, p) for p in precisions},
     )
+
+
+def _workspace_bytes(shapes: list[tuple[int, ...]], dtype: str, expert_precision: str) -> int:
+    """The engine's dequantization workspace for experts of ``shapes`` at ``expert_precision`` (no allocation)."""
+    import torch
+
+    from moe_tui.offload.quant import ExpertFormat, WeightSource
+    from moe_tui.precision import HQQ_BITS
+
+    bits = HQQ_BITS.get(expert_precision)
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    return WeightSource.planned_bytes(ExpertFormat([tuple(s) for s in shapes], torch_dtype, bits))
 
 
 def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel:
@@ -194,9 +210,11 @@ def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel
 
 
 def fast_tier_bytes(facts: ModelFacts, expert_precision: str, attn_precision: str, k: int, context: int) -> int:
-    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer and the KV cache."""
+    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer, the engine's dequantization
+    workspace and the KV cache."""
     slots = k * facts.moe_layers * facts.expert_bytes[expert_precision]
-    return facts.dense_bytes[attn_precision] + slots + facts.kv_bytes_per_token * context
+    workspace = facts.workspace_bytes.get(expert_precision, 0)
+    return facts.dense_bytes[attn_precision] + slots + workspace + facts.kv_bytes_per_token * context
 
 
 def store_bytes(facts: ModelFacts, expert_precision: str) -> int:
@@ -298,7 +316,8 @@ def nothing_fits_message(facts: ModelFacts, machine: Machine) -> str:
     if machine.fast_bytes is not None and least.fast_bytes > machine.fast_bytes:
         return (
             f"{facts.name} does not fit: even {setup} needs {format_bytes(least.fast_bytes)} of fast-tier memory "
-            f"(weights, slots and a {machine.context}-token KV cache); you have {format_bytes(machine.fast_bytes)}"
+            f"(weights, slots, dequantization workspace and a {machine.context}-token KV cache); "
+            f"you have {format_bytes(machine.fast_bytes)}"
         )
     what = "its expert store" if machine.fast_bytes is not None else "its expert store, slots and other weights"
     return (

@@ -79,6 +79,9 @@ def test_model_facts_of_mixtral_8x7b() -> None:
     rest = 2 * 32000 * 4096 + 32 * 8 * 4096 + (2 * 32 + 1) * 4096
     assert facts.dense_bytes["bf16"] == 2 * (attention + rest)
     assert facts.dense_bytes["hqq4"] < facts.dense_bytes["hqq8"] < facts.dense_bytes["bf16"]
+    # The engine dequantizes one expert at a time into a workspace: at least one bf16 expert, none unquantized.
+    assert facts.workspace_bytes["bf16"] == 0
+    assert facts.expert_bytes["bf16"] < facts.workspace_bytes["hqq4"] < 2 * facts.expert_bytes["bf16"]
     # A token reads one embedding row, not the table.
     assert facts.dense_active_bytes["bf16"] == facts.dense_bytes["bf16"] - 2 * 32000 * 4096 + 2 * 4096
 
@@ -225,7 +228,7 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_cli_plan_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
     err = error_of(["plan", "mixtral-8x7b", "--vram", "2GiB", "--ram", "64GiB"], capsys)
-    assert "even k=1 at 2 bits (4-bit attention) needs 3.3 GiB of fast-tier memory" in err
+    assert "even k=1 at 2 bits (4-bit attention) needs 3.7 GiB of fast-tier memory" in err
     assert "you have 2.0 GiB" in err
 
 
