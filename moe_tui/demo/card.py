@@ -57,8 +57,9 @@ def model_card(report: dict) -> str:
         f"- AdamW, peak learning rate {settings['learning_rate']:g}, {settings['warmup_steps']} warm-up steps, "
         f"cosine decay to {settings['min_lr_ratio']:g} of the peak, weight decay {settings['weight_decay']:g}, "
         f"gradient clipping {settings['grad_clip']:g}",
-        f"- router load-balancing loss as in Mixtral (`output_router_logits=True`, "
-        f"`router_aux_loss_coef={settings['router_aux_loss_coef']:g}`)",
+        "- router load-balancing loss: transformers' Mixtral `load_balancing_loss_func` over the router logits "
+        "(`output_router_logits=True`), applied to each layer on its own and weighted by "
+        f"`router_aux_loss_coef={settings['router_aux_loss_coef']:g}` per layer",
         f"- seed {settings['seed']}; torch {report['torch']}, transformers {report['transformers']}, "
         f"{settings['threads']} threads",
         f"- time: {_minutes(report['train_wall_s'])} wall clock, {_minutes(report['train_cpu_s'])} of CPU time "

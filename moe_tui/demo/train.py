@@ -117,9 +117,9 @@ def encode(tokenizer, messages: list[dict]) -> Encoded:
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_template_ids(tokenizer, messages[:index], add_generation_prompt=True))
-        end = len(_template_ids(tokenizer, messages[: index + 1]))
-        if input_ids[:start] != _template_ids(tokenizer, messages[:index], add_generation_prompt=True):
+        prompt = _template_ids(tokenizer, messages[:index], add_generation_prompt=True)
+        start, end = len(prompt), len(_template_ids(tokenizer, messages[: index + 1]))
+        if input_ids[:start] != prompt:
             raise RuntimeError("chat template is not prefix-stable; labels would be misaligned")
         # The answer and its <|end|> token; the newline after <|end|> is never generated.
         labels[start : end - 1] = input_ids[start : end - 1]
@@ -211,6 +211,30 @@ def build_model(settings: Settings, tokenizer):
     return MixtralForCausalLM(config)
 
 
+def training_losses(model, input_ids, mask, labels):
+    """(cross-entropy over labelled tokens, router load-balancing loss averaged over the MoE layers).
+
+    The balancing loss is transformers' Mixtral ``load_balancing_loss_func`` applied to each layer's router
+    logits on its own and averaged (2.0 when perfectly balanced with top-2). Passing all layers at once, as
+    ``MixtralForCausalLM`` does, balances only the experts' usage summed over layers, which in a pilot run
+    left some experts of single layers unused. The caller weights it by ``router_aux_loss_coef`` per layer.
+    """
+    import torch
+    from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+    out = model(input_ids=input_ids, attention_mask=mask, output_router_logits=True, use_cache=False)
+    logits = out.logits[:, :-1]
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    config = model.config
+    per_layer = [
+        load_balancing_loss_func((layer_logits,), config.num_local_experts, config.num_experts_per_tok, mask)
+        for layer_logits in out.router_logits
+    ]
+    return ce, torch.stack(per_layer).mean()
+
+
 def learning_rate(step: int, total: int, settings: Settings) -> float:
     """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak."""
     if step < settings.warmup_steps:
@@ -300,14 +324,13 @@ def train(settings: Settings, out_dir: Path, log=print) -> dict:
             input_ids, mask, labels = collate([train_items[i] for i in batch], tokenizer.pad_token_id)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, settings)
-            out = model(input_ids=input_ids, attention_mask=mask, labels=labels, output_router_logits=True)
-            out.loss.backward()
+            ce, aux = training_losses(model, input_ids, mask, labels)
+            (ce + settings.router_aux_loss_coef * settings.num_layers * aux).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            aux = float(out.aux_loss.detach())
-            window["ce"] += float(out.loss.detach()) - settings.router_aux_loss_coef * aux
-            window["aux"] += aux
+            window["ce"] += float(ce.detach())
+            window["aux"] += float(aux.detach())
             window["n"] += 1
             tokens_seen += int(mask.sum())
             step += 1
