@@ -7,13 +7,16 @@ behind the loading screen.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui.errors import UserError
-from moe_tui.telemetry import Snapshot, TokenEvent
+from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, read_trace
 from moe_tui.tui.widgets.memory import EngineBudget
 
 Progress = Callable[[str, int, int], None]
@@ -124,9 +127,11 @@ class LiveBackend(Backend):
     can_chat = True
     can_tune = True
 
-    def __init__(self, session: Session):
+    def __init__(self, session: Session, trace_path: str | None = None, temporary_trace: bool = False):
         self.session = session
         self.engine = session.engine
+        self.trace_path = trace_path
+        self._temporary_trace = temporary_trace
 
     @property
     def name(self) -> str:
@@ -177,9 +182,17 @@ class LiveBackend(Backend):
         """Stream one answer (blocking: run it in a worker thread)."""
         return self.session.generate(messages, settings, on_text, stop_event)
 
+    def recording(self) -> tuple[TraceHeader, list[TraceEvent]]:
+        """This session's trace so far (what the engine has written of it); UserError when it is not recorded."""
+        if self.trace_path is None:
+            raise UserError("this session is not being recorded")
+        return read_partial_trace(Path(self.trace_path))
+
     def close(self) -> None:
-        """Release the engine."""
+        """Release the engine (flushing the trace) and remove a temporary trace."""
         self.session.close()
+        if self._temporary_trace and self.trace_path is not None:
+            Path(self.trace_path).unlink(missing_ok=True)
 
 
 class ReplayBackend(Backend):
@@ -224,8 +237,6 @@ class ReplayBackend(Backend):
 def load_backend(options: LaunchOptions, progress: Progress) -> Backend:
     """Open the trace or load the model the options name (blocking; raises UserError on bad input)."""
     if options.replay is not None:
-        from pathlib import Path
-
         from moe_tui.replay import Replay
 
         progress("reading trace", 0, 1)
@@ -234,7 +245,34 @@ def load_backend(options: LaunchOptions, progress: Progress) -> Backend:
         return ReplayBackend(replay, f"{replay.header.model} (replay of {Path(options.replay).name})")
     from moe_tui.chat.session import ChatSession
 
-    progress("importing torch and transformers", 0, 1)
-    config = options.offload_config()
-    progress("importing torch and transformers", 1, 1)
-    return LiveBackend(ChatSession.load(options.model, config, progress=progress))
+    temporary = options.record is None
+    if temporary:
+        handle, record = tempfile.mkstemp(prefix="moe-tui-session-", suffix=".jsonl")
+        os.close(handle)
+        options = replace(options, record=record)
+    try:
+        progress("importing torch and transformers", 0, 1)
+        config = options.offload_config()
+        progress("importing torch and transformers", 1, 1)
+        session = ChatSession.load(options.model, config, progress=progress)
+    except BaseException:
+        if temporary:
+            Path(options.record).unlink(missing_ok=True)
+        raise
+    return LiveBackend(session, trace_path=options.record, temporary_trace=temporary)
+
+
+def read_partial_trace(path: Path) -> tuple[TraceHeader, list[TraceEvent]]:
+    """A trace that may still be being written: everything up to its last complete line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"cannot read the session trace {path}: {error.strerror or error}") from None
+    complete = data[: data.rfind(b"\n") + 1]
+    with tempfile.TemporaryDirectory(prefix="moe-tui-lab-") as directory:
+        copy = Path(directory) / path.name
+        copy.write_bytes(complete)
+        try:
+            return read_trace(copy)
+        except TraceError as error:
+            raise UserError(str(error).replace(str(copy), str(path))) from None

@@ -61,6 +61,7 @@ KEYS: tuple[Key, ...] = (
     Key("replay.pause", "space", "replay_pause", "Pause/resume replay", "replay", show=False),
     Key("replay.restart", "ctrl+r", "replay_restart", "Replay from the start", "replay", show=False),
     Key("lab.close", "escape,f4", "app.pop_screen", "Back", "lab"),
+    Key("lab.trace", "o", "open_trace", "Open trace", "lab"),
     Key("help.close", "escape,f1", "app.pop_screen", "Back", "help"),
     Key("loading.quit", "ctrl+q", "app.quit", "Quit", "loading"),
     Key("error.continue", "enter,escape", "dismiss('continue')", "Continue", "error", priority=True),

@@ -12,7 +12,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from moe_tui.errors import UserError
-from moe_tui.telemetry import TraceEvent, TraceHeader
+from moe_tui.telemetry import LayerStep, TraceError, TraceEvent, TraceHeader, read_trace
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend
 
@@ -26,8 +26,10 @@ def trace_of(backend: Backend) -> tuple[TraceHeader, list[TraceEvent], str]:
         return replay.header, list(replay.events), "the replayed trace"
     recording = getattr(backend, "recording", None)
     if recording is None:
-        raise UserError("no trace to study: start with --record TRACE, or replay one with --replay TRACE")
+        raise UserError("no trace to study without a model: press o to open a trace file")
     header, events = recording()
+    if not any(isinstance(event, LayerStep) for event in events):
+        raise UserError("nothing recorded yet: ask the model something first, or press o to open a trace file")
     return header, events, "this session's trace"
 
 
@@ -50,7 +52,7 @@ def lab_rows(report: Any) -> tuple[list[str], list[list[str]]]:
 class LabScreen(Screen):
     """A table of simulated hit rates; escape or f4 goes back."""
 
-    BINDINGS: ClassVar[list[BindingType]] = keys.bindings("lab.close")
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("lab")
 
     def __init__(self, backend: Backend) -> None:
         super().__init__(id="lab")
@@ -72,6 +74,23 @@ class LabScreen(Screen):
             self.query_one("#lab-note", Static).update(str(error))
             return
         self._simulate(header, events, source)
+
+    def action_open_trace(self) -> None:
+        """Ask for a trace file and simulate it instead."""
+        from moe_tui.tui.screens.dialogs import AskScreen
+
+        def study(answer: str | None) -> None:
+            if not answer:
+                return
+            try:
+                header, events = read_trace(answer)
+            except TraceError as error:
+                self.query_one("#lab-note", Static).update(str(error))
+                return
+            self.query_one("#lab-note", Static).update("simulating…")
+            self._simulate(header, events, f"trace {answer}")
+
+        self.app.push_screen(AskScreen("Trace file to study:", ""), study)
 
     @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
     def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:

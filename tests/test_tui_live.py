@@ -1,0 +1,65 @@
+"""The dashboard on the real stack: the bundled demo model through the offloading engine and chat session."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_tui_app import cache_slot_counts, palette, send, wait_for
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Tree
+from tui_fakes import FakeProbe
+
+from moe_tui import config, paths
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
+from moe_tui.tui.widgets.chat import ChatView, MessageView
+from moe_tui.tui.widgets.memory import MemoryView
+
+pytestmark = pytest.mark.skipif(
+    not (paths.DEMO_MODEL_DIR / "model.safetensors").exists(), reason="the bundled demo model is not there"
+)
+
+
+def test_demo_model_chat_k_change_lab_and_panels() -> None:
+    config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=12)))
+    app = MoeTuiApp(LaunchOptions(cache_size=2, prefetch=1, device="cpu"), loader=load_backend, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat, timeout=120)
+        screen = app.main
+        backend = screen.backend
+        assert isinstance(backend, LiveBackend)
+        layers = backend.snapshot().header.num_layers
+        await send(pilot, "What is a list?")
+        await wait_for(pilot, lambda: len(screen.query(MessageView)) == 2 and not screen.generating, timeout=60)
+        await pilot.pause(0.3)
+        assert screen.query_one(ChatView).streamed_pieces >= 2
+        answer = screen.query(MessageView).last().source
+        assert answer, "the model answered (what it says is the demo model's business)"
+        assert app.store.messages(screen.conversation_id)[-1].content == answer
+        assert cache_slot_counts(app) == [2] * layers
+        assert backend.snapshot().tokens >= 2
+        budget = screen.panels["memory"].query_one(MemoryView).budget
+        assert budget is not None and budget.expert_bytes == backend.engine.memory()["expert_bytes"]
+        tree = screen.panels["params"].query_one(Tree)
+        await wait_for(pilot, lambda: tree.display)
+        assert "Mixtral" in str(tree.root.label)
+
+        await palette(pilot, "k 3")
+        await send(pilot, "And a tuple?")
+        await wait_for(pilot, lambda: len(screen.query(MessageView)) == 4 and not screen.generating, timeout=60)
+        await pilot.pause(0.3)
+        assert backend.engine.cache_sizes == [3] * layers
+        assert cache_slot_counts(app) == [3] * layers
+
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == backend.snapshot().header.num_experts, timeout=30)
+
+    async def main() -> None:
+        async with app.run_test(size=(140, 44)) as pilot:
+            await check(pilot)
+
+    asyncio.run(main())
