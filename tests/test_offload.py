@@ -422,6 +422,24 @@ def test_an_exception_inside_generation_leaves_the_engine_usable() -> None:
     assert_same_generation(reference, om, prompt(batch=2, length=6))
 
 
+def test_a_failed_background_copy_empties_its_slot_and_the_engine_recovers() -> None:
+    config = mixtral_config()
+    reference, model = twin(config, seed=15)
+    om = offload_model(model, OffloadConfig(cache_size=2, prefetch=1))
+    original = om.store.row
+    calls = {"n": 0}
+
+    def broken_row(layer, expert):
+        calls["n"] += 1
+        return original(layer, expert)[:-1] if calls["n"] == 2 else original(layer, expert)  # wrong size
+
+    om.store.row = broken_row
+    with pytest.raises(RuntimeError):
+        generate(om.model, prompt(batch=1, length=6), new_tokens=3)
+    assert calls["n"] >= 2
+    assert_same_generation(reference, om, prompt(batch=1, length=6))
+
+
 def test_an_exception_after_an_moe_layer_leaves_the_engine_usable() -> None:
     reference, model = twin(mixtral_config(), seed=14)
     om = offload_model(model, OffloadConfig(cache_size=2, prefetch=2))

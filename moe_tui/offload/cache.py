@@ -5,12 +5,13 @@ grows during a forward pass. It maps experts to slots and asks an eviction polic
 (:mod:`moe_tui.policies`) for victims, never choosing a protected expert. On CUDA each slot also has two
 events: ``ready`` (its last copy finished, recorded on the copy stream) and ``free`` (the last computation
 reading it finished, recorded on the compute stream), so copies and computation are ordered on the device
-without the host waiting.
+without the host waiting. On CPU ``ready`` holds the slot's background copy (see :mod:`.transfer`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -33,9 +34,9 @@ class LayerCache:
         self.guesses: list[int] = []  # experts a prefetch guessed for this layer's next pass
         self.issued: list[int] = []  # the guesses whose copy it started (the others were held already)
         self.prefetch_bytes = 0  # bytes those copies moved
-        self.prefetch_load_s = 0.0  # host time those copies took (CPU copies are synchronous)
         cuda = device.type == "cuda"
-        self.ready = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
+        # completion of the slot's last copy: a CUDA event, or the CPU copy thread's job
+        self.ready: list[Any] = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
         self.free = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
         self.pending = [False] * capacity  # a copy into the slot was issued and not yet waited for
         self.used = [False] * capacity  # ``free`` was recorded at least once
@@ -84,7 +85,6 @@ class LayerCache:
         self.issued.clear()
         self.prefetched.clear()
         self.prefetch_bytes = 0
-        self.prefetch_load_s = 0.0
 
     def eviction_order(self) -> tuple[int | None, ...]:
         """Slot contents in eviction order, next victim first; empty slots (filled first) lead as None."""

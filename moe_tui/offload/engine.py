@@ -45,7 +45,6 @@ class PendingStep:
     slots: tuple[int | None, ...]
     bytes_loaded: int
     timer: Timer
-    extra_load_s: float = 0.0
 
 
 @dataclass
@@ -119,7 +118,7 @@ class Engine:
                     prefetch_guesses=item.prefetch_guesses,
                     slots=item.slots,
                     bytes_loaded=item.bytes_loaded,
-                    load_s=load_s + item.extra_load_s,
+                    load_s=load_s,
                     compute_s=compute_s,
                 )
             )
@@ -158,7 +157,6 @@ class Engine:
         timer = Timer(self.mover.cuda) if record else None
         self.mover.start_pass(timer)
         bytes_loaded = cache.prefetch_bytes
-        extra_load_s = cache.prefetch_load_s
 
         # 2. start the misses that have a slot to go to; the rest stream through the slots below
         remaining = set(order)
@@ -226,7 +224,6 @@ class Engine:
                     slots=cache.eviction_order(),
                     bytes_loaded=bytes_loaded,
                     timer=timer,
-                    extra_load_s=extra_load_s,
                 )
             )
         cache.forget_prefetch()
@@ -244,18 +241,15 @@ class Engine:
         cache = self.caches[layer]
         cache.guesses = list(guesses)
         protected = set(guesses)
-        timer = Timer(False) if self.record and not self.mover.cuda else None
         for expert in guesses:
             if expert in cache.slot_of:
                 continue
             slot = cache.victim(protected=protected)
             if slot is None:
                 break
-            cache.prefetch_bytes += self._load(cache, layer, slot, expert, timer)
+            cache.prefetch_bytes += self._load(cache, layer, slot, expert, None)
             cache.prefetched.add(expert)
             cache.issued.append(expert)
-        if timer is not None:
-            cache.prefetch_load_s += timer.load_s
 
     def _load(self, cache: LayerCache, layer: int, slot: int, expert: int, timer: Timer | None) -> int:
         """Put ``expert`` into ``slot`` (bookkeeping, then the copy); a failed copy leaves the slot empty."""

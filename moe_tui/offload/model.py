@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,7 @@ class OffloadedModel:
         self._lock = threading.Lock()
         self._busy = False
         self._pending: dict[str, Any] = {}
+        self._stop_copies = weakref.finalize(self, self.engine.mover.close)  # also when dropped unclosed
         self._hooks = [
             moe.decoder.register_forward_pre_hook(self._begin_pass),
             moe.decoder.register_forward_hook(self._end_pass, always_call=True),
@@ -177,6 +179,7 @@ class OffloadedModel:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
+        self._stop_copies()
         for moe_layer in self.moe.layers:
             moe_layer.block.experts.engine = None
         self.telemetry.close()
@@ -235,6 +238,7 @@ class OffloadedModel:
         if "prefetch" in pending:
             self.engine.prefetch = pending["prefetch"]
         if "cache_size" in pending:
+            self.engine.mover.drain()  # no copy may still be writing into the slots being moved
             for index, k in enumerate(pending["cache_size"]):
                 if k != self.caches[index].capacity:
                     self.caches[index] = _resized(self.caches[index], k, self._policy)
@@ -251,8 +255,6 @@ class OffloadedModel:
 
 def _resized(cache: LayerCache, k: int, policy: str) -> LayerCache:
     """A new cache of ``k`` slots keeping the ``k`` experts the old one would evict last."""
-    if cache.device.type == "cuda":
-        torch.cuda.synchronize(cache.device)
     keep = [e for e in cache.eviction_order() if e is not None][-k:]
     new = LayerCache(cache.layer, k, cache.nbytes, cache.device, make_policy(policy))
     for slot, expert in enumerate(keep):

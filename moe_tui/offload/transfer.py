@@ -1,14 +1,17 @@
 """Moving expert buffers from the slow tier into slots, and timing copies against computation.
 
-On CPU a copy is a synchronous ``copy_`` from the store (RAM or a mapped file) into a slot; its wall time is
-load time. On CUDA copies run on a separate stream with ``non_blocking=True`` from pinned memory; the compute
-stream waits on a per-slot ``ready`` event, and a copy into a slot waits on that slot's ``free`` event, so the
-host never waits for a copy. Time is measured with CUDA events (resolved after the forward pass): load time
-is how long the compute stream stalled waiting for copies.
+On CPU a copy is a ``copy_`` from the store (RAM or a mapped file) into a slot, run on a background thread
+so that it overlaps computation (and the page faults of a mapped store) on another core; the time the
+computing thread waits for it is load time. On CUDA copies run on a separate stream with
+``non_blocking=True`` from pinned memory; the compute stream waits on a per-slot ``ready`` event, and a copy
+into a slot waits on that slot's ``free`` event, so the host never waits for a copy. Time is measured with
+CUDA events (resolved after the forward pass): load time is how long the compute stream stalled waiting.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 
 import torch
@@ -45,25 +48,44 @@ def _timed_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
 
 
 class CpuMover:
-    """Synchronous copies on the host."""
+    """Copies on one background thread, so that a copy overlaps computation on another core.
+
+    ``load`` queues the copy and returns; computation on a slot first waits for that slot's copy (the wait
+    is the load time). Copies run in queue order, and a slot is only queued for a copy after the host has
+    finished computing with it, so no copy ever overwrites a slot that is being read.
+    """
 
     cuda = False
 
-    def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
-        """Copy ``source`` into ``slot`` now."""
-        if timer is None:
-            cache.slots[slot].copy_(source)
-            return
-        start = time.perf_counter()
-        cache.slots[slot].copy_(source)
-        timer.load_s += time.perf_counter() - start
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[_CopyJob | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="moe-tui-expert-copies", daemon=True)
+        self._thread.start()
 
-    def begin(self, timer: Timer | None) -> float:
-        """Mark the start of a computation; returns a token for :meth:`end`."""
-        return time.perf_counter() if timer is not None else 0.0
+    def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
+        """Queue the copy of ``source`` into ``slot``."""
+        job = _CopyJob(cache.slots[slot], source)
+        cache.ready[slot] = job
+        cache.pending[slot] = True
+        self._jobs.put(job)
 
     def before_compute(self, cache: LayerCache, slot: int, timer: Timer | None) -> None:
-        """Nothing to wait for: CPU copies are complete when ``load`` returns."""
+        """Wait for the slot's copy, timing the wait; a failed copy empties the slot and raises here."""
+        if not cache.pending[slot]:
+            return
+        job = cache.ready[slot]
+        start = time.perf_counter() if timer is not None else 0.0
+        job.done.wait()
+        if timer is not None:
+            timer.load_s += time.perf_counter() - start
+        cache.pending[slot] = False
+        if job.error is not None:
+            cache.clear(slot)
+            raise job.error
+
+    def begin(self, timer: Timer | None) -> float:
+        """Mark the start of a computation; returns a token for :meth:`after_compute`."""
+        return time.perf_counter() if timer is not None else 0.0
 
     def after_compute(self, cache: LayerCache, slot: int, timer: Timer | None, token: float) -> None:
         """Count the computation's wall time."""
@@ -75,6 +97,38 @@ class CpuMover:
 
     def end_pass(self, timer: Timer | None) -> None:
         """Nothing to mark on CPU."""
+
+    def drain(self) -> None:
+        """Wait until every queued copy has finished."""
+        marker = _CopyJob(None, None)
+        self._jobs.put(marker)
+        marker.done.wait()
+
+    def close(self) -> None:
+        """Stop the copy thread after the queued copies."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                if job.target is not None:
+                    job.target.copy_(job.source)
+            except BaseException as error:  # handed to the computing thread
+                job.error = error
+            job.done.set()
+
+
+class _CopyJob:
+    """One queued copy (or, without a target, a marker) and its completion."""
+
+    __slots__ = ("done", "error", "source", "target")
+
+    def __init__(self, target: Tensor | None, source: Tensor | None):
+        self.target = target
+        self.source = source
+        self.done = threading.Event()
+        self.error: BaseException | None = None
 
 
 class CudaMover:
@@ -128,6 +182,14 @@ class CudaMover:
         """Mark the end of the layer's expert computation."""
         if timer is not None and timer._span is not None:
             timer._span = (timer._span[0], _timed_event(torch.cuda.current_stream(self.device)))
+
+    def drain(self) -> None:
+        """Wait until every queued copy (and computation) has finished."""
+        torch.cuda.synchronize(self.device)
+
+    def close(self) -> None:
+        """Finish the queued copies."""
+        self.drain()
 
 
 Mover = CpuMover | CudaMover
