@@ -40,6 +40,10 @@ CARD_PROMPTS = (
     "How do I read a file line by line?",
 )
 IGNORE_INDEX = -100
+# What the model claims to read (config.json): a little more than the longest training chat (``max_len``), so
+# that a chat front end keeps conversations near the length the model learned on. RoPE has no learned weights,
+# so this number changes no parameter.
+CONTEXT_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -198,7 +202,7 @@ def build_model(settings: Settings, tokenizer):
         num_key_value_heads=settings.num_kv_heads,
         num_local_experts=settings.num_experts,
         num_experts_per_tok=settings.top_k,
-        max_position_embeddings=2048,
+        max_position_embeddings=CONTEXT_LENGTH,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
         router_aux_loss_coef=settings.router_aux_loss_coef,
         output_router_logits=False,
@@ -281,7 +285,7 @@ def train(settings: Settings, out_dir: Path, log=print) -> dict:
 
     examples = build_examples()
     train_examples, val_examples = split_examples(examples, settings.val_fraction)
-    tokenizer = train_tokenizer(corpus_text(train_examples), settings.vocab_size)
+    tokenizer = train_tokenizer(corpus_text(train_examples), settings.vocab_size, CONTEXT_LENGTH)
     val_items = encode_split(tokenizer, val_examples, settings.seed + 1, settings)
     log(
         f"data: {len(train_examples)} train / {len(val_examples)} val examples, "
