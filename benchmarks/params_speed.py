@@ -1,6 +1,7 @@
 """How long ``moe-tui params`` takes, end to end, next to the floor it cannot go under.
 
-Runs, each in a fresh interpreter pinned to at most 2 CPU cores, ``--runs`` times (median reported):
+Runs, each in a fresh interpreter pinned to at most 2 CPU cores, ``--runs`` times, the two commands
+interleaved (median reported):
 
 * ``params``: ``python -m moe_tui params samples/configs/mixtral-8x7b.json`` (output discarded);
 * ``floor``: ``python -c "import torch; import transformers.models.mixtral.modeling_mixtral"``, the imports
@@ -72,10 +73,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7, help="runs per measurement (median reported)")
     args = parser.parse_args()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start")
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in COMMANDS}
+    for _ in range(args.runs):  # interleaved, so that both commands see the same background load
+        for name, command in COMMANDS.items():
+            samples[name].append(time_command(command))
     medians = {}
-    for name, command in COMMANDS.items():
-        samples = [time_command(command) for _ in range(args.runs)]
-        walls, cpus = zip(*samples, strict=True)
+    for name, runs in samples.items():
+        walls, cpus = zip(*runs, strict=True)
         medians[name] = statistics.median(walls)
         print(
             f"{name:>6}: median wall {medians[name]:.2f} s (min {min(walls):.2f}, max {max(walls):.2f}), "
