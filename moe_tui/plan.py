@@ -11,6 +11,8 @@ cache size k (the same for every MoE layer) and prefetch depth, the planner adds
 and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
 
     C = bytes a token reads (non-expert weights + top_k x MoE layers x one expert) / compute bandwidth
+        + quantized bytes a token reads / dequantization bandwidth (HQQ weights are unpacked each use)
+        + O, the per-token overhead that does not depend on weight size (decoder and engine bookkeeping)
     M = demand misses per token x expert bytes / transfer bandwidth      (copies the layer waits for)
     P = prefetch copies per token x expert bytes / transfer bandwidth    (copies started ahead of use)
     seconds per token = C + M + P            on a CPU (copies and computation share the cores)
@@ -20,7 +22,7 @@ and keeps the configurations that fit. Its decode estimate (one token at a time,
 Misses and prefetch copies per token come from replaying a routing trace (LRU, or LRU with the trace's
 prefetch guesses) at each k, counting decode passes only; without a trace they assume uniform routing
 (hit rate k / num_experts, no prefetch). C treats decoding as reading every active weight once, which is
-what bounds batch-1 decoding; HQQ dequantization and attention over a long context add time it ignores.
+what bounds batch-1 decoding; attention over a long context adds time it ignores.
 """
 
 from __future__ import annotations
@@ -68,6 +70,9 @@ class ModelFacts:
     dense_active_bytes: dict[str, int]
     kv_bytes_per_token: int
     workspace_bytes: dict[str, int] = field(default_factory=dict)
+    decoder_layers: int = 0  # all decoder layers, MoE or dense (0: as many as MoE layers)
+    rest_active_bytes: int = 0  # of dense_active_bytes, what is never quantized (embedding row, norms, routers, head)
+    expert_shapes: tuple[tuple[int, ...], ...] = ()  # one routed expert's tensors, in the engine's packing order
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class Machine:
     transfer_bandwidth: float | None = None  # bytes/s from the slow tier into a slot (None: unknown)
     compute_bandwidth: float | None = None  # bytes/s at which decoding reads weights in the fast tier
     context: int = 4096
+    overhead_s: float = 0.0  # seconds per token independent of weight size
+    dequant_bandwidth: dict[str, float] = field(default_factory=dict)  # packed bytes/s per HQQ precision
 
     @property
     def can_estimate(self) -> bool:
@@ -155,6 +162,7 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         + row * len(embeddings)
     )
     precisions = {dtype, "hqq8", "hqq4", "hqq3", "hqq2"}
+    shapes = [tuple(shape) for shape in expert_weight_shapes(config)]
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     kv_heads = getattr(config, "num_key_value_heads", None) or heads
@@ -168,7 +176,10 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         dense_bytes={p: rest + sum(n.bytes(p) for n in quantized) for p in precisions},
         dense_active_bytes={p: rest_active + sum(n.active_bytes(p) or 0 for n in quantized) for p in precisions},
         kv_bytes_per_token=2 * config.num_hidden_layers * kv_heads * head_dim * FLOAT_BYTES[dtype],
-        workspace_bytes={p: _workspace_bytes(expert_weight_shapes(config), dtype, p) for p in precisions},
+        workspace_bytes={p: _workspace_bytes(shapes, dtype, p) for p in precisions},
+        decoder_layers=config.num_hidden_layers,
+        rest_active_bytes=rest_active,
+        expert_shapes=tuple(shapes),
     )
 
 
@@ -181,7 +192,7 @@ def _workspace_bytes(shapes: list[tuple[int, ...]], dtype: str, expert_precision
 
     bits = HQQ_BITS.get(expert_precision)
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return WeightSource.planned_bytes(ExpertFormat([tuple(s) for s in shapes], torch_dtype, bits))
+    return WeightSource.planned_bytes(ExpertFormat(list(shapes), torch_dtype, bits))
 
 
 def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel:
@@ -261,7 +272,14 @@ def estimate(
         return memory
     expert = facts.expert_bytes[expert_precision]
     active = facts.dense_active_bytes[attn_precision] + facts.top_k * facts.moe_layers * expert
-    compute_s = active / machine.compute_bandwidth
+    compute_s = active / machine.compute_bandwidth + machine.overhead_s
+    quantized = {
+        expert_precision: facts.top_k * facts.moe_layers * expert,
+        attn_precision: facts.dense_active_bytes[attn_precision] - facts.rest_active_bytes,
+    }
+    for precision, nbytes in quantized.items():
+        if precision in machine.dequant_bandwidth:
+            compute_s += nbytes / machine.dequant_bandwidth[precision]
     miss_s = misses * expert / machine.transfer_bandwidth
     prefetch_s = prefetched * expert / machine.transfer_bandwidth
     overlapped = machine.device == "cuda"

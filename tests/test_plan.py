@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from moe_tui import cli, plan
+from moe_tui import cli, plan, probes
 from moe_tui.commands.plan import parse_size
 from moe_tui.errors import UserError
 from moe_tui.params import load_config, routed_expert_bytes
@@ -115,6 +116,30 @@ def test_estimate_on_cuda_overlaps_prefetch_with_compute() -> None:
     assert c.host_bytes == plan.store_bytes(facts, "bf16")
 
 
+def test_estimate_adds_dequantization_and_overhead() -> None:
+    facts = replace(facts_by_hand(), rest_active_bytes=2_000)
+    machine = plan.Machine(
+        host_bytes=10**9,
+        transfer_bandwidth=1000.0,
+        compute_bandwidth=10_000.0,
+        context=0,
+        overhead_s=0.25,
+        dequant_bandwidth={"hqq4": 4_000.0, "hqq8": 8_000.0},
+    )
+    c = plan.estimate(facts, machine, "hqq4", "hqq8", k=2, prefetch=0, copies=(0.0, 0.0, 1.0))
+    reads = 6_000 + 2 * 2 * 400  # non-expert weights + top-2 x 2 layers x one 4-bit expert
+    unpacked = 2 * 2 * 400 / 4_000 + (6_000 - 2_000) / 8_000  # experts at hqq4, the quantized rest at hqq8
+    assert c.compute_s == pytest.approx(reads / 10_000 + unpacked + 0.25)
+    assert c.seconds_per_token == pytest.approx(c.compute_s)
+
+
+def test_probes_measure_something() -> None:
+    assert probes.transfer_bandwidth(nbytes=1 << 20) > 0
+    assert probes.compute_bandwidth(nbytes=1 << 20) > 0
+    assert probes.dequant_bandwidth([(128, 64), (128, 64), (64, 128)], bits=4, dtype="fp32") > 0
+    assert 0 < probes.per_token_overhead(num_layers=1, num_experts=2, top_k=1, tokens=3, warmup=1) < 10
+
+
 def test_without_bandwidths_memory_only() -> None:
     c = plan.estimate(facts_by_hand(), plan.Machine(host_bytes=10**9), "hqq4", "hqq4", 1, 0, (1.0, 0.0, 0.5))
     assert c.tokens_per_s is None and c.bound == ""
@@ -216,6 +241,7 @@ def test_cli_plan_cpu_only_measures_bandwidth(tiny_config: Path, capsys: pytest.
     assert cli.main(["plan", str(tiny_config), "--ram", "1GiB"]) == 0
     out = capsys.readouterr().out
     assert "fast tier host RAM (CPU only)" in out and "measured here (host RAM to host RAM)" in out
+    assert "per-token overhead O:" in out and "dequantization bandwidth: hqq2" in out
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

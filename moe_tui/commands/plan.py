@@ -7,7 +7,9 @@ import json
 import re
 
 FORMULA = (
-    "C = bytes a token reads / compute bandwidth; M = misses/token x expert bytes / transfer bandwidth; "
+    "C = bytes a token reads / compute bandwidth + quantized bytes it reads / dequantization bandwidth "
+    "+ per-token overhead O; "
+    "M = misses/token x expert bytes / transfer bandwidth; "
     "P = prefetch copies/token x expert bytes / transfer bandwidth; seconds/token = C + M + P on CPU, "
     "max(C, P) + M on CUDA; bound = transfer when M + P > C, else compute"
 )
@@ -47,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="GB/s",
         help="speed at which decoding reads fast-tier weights (default: measured)",
     )
+    parser.add_argument(
+        "--overhead-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="per-token time that does not depend on weight size (default: measured on a miniature model)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the probes (default: torch's)")
     parser.add_argument("--context", type=int, default=4096, metavar="TOKENS", help="KV cache length (default 4096)")
     parser.add_argument(
         "--all", action="store_true", help="list every fitting configuration, not only the best per precision"
@@ -79,6 +89,14 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("--bandwidth", args.bandwidth), ("--compute-bandwidth", args.compute_bandwidth)):
         if value is not None and value <= 0:
             raise UserError(f"{option} must be more than zero GB/s")
+    if args.overhead_ms is not None and args.overhead_ms < 0:
+        raise UserError("--overhead-ms cannot be negative")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     facts = plan.model_facts(load_config(args.model), name=args.model)
     machine, sources = _machine(args, facts)
     copy_model, routing = _copy_model(args, facts)
@@ -95,10 +113,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _machine(args: argparse.Namespace, facts) -> tuple:
-    """The budget and the bandwidths (given, measured here, or unknown) with where each came from."""
+    """The budget, the bandwidths and the per-token overhead (given, measured here, or unknown) with sources."""
     import psutil
 
-    from moe_tui import bandwidth
+    from moe_tui import probes
     from moe_tui.plan import Machine
 
     host = parse_size(args.ram, "--ram") if args.ram else psutil.virtual_memory().total
@@ -106,22 +124,41 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
     device = "cpu" if fast is None else "cuda"
     transfer = args.bandwidth * 1e9 if args.bandwidth else None
     compute = args.compute_bandwidth * 1e9 if args.compute_bandwidth else None
-    sources = {"transfer": "given", "compute": "given"}
-    if transfer is None or compute is None:
-        if device == "cuda" and not _cuda_available():
-            unknown = "no CUDA device here to measure it: pass --bandwidth and --compute-bandwidth"
-            sources = {"transfer": unknown, "compute": unknown}
-            transfer = compute = None
-        else:
-            where = "host RAM to host RAM" if device == "cpu" else "pinned host memory to CUDA"
-            if transfer is None:
-                transfer = bandwidth.transfer_bandwidth(device)
-                sources["transfer"] = f"measured here ({where})"
-            if compute is None:
-                compute = bandwidth.compute_bandwidth(device, facts.dtype)
-                sources["compute"] = f"measured here (one-token {facts.dtype} linear layer on {device})"
+    overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
+    sources = {"transfer": "given", "compute": "given", "overhead": "given", "dequant": "not measured"}
+    dequant: dict[str, float] = {}
+    if device == "cuda" and not _cuda_available():
+        unknown = "no CUDA device here to measure it"
+        if transfer is None or compute is None:
+            sources = {"transfer": unknown, "compute": unknown, "overhead": unknown, "dequant": unknown}
+            transfer = compute = overhead = None
+        elif overhead is None:
+            sources["overhead"] = unknown + ": left out, pass --overhead-ms"
+    else:
+        where = "host RAM to host RAM" if device == "cpu" else "pinned host memory to CUDA"
+        if transfer is None:
+            transfer = probes.transfer_bandwidth(device)
+            sources["transfer"] = f"measured here ({where})"
+        if compute is None:
+            compute = probes.compute_bandwidth(device, facts.dtype)
+            sources["compute"] = f"measured here (one-token {facts.dtype} linear layer on {device})"
+        if overhead is None:
+            layers = facts.decoder_layers or facts.moe_layers
+            overhead = probes.per_token_overhead(layers, facts.num_experts, facts.top_k, device)
+            sources["overhead"] = f"measured here (engine on a hidden-64 Mixtral of {layers} layers, {device})"
+        dequant = {
+            f"hqq{bits}": probes.dequant_bandwidth(facts.expert_shapes, bits, facts.dtype, device)
+            for bits in (2, 3, 4, 8)
+        }
+        sources["dequant"] = f"measured here (the engine's HQQ unpacking on {device})"
     machine = Machine(
-        host_bytes=host, fast_bytes=fast, transfer_bandwidth=transfer, compute_bandwidth=compute, context=args.context
+        host_bytes=host,
+        fast_bytes=fast,
+        transfer_bandwidth=transfer,
+        compute_bandwidth=compute,
+        context=args.context,
+        overhead_s=overhead or 0.0,
+        dequant_bandwidth=dequant,
     )
     return machine, sources
 
@@ -166,6 +203,8 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         f"routing: {routing}",
         f"transfer bandwidth: {_gbps(machine.transfer_bandwidth)} ({sources['transfer']})",
         f"compute bandwidth: {_gbps(machine.compute_bandwidth)} ({sources['compute']})",
+        f"per-token overhead O: {1000 * machine.overhead_s:.2f} ms ({sources['overhead']})",
+        f"dequantization bandwidth: {_dequant_text(machine.dequant_bandwidth)} ({sources['dequant']})",
         f"estimate: {FORMULA}",
         "",
     ]
@@ -196,6 +235,10 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         "attention over a long context are not in C."
     )
     return "\n".join(lines)
+
+
+def _dequant_text(rates: dict[str, float]) -> str:
+    return ", ".join(f"{p} {_gbps(v)}" for p, v in sorted(rates.items())) or "left out"
 
 
 def _gbps(value: float | None) -> str:

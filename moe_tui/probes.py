@@ -1,0 +1,151 @@
+"""Quick probes of what the planner's estimate rests on, measured on the machine at hand.
+
+* transfer: bytes/s of copying an expert-sized buffer from the slow tier into a fast-tier slot (host RAM to
+  host RAM on a CPU-only machine; pinned host memory to the GPU with CUDA);
+* compute: bytes/s at which a batch-1 matrix-vector product reads weights in the fast tier, the work that
+  bounds decoding one token at a time;
+* dequantization: bytes/s of packed HQQ expert buffers the engine turns back into weights before computing;
+* overhead: seconds per decoded token that do not depend on weight size (the decoder's and the engine's
+  per-layer bookkeeping), from a miniature model of the same depth.
+
+Each is the fastest of a few repetitions after a warm-up (what the machine can do when nothing else runs;
+on a busy machine the median swings by an order of magnitude); each probe takes about a second.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import dataclass
+
+PROBE_BYTES = 64 * 1024 * 1024
+REPEATS = 7
+
+
+@dataclass(frozen=True)
+class Bandwidths:
+    """Measured speeds in bytes per second, with the device they were measured on."""
+
+    device: str
+    transfer: float
+    compute: float
+
+
+def measure(device: str = "cpu", dtype: str = "fp32", nbytes: int = PROBE_BYTES) -> Bandwidths:
+    """Measure transfer and compute bandwidth on ``device`` (``cpu`` or ``cuda``) for weights of ``dtype``."""
+    return Bandwidths(
+        device=device, transfer=transfer_bandwidth(device, nbytes), compute=compute_bandwidth(device, dtype, nbytes)
+    )
+
+
+def transfer_bandwidth(device: str = "cpu", nbytes: int = PROBE_BYTES) -> float:
+    """Bytes/s of copying ``nbytes`` from a (pinned, with CUDA) host buffer into a preallocated fast-tier buffer."""
+    import torch
+
+    cuda = device == "cuda"
+    source = torch.empty(nbytes, dtype=torch.uint8, pin_memory=cuda)
+    source.fill_(1)
+    target = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    return nbytes / _best_seconds(lambda: target.copy_(source, non_blocking=cuda), cuda)
+
+
+def compute_bandwidth(device: str = "cpu", dtype: str = "fp32", nbytes: int = PROBE_BYTES) -> float:
+    """Bytes/s of weights read by a one-token linear layer (x @ W.T) over a ``nbytes`` weight of ``dtype``."""
+    import torch
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.float32)
+    element = torch.empty((), dtype=torch_dtype).element_size()
+    cols = 4096
+    rows = max(1, nbytes // (element * cols))
+    weight = torch.randn(rows, cols, dtype=torch_dtype, device=device)
+    x = torch.randn(1, cols, dtype=torch_dtype, device=device)
+    seconds = _best_seconds(lambda: torch.nn.functional.linear(x, weight), device == "cuda")
+    return rows * cols * element / seconds
+
+
+def _best_seconds(work, cuda: bool) -> float:
+    import torch
+
+    def once() -> float:
+        start = time.perf_counter()
+        work()
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    once()
+    return min(once() for _ in range(REPEATS))
+
+
+def per_token_overhead(
+    num_layers: int, num_experts: int, top_k: int, device: str = "cpu", tokens: int = 8, warmup: int = 2
+) -> float:
+    """Seconds per decoded token that do not depend on weight size: framework and engine bookkeeping.
+
+    Measured on a miniature Mixtral of the same depth, experts and top-k (hidden size 64, every expert
+    cached) generating ``tokens`` tokens after ``warmup``: with weights that small, what remains is the
+    per-layer cost of running the decoder and the offloading engine, which a large model pays too.
+    """
+    import torch
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    config = MixtralConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=64,
+        num_hidden_layers=num_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=num_experts,
+        num_experts_per_tok=top_k,
+    )
+    torch.manual_seed(0)
+    engine = offload_model(
+        MixtralForCausalLM(config).eval(), OffloadConfig(cache_size=num_experts, prefetch=0, device=device)
+    )
+    try:
+        ids = torch.tensor([[1, 2, 3, 4]], device=device)
+        times: list[float] = []
+
+        class Clock:
+            def put(self, value: object) -> None:
+                times.append(time.perf_counter())
+
+            def end(self) -> None:
+                pass
+
+        with torch.inference_mode():
+            engine.model.generate(ids, max_new_tokens=warmup, min_new_tokens=warmup, do_sample=False, pad_token_id=0)
+            engine.model.generate(
+                ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0, streamer=Clock()
+            )
+        return min(later - earlier for earlier, later in itertools.pairwise(times[1:]))
+    finally:
+        engine.close()
+
+
+DEQUANT_PROBE_ELEMENTS = 2 * 1024 * 1024
+
+
+def dequant_bandwidth(
+    shapes: list[tuple[int, ...]], bits: int, dtype: str = "bf16", device: str = "cpu", group_size: int = 64
+) -> float:
+    """Bytes/s of packed expert buffer that the engine dequantizes (HQQ at ``bits``) on ``device``.
+
+    Times the engine's own unpacking on an expert of the same aspect, scaled down to about 2 M elements per
+    matrix (dequantization is elementwise, so its rate per byte does not depend on the size).
+    """
+    import torch
+
+    from moe_tui.offload.quant import ExpertFormat, WeightSource
+
+    scale = math.sqrt(max(1.0, max(math.prod(s) for s in shapes) / DEQUANT_PROBE_ELEMENTS))
+    small = [tuple(max(group_size, round(d / scale / group_size) * group_size) for d in s) for s in shapes]
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    fmt = ExpertFormat(small, torch_dtype, bits, group_size)
+    source = WeightSource(fmt, torch.device(device))
+    buffer = torch.zeros(fmt.nbytes, dtype=torch.uint8, device=device)  # random bytes would make denormals
+    return fmt.nbytes / _best_seconds(lambda: source.weights(buffer), device == "cuda")
