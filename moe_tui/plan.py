@@ -116,6 +116,7 @@ class Candidate:
     prefetch_s: float | None = None
     seconds_per_token: float | None = None
     bound: str = ""
+    layer_sizes: tuple[int, ...] = ()  # k of each MoE layer when they differ (cache_size is then their mean)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -220,10 +221,78 @@ def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel
     return model
 
 
-def fast_tier_bytes(facts: ModelFacts, expert_precision: str, attn_precision: str, k: int, context: int) -> int:
-    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer, the engine's dequantization
-    workspace and the KV cache."""
-    slots = k * facts.moe_layers * facts.expert_bytes[expert_precision]
+def trace_layer_misses(header: TraceHeader, events: list[TraceEvent]) -> list[list[float]]:
+    """Demand misses per decoded token of each MoE layer under LRU at every k: ``result[layer][k - 1]``."""
+    from moe_tui.sim.cache import simulate_layer
+    from moe_tui.sim.passes import layer_passes
+
+    passes = layer_passes(header, events)
+    tokens = sum(p.n_tokens == 1 for p in passes[0]) or 1
+    return [
+        [simulate_layer(layer, k, "lru", decode_only=True).misses / tokens for k in range(1, header.num_experts + 1)]
+        for layer in passes
+    ]
+
+
+def spread_slots(layer_misses: Sequence[Sequence[float]], slots: int) -> list[int]:
+    """Share ``slots`` among MoE layers (at least one each): repeatedly give the layer with the steepest drop
+    in misses per token per added slot (looking past flat stretches of its curve) the slots that drop takes;
+    stops early when no layer gains from more slots."""
+    sizes = [1] * len(layer_misses)
+    remaining = slots - len(sizes)
+    while remaining > 0:
+        best: tuple[float, int, int] | None = None
+        for layer, (curve, k) in enumerate(zip(layer_misses, sizes, strict=True)):
+            for extra in range(1, min(remaining, len(curve) - k) + 1):
+                rate = (curve[k - 1] - curve[k - 1 + extra]) / extra
+                if rate > 0 and (best is None or rate > best[0]):
+                    best = (rate, layer, extra)
+        if best is None:
+            break
+        _, layer, extra = best
+        sizes[layer] += extra
+        remaining -= extra
+    return sizes
+
+
+def per_layer_candidate(
+    facts: ModelFacts,
+    machine: Machine,
+    expert_precision: str,
+    attn_precision: str,
+    layer_misses: Sequence[Sequence[float]],
+) -> Candidate | None:
+    """The configuration that spends every slot the budget allows, spread over layers by their trace
+    replays; None when it misses no less than the best uniform k or not even k=1 fits."""
+    base = fast_tier_bytes(facts, expert_precision, attn_precision, 0, machine.context)
+    if machine.fast_bytes is not None:
+        room = machine.fast_bytes - base
+    else:
+        room = machine.host_bytes - base - store_bytes(facts, expert_precision)
+    slots = min(room // facts.expert_bytes[expert_precision], facts.moe_layers * facts.num_experts)
+    if slots < facts.moe_layers:
+        return None
+    sizes = spread_slots(layer_misses, int(slots))
+    misses = sum(curve[k - 1] for curve, k in zip(layer_misses, sizes, strict=True))
+    uniform = sum(curve[int(slots) // facts.moe_layers - 1] for curve in layer_misses)
+    if misses >= uniform or len(set(sizes)) == 1:
+        return None
+    hit_rate = 1 - misses / (facts.moe_layers * facts.top_k)
+    k = sum(sizes) // len(sizes)
+    return estimate(facts, machine, expert_precision, attn_precision, k, 0, (misses, 0.0, hit_rate), sizes)
+
+
+def fast_tier_bytes(
+    facts: ModelFacts,
+    expert_precision: str,
+    attn_precision: str,
+    k: int,
+    context: int,
+    layer_sizes: Sequence[int] = (),
+) -> int:
+    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer (or ``layer_sizes``), the engine's
+    dequantization workspace and the KV cache."""
+    slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
     workspace = facts.workspace_bytes.get(expert_precision, 0)
     return facts.dense_bytes[attn_precision] + slots + workspace + facts.kv_bytes_per_token * context
 
@@ -253,10 +322,11 @@ def estimate(
     k: int,
     prefetch: int,
     copies: tuple[float, float, float],
+    layer_sizes: Sequence[int] = (),
 ) -> Candidate:
     """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
     misses, prefetched, hit_rate = copies
-    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context)
+    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context, layer_sizes)
     memory = Candidate(
         expert_precision=expert_precision,
         attn_precision=attn_precision,
@@ -267,17 +337,18 @@ def estimate(
         hit_rate=hit_rate,
         misses_per_token=misses,
         prefetch_per_token=prefetched,
+        layer_sizes=tuple(layer_sizes),
     )
     if not machine.transfer_bandwidth or not machine.compute_bandwidth:
         return memory
     expert = facts.expert_bytes[expert_precision]
     active = facts.dense_active_bytes[attn_precision] + facts.top_k * facts.moe_layers * expert
     compute_s = active / machine.compute_bandwidth + machine.overhead_s
-    quantized = {
-        expert_precision: facts.top_k * facts.moe_layers * expert,
-        attn_precision: facts.dense_active_bytes[attn_precision] - facts.rest_active_bytes,
-    }
-    for precision, nbytes in quantized.items():
+    unpacked = (
+        (expert_precision, facts.top_k * facts.moe_layers * expert),
+        (attn_precision, facts.dense_active_bytes[attn_precision] - facts.rest_active_bytes),
+    )
+    for precision, nbytes in unpacked:
         if precision in machine.dequant_bandwidth:
             compute_s += nbytes / machine.dequant_bandwidth[precision]
     miss_s = misses * expert / machine.transfer_bandwidth

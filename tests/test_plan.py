@@ -12,7 +12,7 @@ from moe_tui import cli, plan, probes
 from moe_tui.commands.plan import parse_size
 from moe_tui.errors import UserError
 from moe_tui.params import load_config, routed_expert_bytes
-from moe_tui.telemetry import LayerStep, TokenEvent, TraceHeader
+from moe_tui.telemetry import LayerStep, Telemetry, TokenEvent, TraceHeader
 
 GIB = 1024**3
 TINY = {
@@ -179,6 +179,29 @@ def test_best_per_precision_picks_the_largest_k_that_fits() -> None:
     assert best[("bf16", "bf16")].cache_size == 1
 
 
+def test_spread_slots_follows_the_miss_curves() -> None:
+    # Layer 0 gains 3 misses/token from a second slot, layer 1 gains 1 and then 0.5 from a third.
+    curves = [[4.0, 1.0, 1.0], [2.0, 1.0, 0.5]]
+    assert plan.spread_slots(curves, 2) == [1, 1]
+    assert plan.spread_slots(curves, 3) == [2, 1]
+    assert plan.spread_slots(curves, 4) == [2, 2]
+    assert plan.spread_slots(curves, 5) == [2, 3]
+    assert plan.spread_slots(curves, 6) == [2, 3]  # a third slot in layer 0 gains nothing: left unspent
+
+
+def test_per_layer_candidate_beats_uniform_slots() -> None:
+    facts = facts_by_hand()
+    curves = [[4.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.5, 0.5]]
+    # Room for 5 slots of 400 bytes: uniform k=2 uses 4 (2 misses/token); spread 2+3 gives 1.5.
+    machine = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 5 * 400 + 399, context=0)
+    c = plan.per_layer_candidate(facts, machine, "hqq4", "hqq4", curves)
+    assert c is not None and c.layer_sizes == (2, 3)
+    assert c.misses_per_token == 1.5 and c.hit_rate == pytest.approx(1 - 1.5 / 4)
+    assert c.fast_bytes == 10_000 + 5 * 400 and plan.fits(c, machine)
+    even = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 4 * 400, context=0)
+    assert plan.per_layer_candidate(facts, even, "hqq4", "hqq4", [[4.0, 1.0], [4.0, 1.0]]) is None
+
+
 def decode_trace(routing: list[list[tuple[int, ...]]], prefetch: bool) -> tuple[TraceHeader, list]:
     """A trace with one prefill (experts 0 and 1 in every layer) followed by decode steps."""
     header = TraceHeader(
@@ -266,3 +289,34 @@ def test_cli_plan_bad_inputs(tiny_config: Path, tmp_path: Path, capsys: pytest.C
     trace.write_text(json.dumps({"type": "header", "schema": 1, **{**header.__dict__, "cache_size": [2, 2, 2]}}) + "\n")
     err = error_of(["plan", str(tiny_config), "--ram", "1GiB", "--bandwidth", "1", "--trace", str(trace)], capsys)
     assert "3 MoE layers x 8 experts, top-2" in err and "2 MoE layers x 4 experts, top-2" in err
+
+
+def test_cli_plan_spreads_slots_over_layers(
+    tiny_config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Layer 0 always uses experts 0 and 1; layer 1 cycles through all four: 2 + 4 slots beat 3 + 3.
+    trace = tmp_path / "skewed.jsonl"
+    header = TraceHeader(model="tiny", num_layers=2, num_experts=4, top_k=2, cache_size=(2, 2), expert_bytes=1)
+    with trace.open("w") as handle:
+        telemetry = Telemetry(header, trace=handle)
+        for step in range(40):
+            for layer, experts in enumerate([(0, 1), ((0, 1), (2, 3))[step % 2]]):
+                telemetry.record_step(
+                    LayerStep(step, layer, 1, experts, (1, 1), (0.5, 0.5), (False,) * 2, (False,) * 2, (), ())
+                )
+        telemetry.close()
+    facts = plan.model_facts(load_config(tiny_config))
+    room = plan.fast_tier_bytes(facts, "fp32", "fp32", 0, 256) + 6 * facts.expert_bytes["fp32"]
+    argv = ["plan", str(tiny_config), "--vram", f"{room}B", "--ram", "1GiB", "--context", "256", "--trace", str(trace)]
+    argv += ["--bandwidth", "10", "--compute-bandwidth", "100", "--overhead-ms", "0", "--json", "--all"]
+    data = json.loads(run_ok(argv, capsys))
+    spread = [c for c in data["configurations"] if c["layer_sizes"]]
+    fp32 = [c for c in spread if c["expert_precision"] == c["attn_precision"] == "fp32"]
+    assert [c["layer_sizes"] for c in fp32] == [[2, 4]]
+    assert fp32[0]["misses_per_token"] == pytest.approx((2 + 4) / 40)  # only each expert's first use
+
+
+def run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """Run the CLI expecting success; its standard output."""
+    assert cli.main(argv) == 0
+    return capsys.readouterr().out

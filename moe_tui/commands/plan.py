@@ -99,8 +99,10 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     facts = plan.model_facts(load_config(args.model), name=args.model)
     machine, sources = _machine(args, facts)
-    copy_model, routing = _copy_model(args, facts)
+    copy_model, layer_misses, routing = _copy_model(args, facts)
     every = plan.candidates(facts, machine, copy_model, prefetch_depths=range(facts.num_experts + 1))
+    if layer_misses is not None:
+        every += _per_layer(facts, machine, layer_misses)
     fitting = [c for c in every if plan.fits(c, machine)]
     if not fitting:
         raise UserError(plan.nothing_fits_message(facts, machine))
@@ -169,8 +171,24 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def _per_layer(facts, machine, layer_misses) -> list:
+    """Per-layer cache sizes for every precision pair, where they beat the same slots spread evenly."""
+    from moe_tui import plan
+    from moe_tui.precision import precision_for_bits
+
+    found = []
+    for e_bits in plan.EXPERT_BITS:
+        for a_bits in plan.ATTN_BITS:
+            e_prec, a_prec = precision_for_bits(e_bits, facts.dtype), precision_for_bits(a_bits, facts.dtype)
+            candidate = plan.per_layer_candidate(facts, machine, e_prec, a_prec, layer_misses)
+            if candidate is not None:
+                found.append(candidate)
+    return found
+
+
 def _copy_model(args: argparse.Namespace, facts) -> tuple:
-    """Copies per token from the trace (checked against the model's shape) or from uniform routing."""
+    """Copies per token (and per layer, with a trace) from the trace, checked against the model's shape, or
+    from uniform routing."""
     from moe_tui import plan
     from moe_tui.errors import UserError
     from moe_tui.sim.report import check_trace_shape
@@ -178,7 +196,7 @@ def _copy_model(args: argparse.Namespace, facts) -> tuple:
 
     if args.trace is None:
         text = f"uniform routing assumed (no --trace): hit rate = k / {facts.num_experts}, no prefetch"
-        return plan.uniform_copy_model(facts), text
+        return plan.uniform_copy_model(facts), None, text
     try:
         header, events = read_trace(args.trace)
     except TraceError as error:
@@ -187,7 +205,7 @@ def _copy_model(args: argparse.Namespace, facts) -> tuple:
     model = plan.trace_copy_model(header, events)
     text = f"LRU replay of trace {args.trace} (decoded tokens only"
     text += f"; prefetch {header.prefetch} replays its guesses)" if header.prefetch else ")"
-    return model, text
+    return model, plan.trace_layer_misses(header, events), text
 
 
 def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool) -> str:
@@ -217,7 +235,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
             [
                 c.expert_precision,
                 c.attn_precision,
-                str(c.cache_size),
+                _k_text(c),
                 str(c.prefetch),
                 format_bytes(c.fast_bytes),
                 format_bytes(c.host_bytes),
@@ -228,17 +246,27 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
             ]
         )
     lines.append(format_table(headers, rows, left=2))
+    spread = [c for c in shown if c.layer_sizes]
+    if spread:
+        lines.append("\nper-layer k (k*: engine cache_size list, one entry per MoE layer):")
+        lines += [f"  {c.expert_precision}/{c.attn_precision}: {','.join(map(str, c.layer_sizes))}" for c in spread]
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
     lines.append(
-        "Not counted: activations, the CUDA context and the Python process; HQQ dequantization time and "
-        "attention over a long context are not in C."
+        "Not counted: activations, the CUDA context and the Python process; attention over a long context "
+        "is not in C."
     )
     return "\n".join(lines)
 
 
 def _dequant_text(rates: dict[str, float]) -> str:
     return ", ".join(f"{p} {_gbps(v)}" for p, v in sorted(rates.items())) or "left out"
+
+
+def _k_text(candidate) -> str:
+    if not candidate.layer_sizes:
+        return str(candidate.cache_size)
+    return f"{min(candidate.layer_sizes)}-{max(candidate.layer_sizes)}*"
 
 
 def _gbps(value: float | None) -> str:
