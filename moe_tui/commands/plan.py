@@ -253,8 +253,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
     lines.append(
-        "Not counted: activations, the CUDA context and the Python process; attention over a long context "
-        "is not in C."
+        "Not counted: activations, the CUDA context and the Python process; attention over a long context is not in C."
     )
     return "\n".join(lines)
 
