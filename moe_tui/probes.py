@@ -8,14 +8,16 @@
 * overhead: seconds per decoded token that do not depend on weight size (the decoder's and the engine's
   per-layer bookkeeping), from a miniature model of the same depth.
 
-Each is the fastest of a few repetitions after a warm-up (what the machine can do when nothing else runs;
-on a busy machine the median swings by an order of magnitude); each probe takes about a second.
+The bandwidths are the fastest of a few repetitions after a warm-up (what the hardware can do: on a busy
+machine single copies swing by an order of magnitude); the overhead is the median gap between generated
+tokens, as ``moe-tui bench`` reports decode speed. Each probe takes about a second.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -84,8 +86,9 @@ def per_token_overhead(
     """Seconds per decoded token that do not depend on weight size: framework and engine bookkeeping.
 
     Measured on a miniature Mixtral of the same depth, experts and top-k (hidden size 64, every expert
-    cached) generating ``tokens`` tokens after ``warmup``: with weights that small, what remains is the
-    per-layer cost of running the decoder and the offloading engine, which a large model pays too.
+    cached) generating ``tokens`` tokens after ``warmup`` (median gap between tokens): with weights that
+    small, what remains is the per-layer cost of running the decoder and the offloading engine, which a large
+    model pays too.
     """
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
@@ -122,7 +125,7 @@ def per_token_overhead(
             engine.model.generate(
                 ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0, streamer=Clock()
             )
-        return min(later - earlier for earlier, later in itertools.pairwise(times[1:]))
+        return statistics.median(later - earlier for earlier, later in itertools.pairwise(times[1:]))
     finally:
         engine.close()
 
