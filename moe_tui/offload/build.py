@@ -123,7 +123,7 @@ def build_store(
         path = cache_dir / "experts.bin.partial"
     store = ExpertStore(layers, experts, fmt.nbytes, plan.store_kind, path)
     stage = f"quantizing experts to {fmt.bits} bits" if fmt.bits else "packing experts"
-    quant_device = plan.device if plan.device.type == "cuda" else torch.device("cpu")
+    quant_device = plan.device if plan.device.type == "cuda" and fmt.bits else torch.device("cpu")
     total = layers * experts
     report(stage, 0, total)
     for moe_layer in moe.layers:

@@ -2,9 +2,9 @@
 
 One :class:`Engine` serves every MoE layer of a model. For each layer pass it:
 
-1. summarises the routing on the device (tokens per expert, router weight sums) and, when prefetch is on,
-   scores the next MoE layer's router on this layer's MoE input; all of it reaches the host in **one** small
-   transfer, the only synchronisation of the pass (the resident model reads its routing too);
+1. brings the routing to the host (:class:`~moe_tui.offload.routing.Routing`) together with, when prefetch
+   is on, the next MoE layer's router scored on this layer's MoE input: **one** small transfer, the only
+   synchronisation of the pass (the resident model reads its routing too);
 2. splits the selected experts into hits and misses, marks the hits used, and starts the copies of the misses
    into free or evictable slots (never evicting an expert this pass still needs);
 3. starts the copies of the next layer's guessed experts (prefetch) that are not cached, evicting only
@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from moe_tui.offload.cache import LayerCache
 from moe_tui.offload.quant import WeightSource
+from moe_tui.offload.routing import Routing
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import Mover, Timer
 from moe_tui.telemetry import LayerStep, Telemetry
@@ -128,34 +129,22 @@ class Engine:
     def run_layer(self, layer: int, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
         """The experts' output for ``hidden`` (T, H) routed by ``top_k_index`` / ``top_k_weights`` (T, K)."""
         cache = self.caches[layer]
-        num_experts = self.num_experts
-        tokens, top_k = top_k_index.shape
-        flat = top_k_index.reshape(-1)
-        flat_weights = top_k_weights.reshape(-1)
         record = self.record
+        mover = self.mover
 
-        # 1. one host transfer: tokens per expert, router weight sums, next layer's guesses
-        pieces = [torch.bincount(flat, minlength=num_experts + 1)[:num_experts].float()]
-        if record:
-            sums = torch.zeros(num_experts + 1, dtype=torch.float32, device=flat.device)
-            pieces.append(sums.index_add_(0, flat, flat_weights.float())[:num_experts])
+        # 1. one host transfer: the routing and the next layer's guesses
         depth = min(self.prefetch, self.caches[layer + 1].capacity) if layer + 1 < len(self.caches) else 0
-        if depth:
-            pieces.append(self._guess(layer + 1, hidden, depth).float())
-        summary = torch.cat(pieces).tolist()
-        counts = [int(c) for c in summary[:num_experts]]
-        guesses = [int(g) for g in summary[len(summary) - depth :]] if depth else []
-
-        needed = [e for e in range(num_experts) if counts[e]]
-        hits = [e for e in needed if e in cache.slot_of]
-        misses = [e for e in needed if e not in cache.slot_of]
+        guesses = self._guess(layer + 1, hidden, depth) if depth else None
+        routing = Routing(top_k_index, top_k_weights, self.num_experts, guesses, weights=record)
+        hits = [e for e in routing.experts if e in cache.slot_of]
+        misses = [e for e in routing.experts if e not in cache.slot_of]
         order = hits + misses
         prefetch_hits = [e in cache.prefetched for e in hits]
         for expert in hits:
             cache.policy.access(expert)
 
-        timer = Timer(self.mover.cuda) if record else None
-        self.mover.start_pass(timer)
+        timer = Timer(mover.cuda) if record else None
+        mover.start_pass(timer)
         bytes_loaded = cache.prefetch_bytes
 
         # 2. start the misses that have a slot to go to; the rest stream through the slots below
@@ -167,18 +156,10 @@ class Engine:
             bytes_loaded += self._load(cache, layer, slot, expert, timer)
 
         # 3. prefetch the next layer's guesses
-        if guesses:
-            self._prefetch(layer + 1, guesses)
+        if routing.guesses:
+            self._prefetch(layer + 1, routing.guesses)
 
-        # 4. compute: group the tokens by expert, hits first
-        sorted_positions = torch.argsort(flat, stable=True)
-        token_of = sorted_positions // top_k
-        weight_of = flat_weights[sorted_positions]
-        starts = [0] * num_experts
-        running = 0
-        for expert in range(num_experts):
-            starts[expert] = running
-            running += counts[expert]
+        # 4. compute, hits first
         out = torch.zeros_like(hidden)
         for expert in order:
             slot = cache.slot_of.get(expert)
@@ -187,36 +168,37 @@ class Engine:
                 if slot is None:  # cannot happen: every computed expert is evictable
                     raise RuntimeError(f"layer {layer}: no slot free for expert {expert}")
                 bytes_loaded += self._load(cache, layer, slot, expert, timer)
-            start = starts[expert]
-            rows = token_of[start : start + counts[expert]]
-            self.mover.before_compute(cache, slot, timer)
-            token = self.mover.begin(timer)
-            gate_up, down = self.source.weights(cache.slots[slot])
-            gate, up = F.linear(hidden[rows], gate_up).chunk(2, dim=-1)
-            result = F.linear(self.act_fn(gate) * up, down) * weight_of[start : start + counts[expert], None]
-            out.index_put_((rows,), result.to(out.dtype), accumulate=True)  # index_add_ is slow on CPU
-            self.mover.after_compute(cache, slot, timer, token)
+            inputs, rows, weights = routing.inputs(expert, hidden)
+            mover.before_compute(cache, slot, timer)
+            token = mover.begin(timer)
+            gate_up, down = self.source.slot_weights(cache, slot)
+            gate, up = F.linear(inputs, gate_up).chunk(2, dim=-1)
+            result = (F.linear(self.act_fn(gate) * up, down) * weights).to(out.dtype)
+            if rows is None:
+                out.add_(result)
+            else:
+                out.index_put_((rows,), result, accumulate=True)  # index_add_ is slow on CPU
+            mover.after_compute(cache, slot, timer, token)
             remaining.discard(expert)
-        self.mover.end_pass(timer)
+        mover.end_pass(timer)
 
         # 5. bookkeeping
-        used = sum(prefetch_hits)
         tally = self.tally
         if layer == 0:
-            tally.tokens += tokens
+            tally.tokens += routing.tokens
         tally.hits += len(hits)
         tally.misses += len(misses)
         tally.prefetch_issued += len(cache.issued)
-        tally.prefetch_used += used
+        tally.prefetch_used += sum(prefetch_hits)
         tally.bytes_loaded += bytes_loaded
-        if record and timer is not None:
+        if timer is not None:
             tally.pending.append(
                 PendingStep(
                     layer=layer,
-                    n_tokens=tokens,
+                    n_tokens=routing.tokens,
                     experts=tuple(order),
-                    counts=tuple(counts[e] for e in order),
-                    weights=tuple(summary[num_experts + e] / counts[e] for e in order),
+                    counts=tuple(routing.counts[e] for e in order),
+                    weights=tuple(routing.mean_weight(e) for e in order),
                     hits=(True,) * len(hits) + (False,) * len(misses),
                     prefetch_hits=tuple(prefetch_hits) + (False,) * len(misses),
                     prefetch_issued=tuple(cache.issued),

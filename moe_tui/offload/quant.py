@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from moe_tui import precision
 from moe_tui.offload.arch import MoEModel
+from moe_tui.offload.cache import LayerCache
 
 META_BYTES = precision.META_BYTES
 
@@ -214,6 +215,15 @@ class WeightSource:
         units = math.prod(shapes["ints"]) + math.prod(shapes["shifted"])
         floats = 2 * math.prod(shapes["meta"]) + math.prod(shapes["weights"])
         return units * unit_dtype.itemsize + floats * fmt.dtype.itemsize
+
+    def slot_weights(self, cache: LayerCache, slot: int) -> tuple[Tensor, Tensor]:
+        """The weights of the expert in ``slot``; unquantized slots' views are made once and kept."""
+        if self.fmt.bits is not None:
+            return self.weights(cache.slots[slot])
+        views = cache.views[slot]
+        if views is None:
+            views = cache.views[slot] = self.weights(cache.slots[slot])
+        return views
 
     def weights(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The expert's gate-up and down matrices for the ``nbytes`` uint8 ``buffer`` (views, valid until next call)."""
