@@ -194,10 +194,12 @@ def record_routing(om: OffloadedModel) -> list[list[set[int]]]:
     return routing
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [1, 2, 3])
-def test_hits_and_misses_equal_a_reference_lru_simulation(k: int, tmp_path) -> None:
+def test_hits_and_misses_equal_a_reference_lru_simulation(k: int, device: str, tmp_path) -> None:
     config = mixtral_config(experts=5, top_k=2)
-    om = offload_model(build(config, seed=8), OffloadConfig(cache_size=k, prefetch=0, trace_path=tmp_path / "t.jsonl"))
+    settings = OffloadConfig(cache_size=k, prefetch=0, trace_path=tmp_path / "t.jsonl", device=device)
+    om = offload_model(build(config, seed=8), settings)
     routing = record_routing(om)
     for seed in range(3):
         generate(om.model, prompt(batch=1, length=6, seed=seed), new_tokens=8)
@@ -212,9 +214,11 @@ def test_hits_and_misses_equal_a_reference_lru_simulation(k: int, tmp_path) -> N
         assert step.slots == (None,) * (k - len(expected)) + tuple(expected)
 
 
-def test_fast_tier_never_holds_more_than_k_experts_per_layer() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_fast_tier_never_holds_more_than_k_experts_per_layer(device: str) -> None:
     config = mixtral_config(experts=6)
-    om = offload_model(build(config), OffloadConfig(cache_size=[1, 2, 3], prefetch=2))
+    om = offload_model(build(config), OffloadConfig(cache_size=[1, 2, 3], prefetch=2, device=device))
+    assert all(cache.slots.device.type == device for cache in om.caches)
     nbytes = om.format.nbytes
 
     def allocated() -> list[tuple[int, ...]]:
@@ -311,8 +315,9 @@ def predictable_model(experts: int = 6, top_k: int = 2):
     return model
 
 
-def test_prefetch_loads_the_next_layers_experts_ahead(tmp_path) -> None:
-    config_kwargs = {"cache_size": 2, "prefetch": 2, "trace_path": tmp_path / "t.jsonl"}
+@pytest.mark.parametrize("device", DEVICES)
+def test_prefetch_loads_the_next_layers_experts_ahead(device: str, tmp_path) -> None:
+    config_kwargs = {"cache_size": 2, "prefetch": 2, "trace_path": tmp_path / "t.jsonl", "device": device}
     om = offload_model(predictable_model(), OffloadConfig(**config_kwargs))
     generate(om.model, prompt(batch=1, length=5), new_tokens=10)
     stats = om.stats()
@@ -348,15 +353,18 @@ def test_prefetch_accounting_is_consistent(tmp_path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- telemetry
-def test_one_layer_step_per_moe_layer_per_pass_with_routing_details(tmp_path) -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_layer_step_per_moe_layer_per_pass_with_routing_details(device: str, tmp_path) -> None:
     config = mixtral_config(experts=4, top_k=2)
-    om = offload_model(build(config), OffloadConfig(cache_size=2, prefetch=1, trace_path=tmp_path / "t.jsonl"))
+    settings = OffloadConfig(cache_size=2, prefetch=1, trace_path=tmp_path / "t.jsonl", device=device)
+    om = offload_model(build(config), settings)
     routing = record_routing(om)
     generate(om.model, prompt(batch=2, length=5), new_tokens=3)
     om.close()
     header, events = read_trace(tmp_path / "t.jsonl")
     assert (header.num_layers, header.num_experts, header.top_k, header.cache_size) == (3, 4, 2, (2, 2, 2))
-    assert header.expert_bytes == om.format.nbytes and header.fast_tier == "cpu" and header.slow_tier == "ram"
+    assert header.expert_bytes == om.format.nbytes
+    assert (header.fast_tier, header.slow_tier) == (("cpu", "ram") if device == "cpu" else ("cuda:0", "pinned"))
     steps = [event for event in events if isinstance(event, LayerStep)]
     assert [(s.step, s.layer) for s in steps] == [(p, layer) for p in (1, 2, 3) for layer in range(3)]
     for step in steps:
@@ -401,10 +409,12 @@ def test_memory_report_names_the_tiers() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- faults
-def test_an_exception_inside_generation_leaves_the_engine_usable() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_exception_inside_generation_leaves_the_engine_usable(device: str) -> None:
     config = mixtral_config()
     reference, model = twin(config, seed=13)
-    om = offload_model(model, OffloadConfig(cache_size=1, prefetch=1))
+    reference.to(device)
+    om = offload_model(model, OffloadConfig(cache_size=1, prefetch=1, device=device))
     mover = om.engine.mover
     original = mover.load
     calls = {"n": 0}
@@ -440,15 +450,18 @@ def test_a_failed_background_copy_empties_its_slot_and_the_engine_recovers() -> 
     assert_same_generation(reference, om, prompt(batch=1, length=6))
 
 
-def test_an_exception_after_an_moe_layer_leaves_the_engine_usable() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_an_exception_after_an_moe_layer_leaves_the_engine_usable(device: str) -> None:
     reference, model = twin(mixtral_config(), seed=14)
-    om = offload_model(model, OffloadConfig(cache_size=2, prefetch=2))
+    reference.to(device)
+    om = offload_model(model, OffloadConfig(cache_size=2, prefetch=2, device=device))
+    error = torch.cuda.OutOfMemoryError if device == "cuda" else MemoryError
 
     def explode(module, args, output):
-        raise MemoryError("simulated out of memory")
+        raise error("simulated out of memory")
 
     handle = om.model.model.layers[1].self_attn.register_forward_hook(explode)
-    with pytest.raises(MemoryError):
+    with pytest.raises(error):
         generate(om.model, prompt(batch=1, length=6), new_tokens=3)
     handle.remove()
     assert_same_generation(reference, om, prompt(batch=1, length=6))

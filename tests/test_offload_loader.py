@@ -222,3 +222,13 @@ def test_weights_saved_without_index_metadata_still_load(mixtral, tmp_path: Path
     (directory / "model.safetensors.index.json").write_text(json.dumps(index))
     om = load_offloaded(directory, OffloadConfig(cache_size=4))
     assert (logits(om.model, prompt(batch=2, length=7)) - mixtral[1]).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_loading_onto_cuda_uses_pinned_memory_and_gpu_slots(mixtral, tmp_path: Path) -> None:
+    model, expected = mixtral
+    om = load_offloaded(save_original(model, tmp_path / "ckpt"), OffloadConfig(cache_size=2, device="cuda"))
+    assert om.memory()["slow_tier"] == "pinned" and om.store.row(0, 0).is_pinned()
+    assert all(cache.slots.is_cuda for cache in om.caches)
+    assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= 1e-4

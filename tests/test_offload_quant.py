@@ -158,3 +158,18 @@ def test_dequantizing_reuses_one_workspace() -> None:
     pointers = {source.weights(buffer)[0].data_ptr() for buffer in buffers}
     assert len(pointers) == 1
     assert source.workspace_bytes == WeightSource.planned_bytes(fmt) > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quantized_experts_and_attention_on_cuda_stay_close() -> None:
+    config = mixtral_config(experts=4, hidden=64, intermediate=64, layers=3)
+    reference, model = twin(config, seed=21)
+    settings = OffloadConfig(cache_size=2, prefetch=1, expert_bits=4, attn_bits=8, group_size=16, device="cuda")
+    om = offload_model(model, settings)
+    ids = prompt(batch=16, length=6, seed=5)
+    with torch.no_grad():
+        sequences = reference.generate(ids, max_new_tokens=16, do_sample=False, pad_token_id=0)
+        expected = reference(sequences).logits[:, 5:-1]
+        got = om.model(sequences.cuda()).logits[:, 5:-1].cpu()
+    assert (expected.argmax(-1) == got.argmax(-1)).float().mean().item() >= 0.85

@@ -83,11 +83,11 @@ class OffloadConfig:
 
     def resolved_device(self) -> torch.device:
         """The fast-tier device; UserError when CUDA is asked for and absent."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
+            return torch.device("cpu")
+        if not torch.cuda.is_available():
             raise UserError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
-        return torch.device(self.device)
+        return torch.device("cuda", torch.cuda.current_device())
 
     def cache_sizes(self, num_layers: int, num_experts: int) -> list[int]:
         """One cache size per MoE layer, checked against the model's shape."""
