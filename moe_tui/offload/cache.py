@@ -14,7 +14,6 @@ from collections.abc import Collection
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from moe_tui.policies import EvictionPolicy
 
@@ -52,10 +51,6 @@ class LayerCache:
         """Bytes of the slot buffer."""
         return self.slots.numel()
 
-    def slot(self, expert: int) -> int | None:
-        """The slot holding ``expert``, or None on a miss."""
-        return self.slot_of.get(expert)
-
     def victim(self, protected: Collection[int] = ()) -> int | None:
         """A slot to load into: an empty one first, otherwise the policy's victim outside ``protected``."""
         for index, expert in enumerate(self.expert_in):
@@ -91,7 +86,3 @@ class LayerCache:
         """Slot contents in eviction order, next victim first; empty slots (filled first) lead as None."""
         empty = sum(expert is None for expert in self.expert_in)
         return (None,) * empty + tuple(self.policy.order(self.slot_of.keys()))
-
-    def slot_tensor(self, slot: int) -> Tensor:
-        """The buffer of one slot."""
-        return self.slots[slot]

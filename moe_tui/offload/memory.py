@@ -17,9 +17,7 @@ def free_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_fits(
-    device: torch.device, sizes: list[int], expert_bytes: int, fixed_bytes: int = 0, what: str = "the expert cache"
-) -> None:
+def check_fits(device: torch.device, sizes: list[int], expert_bytes: int, fixed_bytes: int = 0) -> None:
     """Refuse (UserError) when ``sum(sizes)`` slots plus ``fixed_bytes`` exceed the free fast-tier memory.
 
     The message names the largest cache size per layer that would fit.
@@ -32,7 +30,7 @@ def check_fits(
     fitting = (available - fixed_bytes) // (layers * expert_bytes) if available > fixed_bytes else 0
     hint = f"cache size {fitting} would fit" if fitting >= 1 else "not even cache size 1 fits"
     raise UserError(
-        f"{what} needs {format_bytes(needed)} of {device.type} memory ({sum(sizes)} slots of "
+        f"the expert cache needs {format_bytes(needed)} of {device.type} memory ({sum(sizes)} slots of "
         f"{format_bytes(expert_bytes)}{' plus ' + format_bytes(fixed_bytes) if fixed_bytes else ''}) but only "
         f"{format_bytes(available)} is free; {hint}"
     )
