@@ -232,3 +232,13 @@ def test_loading_onto_cuda_uses_pinned_memory_and_gpu_slots(mixtral, tmp_path: P
     assert om.memory()["slow_tier"] == "pinned" and om.store.row(0, 0).is_pinned()
     assert all(cache.slots.is_cuda for cache in om.caches)
     assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= 1e-4
+
+
+def test_tied_embeddings_are_tied_again_after_loading(tmp_path: Path) -> None:
+    config = mixtral_config()
+    config.tie_word_embeddings = True
+    model = build(config, seed=33)
+    om = load_offloaded(save_original(model, tmp_path / "tied"), OffloadConfig(cache_size=2))
+    assert om.model.lm_head.weight is om.model.model.embed_tokens.weight
+    ids = prompt(batch=1, length=5)
+    assert (logits(om.model, ids) - logits(model, ids)).abs().max().item() <= TOLERANCE
