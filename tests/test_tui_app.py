@@ -40,7 +40,7 @@ def run(test: Callable[[Pilot], object], app: MoeTuiApp, size: tuple[int, int] =
 
     async def main() -> None:
         async with app.run_test(size=size) as pilot:
-            await wait_for(pilot, lambda: main_screen(app).backend.can_chat or app.screen.id == "error")
+            await wait_for(pilot, lambda: ready(app) or app.screen.id == "error")
             await test(pilot)
 
     asyncio.run(main())
@@ -53,6 +53,12 @@ async def wait_for(pilot: Pilot, condition: Callable[[], bool], timeout: float =
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for the app")
         await pilot.pause(0.02)
+
+
+def ready(app: MoeTuiApp) -> bool:
+    """The model is attached and the prompt has the focus."""
+    screen = main_screen(app)
+    return screen.backend.can_chat and app.focused is screen.query_one(PromptInput)
 
 
 def main_screen(app: MoeTuiApp) -> MainScreen:
@@ -80,7 +86,7 @@ def test_prompt_streams_an_answer_and_saves_it(tmp_path: Path) -> None:
 
     async def check(pilot: Pilot) -> None:
         screen = main_screen(app)
-        assert app.focused is app.screen.query_one(PromptInput)
+        await wait_for(pilot, lambda: app.focused is app.screen.query_one(PromptInput))
         await send(pilot, "what is a cache?")
         await wait_for(pilot, lambda: bool(session.prompts) and not screen.generating)
         await pilot.pause(0.1)

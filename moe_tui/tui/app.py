@@ -68,6 +68,7 @@ class MoeTuiApp(App[int]):
         self.keymap: dict[str, str] = {}
         self.store: Any = None
         self.main: MainScreen | None = None
+        self.loading_screen: LoadingScreen | None = None
         self.startup_s: float | None = None
         self._started = time.perf_counter()
 
@@ -158,13 +159,18 @@ class MoeTuiApp(App[int]):
         options = replace(self.options, model=model, replay=replay)
         what = f"trace {replay}" if replay else (model or "the demo model")
         loading = LoadingScreen(what)
+        self.loading_screen = loading
+        if self.main is not None:
+            self.main.show_loading(f"loading {what}…")
         self.push_screen(loading)
-        self._load(options, loading)
+        # Start the heavy imports only once the loading screen is on the terminal: the import holds the GIL
+        # for long stretches and would otherwise delay the first frame.
+        self.call_after_refresh(self._load, options, loading)
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, options: LaunchOptions, loading: LoadingScreen) -> None:
         def progress(stage: str, done: int, total: int) -> None:
-            loading.post_message(LoadProgress(stage, done, total))
+            self.post_message(LoadProgress(stage, done, total))
 
         try:
             backend = self.loader(options, progress)
@@ -176,11 +182,20 @@ class MoeTuiApp(App[int]):
         else:
             self.post_message(LoadFinished(backend))
 
+    async def on_load_progress(self, message: LoadProgress) -> None:
+        """Move the loading screen's bars (if it is shown) and the status bar's note."""
+        if self.loading_screen is not None and self.loading_screen.is_attached:
+            await self.loading_screen.show_progress(message)
+        if self.main is not None:
+            self.main.show_loading(f"loading: {message.stage} {message.done}/{message.total}")
+
     def on_load_finished(self, message: LoadFinished) -> None:
         """Attach the loaded backend, or explain why loading failed and carry on without a model."""
         if isinstance(self.screen, LoadingScreen):
             self.pop_screen()
+        self.loading_screen = None
         assert self.main is not None
+        self.main.show_loading("")
         if message.backend is not None:
             old = self.main.backend
             self.main.attach(message.backend)

@@ -15,7 +15,7 @@ from moe_tui.tui import keys
 
 
 class LoadProgress(Message):
-    """Progress of one loading stage, posted from the loading worker."""
+    """Progress of one loading stage, posted from the loading worker to the app."""
 
     def __init__(self, stage: str, done: int, total: int) -> None:
         super().__init__()
@@ -54,7 +54,12 @@ class LoadingScreen(Screen):
     def _tick(self) -> None:
         self.query_one("#loading-elapsed", Static).update(f"{time.monotonic() - self._started:.0f} s")
 
-    async def on_load_progress(self, message: LoadProgress) -> None:
+    def action_hide(self) -> None:
+        """Go to the main screen while the model keeps loading (earlier chats, help and settings work)."""
+        self.app.pop_screen()
+        self.app.notify("the model keeps loading; the status bar shows how far it is")
+
+    async def show_progress(self, message: LoadProgress) -> None:
         """Add a bar for a new stage or move an existing one."""
         bar = self.stages.get(message.stage)
         if bar is None:

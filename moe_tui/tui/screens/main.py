@@ -101,6 +101,7 @@ class MainScreen(Screen):
         self._drawn_version = -1
         self._sampling = True
         self._unsaved: list[dict[str, str]] = []
+        self.loading_note = ""
         self.panels: dict[str, Panel] = {cls.PANEL_ID: cls() for cls in PANEL_CLASSES}
 
     # ----------------------------------------------------------------- layout
@@ -162,7 +163,9 @@ class MainScreen(Screen):
             self._start_replay()
         elif backend.can_chat:
             self.chat.set_status(f"{backend.name} ready · ctrl+j or alt+enter sends · esc stops")
-            prompt.focus()
+            self.call_after_refresh(prompt.focus)
+        elif self.loading_note:
+            self._say_loading()
         else:
             self.chat.set_status("no model loaded · ctrl+p → Load model… · earlier chats: f2")
         self.panels["memory"].show_budget(backend.budget())  # type: ignore[attr-defined]
@@ -218,11 +221,25 @@ class MainScreen(Screen):
             replay = self.backend.replay  # type: ignore[attr-defined]
             state = "finished" if replay.finished else "paused" if replay.paused else "playing"
             activity = f"replay ×{replay.speed:g} {state}"
+        elif self.loading_note:
+            activity = self.loading_note
         else:
             activity = "" if self.backend.can_chat else "no model"
         if self.has_class("-narrow"):
             activity = f"{activity} │ f6 chat/panels" if activity else "f6 chat/panels"
         self.query_one(StatusBar).show_status(self.backend.name, self.backend.mode, snapshot, activity)
+
+    def show_loading(self, note: str) -> None:
+        """Say in the status bar that (and how far) a model is loading ("" when done)."""
+        self.loading_note = note
+        if self.is_mounted:
+            if note and not self.backend.can_chat:
+                self._say_loading()
+            self._show_status(self.backend.snapshot())
+
+    def _say_loading(self) -> None:
+        self.query_one(PromptInput).placeholder = "the model is loading…"
+        self.chat.set_status("the model is loading · earlier chats: f2 · help: f1")
 
     # --------------------------------------------------------------- sampling
     def _request_sample(self) -> None:
