@@ -633,8 +633,9 @@ def run_interleaved(
     settings: Settings,
     progress: Callable[[str], None] = lambda message: None,
 ) -> list[Result]:
-    """Load every configuration at once and alternate them prompt by prompt, so that a machine whose speed
-    drifts (other work, thermal limits) slows them all alike: the setting for ratios close to 1."""
+    """Load every configuration at once and alternate them prompt by prompt, in an order reversed after each
+    prompt, so that a machine whose speed drifts (other work, thermal limits) and the CPU caches one
+    configuration leaves to the next affect them all alike: the setting for ratios close to 1."""
     with tempfile.TemporaryDirectory(prefix="moe-tui-bench-") as workdir:
         loaded = []
         try:
@@ -646,11 +647,13 @@ def run_interleaved(
             before = [item.engine.stats() if item.engine is not None else None for item in loaded]
             samples: list[list[Sample]] = [[] for _ in loaded]
             progress("running " + ", ".join(spec.label for spec in specs) + " in turn")
+            order = list(range(len(loaded)))
             with PeakRSS() as rss:
                 for _ in range(settings.runs):
                     for ids in settings.prompts:
-                        for index, item in enumerate(loaded):
-                            samples[index].append(generate_once(item, ids, settings.new_tokens))
+                        for index in order:
+                            samples[index].append(generate_once(loaded[index], ids, settings.new_tokens))
+                        order.reverse()  # A B C, C B A, ...: no configuration always follows the same one
             return [
                 Result(
                     label=item.spec.label,

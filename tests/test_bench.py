@@ -192,3 +192,13 @@ def test_prompts_go_through_the_chat_template() -> None:
     assert model.decode(3) == "c"
     plain = bench.BenchModel(Path("."), "fake", 1, 2, 1, 16, "float32")
     assert plain.encode("hi") == [ord("h") % 16, ord("i") % 16]
+
+
+def test_interleave_runs_every_configuration_on_every_prompt(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", *TINY, "--tokens", "2", "--runs", "2", "--prompts", str(prompts), "--json", "--interleave"]
+    data = run_json([*argv, "--compare", "k=2,telemetry=off", "k=2,record=on"], capsys)
+    off, on = data["results"]
+    assert len(off["samples"]) == len(on["samples"]) == 4
+    assert off["engine"]["load_s"] == 0 and on["engine"]["load_s"] > 0  # only telemetry times the copies
+    assert (off["engine"]["hits"], off["engine"]["misses"]) == (on["engine"]["hits"], on["engine"]["misses"])
+    assert "in turn (--interleave)" in data["notes"][0]
