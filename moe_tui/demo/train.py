@@ -62,7 +62,7 @@ class Settings:
     router_aux_loss_coef: float = 0.02
     max_len: int = 448
     batch_tokens: int = 6144
-    epochs: int = 10
+    epochs: int = 20
     max_steps: int = 0
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -172,6 +172,13 @@ def make_batches(items: list[Encoded], batch_tokens: int, rng: random.Random | N
     return batches
 
 
+def epoch_plan(tokenizer, examples: list[Example], settings: Settings, epoch: int):
+    """One epoch's conversations (questions drawn anew) and its shuffled batches, both seeded by the epoch."""
+    seed = settings.seed * 1000 + epoch
+    items = encode_split(tokenizer, examples, seed, settings)
+    return items, make_batches(items, settings.batch_tokens, random.Random(seed))
+
+
 def collate(items: list[Encoded], pad_id: int):
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
     import torch
@@ -221,7 +228,7 @@ def training_losses(model, input_ids, mask, labels):
     The balancing loss is transformers' Mixtral ``load_balancing_loss_func`` applied to each layer's router
     logits on its own and averaged (2.0 when perfectly balanced with top-2). Passing all layers at once, as
     ``MixtralForCausalLM`` does, balances only the experts' usage summed over layers, which in a pilot run
-    left some experts of single layers unused. The caller weights it by ``router_aux_loss_coef`` per layer.
+    left some experts of single layers unused. The caller weights it by ``router_aux_loss_coef``.
     """
     import torch
     from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
@@ -248,17 +255,20 @@ def learning_rate(step: int, total: int, settings: Settings) -> float:
     return settings.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def evaluate(model, items: list[Encoded], pad_id: int, batch_tokens: int) -> float:
-    """Mean cross-entropy (nats) per answer token over ``items``."""
+def evaluate(model, items: list[Encoded], pad_id: int, batch_tokens: int) -> tuple[float, list[float]]:
+    """Mean cross-entropy (nats) per answer token over ``items``, and each layer's expert usage entropy (bits)."""
     import torch
 
+    config = model.config
     model.eval()
     total_loss = 0.0
     total_tokens = 0
+    counts = torch.zeros(config.num_hidden_layers, config.num_local_experts, dtype=torch.float64)
     with torch.no_grad():
         for batch in make_batches(items, batch_tokens, None):
             input_ids, mask, labels = collate([items[i] for i in batch], pad_id)
-            logits = model(input_ids=input_ids, attention_mask=mask, use_cache=False).logits
+            out = model(input_ids=input_ids, attention_mask=mask, use_cache=False, output_router_logits=True)
+            logits = out.logits
             shifted = labels[:, 1:]
             loss = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
@@ -268,8 +278,14 @@ def evaluate(model, items: list[Encoded], pad_id: int, batch_tokens: int) -> flo
             )
             total_loss += float(loss)
             total_tokens += int((shifted != IGNORE_INDEX).sum())
+            keep = mask.reshape(-1).bool()
+            for layer, router in enumerate(out.router_logits):
+                chosen = torch.topk(router[keep], config.num_experts_per_tok, dim=-1).indices.reshape(-1)
+                counts[layer] += torch.bincount(chosen, minlength=config.num_local_experts)
     model.train()
-    return total_loss / max(1, total_tokens)
+    shares = counts / counts.sum(dim=1, keepdim=True)
+    entropies = (-(shares * torch.log2(shares.clamp_min(1e-30))).sum(dim=1)).tolist()
+    return total_loss / max(1, total_tokens), entropies
 
 
 def train(settings: Settings, out_dir: Path, log=print) -> dict:
@@ -306,30 +322,27 @@ def train(settings: Settings, out_dir: Path, log=print) -> dict:
         eps=1e-8,
     )
 
-    epoch_batches = len(
-        make_batches(
-            encode_split(tokenizer, train_examples, settings.seed, settings), settings.batch_tokens, random.Random(0)
-        )
-    )
-    total_steps = settings.max_steps or settings.epochs * epoch_batches
-    log(f"training: {total_steps} steps (~{epoch_batches} per epoch), batches of <= {settings.batch_tokens} tokens")
+    plans = [epoch_plan(tokenizer, train_examples, settings, epoch) for epoch in range(settings.epochs)]
+    total_steps = sum(len(batches) for _, batches in plans)
+    if settings.max_steps:
+        total_steps = min(total_steps, settings.max_steps)
+    log(f"training: {total_steps} steps over {settings.epochs} epochs, batches of <= {settings.batch_tokens} tokens")
 
     history: list[dict] = []
     step = 0
-    epoch = 0
     tokens_seen = 0
     window = {"ce": 0.0, "aux": 0.0, "n": 0}
-    while step < total_steps:
-        rng = random.Random(settings.seed * 1000 + epoch)
-        train_items = encode_split(tokenizer, train_examples, settings.seed * 1000 + epoch, settings)
-        for batch in make_batches(train_items, settings.batch_tokens, rng):
+    for epoch, (train_items, batches) in enumerate(plans):
+        if step >= total_steps:
+            break
+        for batch in batches:
             if step >= total_steps:
                 break
             input_ids, mask, labels = collate([train_items[i] for i in batch], tokenizer.pad_token_id)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(step, total_steps, settings)
             ce, aux = training_losses(model, input_ids, mask, labels)
-            (ce + settings.router_aux_loss_coef * settings.num_layers * aux).backward()
+            (ce + settings.router_aux_loss_coef * aux).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -347,10 +360,12 @@ def train(settings: Settings, out_dir: Path, log=print) -> dict:
                     f"tokens {tokens_seen} wall {wall:.0f}s cpu {cpu:.0f}s"
                 )
                 window = {"ce": 0.0, "aux": 0.0, "n": 0}
-        val_loss = evaluate(model, val_items, tokenizer.pad_token_id, settings.batch_tokens)
-        history.append({"epoch": epoch, "step": step, "val_loss": val_loss})
-        log(f"epoch {epoch} done at step {step}: val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f})")
-        epoch += 1
+        val_loss, entropies = evaluate(model, val_items, tokenizer.pad_token_id, settings.batch_tokens)
+        history.append({"epoch": epoch, "step": step, "val_loss": val_loss, "usage_entropy_bits": entropies})
+        log(
+            f"epoch {epoch} done at step {step}: val loss {val_loss:.4f} (perplexity {math.exp(val_loss):.2f}), "
+            f"usage entropy per layer {' '.join(f'{e:.2f}' for e in entropies)} bits"
+        )
 
     train_wall = time.perf_counter() - wall_start
     train_cpu = time.process_time() - cpu_start
@@ -369,7 +384,7 @@ def train(settings: Settings, out_dir: Path, log=print) -> dict:
         "doc_modules": ["builtins", *DOC_MODULES],
         "parameters": counts,
         "steps": total_steps,
-        "epochs": epoch,
+        "epochs": len(history),
         "tokens_seen": tokens_seen,
         "train_wall_s": train_wall,
         "train_cpu_s": train_cpu,
