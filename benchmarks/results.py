@@ -9,8 +9,8 @@ Each measurement is a ``moe-tui`` command run in a fresh process with ``--json``
 2. ``synthetic``: a Mixtral shape with random weights whose experts are big enough that copies matter,
    its routing forced from a shipped demo trace (so hit rates are those of a trained router; prefetch is
    left out because its guesses would still come from the random routers), one configuration at a time;
-3. ``telemetry``: the engine with telemetry off vs everything on (counters, snapshot, trace file),
-   loaded together and run in turn so that machine drift hits both alike;
+3. ``telemetry``: the engine with telemetry off, on (the default), and on with a trace file, loaded
+   together and run in turn so that machine drift hits them alike;
 4. ``plan``: ``moe-tui plan`` on the demo model with step 1's trace, estimate vs step 1's measurement;
 5. ``lab``: every shipped trace through the cache lab (LRU, LFU, FIFO, LRU+prefetch, Belady's MIN).
 
@@ -59,7 +59,8 @@ def commands(quick: bool, threads: int) -> dict[str, list[str]]:
             "--compare", *SYNTHETIC_COMPARE, *synthetic_runs, "--json",
         ],
         "telemetry": [
-            "bench", "--interleave", "--compare", "k=2,prefetch=1,telemetry=off", "k=2,prefetch=1,record=on",
+            "bench", "--interleave", "--compare", "k=2,prefetch=1,telemetry=off", "k=2,prefetch=1",
+            "k=2,prefetch=1,record=on",
             *telemetry_runs, "--json",
         ],
         "plan": [
@@ -182,7 +183,8 @@ def lab_table(data: dict) -> str:
         for policy in policies:
             rate = replays[(policy, k)]["total"]["hit_rate"]
             gap = replays[(policy, k)]["gap_to_min"]
-            row.append(f"{100 * rate:.1f}%" if policy == "min" else f"{100 * rate:.1f}% ({-100 * gap:+.1f})")
+            points = round(-100 * gap, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
+            row.append(f"{100 * rate:.1f}%" if policy == "min" else f"{100 * rate:.1f}% ({points:+.1f})")
         rows.append(row)
     return table(["k", *[("MIN (optimum)" if p == "min" else p) for p in policies]], rows)
 
@@ -193,7 +195,7 @@ def load_average() -> str:
 
 
 def main() -> None:
-    """Run every measurement, then write RESULTS.md."""
+    """Run every measurement (or reuse the kept ones with --render-only), then write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tokens and runs (a smoke test of the script)")
     parser.add_argument(
@@ -203,29 +205,53 @@ def main() -> None:
         help="torch threads (default 1: on a machine whose cores other work shares, two threads stall each "
         "other at every barrier and timings swing by 100x)",
     )
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite RESULTS.md from the JSON kept in results/ (no runs)"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    load_before = load_average()
-    started = datetime.datetime.now(datetime.timezone.utc)
-    argvs = commands(args.quick, args.threads)
-    data = {name: run(name, argv) for name, argv in argvs.items()}
-    traces = sorted((REPO / "samples" / "traces").glob("*.jsonl"))
-    labs = {}
-    for trace in traces:
-        argv = ["lab", str(trace.relative_to(REPO)), "--json"]
-        argvs[f"lab {trace.name}"] = argv
-        labs[trace.name] = run(f"lab-{trace.stem}", argv)
-    RESULTS_MD.write_text(render(data, labs, argvs, started, load_before, load_average(), args.quick))
+    kept = OUT / "meta.json"
+    meta = json.loads(kept.read_text()) if args.render_only else measure_all(args.quick, args.threads)
+    argvs = meta["argvs"]
+    data = {name: json.loads((OUT / f"{name}.json").read_text()) for name in meta["runs"]}
+    labs = {name: json.loads((OUT / f"lab-{Path(name).stem}.json").read_text()) for name in meta["traces"]}
+    RESULTS_MD.write_text(render(data, labs, argvs, meta))
     print(f"wrote {RESULTS_MD.relative_to(REPO)}", file=sys.stderr)
 
 
-def render(data: dict, labs: dict, argvs: dict, started, load_before: str, load_after: str, quick: bool) -> str:
+def measure_all(quick: bool, threads: int) -> dict:
+    """Run every measurement; returns (and keeps in results/meta.json) what RESULTS.md needs besides the JSON."""
+    load_before = load_average()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    argvs = commands(quick, threads)
+    for name, argv in list(argvs.items()):
+        run(name, argv)
+    traces = sorted((REPO / "samples" / "traces").glob("*.jsonl"))
+    for trace in traces:
+        argv = ["lab", str(trace.relative_to(REPO)), "--json"]
+        argvs[f"lab {trace.name}"] = argv
+        run(f"lab-{trace.stem}", argv)
+    meta = {
+        "started": f"{started:%Y-%m-%d %H:%M}",
+        "load_before": load_before,
+        "load_after": load_average(),
+        "quick": quick,
+        "runs": list(commands(quick, threads)),
+        "traces": [trace.name for trace in traces],
+        "argvs": argvs,
+    }
+    (OUT / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
+
+
+def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
     """RESULTS.md from the measurements."""
     machine = data["demo"]["machine"]
     demo, synthetic, telemetry = by_label(data["demo"]), by_label(data["synthetic"]), by_label(data["telemetry"])
     every_demo = demo[f"k={data['plan']['model']['num_experts']}"]  # "k=E" is labelled with the number
     every_synthetic = synthetic[f"k={SYNTHETIC_EXPERTS}"]
-    off, on = telemetry["k=2,prefetch=1,telemetry=off"], telemetry["k=2,prefetch=1,record=on"]
+    off, on = telemetry["k=2,prefetch=1,telemetry=off"], telemetry["k=2,prefetch=1"]
+    recording = telemetry["k=2,prefetch=1,record=on"]
 
     def ratio(a: dict, b: dict) -> str:
         return f"{a['decode_tokens_per_s'] / b['decode_tokens_per_s']:.2f}x"
@@ -237,7 +263,7 @@ def render(data: dict, labs: dict, argvs: dict, started, load_before: str, load_
     lines = [
         "# Benchmark results",
         "",
-        f"Written by `python benchmarks/results.py{' --quick' if quick else ''}` on {started:%Y-%m-%d %H:%M} UTC "
+        f"Written by `python benchmarks/results.py{' --quick' if meta['quick'] else ''}` on {meta['started']} UTC "
         "from the JSON in `benchmarks/results/`; do not edit by hand, run the script again.",
         "",
         table(
@@ -251,7 +277,7 @@ def render(data: dict, labs: dict, argvs: dict, started, load_before: str, load_
                     f"{machine['os']}, Python {machine['python']}, torch {machine['torch']}, "
                     f"transformers {machine['transformers']}",
                 ],
-                ["load average (1/5/15 min)", f"{load_before} before, {load_after} after"],
+                ["load average (1/5/15 min)", f"{meta['load_before']} before, {meta['load_after']} after"],
             ],
         ),
         "",
@@ -267,8 +293,8 @@ def render(data: dict, labs: dict, argvs: dict, started, load_before: str, load_
         f"**{ratio(synthetic['k=4'], synthetic['hf-offload'])}** the speed of transformers' own disk offload.",
         f"- Demo model, k=2 with prefetch vs transformers' disk offload: "
         f"**{ratio(demo['k=2,prefetch=1'], demo['hf-offload'])}**.",
-        f"- Telemetry (counters, snapshot and a trace file) on vs off: **{ratio(on, off)}** decode speed "
-        "(goal >= 0.95).",
+        f"- Telemetry (per-layer steps, counters, snapshot) on vs off: **{ratio(on, off)}** decode speed, "
+        f"**{ratio(recording, off)}** when a trace file is written too (goal >= 0.95).",
         "",
         "## 1. Demo model",
         "",
