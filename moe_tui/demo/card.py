@@ -58,23 +58,26 @@ def model_card(report: dict) -> str:
         f"cosine decay to {settings['min_lr_ratio']:g} of the peak, weight decay {settings['weight_decay']:g}, "
         f"gradient clipping {settings['grad_clip']:g}",
         "- router load-balancing loss: transformers' Mixtral `load_balancing_loss_func` over the router logits "
-        "(`output_router_logits=True`), applied to each layer on its own and weighted by "
-        f"`router_aux_loss_coef={settings['router_aux_loss_coef']:g}` per layer",
-        f"- seed {settings['seed']}; torch {report['torch']}, transformers {report['transformers']}, "
-        f"{settings['threads']} threads",
-        f"- time: {_minutes(report['train_wall_s'])} wall clock, {_minutes(report['train_cpu_s'])} of CPU time "
-        f"({report['train_cpu_s'] / settings['threads'] / 60:.1f} min on {settings['threads']} cores if they are "
-        "not shared; the wall clock grows when other work shares them)",
+        "(`output_router_logits=True`), applied to each layer on its own, averaged over the layers and weighted "
+        f"by `router_aux_loss_coef={settings['router_aux_loss_coef']:g}` (given all layers at once, as "
+        "`MixtralForCausalLM` does, it balances only the sum over layers, and a pilot run left experts of single "
+        "layers unused)",
+        f"- seed {settings['seed']}; Python {report['python']}, torch {report['torch']}, "
+        f"transformers {report['transformers']}",
+        f"- time (data, tokenizer, training and per-epoch validation): {_minutes(report['train_wall_s'])} wall "
+        f"clock with {settings['threads']} threads, {_minutes(report['train_cpu_s'])} of CPU time; the wall clock "
+        "grows when other work shares the cores",
         "",
         "## Results",
         "",
         f"Validation loss **{report['val_loss']:.3f}** nats per answer token (perplexity "
         f"**{report['val_perplexity']:.1f}**).",
         "",
-        "| epoch | step | validation loss | perplexity |",
-        "|---:|---:|---:|---:|",
+        "| epoch | step | validation loss | perplexity | expert usage entropy, lowest / highest layer (bits) |",
+        "|---:|---:|---:|---:|---:|",
         *[
-            f"| {row['epoch']} | {row['step']} | {row['val_loss']:.3f} | {math.exp(row['val_loss']):.1f} |"
+            f"| {row['epoch']} | {row['step']} | {row['val_loss']:.3f} | {math.exp(row['val_loss']):.1f} | "
+            f"{min(row['usage_entropy_bits']):.2f} / {max(row['usage_entropy_bits']):.2f} |"
             for row in report["history"]
         ],
         "",

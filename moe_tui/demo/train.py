@@ -62,7 +62,7 @@ class Settings:
     router_aux_loss_coef: float = 0.02
     max_len: int = 448
     batch_tokens: int = 6144
-    epochs: int = 20
+    epochs: int = 16
     max_steps: int = 0
     learning_rate: float = 3e-3
     min_lr_ratio: float = 0.1
