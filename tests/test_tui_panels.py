@@ -162,3 +162,41 @@ def test_every_theme_gives_distinct_heat_cells() -> None:
         colours = Colours.from_variables({**theme.variables, "foreground": theme.foreground or "#ffffff"})
         styles = {str(colours.heat_cell(level).bgcolor) for level in range(6)}
         assert len(styles) == 6
+
+
+class FakeClock:
+    """Wall and CPU clocks the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.wall = 0.0
+        self.cpu = 0.0
+
+
+def test_pacer_slows_down_when_drawing_is_expensive_and_recovers() -> None:
+    from moe_tui.tui.pacing import FramePacer
+
+    clock = FakeClock()
+    pacer = FramePacer(max_hz=10, min_hz=2, budget=0.1, clock=lambda: clock.wall, cpu=lambda: clock.cpu)
+    assert pacer.due() and not pacer.due(), "at most one redraw per interval"
+
+    def run(seconds: float, cpu_share: float) -> int:
+        draws = 0
+        for _ in range(int(seconds * 100)):
+            clock.wall += 0.01
+            clock.cpu += 0.01 * cpu_share
+            draws += pacer.due()
+        return draws
+
+    assert 9 <= run(1.0, 0.02) <= 10, "cheap drawing: the full 10 Hz"
+    run(20.0, 0.5)
+    assert pacer.hz == 2.0, "expensive drawing slows down to the floor"
+    assert run(2.0, 0.5) <= 5
+    run(20.0, 0.01)
+    assert pacer.hz == 10.0, "back to 10 Hz once drawing is cheap again"
+
+
+def test_pacer_rejects_impossible_rates() -> None:
+    from moe_tui.tui.pacing import FramePacer
+
+    with pytest.raises(ValueError):
+        FramePacer(max_hz=2, min_hz=5)

@@ -29,9 +29,10 @@ from moe_tui.system import Probe, SystemSample
 from moe_tui.telemetry import Snapshot, TokenEvent
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, NoBackend
+from moe_tui.tui.pacing import FramePacer
 from moe_tui.tui.palette import MainCommands
 from moe_tui.tui.widgets.cache import CachePanel
-from moe_tui.tui.widgets.chat import ChatView, PromptInput
+from moe_tui.tui.widgets.chat import AnswerFeed, ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
 from moe_tui.tui.widgets.heatmap import HeatmapPanel
 from moe_tui.tui.widgets.memory import MemoryPanel
@@ -41,6 +42,8 @@ from moe_tui.tui.widgets.prefetch import PrefetchPanel
 from moe_tui.tui.widgets.statusbar import StatusBar
 
 REFRESH_HZ = 10.0
+MIN_REFRESH_HZ = 2.0
+UI_CPU_BUDGET = 0.08  # share of one core the UI thread may use for drawing before redraws slow down
 PROMPT_HINT = "Ask something… (ctrl+j or alt+enter sends)"
 SAMPLE_INTERVAL_S = 1.0
 MIN_WIDTH, MIN_HEIGHT = 60, 20
@@ -102,6 +105,7 @@ class MainScreen(Screen):
         self._sampling = True
         self._unsaved: list[dict[str, str]] = []
         self.loading_note = ""
+        self.pacer = FramePacer(max_hz=REFRESH_HZ, min_hz=MIN_REFRESH_HZ, budget=UI_CPU_BUDGET)
         self.panels: dict[str, Panel] = {cls.PANEL_ID: cls() for cls in PANEL_CLASSES}
 
     # ----------------------------------------------------------------- layout
@@ -129,7 +133,7 @@ class MainScreen(Screen):
         if "chat" in self.settings.hidden_panels:
             self.chat.display = False
         self.query_one(ConversationList).display = False
-        self.set_interval(1 / REFRESH_HZ, self.refresh_panels)
+        self.set_interval(1 / REFRESH_HZ, self.tick)
         self._request_sample()
         self.attach(self.backend)
         self.query_one(PromptInput).focus()
@@ -195,6 +199,14 @@ class MainScreen(Screen):
         self.app.call_from_thread(self.panels["params"].show_tree, root, size_of, note)  # type: ignore[attr-defined]
 
     # ---------------------------------------------------------------- polling
+    async def tick(self) -> None:
+        """The redraw tick (paced, at most 10 Hz): held-back answer text and the panels, in one screen update."""
+        if not self.pacer.due():
+            return
+        self.chat.min_interval = self.pacer.interval
+        await self.chat.flush()
+        self.refresh_panels()
+
     def refresh_panels(self) -> None:
         """Hand the current snapshot to visible panels; each redraws only if it has not drawn this version."""
         snapshot = self.backend.snapshot()
@@ -290,11 +302,11 @@ class MainScreen(Screen):
         else:
             self._unsaved.append({"role": "user", "content": message.text})
         self._serial += 1
-        await self.chat.begin_answer(message.text, self._serial)
+        feed = await self.chat.begin_answer(message.text, self._serial)
         self._stop = threading.Event()
         self.generating = True
         self._show_status(self.backend.snapshot())
-        self._generate(self._serial, history, self.generation, answer_id, self._stop)
+        self._generate(feed, history, self.generation, answer_id, self._stop)
 
     def _conversation_messages(self) -> list[dict[str, str]]:
         if self.store is None or self.conversation_id is None:
@@ -307,9 +319,15 @@ class MainScreen(Screen):
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def _generate(
-        self, serial: int, messages: list[dict[str, str]], settings: Any, answer_id: int | None, stop: threading.Event
+        self,
+        feed: AnswerFeed,
+        messages: list[dict[str, str]],
+        settings: Any,
+        answer_id: int | None,
+        stop: threading.Event,
     ) -> None:
         chat = self.chat
+        serial = feed.serial
         pieces: list[str] = []
         store = self.store
 
@@ -317,7 +335,7 @@ class MainScreen(Screen):
             pieces.append(piece)
             if store is not None and answer_id is not None:
                 store.append_to_message(answer_id, piece)
-            chat.post_message(ChatView.AnswerText(serial, piece))
+            feed.put(piece)
 
         try:
             result = self.backend.generate(messages, settings, on_text, stop)  # type: ignore[attr-defined]
@@ -604,17 +622,15 @@ class MainScreen(Screen):
 
     @work(exclusive=True, group="replay-start")
     async def _play(self, played: str, serial: int, stop: threading.Event) -> None:
-        await self.chat.continue_answer(played, serial)
-        self._run_replay(serial, stop)
+        feed = await self.chat.continue_answer(played, serial)
+        self._run_replay(feed, stop)
 
     @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
-    def _run_replay(self, serial: int, stop: threading.Event) -> None:
-        chat = self.chat
-
+    def _run_replay(self, feed: AnswerFeed, stop: threading.Event) -> None:
         def on_tokens(tokens: list[TokenEvent]) -> None:
             text = "".join(token.text for token in tokens)
             if text:
-                chat.post_message(ChatView.AnswerText(serial, text))
+                feed.put(text)
 
         self.backend.run(stop, on_tokens)  # type: ignore[attr-defined]
         if not stop.is_set():

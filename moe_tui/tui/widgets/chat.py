@@ -3,6 +3,8 @@ and a multi-line prompt that sends with ctrl+j or alt+enter (terminals cannot te
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import ClassVar
 
 from textual import on
@@ -76,6 +78,39 @@ class ChatLog(VerticalScroll, can_focus=True):
         return view
 
 
+class AnswerFeed:
+    """Hands an answer's text pieces from the generating thread to the chat view without flooding it.
+
+    The worker calls :meth:`put` for every piece. Only a piece that finds the feed empty posts a message;
+    the view then takes everything waiting at once and writes it to the Markdown stream, at once if nothing
+    was written for ``min_interval`` seconds, else at the screen's next redraw (:meth:`ChatView.flush`), so
+    that a fast model's text and the panels are repainted together, a bounded number of times a second.
+    """
+
+    def __init__(self, view: ChatView, serial: int) -> None:
+        self._view = view
+        self.serial = serial
+        self._lock = threading.Lock()
+        self._pieces: list[str] = []
+        self.received = 0
+
+    def put(self, piece: str) -> None:
+        """Add a piece (any thread); signals the view when the feed was empty."""
+        with self._lock:
+            signal = not self._pieces
+            self._pieces.append(piece)
+            self.received += 1
+        if signal:
+            self._view.post_message(ChatView.AnswerText(self.serial))
+
+    def take(self) -> str:
+        """Everything waiting, joined (UI thread)."""
+        with self._lock:
+            text = "".join(self._pieces)
+            self._pieces.clear()
+        return text
+
+
 class ChatView(Vertical):
     """The chat pane: message log, a one-line status, the prompt; streams an answer from worker messages.
 
@@ -84,12 +119,11 @@ class ChatView(Vertical):
     """
 
     class AnswerText(Message):
-        """A new piece of answer ``serial`` (posted from the generation worker)."""
+        """Text of answer ``serial`` is waiting in its :class:`AnswerFeed` (posted from the generating thread)."""
 
-        def __init__(self, serial: int, text: str) -> None:
+        def __init__(self, serial: int) -> None:
             super().__init__()
             self.serial = serial
-            self.text = text
 
     class AnswerEnded(Message):
         """Answer ``serial`` ended: ``note`` says how (tokens and speed, stopped, or the error)."""
@@ -105,7 +139,11 @@ class ChatView(Vertical):
         self._stream: MarkdownStream | None = None
         self._answer: MessageView | None = None
         self.serial = -1
-        self.streamed_pieces = 0
+        self.feed: AnswerFeed | None = None
+        self.stream_writes = 0
+        self._next_write = 0.0
+        self._pending = False
+        self.min_interval = 0.1
 
     def compose(self):
         """Log, status line, prompt."""
@@ -123,6 +161,11 @@ class ChatView(Vertical):
         """Whether an answer is being streamed in."""
         return self._stream is not None
 
+    @property
+    def streamed_pieces(self) -> int:
+        """Pieces the current (or last) answer's feed has received."""
+        return self.feed.received if self.feed is not None else 0
+
     def set_status(self, text: str) -> None:
         """Show a one-line note under the log (model state, last answer's speed)."""
         self.query_one("#chat-status", Static).update(text)
@@ -133,24 +176,27 @@ class ChatView(Vertical):
         self.serial = -1
         await self.log_view.show_messages(messages)
 
-    async def begin_answer(self, prompt: str, serial: int) -> None:
-        """Show the user's prompt and an empty answer that answer ``serial``'s pieces will fill."""
+    async def begin_answer(self, prompt: str, serial: int) -> AnswerFeed:
+        """Show the user's prompt and an empty answer; returns the feed that answer ``serial``'s pieces go to."""
         await self._close_stream()
         await self.log_view.add_message("user", prompt)
-        await self._open_stream("", serial)
+        return await self._open_stream("", serial)
 
-    async def continue_answer(self, text: str, serial: int) -> None:
-        """Clear the log and show ``text`` as an answer that answer ``serial``'s pieces extend (a replay)."""
+    async def continue_answer(self, text: str, serial: int) -> AnswerFeed:
+        """Clear the log and show ``text`` as an answer that the returned feed extends (a replay)."""
         await self.show_messages([])
-        await self._open_stream(text, serial)
+        return await self._open_stream(text, serial)
 
-    async def _open_stream(self, text: str, serial: int) -> None:
+    async def _open_stream(self, text: str, serial: int) -> AnswerFeed:
         self._answer = await self.log_view.add_message("assistant", text)
         self._stream = Markdown.get_stream(self._answer)
         self.serial = serial
-        self.streamed_pieces = 0
+        self.feed = AnswerFeed(self, serial)
+        self.stream_writes = 0
+        return self.feed
 
     async def _close_stream(self) -> None:
+        self._pending = False
         if self._stream is not None:
             stream, self._stream = self._stream, None
             await stream.stop()
@@ -159,13 +205,32 @@ class ChatView(Vertical):
     async def _on_answer_text(self, message: AnswerText) -> None:
         if message.serial != self.serial or self._stream is None:
             return
-        self.streamed_pieces += 1
-        await self._stream.write(message.text)
+        if time.monotonic() >= self._next_write:
+            await self._drain()
+        else:
+            self._pending = True
+
+    async def flush(self) -> None:
+        """Write text held back since the last write (called on the screen's panel tick)."""
+        if self._pending:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Write everything waiting in the feed to the Markdown stream."""
+        self._pending = False
+        if self.feed is None or self._stream is None:
+            return
+        text = self.feed.take()
+        if text:
+            self.stream_writes += 1
+            self._next_write = time.monotonic() + self.min_interval
+            await self._stream.write(text)
 
     @on(AnswerEnded)
     async def _on_answer_ended(self, message: AnswerEnded) -> None:
         if message.serial != self.serial:
             return
+        await self._drain()
         await self._close_stream()
         self.serial = -1
         if message.failed and self._answer is not None:

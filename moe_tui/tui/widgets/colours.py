@@ -76,13 +76,12 @@ def _solid(value: str) -> Color:
         return Color(208, 208, 208)
 
 
-_cache: dict[tuple[tuple[str, str], ...], Colours] = {}
+_last: tuple[int, Colours] | None = None
 
 
 def colours_for(variables: dict[str, str]) -> Colours:
-    """Colours for a theme's variables, built once per distinct theme."""
-    key = tuple(sorted((name, value) for name, value in variables.items() if name.startswith(("heat-", "status-"))))
-    key += (("foreground", variables.get("foreground", "")), ("accent", variables.get("accent", "")))
-    if key not in _cache:
-        _cache[key] = Colours.from_variables(variables)
-    return _cache[key]
+    """Colours for a theme's variables; rebuilt only when the app hands over a new variables dict (new theme)."""
+    global _last
+    if _last is None or _last[0] != id(variables):
+        _last = (id(variables), Colours.from_variables(variables))
+    return _last[1]

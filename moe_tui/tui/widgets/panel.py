@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.binding import BindingType
 from textual.containers import VerticalScroll
@@ -13,6 +14,11 @@ from textual.widget import Widget
 from moe_tui.telemetry import Snapshot
 from moe_tui.tui import keys
 from moe_tui.tui.widgets.colours import Colours, colours_for
+
+
+def rows_needed(text: Text, width: int) -> int:
+    """Rows ``text`` takes at ``width`` columns, counting long lines as wrapped (cheaper than wrapping it)."""
+    return sum(max(1, -(-cell_len(line) // width)) for line in text.plain.split("\n"))
 
 
 class SnapshotView(Widget):
@@ -28,15 +34,33 @@ class SnapshotView(Widget):
         super().__init__(**kwargs)
         self.snapshot: Snapshot | None = None
         self.redraws = 0
+        self._drawn: tuple[tuple[int, int, int, int], Text] | None = None
+        self._lines = -1
 
     def show(self, snapshot: Snapshot) -> bool:
-        """Take a new snapshot; returns whether it differs from the one drawn (and so was redrawn)."""
+        """Take a new snapshot; returns whether it differs from the one drawn (and so was redrawn).
+
+        The text is drawn here once; the screen's layout is recomputed only when its height changed, so a
+        redraw at 10 Hz repaints one widget instead of laying out the whole screen again.
+        """
         if self.snapshot is not None and snapshot.version == self.snapshot.version:
             return False
         self.snapshot = snapshot
         self.redraws += 1
-        self.refresh(layout=True)
+        if self.size.width <= 0:
+            self.refresh(layout=True)
+            return True
+        text = self._text()
+        lines = rows_needed(text, self.size.width)
+        self.refresh(layout=lines != self._lines)
+        self._lines = lines
         return True
+
+    def clear_drawing(self) -> None:
+        """Forget the drawn text (the theme changed) and draw again."""
+        self._drawn = None
+        self._lines = -1
+        self.refresh(layout=True)
 
     @property
     def colours(self) -> Colours:
@@ -51,11 +75,20 @@ class SnapshotView(Widget):
             return parent.content_region.height
         return self.size.height or 24
 
+    def _text(self) -> Text:
+        assert self.snapshot is not None
+        width, height = max(self.size.width, 1), self.available_height
+        colours = self.colours
+        key = (self.snapshot.version, width, height, id(colours))
+        if self._drawn is None or self._drawn[0] != key:
+            self._drawn = (key, self.draw(self.snapshot, colours, width, height))
+        return self._drawn[1]
+
     def render(self) -> Text:
-        """Draw the snapshot (or a waiting line before the first one)."""
+        """Draw the snapshot (or a waiting line before the first one); reuses the text drawn for this size."""
         if self.snapshot is None:
             return Text(self.WAITING, style=self.colours.muted)
-        return self.draw(self.snapshot, self.colours, max(self.size.width, 1), self.available_height)
+        return self._text()
 
     def draw(self, snapshot: Snapshot, colours: Colours, width: int, height: int) -> Text:
         """Subclasses turn a snapshot into text that fits ``width`` columns (and ideally ``height`` rows)."""
@@ -107,4 +140,4 @@ class Panel(VerticalScroll, can_focus=True):
     def redraw(self) -> None:
         """Draw again with the same data (after a theme change)."""
         for view in self.query(SnapshotView):
-            view.refresh(layout=True)
+            view.clear_drawing()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
+from textual.widget import Widget
 
 from moe_tui.telemetry import Snapshot
 
@@ -29,9 +29,20 @@ def status_text(name: str, mode: str, snapshot: Snapshot | None, activity: str) 
     return text
 
 
-class StatusBar(Static):
-    """Shows :func:`status_text`; updated by the main screen on each snapshot tick."""
+class StatusBar(Widget):
+    """Shows :func:`status_text`; one fixed row, so a change repaints it without laying out the screen."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.text = Text()
 
     def show_status(self, name: str, mode: str, snapshot: Snapshot | None, activity: str) -> None:
-        """Redraw with new facts."""
-        self.update(status_text(name, mode, snapshot, activity))
+        """Redraw with new facts (only when they changed)."""
+        text = status_text(name, mode, snapshot, activity)
+        if text.plain != self.text.plain:
+            self.text = text
+            self.refresh()
+
+    def render(self) -> Text:
+        """The current status line."""
+        return self.text
