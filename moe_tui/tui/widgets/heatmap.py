@@ -47,8 +47,10 @@ def choose_layout(header: TraceHeader, width: int, height: int) -> str:
 def token_line(snapshot: Snapshot, colours: Colours) -> Text:
     """The token whose routing the picks show."""
     line = Text("last token ", style=colours.muted)
-    shown = snapshot.last_token.replace("\n", "⏎") if snapshot.last_token else "–"
-    line.append(repr(shown) if snapshot.last_token else shown, style=colours.highlight)
+    if snapshot.last_token:
+        line.append(repr(snapshot.last_token.replace("\n", "⏎")), style=colours.highlight)
+    else:
+        line.append("(end of answer)" if snapshot.tokens else "–", style=colours.highlight)
     line.append(f"  pass {snapshot.steps}", style=colours.muted)
     return line
 

@@ -17,11 +17,11 @@ EXPANDED_DEPTH = 1
 
 
 def node_label(node: Any, size: int) -> Text:
-    """``name  46.70 B total · 12.88 B active · 23.4 GiB``."""
+    """``name  46.70 B · 12.88 B act · 23.4 GiB`` (total parameters, active per token, bytes)."""
     text = Text(str(getattr(node, "label", "") or node.name), style="bold")
     text.append(f"  {format_count(node.total)}", style="")
-    if node.active != node.total:
-        text.append(f" · {format_count(node.active)} active", style="dim")
+    if node.active is not None and node.active != node.total:
+        text.append(f" · {format_count(node.active)} act", style="dim")
     text.append(f" · {format_bytes(size)}", style="dim")
     return text
 
