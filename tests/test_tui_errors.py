@@ -294,3 +294,28 @@ def test_command_line_rejects_contradictions(capsys: pytest.CaptureFixture[str])
     with pytest.raises(SystemExit) as exit_info:
         main(["chat", "--cache-size", "0"])
     assert exit_info.value.code == 2
+
+
+def test_chat_command_starts_and_closes_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moe_tui.commands import chat
+    from moe_tui.tui import app as app_module
+
+    started: list[LaunchOptions] = []
+
+    def fake_run(self) -> int:
+        started.append(self.options)
+        return 0
+
+    monkeypatch.setattr(app_module.MoeTuiApp, "run", fake_run)
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    from moe_tui.cli import main
+
+    assert main(["--theme", "moe-light", "-k", "3", "--prefetch", "0", "--record", "t.jsonl"]) == 0
+    assert started[0].cache_size == 3 and started[0].prefetch == 0 and started[0].record == "t.jsonl"
+    assert chat.options_from_args(chat_args(["--replay", "x.jsonl", "--speed", "4"])).replay_speed == 4.0
+
+
+def chat_args(argv: list[str]):
+    from moe_tui.cli import build_parser
+
+    return build_parser().parse_args(["chat", *argv])

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     app = MoeTuiApp(options, theme=args.theme)
     code = app.run() or 0
-    if app.loading:
+    if app.model_loading:
         # A model still loading in its worker thread cannot be interrupted; everything the user wrote is
         # already committed, so leave now instead of waiting for the load to finish.
         sys.stdout.flush()

@@ -26,6 +26,7 @@ from moe_tui.tui.screens.loading import LoadingScreen, LoadProgress
 from moe_tui.tui.screens.main import MainScreen
 
 Loader = Callable[[LaunchOptions, Progress], Backend]
+ANSWER_STOP_TIMEOUT_S = 10.0
 
 
 class LoadFinished(Message):
@@ -70,6 +71,7 @@ class MoeTuiApp(App[int]):
         self.main: MainScreen | None = None
         self.loading_screen: LoadingScreen | None = None
         self.startup_s: float | None = None
+        self.model_loading = False
         self._started = time.perf_counter()
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -172,6 +174,7 @@ class MoeTuiApp(App[int]):
         def progress(stage: str, done: int, total: int) -> None:
             self.post_message(LoadProgress(stage, done, total))
 
+        self.model_loading = True
         try:
             backend = self.loader(options, progress)
         except UserError as error:
@@ -181,6 +184,8 @@ class MoeTuiApp(App[int]):
             self.post_message(LoadFinished(None, summary, traceback.format_exc(), user_error=False))
         else:
             self.post_message(LoadFinished(backend))
+        finally:
+            self.model_loading = False
 
     async def on_load_progress(self, message: LoadProgress) -> None:
         """Move the loading screen's bars (if it is shown) and the status bar's note."""
@@ -243,9 +248,10 @@ class MoeTuiApp(App[int]):
         except OSError as error:
             self.notify(f"could not save settings: {error}", severity="warning")
 
-    def on_unmount(self) -> None:
-        """Release the model, the probe and the database."""
+    async def on_unmount(self) -> None:
+        """Stop an answer in progress, then release the model, the probe and the database."""
         if self.main is not None:
+            await self.main.stop_generation(timeout=ANSWER_STOP_TIMEOUT_S)
             self.main.backend.close()
             self.main.probe.close()
         if self.store is not None:

@@ -9,7 +9,9 @@ only after the last one was drawn.
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
@@ -105,6 +107,8 @@ class MainScreen(Screen):
         self._sampling = True
         self._unsaved: list[dict[str, str]] = []
         self.loading_note = ""
+        self._generation_idle = threading.Event()
+        self._generation_idle.set()
         self.pacer = FramePacer(max_hz=REFRESH_HZ, min_hz=MIN_REFRESH_HZ, budget=UI_CPU_BUDGET)
         self.panels: dict[str, Panel] = {cls.PANEL_ID: cls() for cls in PANEL_CLASSES}
 
@@ -305,6 +309,7 @@ class MainScreen(Screen):
         feed = await self.chat.begin_answer(message.text, self._serial)
         self._stop = threading.Event()
         self.generating = True
+        self._generation_idle.clear()
         self._show_status(self.backend.snapshot())
         self._generate(feed, history, self.generation, answer_id, self._stop)
 
@@ -326,6 +331,20 @@ class MainScreen(Screen):
         answer_id: int | None,
         stop: threading.Event,
     ) -> None:
+        try:
+            self._answer(feed, messages, settings, answer_id, stop)
+        finally:
+            self._generation_idle.set()
+
+    def _answer(
+        self,
+        feed: AnswerFeed,
+        messages: list[dict[str, str]],
+        settings: Any,
+        answer_id: int | None,
+        stop: threading.Event,
+    ) -> None:
+        """Generate one answer (in the worker thread), streaming it to the chat view and the history."""
         chat = self.chat
         serial = feed.serial
         pieces: list[str] = []
@@ -366,6 +385,13 @@ class MainScreen(Screen):
         self._show_status(self.backend.snapshot())
         if self.query_one(ConversationList).display:
             self._refresh_conversations()
+
+    async def stop_generation(self, timeout: float) -> None:
+        """Stop the answer being generated and wait (up to ``timeout`` s) for the generating thread to return."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        while not self._generation_idle.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def action_stop(self) -> None:
         """Stop the answer being generated (or restore a maximised panel)."""
