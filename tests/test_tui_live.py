@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 from test_tui_app import cache_slot_counts, palette, send, wait_for
@@ -21,9 +22,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def test_demo_model_chat_k_change_lab_and_panels() -> None:
+def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
     config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=12)))
-    app = MoeTuiApp(LaunchOptions(cache_size=2, prefetch=1, device="cpu"), loader=load_backend, probe=FakeProbe())
+    trace = tmp_path / "session.jsonl"
+    options = LaunchOptions(cache_size=2, prefetch=1, device="cpu", record=str(trace))
+    app = MoeTuiApp(options, loader=load_backend, probe=FakeProbe())
 
     async def check(pilot: Pilot) -> None:
         await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat, timeout=120)
@@ -63,3 +66,4 @@ def test_demo_model_chat_k_change_lab_and_panels() -> None:
             await check(pilot)
 
     asyncio.run(main())
+    assert trace.stat().st_size > 0, "the recording is flushed when the app closes"

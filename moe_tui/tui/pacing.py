@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-WINDOW_S = 1.0
-STEP = 1.25
+WINDOW_S = 0.5
+STEP = 1.5
 
 
 class FramePacer:
@@ -22,7 +22,7 @@ class FramePacer:
         self,
         max_hz: float = 10.0,
         min_hz: float = 2.0,
-        budget: float = 0.08,
+        budget: float = 0.05,
         clock: Callable[[], float] = time.perf_counter,
         cpu: Callable[[], float] = time.thread_time,
     ):

@@ -45,7 +45,7 @@ from moe_tui.tui.widgets.statusbar import StatusBar
 
 REFRESH_HZ = 10.0
 MIN_REFRESH_HZ = 2.0
-UI_CPU_BUDGET = 0.08  # share of one core the UI thread may use for drawing before redraws slow down
+UI_CPU_BUDGET = 0.05  # share of one core the UI thread may use for drawing before redraws slow down
 PROMPT_HINT = "Ask something… (ctrl+j or alt+enter sends)"
 SAMPLE_INTERVAL_S = 1.0
 MIN_WIDTH, MIN_HEIGHT = 60, 20
