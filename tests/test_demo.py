@@ -126,12 +126,12 @@ def test_greedy_answer_is_mostly_words_from_the_training_text(model, tokenizer, 
 
 def test_router_is_neither_collapsed_nor_uniform(model, tokenizer, examples: list[Example]) -> None:
     """Routing over reference chats (questions and the documentation's answers) per layer."""
+    subjects = ("the assert statement", "the with statement", "len()", "json.dumps()")
+    answers = {s: next(e.answer for e in examples if e.subject == s and e.kind != "more") for s in subjects}
     chats = [
-        [{"role": "user", "content": f"Explain {e.subject}."}, {"role": "assistant", "content": e.answer}]
-        for e in examples
-        if e.subject in ("the assert statement", "the with statement", "len()", "json.dumps()") and e.kind != "more"
+        [{"role": "user", "content": f"Explain {subject}."}, {"role": "assistant", "content": answer}]
+        for subject, answer in answers.items()
     ]
-    assert len(chats) == 4
     texts = [tokenizer.apply_chat_template(chat, tokenize=False) for chat in chats]
     ids = torch.tensor([[i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]])
     max_bits = math.log2(model.config.num_local_experts)
