@@ -39,7 +39,7 @@ def model_card(report: dict) -> str:
         "",
         f"Only text that ships with Python {report['python']}: the language reference pages in "
         "`pydoc_data.topics` (what `help('assert')` prints) and the docstrings of the built-ins and of "
-        f"{len(report['doc_modules'])} common standard-library modules. "
+        f"{len([m for m in report['doc_modules'] if m != 'builtins'])} common standard-library modules. "
         "Each section, definition or docstring became an answer (long ones cut into pieces of at most 700 "
         "characters, later pieces answering a follow-up such as 'Tell me more'), and questions were drawn from "
         "templates ('What does `json.dumps()` do?', 'Explain the with statement.'), anew each epoch. Some chats "
