@@ -30,7 +30,7 @@ sys.path.insert(0, {tests!r})
 from tui_fakes import FakeProbe, FakeSession
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
-from moe_tui.tui.widgets.chat import ChatView, MessageView
+from moe_tui.tui.widgets.chat import MessageView
 
 marker = Path({marker!r})
 session = FakeSession(words=100000, delay=0.01)
@@ -41,9 +41,8 @@ async def main():
         while not (app.main and app.main.backend.can_chat):
             await pilot.pause(0.05)
         await pilot.press(*"remember", "ctrl+j")
-        while app.main.query_one(ChatView).streamed_pieces < 30:
+        while len(app.main.query(MessageView).last().source.split()) < 30:
             await pilot.pause(0.05)
-        await pilot.pause(0.2)
         shown = app.main.query(MessageView).last().source
         partial = marker.with_suffix(".part")
         partial.write_text(shown)

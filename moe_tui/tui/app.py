@@ -251,6 +251,7 @@ class MoeTuiApp(App[int]):
     async def on_unmount(self) -> None:
         """Stop an answer in progress, then release the model, the probe and the database."""
         if self.main is not None:
+            self.main.shutdown()
             await self.main.stop_generation(timeout=ANSWER_STOP_TIMEOUT_S)
             self.main.backend.close()
             self.main.probe.close()

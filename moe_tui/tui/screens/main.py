@@ -279,6 +279,10 @@ class MainScreen(Screen):
 
     def on_unmount(self) -> None:
         """Stop the workers' loops."""
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Ask every worker thread to end: sampling, the answer in progress, the replay."""
         self._sampling = False
         self._stop.set()
         self._replay_stop.set()
