@@ -46,6 +46,14 @@ def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
         ) from None
 
 
+def model_label(spec: str | os.PathLike[str], directory: Path) -> str:
+    """How traces and the dashboard name a model: a hub id as given, a local directory by its own name.
+
+    A local path is not written out whole, so a recorded trace says nothing about the recorder's file system.
+    """
+    return directory.name if Path(spec).expanduser().is_dir() else str(spec)
+
+
 def load_offloaded(
     path_or_hub_id: str | os.PathLike[str], cfg: OffloadConfig, progress: Progress | None = None
 ) -> OffloadedModel:
@@ -88,7 +96,7 @@ def load_offloaded(
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
     info.update({"directory": str(directory), "layout": layout})
-    name = str(getattr(config, "name_or_path", "") or directory.name)
+    name = model_label(path_or_hub_id, directory)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
 
 

@@ -1,0 +1,72 @@
+"""The top-level command: subcommands listed, the default subcommand, and bad input as one line with exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from moe_tui import __version__, cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in cli.SUBCOMMANDS:
+        assert name in out
+    assert "default" in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"moe-tui {__version__}"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], ["chat"]),
+        (["--theme", "moe-light"], ["chat", "--theme", "moe-light"]),
+        (["params", "mixtral-8x7b"], ["params", "mixtral-8x7b"]),
+        (["-h"], ["-h"]),
+    ],
+)
+def test_chat_is_the_default_subcommand(argv: list[str], expected: list[str]) -> None:
+    assert cli._with_default_subcommand(argv) == expected
+
+
+def test_every_subcommand_parses_its_own_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for name in cli.SUBCOMMANDS:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([name, "--help"])
+        assert exit_info.value.code == 0
+        assert f"moe-tui {name}" in capsys.readouterr().out
+
+
+def test_user_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "config.json"
+    assert cli.main(["params", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("moe-tui: error: ")
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_unknown_option_exits_2_without_a_traceback() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "moe_tui", "params", "mixtral-8x7b", "--no-such-option"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "unrecognized arguments: --no-such-option" in result.stderr
