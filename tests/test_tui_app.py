@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import Input
 from tui_fakes import FakeProbe, FakeSession, header
@@ -119,6 +120,22 @@ def test_enter_makes_a_new_line_and_ctrl_j_sends() -> None:
         await pilot.press("alt+enter")
         await wait_for(pilot, lambda: bool(session.prompts) and not main_screen(app).generating)
         assert session.prompts[0][-1]["content"] == "one\ntwo"
+
+    run(check, app)
+
+
+def test_keys_arriving_in_one_burst_send_the_whole_prompt() -> None:
+    """A terminal delivers typed-ahead or pasted text and ctrl+j together: the send must see every key before it."""
+    app, session = make_app()
+    text = "Explain the with statement."
+
+    async def check(pilot: Pilot) -> None:
+        for char in text:
+            app.post_message(events.Key("space" if char == " " else char, char))
+        app.post_message(events.Key("ctrl+j", "\n"))
+        await wait_for(pilot, lambda: bool(session.prompts) and not main_screen(app).generating)
+        assert session.prompts[0][-1]["content"] == text
+        assert app.screen.query_one(PromptInput).text == ""
 
     run(check, app)
 

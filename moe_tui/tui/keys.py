@@ -29,7 +29,7 @@ KEYS: tuple[Key, ...] = (
     Key("app.palette", "ctrl+p", "app.command_palette", "Commands", "anywhere", show=False, priority=True),
     Key("app.quit", "ctrl+q", "app.quit", "Quit", "anywhere", priority=True),
     Key("app.theme", "ctrl+t", "app.next_theme", "Next theme", "anywhere", show=False),
-    Key("chat.send", "ctrl+j,alt+enter", "submit", "Send", "prompt", priority=True),
+    Key("chat.send", "ctrl+j,alt+enter", "submit", "Send", "prompt"),
     Key("chat.stop", "escape", "stop", "Stop answer", "main screen"),
     Key("chat.new", "ctrl+n", "new_chat", "New chat", "main screen"),
     Key("chat.conversations", "f2", "toggle_conversations", "Chats", "main screen"),

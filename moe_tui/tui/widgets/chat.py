@@ -21,7 +21,7 @@ class PromptInput(TextArea):
     """Multi-line prompt: enter starts a new line, ctrl+j or alt+enter sends."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+j,alt+enter", "submit", "Send", id="chat.send", priority=True),
+        Binding("ctrl+j,alt+enter", "submit", "Send", id="chat.send"),
     ]
 
     class Submitted(Message):
