@@ -44,6 +44,8 @@ from typing import IO, Any
 SCHEMA_VERSION = 1
 WINDOW_STEPS = 32
 HISTORY_POINTS = 120
+# Forward passes whose routing is kept in memory for the cache lab when no trace file is written.
+JOURNAL_PASSES = 1024
 
 
 class TraceError(ValueError):
@@ -237,6 +239,7 @@ class Telemetry:
             self._tokens = 0
             self._last_token = ""
             self._token_times: deque[float] = deque(maxlen=64)
+            self._journal: deque[LayerStep | TokenEvent] = deque(maxlen=JOURNAL_PASSES * (header.num_layers + 1))
             self._version += 1
             self._write({"type": "header", "schema": SCHEMA_VERSION, **_jsonable(asdict(header))})
 
@@ -253,6 +256,7 @@ class Telemetry:
             self._totals = self._totals.add(step)
             self._last[layer] = step
             self._recent[layer].append(step)
+            self._journal.append(step)
             self._layer_history[layer].append(self._layer_counters[layer].hit_rate)
             if step.step != self._last_step:
                 self._last_step = step.step
@@ -268,6 +272,7 @@ class Telemetry:
             self._tokens += 1
             self._last_token = event.text
             self._token_times.append(event.time)
+            self._journal.append(event)
             self._version += 1
             self._write({"type": "token", **_jsonable(asdict(event))})
 
@@ -279,6 +284,15 @@ class Telemetry:
             )
             self._version += 1
             self._write({"type": "config", **_jsonable(asdict(event))})
+
+    def journal(self) -> tuple[TraceHeader, list[LayerStep | TokenEvent]]:
+        """The header, layer steps and tokens of about the last ``JOURNAL_PASSES`` forward passes, kept in memory.
+
+        It is a trace the cache lab can replay without a trace file: the events are the objects already built for
+        the counters, so keeping them costs a deque append per event.
+        """
+        with self._lock:
+            return self._header, list(self._journal)
 
     @property
     def version(self) -> int:

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from moe_tui import telemetry as telemetry_module
 from moe_tui.telemetry import (
     ConfigEvent,
     LayerStep,
@@ -215,3 +216,18 @@ def test_trace_writer_emits_one_json_object_per_line():
     lines = buffer.getvalue().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["header", "step"]
     assert json.loads(lines[1])["slots"] == [1, None]
+
+
+def test_journal_keeps_the_last_passes_in_order(monkeypatch):
+    monkeypatch.setattr(telemetry_module, "JOURNAL_PASSES", 3)
+    telemetry = Telemetry(HEADER)
+    for step in range(1, 6):
+        for layer in range(HEADER.num_layers):
+            telemetry.record_step(make_step(step, layer, [step % 4, 0], [False, False]))
+        telemetry.record_token(TokenEvent(step=step, text=f"t{step}"))
+    header, events = telemetry.journal()
+    assert header == HEADER
+    expected = [(step, layer) for step in (3, 4, 5) for layer in (0, 1, "token")]
+    assert [(e.step, e.layer if isinstance(e, LayerStep) else "token") for e in events] == expected
+    telemetry.reset(HEADER)
+    assert telemetry.journal()[1] == []

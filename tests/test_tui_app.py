@@ -13,7 +13,7 @@ from pathlib import Path
 
 from textual import events
 from textual.pilot import Pilot
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 from tui_fakes import FakeProbe, FakeSession, header
 
 from moe_tui import config
@@ -424,5 +424,23 @@ def test_history_store_failure_does_not_stop_chatting(tmp_path: Path) -> None:
         await send(pilot, "two")
         await wait_for(pilot, lambda: len(messages(app)) == 4 and not main_screen(app).generating)
         assert session.prompts[-1][0]["content"] == "one", "context kept in memory"
+
+    run(check, app)
+
+
+def test_lab_studies_the_session_without_a_trace_file() -> None:
+    app, session = make_app(FakeSession(words=20))
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        await wait_for(pilot, lambda: "nothing recorded yet" in str(app.screen.query_one("#lab-note").render()))
+        await pilot.press("escape")
+        await send(pilot, "what is a cache?")
+        await wait_for(pilot, lambda: bool(session.prompts) and not main_screen(app).generating)
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == session.engine.header.num_experts)
 
     run(check, app)

@@ -200,6 +200,10 @@ class FakeEngine:
         """The telemetry snapshot."""
         return self.telemetry.snapshot()
 
+    def journal(self):
+        """The routing kept in memory, as the engine's telemetry keeps it."""
+        return self.telemetry.journal()
+
     def memory(self) -> dict[str, Any]:
         """A budget from the header and current sizes."""
         return {

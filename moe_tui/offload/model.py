@@ -22,7 +22,7 @@ from moe_tui.offload.quant import ExpertFormat, WeightSource
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import make_mover
 from moe_tui.policies import make_policy
-from moe_tui.telemetry import ConfigEvent, Snapshot, Telemetry, TraceHeader
+from moe_tui.telemetry import ConfigEvent, Snapshot, Telemetry, TraceEvent, TraceHeader
 
 Progress = Callable[[str, int, int], None]
 
@@ -102,6 +102,10 @@ class OffloadedModel:
     def snapshot(self) -> Snapshot:
         """The telemetry snapshot (cheap, thread-safe, versioned)."""
         return self.telemetry.snapshot()
+
+    def journal(self) -> tuple[TraceHeader, list[TraceEvent]]:
+        """The routing of the last passes, kept in memory by the telemetry (see :meth:`Telemetry.journal`)."""
+        return self.telemetry.journal()
 
     def stats(self) -> dict[str, float | int]:
         """Cumulative counters since load.

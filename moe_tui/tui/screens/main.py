@@ -420,6 +420,7 @@ class MainScreen(Screen):
         """Show or hide the conversation list."""
         listing = self.query_one(ConversationList)
         listing.display = not listing.display
+        self.set_class(listing.display, "-conversations")
         if listing.display:
             self._refresh_conversations()
             listing.focus()
