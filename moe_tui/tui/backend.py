@@ -186,8 +186,7 @@ class LiveBackend(Backend):
         thread a few percent of its speed, keeping the steps costs nothing measurable)."""
         if self.trace_path is not None:
             return read_partial_trace(Path(self.trace_path))
-        header, steps = self.engine.journal()
-        return header, list(steps)
+        return self.engine.journal()
 
     def close(self) -> None:
         """Release the engine (flushing the trace)."""
