@@ -257,6 +257,8 @@ class Telemetry:
             self._last[layer] = step
             self._recent[layer].append(step)
             self._journal.append(step)
+            if layer == 0 and step.n_tokens > 1:  # a prefill starts a new answer: its rate starts afresh
+                self._token_times.clear()
             self._layer_history[layer].append(self._layer_counters[layer].hit_rate)
             if step.step != self._last_step:
                 self._last_step = step.step
@@ -373,6 +375,7 @@ class Telemetry:
         )
 
     def _tokens_per_s(self) -> float:
+        """Decode rate of the current (or last) answer: its tokens since the prefill, not the pauses between."""
         times = self._token_times
         if len(times) < 2 or times[-1] <= times[0]:
             return 0.0

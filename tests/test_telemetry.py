@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -91,6 +92,15 @@ def test_tokens_per_second_and_bytes_per_token():
     assert snapshot.last_token == "t2"
     assert snapshot.tokens_per_s == pytest.approx(2.0)
     assert snapshot.bytes_per_token == pytest.approx(1000 / 3)
+
+
+def test_tokens_per_second_is_the_current_answers_rate():
+    telemetry = Telemetry(HEADER)
+    for answer, start in enumerate((10.0, 100.0)):
+        telemetry.record_step(replace(make_step(answer * 10, 0, [0, 1], [False, False]), n_tokens=7))
+        for index in range(4):
+            telemetry.record_token(TokenEvent(step=answer * 10 + index, text="t", time=start + index * 0.25))
+    assert telemetry.snapshot().tokens_per_s == pytest.approx(4.0), "the pause between answers is not counted"
 
 
 def test_config_event_changes_the_header_shown():
