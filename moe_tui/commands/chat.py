@@ -5,38 +5,29 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 
 from moe_tui.errors import UserError
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def _checked(convert: Callable[[str], float], noun: str, valid: Callable[[float], bool], rule: str):
+    """An argparse ``type`` that converts with ``convert`` and refuses values breaking ``rule`` in one line."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun}, not {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"{rule}, not {value}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def _speed(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
-    return value
+_positive_int = _checked(int, "a whole number", lambda value: value >= 1, "must be at least 1")
+_non_negative_int = _checked(int, "a whole number", lambda value: value >= 0, "must be 0 or more")
+_speed = _checked(float, "a number", lambda value: value > 0, "must be above 0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
