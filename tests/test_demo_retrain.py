@@ -15,6 +15,7 @@ RUNTIME_ONLY = {"threads", "log_every"}
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3 * 3600)  # about 30 minutes on 2 idle cores
 def test_retraining_reproduces_the_shipped_validation_loss(tmp_path) -> None:
     shipped = json.loads((DEMO_MODEL_DIR / "training_report.json").read_text())
     shaping = {k: v for k, v in shipped["settings"].items() if k not in RUNTIME_ONLY}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -142,7 +143,7 @@ def test_unexpected_loader_failure_is_readable_with_details_folded() -> None:
 
 
 def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> None:
-    release = asyncio.Event()
+    release = threading.Event()
     session = FakeSession(words=2)
     calls: list[str | None] = []
 
@@ -167,11 +168,15 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
 
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
-            await wait_for(pilot, lambda: app.screen.id == "loading" and len(app.screen.stages) == 2)
-            stages = app.screen.stages
-            assert stages["reading shards"].progress == 1 and stages["reading shards"].total == 3
-            assert stages["quantizing experts"].percentage == pytest.approx(0.5)
-            release.set()
+            try:
+                await wait_for(pilot, lambda: app.screen.id == "loading" and len(app.screen.stages) == 2)
+                stages = app.screen.stages
+                # a new stage's bar is listed at once and moved once it is mounted
+                await wait_for(pilot, lambda: stages["quantizing experts"].progress == 5)
+                assert stages["reading shards"].progress == 1 and stages["reading shards"].total == 3
+                assert stages["quantizing experts"].percentage == pytest.approx(0.5)
+            finally:
+                release.set()  # a failed check must not leave the loader thread spinning (the test would hang)
             await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
             await pilot.press("enter")
             app.load_model("later")
@@ -275,7 +280,7 @@ def test_replay_drives_the_panels_and_speed_keys(tmp_path: Path) -> None:
         assert "finished" in str(screen.query_one("#status").render())
         await pilot.press("space", "ctrl+r")
         await wait_for(pilot, lambda: replay.position == 0 and replay.snapshot().tokens == 0)
-        assert "paused" in str(screen.query_one("#status").render())
+        await wait_for(pilot, lambda: "paused" in str(screen.query_one("#status").render()))
         await pilot.press("f4")
         await wait_for(pilot, lambda: app.screen.id == "lab")
         await wait_for(pilot, lambda: app.screen.query_one("DataTable").row_count == head.num_experts)

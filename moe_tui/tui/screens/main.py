@@ -689,6 +689,7 @@ class MainScreen(Screen):
         self._replay_stop.set()
         self.backend.replay.restart()  # type: ignore[attr-defined]
         self._start_replay()
+        self._show_status(self.backend.snapshot())
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Replay keys only while replaying; stop only while generating (or a panel is maximised)."""
