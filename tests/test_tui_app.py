@@ -444,3 +444,19 @@ def test_lab_studies_the_session_without_a_trace_file() -> None:
         await wait_for(pilot, lambda: table.row_count == session.engine.header.num_experts)
 
     run(check, app)
+
+
+def test_palette_offers_each_cache_size_once() -> None:
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("ctrl+p")
+        await pilot.pause(0.2)
+        await type_text(pilot, "k 2")
+        await pilot.pause(0.5)
+        options = app.screen.query_one("CommandList")
+        titles = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert sum("k = 2" in title for title in titles) == 1, titles
+        await pilot.press("escape")
+
+    run(check, app)

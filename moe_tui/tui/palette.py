@@ -132,7 +132,8 @@ class MainCommands(Provider):
         from moe_tui.tui.screens.main import MainScreen
 
         matcher = self.matcher(query)
-        for command in self._commands():
+        commands = self._commands()
+        for command in commands:
             score = matcher.match(command.title)
             if score > 0:
                 yield Hit(score, matcher.highlight(command.title), command.run, help=command.help)
@@ -140,4 +141,6 @@ class MainCommands(Provider):
         screen = self.screen
         if found and isinstance(screen, MainScreen) and screen.backend.can_tune:
             k = int(found.group(1))
-            yield Hit(1.0, f"Cache size: k = {k}", partial(screen.set_cache_size, k), help="as typed")
+            title = f"Cache size: k = {k}"
+            if all(command.title.removesuffix(" (current)") != title for command in commands):  # not offered above
+                yield Hit(1.0, title, partial(screen.set_cache_size, k), help="as typed")
