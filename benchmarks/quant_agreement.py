@@ -28,8 +28,8 @@ from moe_tui.precision import format_bytes  # noqa: E402
 BITS = (8, 4, 3, 2)
 
 
-def continuations(model, tokenizer, prompts: list[str], tokens: int) -> list[torch.Tensor]:
-    """The fp32 model's greedy continuation of every prompt, prompt included (one sequence each)."""
+def continuations(model, tokenizer, prompts: list[str], tokens: int) -> list[tuple[torch.Tensor, int]]:
+    """The fp32 model's greedy continuation of every prompt: (prompt and continuation ids, prompt length)."""
     sequences = []
     for text in prompts:
         inputs = tokenizer.apply_chat_template(
@@ -40,7 +40,7 @@ def continuations(model, tokenizer, prompts: list[str], tokens: int) -> list[tor
     return sequences
 
 
-def next_token_logits(model, sequences) -> torch.Tensor:
+def next_token_logits(model, sequences: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
     """Logits at every generated position of every sequence, concatenated."""
     rows = []
     with torch.no_grad():

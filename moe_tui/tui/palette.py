@@ -33,6 +33,10 @@ class Command:
     discover: bool = True
 
 
+# Marks the setting in effect in a command title.
+CURRENT = " (current)"
+
+
 def main_commands(screen: MainScreen) -> list[Command]:
     """Every command that applies to the main screen in its current state."""
     commands: list[Command] = []
@@ -42,7 +46,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
         header = snapshot.header
         current_k = header.cache_size[0] if len(set(header.cache_size)) == 1 else None
         for k in range(1, header.num_experts + 1):
-            mark = " (current)" if k == current_k else ""
+            mark = CURRENT if k == current_k else ""
             commands.append(
                 Command(
                     f"Cache size: k = {k}{mark}",
@@ -51,7 +55,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
                 )
             )
         for policy in POLICIES:
-            mark = " (current)" if policy == header.policy else ""
+            mark = CURRENT if policy == header.policy else ""
             commands.append(
                 Command(f"Policy: {policy}{mark}", "cache eviction policy", partial(screen.set_policy, policy))
             )
@@ -83,7 +87,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
     commands.append(Command("Cache lab", "hit rate per policy and k against Belady's optimum", screen.action_open_lab))
     commands.append(Command("Load model…", "open another model directory or cached hub id", screen.action_load_model))
     for theme in screen.app.moe_themes:
-        mark = " (current)" if theme == screen.app.theme else ""
+        mark = CURRENT if theme == screen.app.theme else ""
         commands.append(
             Command(f"Theme: {theme}{mark}", "colours of the whole app", partial(screen.app.set_theme, theme))
         )
@@ -142,5 +146,5 @@ class MainCommands(Provider):
         if found and isinstance(screen, MainScreen) and screen.backend.can_tune:
             k = int(found.group(1))
             title = f"Cache size: k = {k}"
-            if all(command.title.removesuffix(" (current)") != title for command in commands):  # not offered above
+            if all(command.title.removesuffix(CURRENT) != title for command in commands):  # not offered above
                 yield Hit(1.0, title, partial(screen.set_cache_size, k), help="as typed")
