@@ -4,14 +4,15 @@ For every expert precision (2, 3, 4 bits or unquantized), non-expert precision (
 cache size k (the same for every MoE layer) and prefetch depth, the planner adds up:
 
 * fast tier: non-expert weights + k x MoE layers x one expert's packed buffer + the engine's
-  dequantization workspace (quantized experts) + the KV cache for the context length (on a CPU-only
+  dequantization workspace (unfused quantized experts) + the KV cache for the context length (on a CPU-only
   machine the fast tier is host RAM too);
 * host: the expert store, every routed expert of every MoE layer packed at its precision.
 
 and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
 
     C = bytes a token reads (non-expert weights + top_k x MoE layers x one expert) / compute bandwidth
-        + quantized bytes a token reads / dequantization bandwidth (HQQ weights are unpacked each use)
+        + quantized bytes a token reads / dequantization bandwidth (unfused HQQ weights are unpacked each
+          use; experts that a fused kernel computes (4 bits where PyTorch's int4 kernel fits) skip this term)
         + O, the per-token overhead that does not depend on weight size (decoder and engine bookkeeping)
     M = demand misses per token x expert bytes / transfer bandwidth      (copies the layer waits for)
     P = prefetch copies per token x expert bytes / transfer bandwidth    (copies started ahead of use)
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,8 @@ class Machine:
     context: int = 4096
     overhead_s: float = 0.0  # seconds per token independent of weight size
     dequant_bandwidth: dict[str, float] = field(default_factory=dict)  # packed bytes/s per HQQ precision
+    # expert precisions a fused kernel computes on this machine: no dequantization time, no workspace
+    fused: frozenset[str] = frozenset()
 
     @property
     def can_estimate(self) -> bool:
@@ -188,12 +191,14 @@ def _workspace_bytes(shapes: list[tuple[int, ...]], dtype: str, expert_precision
     """The engine's dequantization workspace for experts of ``shapes`` at ``expert_precision`` (no allocation)."""
     import torch
 
-    from moe_tui.offload.quant import ExpertFormat, WeightSource
+    from moe_tui.offload.formats import HqqFormat
     from moe_tui.precision import HQQ_BITS
 
     bits = HQQ_BITS.get(expert_precision)
+    if bits is None:
+        return 0
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return WeightSource.planned_bytes(ExpertFormat(list(shapes), torch_dtype, bits))
+    return HqqFormat(list(shapes), torch_dtype, bits).workspace_bytes
 
 
 def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel:
@@ -264,7 +269,7 @@ def per_layer_candidate(
 ) -> Candidate | None:
     """The configuration that spends every slot the budget allows, spread over layers by their trace
     replays; None when it misses no less than the best uniform k or not even k=1 fits."""
-    base = fast_tier_bytes(facts, expert_precision, attn_precision, 0, machine.context)
+    base = fast_tier_bytes(facts, expert_precision, attn_precision, 0, machine.context, fused=machine.fused)
     if machine.fast_bytes is not None:
         room = machine.fast_bytes - base
     else:
@@ -289,11 +294,12 @@ def fast_tier_bytes(
     k: int,
     context: int,
     layer_sizes: Sequence[int] = (),
+    fused: Collection[str] = (),
 ) -> int:
     """Bytes the fast tier holds: non-expert weights, k slots per MoE layer (or ``layer_sizes``), the engine's
-    dequantization workspace and the KV cache."""
+    dequantization workspace (none for the precisions in ``fused``) and the KV cache."""
     slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
-    workspace = facts.workspace_bytes.get(expert_precision, 0)
+    workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
     return facts.dense_bytes[attn_precision] + slots + workspace + facts.kv_bytes_per_token * context
 
 
@@ -326,7 +332,7 @@ def estimate(
 ) -> Candidate:
     """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
     misses, prefetched, hit_rate = copies
-    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context, layer_sizes)
+    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context, layer_sizes, machine.fused)
     memory = Candidate(
         expert_precision=expert_precision,
         attn_precision=attn_precision,
@@ -345,11 +351,11 @@ def estimate(
     active = facts.dense_active_bytes[attn_precision] + facts.top_k * facts.moe_layers * expert
     compute_s = active / machine.compute_bandwidth + machine.overhead_s
     unpacked = (
-        (expert_precision, facts.top_k * facts.moe_layers * expert),
+        (expert_precision, 0 if expert_precision in machine.fused else facts.top_k * facts.moe_layers * expert),
         (attn_precision, facts.dense_active_bytes[attn_precision] - facts.rest_active_bytes),
     )
     for precision, nbytes in unpacked:
-        if precision in machine.dequant_bandwidth:
+        if nbytes and precision in machine.dequant_bandwidth:
             compute_s += nbytes / machine.dequant_bandwidth[precision]
     miss_s = misses * expert / machine.transfer_bandwidth
     prefetch_s = prefetched * expert / machine.transfer_bandwidth

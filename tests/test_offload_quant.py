@@ -9,7 +9,8 @@ from offload_models import build, mixtral_config, prompt, twin
 from moe_tui import precision
 from moe_tui.offload import OffloadConfig, offload_model
 from moe_tui.offload import quant as offload_quant
-from moe_tui.offload.quant import ExpertFormat, WeightSource, pack_rows, quantize_matrix
+from moe_tui.offload.formats import HqqFormat, make_format
+from moe_tui.offload.quant import pack_rows, quantize_matrix
 
 CUDA = pytest.param(
     "cuda",
@@ -17,7 +18,7 @@ CUDA = pytest.param(
 )
 
 
-def hqq_dequantized(weight: torch.Tensor, bits: int, group_size: int, fmt: ExpertFormat) -> torch.Tensor:
+def hqq_dequantized(weight: torch.Tensor, bits: int, group_size: int, fmt: HqqFormat) -> torch.Tensor:
     """HQQ's own dequantization of ``weight`` with its scale and zero rounded to the 2-byte metadata dtype."""
     from hqq.core.quantize import Quantizer
 
@@ -43,11 +44,11 @@ def test_unpacking_a_slot_gives_hqqs_dequantized_weights(bits: int, dtype: torch
     # 7 x 24 = 168 = 21 groups of 8: the group count is a multiple of neither 2, 4 nor 10, so rows are padded
     intermediate, hidden, group = 7, 24, 8
     torch.manual_seed(bits)
-    fmt = ExpertFormat([(intermediate, hidden), (intermediate, hidden), (hidden, intermediate)], dtype, bits, group)
+    fmt = HqqFormat([(intermediate, hidden), (intermediate, hidden), (hidden, intermediate)], dtype, bits, group)
     weights = [torch.randn(s) for s in fmt.shapes]
     buffer = torch.empty(fmt.nbytes, dtype=torch.uint8)
     fmt.pack(*weights, buffer)
-    gate_up, down = WeightSource(fmt, torch.device(device)).weights(buffer.to(device))
+    gate_up, down = fmt.dequantize(buffer.to(device))
     expected = [hqq_dequantized(w, bits, group, fmt) for w in weights]
     assert torch.equal(gate_up.cpu(), torch.cat(expected[:2]))
     assert torch.equal(down.cpu(), expected[2])
@@ -76,9 +77,13 @@ def test_expert_buffer_size_equals_the_parameter_breakdown(group_size: int) -> N
     for precision_name in ("hqq2", "hqq3", "hqq4", "hqq8", "fp32", "bf16", "fp16"):
         bits = precision.HQQ_BITS.get(precision_name)
         dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision_name, torch.bfloat16)
-        fmt = ExpertFormat(shapes, dtype, bits, group_size)
-        assert fmt.nbytes == routed_expert_bytes(config, precision_name, group_size)
-        assert fmt.precision == precision_name
+        for fused in (False, True):  # the fused int4 layout has HQQ's 4-bit size
+            fmt = make_format(shapes, dtype, bits, group_size, "cpu", fused=fused and bits != 8)
+            assert fmt.nbytes == routed_expert_bytes(config, precision_name, group_size)
+            assert fmt.precision == precision_name
+    int8 = make_format(shapes, torch.bfloat16, 8, group_size, "cpu")
+    assert (int8.name, int8.fused) == ("int8", True)
+    assert int8.nbytes == routed_expert_bytes(config, "int8", group_size)
 
 
 def test_store_rows_and_slots_have_the_predicted_size() -> None:
@@ -149,15 +154,15 @@ def test_saved_quantized_store_is_reused_without_quantizing(tmp_path, monkeypatc
 
 
 def test_dequantizing_reuses_one_workspace() -> None:
-    fmt = ExpertFormat([(8, 16), (8, 16), (16, 8)], torch.float32, 4, 16)
-    source = WeightSource(fmt, torch.device("cpu"))
+    fmt = HqqFormat([(8, 16), (8, 16), (16, 8)], torch.float32, 4, 16)
     buffers = [torch.empty(fmt.nbytes, dtype=torch.uint8) for _ in range(2)]
     for index, buffer in enumerate(buffers):
         torch.manual_seed(index)
         fmt.pack(*(torch.randn(s) for s in fmt.shapes), buffer)
-    pointers = {source.weights(buffer)[0].data_ptr() for buffer in buffers}
+    pointers = {fmt.dequantize(buffer)[0].data_ptr() for buffer in buffers}
     assert len(pointers) == 1
-    assert source.workspace_bytes == WeightSource.planned_bytes(fmt) > 0
+    allocated = sum(t.numel() * t.element_size() for t in fmt._workspace[torch.device("cpu")].values())
+    assert allocated == fmt.workspace_bytes > 0
 
 
 @pytest.mark.cuda

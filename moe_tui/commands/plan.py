@@ -7,7 +7,7 @@ import json
 import re
 
 FORMULA = (
-    "C = bytes a token reads / compute bandwidth + quantized bytes it reads / dequantization bandwidth "
+    "C = bytes a token reads / compute bandwidth + unfused quantized bytes it reads / dequantization bandwidth "
     "+ per-token overhead O; "
     "M = misses/token x expert bytes / transfer bandwidth; "
     "P = prefetch copies/token x expert bytes / transfer bandwidth; seconds/token = C + M + P on CPU, "
@@ -128,6 +128,7 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
     compute = args.compute_bandwidth * 1e9 if args.compute_bandwidth else None
     overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
     sources = {"transfer": "given", "compute": "given", "overhead": "given", "dequant": "not measured"}
+    fused = _fused_precisions(facts, device)
     dequant: dict[str, float] = {}
     if device == "cuda" and not _cuda_available():
         unknown = "no CUDA device here to measure it"
@@ -151,6 +152,7 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
         dequant = {
             f"hqq{bits}": probes.dequant_bandwidth(facts.expert_shapes, bits, facts.dtype, device)
             for bits in (2, 3, 4, 8)
+            if f"hqq{bits}" not in fused  # attention at 8 bits is always unpacked (HQQLinear)
         }
         sources["dequant"] = f"measured here (the engine's HQQ unpacking on {device})"
     machine = Machine(
@@ -161,8 +163,20 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
         context=args.context,
         overhead_s=overhead or 0.0,
         dequant_bandwidth=dequant,
+        fused=fused,
     )
     return machine, sources
+
+
+def _fused_precisions(facts, device: str) -> frozenset[str]:
+    """The expert precisions a fused kernel computes for this model on ``device`` (the engine's own choice)."""
+    import torch
+
+    from moe_tui.offload.formats import fused_bits
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[facts.dtype]
+    fused = fused_bits(list(facts.expert_shapes), torch_dtype, device, 64)
+    return frozenset(f"hqq{bits}" for bits in (2, 3, 4) if bits in fused)  # the expert widths the planner plans
 
 
 def _cuda_available() -> bool:
@@ -233,7 +247,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         speed = "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.2f}"
         rows.append(
             [
-                c.expert_precision,
+                _expert_text(c.expert_precision, machine),
                 c.attn_precision,
                 _k_text(c),
                 str(c.prefetch),
@@ -258,6 +272,13 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
     return "\n".join(lines)
 
 
+def _expert_text(precision: str, machine) -> str:
+    """The expert precision, marked "unfused" when the engine dequantizes it before every use."""
+    from moe_tui.precision import HQQ_BITS
+
+    return f"{precision} unfused" if precision in HQQ_BITS and precision not in machine.fused else precision
+
+
 def _dequant_text(rates: dict[str, float]) -> str:
     return ", ".join(f"{p} {_gbps(v)}" for p, v in sorted(rates.items())) or "left out"
 
@@ -277,7 +298,7 @@ def _as_json(facts, machine, sources, routing, shown, fitting: int) -> dict:
 
     return {
         "model": asdict(facts),
-        "machine": {**asdict(machine), "device": machine.device},
+        "machine": {**asdict(machine), "device": machine.device, "fused": sorted(machine.fused)},
         "bandwidth_sources": sources,
         "routing": routing,
         "formula": FORMULA,

@@ -22,8 +22,9 @@ from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, find_moe
 from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.experts import OffloadedExperts
+from moe_tui.offload.formats import ExpertFormat, make_format
 from moe_tui.offload.model import OffloadedModel, Progress
-from moe_tui.offload.quant import ExpertFormat, WeightSource, quantize_linears
+from moe_tui.offload.quant import quantize_linears
 from moe_tui.offload.store import ExpertStore
 
 STORE_VERSION = 1
@@ -53,14 +54,14 @@ def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype) -> Plan:
                     f"group size {cfg.group_size} does not divide the expert matrix {shape[0]}x{shape[1]}; "
                     "choose a group size that does"
                 )
-    fmt = ExpertFormat(moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size)
+    fmt = make_format(moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size, device)
     store_kind = "pinned" if device.type == "cuda" and cfg.store == "ram" else cfg.store
     return Plan(device, dtype, fmt, sizes, store_kind)
 
 
 def check_fast_tier(plan: Plan, resident_bytes: int) -> None:
     """Refuse before allocating when the slots (plus workspace and resident weights) exceed free memory."""
-    fixed = WeightSource.planned_bytes(plan.format) + resident_bytes
+    fixed = plan.format.workspace_bytes + resident_bytes
     memory.check_fits(plan.device, plan.sizes, plan.format.nbytes, fixed)
 
 

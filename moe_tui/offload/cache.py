@@ -37,7 +37,7 @@ class LayerCache:
         # completion of the slot's last copy: a CUDA event, or the CPU copy thread's job
         self.ready: list[Any] = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
         self.free = [torch.cuda.Event() if cuda else None for _ in range(capacity)]
-        self.views: list[Any] = [None] * capacity  # compute views of each slot (unquantized slots only)
+        self.views: list[Any] = [None] * capacity  # the kernel-ready views of each slot, made once
         self.pending = [False] * capacity  # a copy into the slot was issued and not yet waited for
         self.used = [False] * capacity  # ``free`` was recorded at least once
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moe_tui.offload.cache import LayerCache
-from moe_tui.offload.quant import WeightSource
+from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.routing import Routing
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import Mover, Timer
@@ -71,7 +71,7 @@ class Engine:
         caches: list[LayerCache],
         routers: list[nn.Module],
         act_fn: nn.Module,
-        source: WeightSource,
+        fmt: ExpertFormat,
         mover: Mover,
         telemetry: Telemetry,
         num_experts: int,
@@ -82,7 +82,7 @@ class Engine:
         self.caches = caches
         self.routers = routers
         self.act_fn = act_fn
-        self.source = source
+        self.fmt = fmt
         self.mover = mover
         self.telemetry = telemetry
         self.num_experts = num_experts
@@ -171,9 +171,10 @@ class Engine:
             inputs, rows, weights = routing.inputs(expert, hidden)
             mover.before_compute(cache, slot, timer)
             token = mover.begin(timer)
-            gate_up, down = self.source.slot_weights(cache, slot)
-            gate, up = F.linear(inputs, gate_up).chunk(2, dim=-1)
-            result = (F.linear(self.act_fn(gate) * up, down) * weights).to(out.dtype)
+            views = cache.views[slot]
+            if views is None:
+                views = cache.views[slot] = self.fmt.views(cache.slots[slot])
+            result = (self.fmt.forward(views, inputs, self.act_fn) * weights).to(out.dtype)
             if rows is None:
                 out.add_(result)
             else:

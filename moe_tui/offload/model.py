@@ -18,7 +18,7 @@ from moe_tui.offload.cache import LayerCache
 from moe_tui.offload.config import OffloadConfig, check_cache_sizes
 from moe_tui.offload.engine import Engine
 from moe_tui.offload.experts import OffloadedExperts
-from moe_tui.offload.quant import ExpertFormat, WeightSource
+from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import make_mover
 from moe_tui.policies import make_policy
@@ -55,7 +55,6 @@ class OffloadedModel:
         self.load_info = dict(load_info or {})
         sizes = check_cache_sizes(cfg.cache_size, len(moe.layers), moe.num_experts)
         self._policy = cfg.policy
-        self.source = WeightSource(fmt, device)
         self.caches = [
             LayerCache(moe_layer.index, k, fmt.nbytes, device, make_policy(cfg.policy))
             for moe_layer, k in zip(moe.layers, sizes, strict=True)
@@ -67,7 +66,7 @@ class OffloadedModel:
             caches=self.caches,
             routers=[moe_layer.router for moe_layer in moe.layers],
             act_fn=_act_fn(moe),
-            source=self.source,
+            fmt=fmt,
             mover=make_mover(device),
             telemetry=self.telemetry,
             num_experts=moe.num_experts,
@@ -141,9 +140,9 @@ class OffloadedModel:
         return {
             "fast_tier": str(self.device),
             "slow_tier": self.store.kind,
-            "fast_tier_bytes": slot_bytes + self.source.workspace_bytes,
+            "fast_tier_bytes": slot_bytes + self.format.workspace_bytes,
             "slot_bytes": slot_bytes,
-            "workspace_bytes": self.source.workspace_bytes,
+            "workspace_bytes": self.format.workspace_bytes,
             "slow_tier_bytes": self.store.total_bytes,
             "expert_bytes": self.format.nbytes,
             "resident_bytes": resident,

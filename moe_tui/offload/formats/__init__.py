@@ -1,0 +1,69 @@
+"""Expert formats: how one routed expert is laid out in its byte buffer, and how it is computed from there.
+
+Every format keeps one expert in one contiguous ``uint8`` buffer (one copy moves one expert) in the layout its
+kernel reads, so computing with a cached expert reads only those bytes:
+
+* :class:`~.dense.DenseFormat` (``bf16``/``fp16``/``fp32``): ``gate | up | down`` in the compute dtype;
+* :class:`~.int4.Int4Format` (4 bits): HQQ's quantization, converted to PyTorch's own int4 kernels
+  (``_weight_int4pack_mm_for_cpu`` on CPU, ``_weight_int4pack_mm`` on CUDA), whose packed layout differs
+  between the two devices;
+* :class:`~.int8.Int8Format` (8 bits): per-output-channel int8 with PyTorch's ``_weight_int8pack_mm``;
+* :class:`~.hqq.HqqFormat` (2 and 3 bits, and 4 or 8 bits where no kernel fits): HQQ's bit-packed layout,
+  dequantized into a workspace on every use. It is the only **unfused** format, and says so.
+
+:func:`make_format` picks the format once; the store, the slots, the engine, the planner and the benchmarks
+all take that object and never re-derive it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_tui import precision
+from moe_tui.offload.formats.base import ExpertFormat, Views
+from moe_tui.offload.formats.dense import DenseFormat
+from moe_tui.offload.formats.hqq import HqqFormat
+from moe_tui.offload.formats.int4 import Int4Format
+from moe_tui.offload.formats.int8 import Int8Format
+
+__all__ = [
+    "DenseFormat",
+    "ExpertFormat",
+    "HqqFormat",
+    "Int4Format",
+    "Int8Format",
+    "Views",
+    "fused_bits",
+    "make_format",
+]
+
+
+def make_format(
+    shapes: list[tuple[int, int]],
+    dtype: torch.dtype,
+    bits: int | None = None,
+    group_size: int = precision.DEFAULT_GROUP_SIZE,
+    device: torch.device | str = "cpu",
+    fused: bool = True,
+) -> ExpertFormat:
+    """The format for experts of ``shapes`` (gate, up, down) computed in ``dtype`` on ``device``.
+
+    ``bits`` None keeps them unquantized. At 4 and 8 bits the fused kernel formats are used where the device,
+    dtype and shapes allow them; elsewhere (and with ``fused=False``) HQQ's unfused format.
+    """
+    device = torch.device(device)
+    if bits is None:
+        return DenseFormat(shapes, dtype)
+    if fused and bits == 4 and Int4Format.supports(shapes, dtype, group_size, device):
+        return Int4Format(shapes, dtype, group_size, device)
+    if fused and bits == 8 and Int8Format.supports(shapes, dtype, device):
+        return Int8Format(shapes, dtype, device)
+    return HqqFormat(shapes, dtype, bits, group_size)
+
+
+def fused_bits(
+    shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device | str, group_size: int
+) -> set[int]:
+    """The expert bit widths that get a fused kernel for these shapes, dtype and device."""
+    device = torch.device(device)
+    return {bits for bits in (2, 3, 4, 8) if make_format(shapes, dtype, bits, group_size, device).fused}

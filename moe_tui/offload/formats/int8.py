@@ -1,0 +1,83 @@
+"""8-bit experts: per-output-channel int8 computed by PyTorch's ``_weight_int8pack_mm``.
+
+Each row of a weight matrix is scaled by its largest magnitude: ``w = q * s`` with ``q`` in -127..127 and one
+scale per output row in the compute dtype (symmetric round-to-nearest, the layout that kernel reads). Gate and
+up are one (2I, H) matrix. The buffer is ``gate_up int8 | down int8 | gate_up scales | down scales``, each part
+on a 64-byte boundary; with a 2-byte compute dtype its size is :mod:`moe_tui.precision`'s ``int8``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor, nn
+
+from moe_tui.offload.formats.base import ExpertFormat, Views, aligned, region
+
+
+class Int8Format(ExpertFormat):
+    """Per-channel int8 experts."""
+
+    def __init__(self, shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device):
+        super().__init__(shapes, dtype, 8, 0)
+        self.name = self.precision = "int8"
+        i, h = self.intermediate, self.hidden
+        self._matrices = ((2 * i, h), (h, i))
+        sizes = [aligned(n * k) for n, k in self._matrices] + [aligned(n * dtype.itemsize) for n, _ in self._matrices]
+        self._offsets = [sum(sizes[:j]) for j in range(4)]
+        self.nbytes = sum(sizes)
+
+    @staticmethod
+    def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether ``_weight_int8pack_mm`` runs for this dtype on ``device`` (tried once on a tiny input)."""
+        return _kernel_runs(device.type, dtype)
+
+    def pack(self, gate: Tensor, up: Tensor, down: Tensor, out: Tensor) -> None:
+        """Quantize each row symmetrically and write values and scales into ``out``."""
+        self.check_weights(gate, up, down)
+        for index, weight in enumerate((torch.cat([gate, up]), down)):
+            values, scales = quantize_rows(weight, self.dtype)
+            raw = values.view(torch.uint8).reshape(-1)
+            out[self._offsets[index] : self._offsets[index] + raw.numel()].copy_(raw)
+            raw_scales = scales.view(torch.uint8)
+            out[self._offsets[2 + index] : self._offsets[2 + index] + raw_scales.numel()].copy_(raw_scales)
+
+    def views(self, buffer: Tensor) -> Views:
+        """int8 gate-up, int8 down, and their per-row scales."""
+        views = [region(buffer, self._offsets[j], n * k, torch.int8, (n, k)) for j, (n, k) in enumerate(self._matrices)]
+        for j, (n, _) in enumerate(self._matrices):
+            views.append(region(buffer, self._offsets[2 + j], n * self.dtype.itemsize, self.dtype, (n,)))
+        return tuple(views)
+
+    def forward(self, views: Views, x: Tensor, act_fn: nn.Module) -> Tensor:
+        """Two int8 kernel calls and the gated activation."""
+        gate_up, down, gate_up_scales, down_scales = views
+        gate, up = torch.ops.aten._weight_int8pack_mm(x, gate_up, gate_up_scales).chunk(2, dim=-1)
+        return torch.ops.aten._weight_int8pack_mm((act_fn(gate) * up).contiguous(), down, down_scales)
+
+    def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
+        """``q * s`` for both matrices, in the compute dtype."""
+        gate_up, down, gate_up_scales, down_scales = self.views(buffer)
+        return (gate_up.to(self.dtype) * gate_up_scales[:, None], down.to(self.dtype) * down_scales[:, None])
+
+
+def quantize_rows(weight: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row int8: values (N, K) int8 and scales (N,) in ``dtype`` with ``weight ~ values * scales``."""
+    w = weight.float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float16).tiny).to(dtype)
+    values = torch.round(w / scales.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    return values, scales
+
+
+@functools.cache
+def _kernel_runs(device_type: str, dtype: torch.dtype) -> bool:
+    if device_type == "cuda" and not torch.cuda.is_available():
+        return False
+    try:
+        x = torch.ones(1, 32, dtype=dtype, device=device_type)
+        w = torch.ones(16, 32, dtype=torch.int8, device=device_type)
+        s = torch.ones(16, dtype=dtype, device=device_type)
+        return bool(torch.ops.aten._weight_int8pack_mm(x, w, s).eq(32).all())
+    except (RuntimeError, NotImplementedError):
+        return False

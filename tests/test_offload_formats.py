@@ -1,0 +1,135 @@
+"""Expert formats: each fused kernel computes what its own dequantized weights give, and HQQ's weights at 4 bits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from offload_models import build, mixtral_config, prompt
+from test_offload_quant import hqq_dequantized
+
+from moe_tui.offload import OffloadConfig, offload_model
+from moe_tui.offload.formats import DenseFormat, HqqFormat, Int4Format, Int8Format, fused_bits, make_format
+
+CUDA = pytest.param(
+    "cuda",
+    marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
+)
+SHAPES = [(128, 256), (128, 256), (256, 128)]  # (I, H): every kernel's tiling divides them
+
+
+def packed(fmt, device: str, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Random weights and their buffer in ``fmt`` on ``device``."""
+    torch.manual_seed(seed)
+    weights = [torch.randn(s) * 0.1 for s in fmt.shapes]
+    buffer = torch.zeros(fmt.nbytes, dtype=torch.uint8)
+    fmt.pack(*weights, buffer)
+    return weights, buffer.to(device)
+
+
+def reference_forward(fmt, buffer: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Dequantize, then two ordinary matmuls in the compute dtype."""
+    gate_up, down = fmt.dequantize(buffer)
+    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, down)
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.float() - expected.float()).abs().max() / expected.float().abs().max()).item()
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize(
+    ("bits", "dtype", "name"),
+    [(4, torch.bfloat16, "int4"), (4, torch.float16, "int4"), (8, torch.bfloat16, "int8"), (8, torch.float32, "int8")],
+)
+def test_fused_kernel_equals_dequantize_then_matmul(device: str, bits: int, dtype: torch.dtype, name: str) -> None:
+    fmt = make_format(SHAPES, dtype, bits, 64, device)
+    if device == "cuda" and not fmt.fused:
+        pytest.skip(f"no fused {bits}-bit kernel for {dtype} on this GPU")
+    assert (fmt.name, fmt.fused, fmt.layout in ("any", device)) == (name, True, True)
+    _, buffer = packed(fmt, device)
+    for tokens in (1, 5):
+        x = torch.randn(tokens, 256, dtype=dtype, device=device)
+        got = fmt.forward(fmt.views(buffer), x, F.silu)
+        expected = reference_forward(fmt, buffer, x)
+        assert got.dtype == dtype and got.shape == (tokens, 256)
+        tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # the compute dtype's rounding, over two matmuls
+        assert relative_error(got, expected) < tolerance
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+def test_int4_weights_are_hqqs_four_bit_weights(device: str) -> None:
+    fmt = make_format(SHAPES, torch.bfloat16, 4, 64, device)
+    assert isinstance(fmt, Int4Format)
+    weights, buffer = packed(fmt, device)
+    unfused = HqqFormat(SHAPES, torch.bfloat16, 4, 64)
+    gate_up, down = fmt.dequantize(buffer)
+    expected_gate_up = hqq_dequantized(torch.cat(weights[:2]), 4, 64, unfused)
+    expected_down = hqq_dequantized(weights[2], 4, 64, unfused)
+    # (q - 8) s + (8 - z) s equals (q - z) s up to one rounding of the offset to bf16
+    assert relative_error(gate_up.cpu(), expected_gate_up) < 1e-2
+    assert relative_error(down.cpu(), expected_down) < 1e-2
+    assert (down.cpu().float() - weights[2]).abs().mean() < 0.012  # 4-bit error on weights of std 0.1
+
+
+def test_int8_is_symmetric_per_channel_and_close() -> None:
+    fmt = make_format(SHAPES, torch.bfloat16, 8, 64, "cpu")
+    weights, buffer = packed(fmt, "cpu")
+    _, down = fmt.dequantize(buffer)
+    assert relative_error(down, weights[2]) < 0.01
+    values = fmt.views(buffer)[1]
+    assert values.dtype == torch.int8 and values.abs().amax(dim=1).eq(127).all()
+
+
+def test_formats_without_a_kernel_fall_back_to_unfused_hqq_and_say_so() -> None:
+    assert fused_bits(SHAPES, torch.bfloat16, "cpu", 64) == {4, 8}
+    assert fused_bits(SHAPES, torch.float32, "cpu", 64) == {8}  # the CPU int4 kernel needs a 2-byte dtype
+    assert 4 not in fused_bits(SHAPES, torch.bfloat16, "cpu", 16)  # nor a group size below 32
+    odd = [(40, 48), (40, 48), (48, 40)]
+    assert 4 not in fused_bits(odd, torch.bfloat16, "cpu", 16)
+    two = make_format(SHAPES, torch.bfloat16, 2, 64, "cpu")
+    assert (two.name, two.fused, two.label()) == ("hqq2", False, "hqq2 (unfused)")
+    assert two.workspace_bytes > 0 and make_format(SHAPES, torch.bfloat16, 4, 64, "cpu").workspace_bytes == 0
+    assert isinstance(make_format(SHAPES, torch.bfloat16, None), DenseFormat)
+
+
+def test_packed_layout_is_recorded_per_device() -> None:
+    cpu = make_format(SHAPES, torch.bfloat16, 4, 64, "cpu")
+    cuda = Int4Format(SHAPES, torch.bfloat16, 64, torch.device("cuda"))  # built without a GPU: layout only
+    assert cpu.describe()["layout"] == "cpu" and cuda.describe()["layout"] == "cuda"
+    assert cpu.nbytes == cuda.nbytes
+    assert Int8Format(SHAPES, torch.bfloat16, torch.device("cpu")).describe()["layout"] == "any"
+
+
+def dequantized_reference(config, om, seed: int):
+    """transformers' own model with every expert replaced by the weights the offloaded format computes with."""
+    reference = build(config, seed=seed).to(torch.bfloat16)
+    with torch.no_grad():
+        for moe_layer in om.moe.layers:
+            experts = reference.model.layers[moe_layer.decoder_index].mlp.experts
+            for expert in range(om.moe.num_experts):
+                gate_up, down = om.format.dequantize(om.store.row(moe_layer.index, expert))
+                experts.gate_up_proj[expert].copy_(gate_up)
+                experts.down_proj[expert].copy_(down)
+    return reference
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "hqq2")])
+def test_every_format_matches_transformers_with_the_formats_weights(device: str, bits, name: str) -> None:
+    config = mixtral_config(experts=4, hidden=64, intermediate=64, layers=3)
+    settings = OffloadConfig(cache_size=2, prefetch=1, expert_bits=bits, group_size=32, dtype="bf16", device=device)
+    om = offload_model(build(config, seed=31), settings)
+    if device == "cuda" and bits == 8 and not om.format.fused:
+        name = "hqq8"
+    assert om.format.name == name
+    reference = dequantized_reference(config, om, seed=31).to(device)
+    ids = prompt(batch=3, length=7, seed=2).to(device)
+    with torch.no_grad():
+        expected = reference(ids).logits.float()
+        got = om.model(ids).logits.float()
+    # bf16 activations through three layers; a near-tie in a router can flip one position's experts
+    per_position = (got - expected).abs().amax(-1) / expected.abs().amax()
+    assert (per_position < 2e-2).float().mean() >= 0.9
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
