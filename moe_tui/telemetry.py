@@ -15,7 +15,7 @@ Trace schema (version 1), one JSON object per line:
 * ``{"type": "step", "step": int, "layer": int, "n_tokens": int, "experts": [int], "counts": [int],
   "weights": [float], "hits": [bool], "prefetch_hits": [bool], "prefetch_issued": [int],
   "slots": [int | null], "bytes_loaded": int, "load_s": float, "compute_s": float, "time": float,
-  "prefetch_guesses": [int]}``.
+  "prefetch_guesses": [int], "host": [bool]}``.
   ``step`` numbers forward passes (a prefill is one step of ``n_tokens`` tokens, each decoded token one
   step of 1). ``experts`` are the distinct experts this pass used, in the order the engine fetched them;
   ``counts[i]`` tokens went to ``experts[i]`` with mean router weight ``weights[i]``. ``hits[i]`` says
@@ -24,7 +24,8 @@ Trace schema (version 1), one JSON object per line:
   prefetch started for this layer ahead of this pass; ``prefetch_guesses`` (optional, may be absent) every
   expert the prefetch guessed for it, held already or not, in guess order (the cache lab needs the held
   ones too: a prefetch never evicts a guess). ``slots`` is the slot content after the pass in eviction
-  order (next victim first; ``null`` is an empty slot).
+  order (next victim first; ``null`` is an empty slot). ``host`` (optional, empty or absent when none) marks
+  the misses computed on the host straight from the store, without a copy and without entering a slot.
 * ``{"type": "token", "step": int, "text": str, "time": float}``: the text of the token a step produced.
 * ``{"type": "config", "step": int, "cache_size": [int], "policy": str, "prefetch": int}``: settings
   changed between tokens.
@@ -37,7 +38,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -95,11 +96,17 @@ class LayerStep:
     compute_s: float = 0.0
     time: float = field(default_factory=time.time)
     prefetch_guesses: tuple[int, ...] = ()
+    host: tuple[bool, ...] = ()  # per expert: a miss computed on the host from the store (empty: none was)
 
     @property
     def misses(self) -> int:
         """Experts of this pass that had to be copied in before use."""
-        return sum(not hit for hit in self.hits)
+        return sum(not hit for hit in self.hits) - self.host_computed
+
+    @property
+    def host_computed(self) -> int:
+        """Missed experts of this pass computed on the host from the store, without a copy."""
+        return sum(self.host)
 
 
 @dataclass(frozen=True)
@@ -126,17 +133,18 @@ class Counters:
     """Cumulative counts over a run, for one layer or for all of them."""
 
     hits: int = 0
-    misses: int = 0
+    misses: int = 0  # copied into a slot
     prefetch_issued: int = 0
     prefetch_used: int = 0
     bytes_loaded: int = 0
     load_s: float = 0.0
     compute_s: float = 0.0
+    host: int = 0  # misses computed on the host from the store
 
     @property
     def accesses(self) -> int:
-        """Expert fetches: hits plus misses."""
-        return self.hits + self.misses
+        """Expert fetches: hits, copied misses and misses computed on the host."""
+        return self.hits + self.misses + self.host
 
     @property
     def hit_rate(self) -> float:
@@ -151,13 +159,17 @@ class Counters:
     @property
     def prefetch_recall(self) -> float:
         """Share of the experts that were not cached before prefetch ran that prefetch brought in."""
-        needed = self.misses + self.prefetch_used
+        needed = self.misses + self.host + self.prefetch_used
         return self.prefetch_used / needed if needed else 0.0
 
     @property
     def prefetch_wasted(self) -> int:
         """Prefetched experts the router did not use."""
         return self.prefetch_issued - self.prefetch_used
+
+    def __add__(self, other: Counters) -> Counters:
+        """Both counts added field by field (layers summed into a total)."""
+        return Counters(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(Counters)})
 
     def add(self, step: LayerStep) -> Counters:
         """These counters with one more layer step folded in."""
@@ -169,6 +181,7 @@ class Counters:
             bytes_loaded=self.bytes_loaded + step.bytes_loaded,
             load_s=self.load_s + step.load_s,
             compute_s=self.compute_s + step.compute_s,
+            host=self.host + step.host_computed,
         )
 
 
@@ -477,12 +490,17 @@ def _parse_step(record: dict[str, Any], header: TraceHeader) -> LayerStep:
         compute_s=float(record.get("compute_s", 0.0)),
         time=float(record.get("time", 0.0)),
         prefetch_guesses=tuple(int(e) for e in record.get("prefetch_guesses", ())),
+        host=tuple(bool(h) for h in record.get("host", ())),
     )
     if not 0 <= step.layer < header.num_layers:
         raise ValueError(f"layer {step.layer} is outside this model's {header.num_layers} MoE layers")
     lengths = {len(step.experts), len(step.counts), len(step.weights), len(step.hits), len(step.prefetch_hits)}
     if len(lengths) != 1:
         raise ValueError("experts, counts, weights, hits and prefetch_hits must have the same length")
+    if step.host and (
+        len(step.host) != len(step.experts) or any(h and hit for h, hit in zip(step.host, step.hits, strict=True))
+    ):
+        raise ValueError("host must be empty or one flag per expert, set only where hits is false")
     held = (s for s in step.slots if s is not None)
     for expert in (*step.experts, *step.prefetch_issued, *step.prefetch_guesses, *held):
         if not 0 <= expert < header.num_experts:

@@ -214,7 +214,7 @@ def test_run_lab_covers_every_size_and_policy_with_gaps() -> None:
     header = TraceHeader(model="toy", num_layers=2, num_experts=8, top_k=1, cache_size=(3, 3), expert_bytes=10)
     report = run_lab(header, make_steps(routing, prefetch=True))
     assert report.cache_sizes == tuple(range(1, 9))
-    assert report.policies == ("lru", "lfu", "fifo", "lru+prefetch", "min")
+    assert report.policies == ("lru", "lfu", "fifo", "lru+prefetch", "lru+prefetch+host", "min")
     assert report.tokens == len(TEXTBOOK) and report.passes == len(TEXTBOOK)
     assert report.result("lru", 3).total.misses == 24
     assert report.gap("lru", 3) == pytest.approx((11 - 8) / 20)
@@ -224,8 +224,10 @@ def test_run_lab_covers_every_size_and_policy_with_gaps() -> None:
             assert report.gap(policy, k) >= 0
     # Perfect guesses: every pass was prefetched correctly, so every fetch after the first is a prefetch hit.
     assert report.hit_rate("lru+prefetch", 1) == 1.0
+    # with perfect guesses nothing misses, so computing misses on the host changes nothing
+    assert report.result("lru+prefetch+host", 1).total == report.result("lru+prefetch", 1).total
     data = report.to_dict()
-    assert len(data["replays"]) == 8 * 5
+    assert len(data["replays"]) == 8 * 6
     assert data["recorded"]["total"]["misses"] == 40
 
 
@@ -247,3 +249,18 @@ def test_decode_only_replays_prefill_without_counting_it() -> None:
     counters = simulate_layer(passes, 2, "lru", decode_only=True)
     assert (counters.hits, counters.misses) == (1, 2)
     assert simulate_layer(passes, 2, "lru").misses == 4
+
+
+def test_misses_computed_on_the_host_copy_nothing_and_leave_the_slots_alone() -> None:
+    passes = [
+        LayerPass((0, 1), prefetch=(0,)),  # 0 prefetched and used; 1 misses (copied: it stays in a slot)
+        LayerPass((1, 2), prefetch=(3,)),  # a wrong guess; 1 hits only if the first miss was copied
+        LayerPass((3,), prefetch=()),  # 3 hits only if no copied miss evicted it
+    ]
+    copied = simulate_layer(passes, 2, "lru", prefetch=True)
+    hosted = simulate_layer(passes, 2, "lru", prefetch=True, host_misses=True)
+    assert (copied.hits, copied.misses, copied.host) == (2, 3, 0)
+    assert (hosted.hits, hosted.misses, hosted.host) == (2, 0, 3)
+    assert hosted.prefetch_issued == copied.prefetch_issued == 2
+    assert hosted.accesses == copied.accesses == 5
+    assert hosted.prefetch_recall == copied.prefetch_recall == 1 / 4

@@ -103,10 +103,12 @@ def test_lab_table(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_lab_json_matches_the_recording_and_bounds(trace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["lab", str(trace), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["policies"] == ["lru", "lfu", "fifo", "lru+prefetch", "min"]
+    assert data["policies"] == ["lru", "lfu", "fifo", "lru+prefetch", "lru+prefetch+host", "min"]
     replays = {(r["policy"], r["cache_size"][0]): r for r in data["replays"]}
-    assert len(replays) == 4 * 5
+    assert len(replays) == 4 * 6
     recorded = data["recorded"]["total"]
+    hosted = replays[("lru+prefetch+host", 2)]["total"]
+    assert hosted["misses"] == 0 and hosted["hits"] + hosted["host"] == recorded["hits"] + recorded["misses"]
     replayed = replays[("lru+prefetch", 2)]["total"]
     for key in ("hits", "misses", "prefetch_issued", "prefetch_used", "bytes_loaded"):
         assert replayed[key] == recorded[key], key

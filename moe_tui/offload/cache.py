@@ -84,5 +84,5 @@ class LayerCache:
 
     def eviction_order(self) -> tuple[int | None, ...]:
         """Slot contents in eviction order, next victim first; empty slots (filled first) lead as None."""
-        empty = sum(expert is None for expert in self.expert_in)
+        empty = len(self.expert_in) - len(self.slot_of)
         return (None,) * empty + tuple(self.policy.order(self.slot_of.keys()))

@@ -14,6 +14,7 @@ EXPERT_BITS = (2, 3, 4, 8)
 ATTN_BITS = (4, 8)
 DEVICES = ("cpu", "cuda", "auto")
 STORES = ("ram", "mmap")
+MISS_MODES = ("copy", "host", "auto")  # see moe_tui.offload.misses
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -38,6 +39,8 @@ class OffloadConfig:
     ``dtype``: compute dtype (None: the model's or checkpoint's own). ``trace_path``: write a JSON Lines trace.
     ``quant_cache_dir``: save the packed (quantized) expert store here and reuse it on the next start.
     ``telemetry``: record one LayerStep per layer per pass (stats, snapshot, trace); off only to measure its cost.
+    ``miss``: what a missed expert does: ``copy`` it into a slot, compute it on the ``host`` from the store
+    without a copy, or ``auto`` (a measured cost model decides per miss; see :mod:`moe_tui.offload.misses`).
     """
 
     cache_size: int | list[int] = 2
@@ -52,6 +55,7 @@ class OffloadConfig:
     trace_path: str | Path | None = None
     quant_cache_dir: str | Path | None = None
     telemetry: bool = True
+    miss: str = "copy"
 
     def __post_init__(self) -> None:
         sizes = self.cache_size if isinstance(self.cache_size, (list, tuple)) else [self.cache_size]
@@ -72,6 +76,8 @@ class OffloadConfig:
             raise UserError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
         if self.store not in STORES:
             raise UserError(f"unknown expert store {self.store!r}; choose from {', '.join(STORES)}")
+        if self.miss not in MISS_MODES:
+            raise UserError(f"unknown miss mode {self.miss!r}; choose from {', '.join(MISS_MODES)}")
         if self.dtype is not None and not isinstance(self.dtype, torch.dtype) and self.dtype not in DTYPES:
             raise UserError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
 

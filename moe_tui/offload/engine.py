@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from moe_tui.offload.cache import LayerCache
 from moe_tui.offload.formats import ExpertFormat
+from moe_tui.offload.misses import MissCosts, host_can_compute, measure_costs
 from moe_tui.offload.routing import Routing
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import Mover, Timer
@@ -41,6 +42,7 @@ class PendingStep:
     weights: tuple[float, ...]
     hits: tuple[bool, ...]
     prefetch_hits: tuple[bool, ...]
+    host: tuple[bool, ...]
     prefetch_issued: tuple[int, ...]
     prefetch_guesses: tuple[int, ...]
     slots: tuple[int | None, ...]
@@ -55,7 +57,8 @@ class Tally:
     steps: int = 0
     tokens: int = 0
     hits: int = 0
-    misses: int = 0
+    misses: int = 0  # copied into a slot
+    host: int = 0  # computed on the host from the store
     prefetch_issued: int = 0
     prefetch_used: int = 0
     bytes_loaded: int = 0
@@ -77,19 +80,25 @@ class Engine:
         num_experts: int,
         prefetch: int,
         record: bool,
+        miss: str = "copy",
     ):
         self.store = store
         self.caches = caches
         self.routers = routers
         self.act_fn = act_fn
+        self.act = act_fn.forward  # called without nn.Module's hook machinery: ~4 us per expert saved
         self.fmt = fmt
         self.mover = mover
         self.telemetry = telemetry
         self.num_experts = num_experts
         self.prefetch = prefetch
         self.record = record
+        self.miss = miss
+        self.costs: MissCosts | None = None  # measured on the first ``auto`` decision
         self.step = 0
         self.tally = Tally()
+        self.layer_hits = [0] * len(caches)
+        self.layer_accesses = [0] * len(caches)
 
     # ----------------------------------------------------------------- forward-pass boundaries
     def begin_pass(self) -> None:
@@ -115,6 +124,7 @@ class Engine:
                     weights=item.weights,
                     hits=item.hits,
                     prefetch_hits=item.prefetch_hits,
+                    host=item.host,
                     prefetch_issued=item.prefetch_issued,
                     prefetch_guesses=item.prefetch_guesses,
                     slots=item.slots,
@@ -138,7 +148,9 @@ class Engine:
         routing = Routing(top_k_index, top_k_weights, self.num_experts, guesses, weights=record)
         hits = [e for e in routing.experts if e in cache.slot_of]
         misses = [e for e in routing.experts if e not in cache.slot_of]
-        order = hits + misses
+        on_host = self._host_misses(layer, misses, routing.tokens) if misses and self.miss != "copy" else []
+        copied = [e for e in misses if e not in on_host] if on_host else misses
+        order = hits + copied + on_host
         prefetch_hits = [e in cache.prefetched for e in hits]
         for expert in hits:
             cache.policy.access(expert)
@@ -147,9 +159,9 @@ class Engine:
         mover.start_pass(timer)
         bytes_loaded = cache.prefetch_bytes
 
-        # 2. start the misses that have a slot to go to; the rest stream through the slots below
-        remaining = set(order)
-        for expert in misses:
+        # 2. start the copied misses that have a slot to go to; the rest stream through the slots below
+        remaining = set(hits + copied)
+        for expert in copied:
             slot = cache.victim(protected=remaining)
             if slot is None:
                 break
@@ -159,28 +171,41 @@ class Engine:
         if routing.guesses:
             self._prefetch(layer + 1, routing.guesses)
 
-        # 4. compute, hits first
-        out = torch.zeros_like(hidden)
+        # 4. compute, hits first, misses computed on the host last (their copies would have been the slowest)
+        fmt, act_fn = self.fmt, self.act
+        single = routing.tokens == 1
+        out = None if single else torch.zeros_like(hidden)
+        outputs: dict[int, Tensor] = {}  # a single token's expert outputs, combined in one matmul at the end
         for expert in order:
-            slot = cache.slot_of.get(expert)
-            if slot is None:
-                slot = cache.victim(protected=remaining)
-                if slot is None:  # cannot happen: every computed expert is evictable
-                    raise RuntimeError(f"layer {layer}: no slot free for expert {expert}")
-                bytes_loaded += self._load(cache, layer, slot, expert, timer)
-            inputs, rows, weights = routing.inputs(expert, hidden)
-            mover.before_compute(cache, slot, timer)
-            token = mover.begin(timer)
-            views = cache.views[slot]
-            if views is None:
-                views = cache.views[slot] = self.fmt.views(cache.slots[slot])
-            result = (self.fmt.forward(views, inputs, self.act_fn) * weights).to(out.dtype)
-            if rows is None:
-                out.add_(result)
+            if single:
+                inputs, rows, weights = hidden, None, None
             else:
-                out.index_put_((rows,), result, accumulate=True)  # index_add_ is slow on CPU
-            mover.after_compute(cache, slot, timer, token)
-            remaining.discard(expert)
+                inputs, rows, weights = routing.inputs(expert, hidden)
+            if on_host and expert in on_host:
+                token = mover.begin(timer)
+                result = self._compute_on_host(layer, expert, inputs)
+                mover.after_host_compute(timer, token)
+            else:
+                slot = cache.slot_of.get(expert)
+                if slot is None:
+                    slot = cache.victim(protected=remaining)
+                    if slot is None:  # cannot happen: every computed expert is evictable
+                        raise RuntimeError(f"layer {layer}: no slot free for expert {expert}")
+                    bytes_loaded += self._load(cache, layer, slot, expert, timer)
+                mover.before_compute(cache, slot, timer)
+                token = mover.begin(timer)
+                views = cache.views[slot]
+                if views is None:
+                    views = cache.views[slot] = fmt.views(cache.slots[slot])
+                result = fmt.forward(views, inputs, act_fn)
+                mover.after_compute(cache, slot, timer, token)
+                remaining.discard(expert)
+            if single:
+                outputs[expert] = result
+            else:
+                out.index_put_((rows,), (result * weights).to(out.dtype), accumulate=True)  # index_add_ is slow on CPU
+        if single:
+            out = routing.combine(outputs, hidden.dtype)
         mover.end_pass(timer)
 
         # 5. bookkeeping
@@ -188,7 +213,10 @@ class Engine:
         if layer == 0:
             tally.tokens += routing.tokens
         tally.hits += len(hits)
-        tally.misses += len(misses)
+        tally.misses += len(copied)
+        tally.host += len(on_host)
+        self.layer_hits[layer] += len(hits)
+        self.layer_accesses[layer] += len(order)
         tally.prefetch_issued += len(cache.issued)
         tally.prefetch_used += sum(prefetch_hits)
         tally.bytes_loaded += bytes_loaded
@@ -202,6 +230,7 @@ class Engine:
                     weights=tuple(routing.mean_weight(e) for e in order),
                     hits=(True,) * len(hits) + (False,) * len(misses),
                     prefetch_hits=tuple(prefetch_hits) + (False,) * len(misses),
+                    host=(False,) * (len(hits) + len(copied)) + (True,) * len(on_host) if on_host else (),
                     prefetch_issued=tuple(cache.issued),
                     prefetch_guesses=tuple(cache.guesses),
                     slots=cache.eviction_order(),
@@ -211,6 +240,25 @@ class Engine:
             )
         cache.forget_prefetch()
         return out
+
+    def _host_misses(self, layer: int, misses: list[int], tokens: int) -> list[int]:
+        """The misses to compute on the host (``miss`` = host: all; auto: where the cost model says so)."""
+        if self.miss == "host":
+            return list(misses)
+        if not host_can_compute(self.fmt):
+            return []
+        if self.costs is None:
+            self.costs = measure_costs(self.fmt, self.store, self.caches[layer].device, self.act_fn)
+        accesses = self.layer_accesses[layer]
+        reuse = self.layer_hits[layer] / accesses if accesses else self.caches[layer].capacity / self.num_experts
+        return list(misses) if self.costs.host_is_cheaper(tokens, reuse) else []
+
+    def _compute_on_host(self, layer: int, expert: int, inputs: Tensor) -> Tensor:
+        """One expert computed by the CPU straight from its store buffer (inputs and output move if need be)."""
+        views = self.fmt.views(self.store.row(layer, expert))
+        if inputs.device.type == "cpu":
+            return self.fmt.forward(views, inputs, self.act)
+        return self.fmt.forward(views, inputs.to("cpu"), self.act).to(inputs.device, non_blocking=True)
 
     def _guess(self, layer: int, hidden: Tensor, depth: int) -> Tensor:
         """The next layer's ``depth`` most likely experts for these tokens, from its router's logits."""

@@ -19,6 +19,7 @@ from moe_tui.offload.config import OffloadConfig, check_cache_sizes
 from moe_tui.offload.engine import Engine
 from moe_tui.offload.experts import OffloadedExperts
 from moe_tui.offload.formats import ExpertFormat
+from moe_tui.offload.misses import host_can_compute
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import make_mover
 from moe_tui.policies import make_policy
@@ -72,7 +73,9 @@ class OffloadedModel:
             num_experts=moe.num_experts,
             prefetch=cfg.prefetch,
             record=cfg.telemetry,
+            miss=cfg.miss,
         )
+        check_miss_mode(cfg.miss, fmt)
         for moe_layer in moe.layers:
             experts = moe_layer.block.experts
             if not isinstance(experts, OffloadedExperts):
@@ -109,17 +112,19 @@ class OffloadedModel:
     def stats(self) -> dict[str, float | int]:
         """Cumulative counters since load.
 
-        ``hits``/``misses``/``bytes_loaded``/``prefetch_*`` count expert fetches over all layers and passes;
+        ``hits``/``misses``/``host``/``bytes_loaded``/``prefetch_*`` count expert fetches over all layers and
+        passes (``misses`` were copied into a slot, ``host`` computed on the host from the store);
         ``load_s``/``compute_s`` come from telemetry (0 with ``telemetry=False``); ``tokens`` counts token
         positions that went through the model (prompt and generated, all batch rows) and ``steps`` forward passes.
         """
         tally = self.engine.tally
         counters = self.telemetry.counters()
-        accesses = tally.hits + tally.misses
-        needed = tally.misses + tally.prefetch_used
+        accesses = tally.hits + tally.misses + tally.host
+        needed = tally.misses + tally.host + tally.prefetch_used
         return {
             "hits": tally.hits,
             "misses": tally.misses,
+            "host": tally.host,
             "hit_rate": tally.hits / accesses if accesses else 0.0,
             "prefetch_issued": tally.prefetch_issued,
             "prefetch_used": tally.prefetch_used,
@@ -176,6 +181,16 @@ class OffloadedModel:
         """Prefetch ``p`` guessed experts per layer (0 turns prefetch off)."""
         OffloadConfig(prefetch=p).check_prefetch(self.moe.num_experts)
         self._change(prefetch=p)
+
+    @property
+    def miss(self) -> str:
+        """What a missed expert does now: ``copy``, ``host`` or ``auto``."""
+        return self._pending.get("miss", self.engine.miss)
+
+    def set_miss(self, mode: str) -> None:
+        """Copy missed experts into slots, compute them on the host from the store, or let the cost model choose."""
+        check_miss_mode(OffloadConfig(miss=mode).miss, self.format)
+        self._change(miss=mode)
 
     def close(self) -> None:
         """Flush the trace and release the store and slots; the model cannot run afterwards."""
@@ -240,6 +255,8 @@ class OffloadedModel:
                     cache.policy.insert(expert)
         if "prefetch" in pending:
             self.engine.prefetch = pending["prefetch"]
+        if "miss" in pending:
+            self.engine.miss = pending["miss"]
         if "cache_size" in pending:
             self.engine.mover.drain()  # no copy may still be writing into the slots being moved
             for index, k in enumerate(pending["cache_size"]):
@@ -253,6 +270,15 @@ class OffloadedModel:
                 policy=self._policy,
                 prefetch=self.engine.prefetch,
             )
+        )
+
+
+def check_miss_mode(mode: str, fmt: ExpertFormat) -> None:
+    """Refuse ``host`` where the store's layout is one only the GPU's kernel reads (``auto`` then copies)."""
+    if mode == "host" and not host_can_compute(fmt):
+        raise UserError(
+            f"miss=host needs experts the CPU can compute; the {fmt.name} store is in the {fmt.layout} kernel's "
+            "layout (use miss=copy or auto)"
         )
 
 

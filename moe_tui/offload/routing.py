@@ -65,6 +65,13 @@ class Routing:
         rows = token_of[begin:end]
         return hidden[rows], rows, weight_of[begin:end, None]
 
+    def combine(self, outputs: dict[int, Tensor], dtype: torch.dtype) -> Tensor:
+        """A single token's output (1, H): each selected expert's (1, H) output weighted by the token's router
+        weight and summed, in one float32 matmul, then cast to ``dtype``."""
+        rows = [outputs[e] for e in sorted(outputs, key=self._position.__getitem__)]  # the router's own order
+        weights = self._weights if len(rows) == self.top_k else self._weights[:, sorted(self._position.values())]
+        return torch.mm(weights.float(), torch.cat(rows).float()).to(dtype)
+
     def _group(self) -> tuple[Tensor, Tensor, dict[int, int]]:
         """Token positions sorted by expert, with each expert's start (computed once per pass)."""
         if self._grouped is None:

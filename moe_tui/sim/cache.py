@@ -6,7 +6,8 @@ The model of a pass, shared by every policy so that their counts compare:
    not already held costs a copy and may evict a resident expert, never another guess of the same batch).
 2. The pass then fetches its distinct experts in the trace's order (the order the recording engine fetched
    them: held ones first). One already held is a hit (a prefetch hit if this pass's prefetch brought it
-   in); one not held is a miss, loaded into a free slot or into the slot of the policy's victim.
+   in); one not held is a miss, loaded into a free slot or into the slot of the policy's victim, or, when
+   misses are computed on the host, computed there from the store without entering a slot.
 3. The victim is never one of the pass's own experts while another resident expert can go, so a pass that
    needs no more experts than there are slots ends with all of them resident. One that needs more (a
    prefill on a small cache) streams the rest through the slots: each expert is computed as soon as it is
@@ -35,16 +36,24 @@ MIN_POLICY = "min"
 
 
 def simulate_layer(
-    passes: Sequence[LayerPass], cache_size: int, policy: str, prefetch: bool = False, decode_only: bool = False
+    passes: Sequence[LayerPass],
+    cache_size: int,
+    policy: str,
+    prefetch: bool = False,
+    decode_only: bool = False,
+    host_misses: bool = False,
 ) -> Counters:
     """Hits, misses and prefetch counts of an online policy (``lru``, ``lfu``, ``fifo``) on one layer's passes.
 
     With ``decode_only`` every pass is replayed but only one-token passes are counted (what decode speed
-    depends on). ``bytes_loaded`` and the times are left at zero: the caller scales copies by the expert size.
+    depends on). With ``host_misses`` a miss is computed on the host from the store (the engine's
+    ``miss=host``): counted in ``host``, it copies nothing and leaves the slots as they were, so only
+    prefetch fills them. ``bytes_loaded`` and the times are left at zero: the caller scales copies by the
+    expert size.
     """
     _check_cache_size(cache_size)
     slots = _Slots(cache_size, make_policy(policy))
-    hits = misses = issued = used = 0
+    hits = misses = issued = used = host = 0
     for layer_pass in passes:
         counted = not decode_only or layer_pass.n_tokens == 1
         if prefetch:
@@ -57,11 +66,14 @@ def simulate_layer(
                 used += from_prefetch * counted
                 hits += counted
                 continue
+            if host_misses:
+                host += counted
+                continue
             misses += counted
             if not slots.load(expert, experts) and not slots.load(expert, experts[index + 1 :]):
                 slots.load(expert, ())
         slots.prefetched.clear()
-    return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used)
+    return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used, host=host)
 
 
 def belady_layer(passes: Sequence[LayerPass], cache_size: int) -> Counters:

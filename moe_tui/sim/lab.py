@@ -12,6 +12,7 @@ from moe_tui.sim.passes import LayerPass, has_prefetch, layer_passes
 from moe_tui.telemetry import Counters, LayerStep, TokenEvent, TraceEvent, TraceHeader
 
 PREFETCH_SUFFIX = "+prefetch"
+HOST_SUFFIX = "+host"  # misses computed on the host from the store (the engine's miss=host)
 RECORDED = "recorded"
 
 
@@ -109,7 +110,8 @@ def simulate(
     """Replay a trace through a cache of ``cache_size`` slots per layer (one int, or one per MoE layer).
 
     ``policy`` is ``lru``, ``lfu``, ``fifo``, any of them followed by ``+prefetch`` (replaying the trace's
-    prefetch guesses), or ``min`` (Belady's optimum). Config changes recorded in the trace are ignored: the
+    prefetch guesses) and then ``+host`` (misses computed on the host, never copied), or ``min`` (Belady's
+    optimum). Config changes recorded in the trace are ignored: the
     replay answers "what if the cache had been this size with this policy". With ``decode_only`` (online
     policies only) prefills are replayed but not counted.
     """
@@ -125,8 +127,8 @@ def run_lab(
 ) -> LabReport:
     """Replay a trace for every cache size (default 1..num_experts) and policy, plus MIN and the recording.
 
-    The default policies are every online policy, ``lru+prefetch`` when the trace holds prefetch guesses,
-    and ``min`` (always added, since gaps are measured against it).
+    The default policies are every online policy, ``lru+prefetch`` and ``lru+prefetch+host`` when the trace
+    holds prefetch guesses, and ``min`` (always added, since gaps are measured against it).
     """
     events = list(events)
     passes = layer_passes(header, events)
@@ -136,7 +138,7 @@ def run_lab(
     if policies is None:
         chosen = list(POLICIES)
         if has_prefetch(passes):
-            chosen.append("lru" + PREFETCH_SUFFIX)
+            chosen += ["lru" + PREFETCH_SUFFIX, "lru" + PREFETCH_SUFFIX + HOST_SUFFIX]
     else:
         chosen = [p for p in policies if p != MIN_POLICY]
     chosen.append(MIN_POLICY)
@@ -169,13 +171,16 @@ def _simulate_passes(
     header: TraceHeader, passes: list[list[LayerPass]], sizes: tuple[int, ...], policy: str, decode_only: bool = False
 ) -> SimResult:
     name = policy.lower()
-    prefetch = name.endswith(PREFETCH_SUFFIX)
-    base = name.removesuffix(PREFETCH_SUFFIX)
-    if base == MIN_POLICY and prefetch:
-        raise ValueError("min is the demand-fetching optimum; it has no prefetch variant")
+    host = name.endswith(HOST_SUFFIX)
+    prefetch = name.removesuffix(HOST_SUFFIX).endswith(PREFETCH_SUFFIX)
+    base = name.removesuffix(HOST_SUFFIX).removesuffix(PREFETCH_SUFFIX)
+    if base == MIN_POLICY and (prefetch or host):
+        raise ValueError("min is the demand-fetching optimum; it has no prefetch or host variant")
     if base != MIN_POLICY and base not in POLICIES:
         choices = ", ".join([*POLICIES, MIN_POLICY])
-        raise ValueError(f"unknown cache policy {policy!r}; choose from {choices} (online ones may add +prefetch)")
+        raise ValueError(
+            f"unknown cache policy {policy!r}; choose from {choices} (online ones may add +prefetch, then +host)"
+        )
     if base == MIN_POLICY and decode_only:
         raise ValueError("min is replayed over whole traces only")
     layers = []
@@ -183,7 +188,7 @@ def _simulate_passes(
         if base == MIN_POLICY:
             counters = belady_layer(passes[layer], k)
         else:
-            counters = simulate_layer(passes[layer], k, base, prefetch, decode_only)
+            counters = simulate_layer(passes[layer], k, base, prefetch, decode_only, host)
         copies = counters.misses + counters.prefetch_issued
         layers.append(replace(counters, bytes_loaded=copies * header.expert_bytes))
     return SimResult(policy=name, cache_size=sizes, layers=tuple(layers), total=_sum_counters(layers))
@@ -202,15 +207,7 @@ def _sizes(header: TraceHeader, cache_size: int | Sequence[int]) -> tuple[int, .
 def _sum_counters(layers: Iterable[Counters]) -> Counters:
     total = Counters()
     for c in layers:
-        total = Counters(
-            hits=total.hits + c.hits,
-            misses=total.misses + c.misses,
-            prefetch_issued=total.prefetch_issued + c.prefetch_issued,
-            prefetch_used=total.prefetch_used + c.prefetch_used,
-            bytes_loaded=total.bytes_loaded + c.bytes_loaded,
-            load_s=total.load_s + c.load_s,
-            compute_s=total.compute_s + c.compute_s,
-        )
+        total = total + c
     return total
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from moe_tui.errors import UserError
 from moe_tui.precision import format_bytes
 from moe_tui.sim.cache import MIN_POLICY
-from moe_tui.sim.lab import LabReport
+from moe_tui.sim.lab import HOST_SUFFIX, LabReport
 from moe_tui.sim.table import format_table, percent
 from moe_tui.telemetry import TraceHeader
 
@@ -19,6 +19,8 @@ def format_report(report: LabReport, name: str, layer_sizes: Sequence[int]) -> s
     parts = [_summary(report, name), _overall_table(report)]
     if report.tokens:
         parts.append(_copies_table(report))
+        if any(p.endswith(HOST_SUFFIX) for p in report.policies):
+            parts.append(_host_table(report))
     parts.extend(_layer_table(report, k) for k in layer_sizes)
     parts.append(_notes(report))
     return "\n\n".join(parts)
@@ -52,7 +54,8 @@ def _summary(report: LabReport, name: str) -> str:
         f"{report.passes} forward passes, {report.tokens} tokens, {format_bytes(h.expert_bytes)} per expert",
         f"recorded by the engine ({h.fast_tier} slots, {h.slow_tier} store): {h.policy}, {k_text}, "
         f"prefetch {h.prefetch} -> hit rate {percent(recorded.hit_rate)}, "
-        f"prefetch recall {percent(recorded.prefetch_recall)}",
+        f"prefetch recall {percent(recorded.prefetch_recall)}"
+        + (f", {recorded.host} misses computed on the host" if recorded.host else ""),
     ]
     return "\n".join(lines)
 
@@ -86,6 +89,17 @@ def _copies_table(report: LabReport) -> str:
     return title + "\n" + format_table(headers, rows)
 
 
+def _host_table(report: LabReport) -> str:
+    policies = [p for p in report.policies if p.endswith(HOST_SUFFIX)]
+    headers = ["k", *policies]
+    rows = [
+        [str(k), *(f"{report.result(p, k).total.host / report.tokens:.2f}" for p in policies)]
+        for k in report.cache_sizes
+    ]
+    title = "experts computed on the host per generated token (misses that copy nothing)"
+    return title + "\n" + format_table(headers, rows)
+
+
 def _layer_table(report: LabReport, k: int) -> str:
     headers = ["layer", *(_label(p) for p in report.policies)]
     rows = [
@@ -104,5 +118,10 @@ def _notes(report: LabReport) -> str:
         notes.append(
             "+prefetch replays the recording engine's guesses; it can beat MIN on hit rate because its\n"
             "prefetch hits are paid for with copies made ahead of time: compare copies per token too."
+        )
+    if any(p.endswith(HOST_SUFFIX) for p in report.policies):
+        notes.append(
+            "+host computes every miss on the host from the store (miss=host): only prefetch copies experts\n"
+            "into slots, so its hit rate is its prefetch hits; the rest cost host compute, not copies."
         )
     return "\n".join(notes)
