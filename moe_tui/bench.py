@@ -6,8 +6,11 @@ A configuration is one of:
 * ``hf-offload``: transformers' own offloading, ``from_pretrained(..., device_map=..., offload_folder=...)``
   with every MoE block on ``"disk"`` (accelerate streams its weights in for each forward pass) and the
   rest in the fast tier: the baseline users would otherwise pick;
-* an engine setting written ``k=2,prefetch=1,policy=lru,bits=4,attn-bits=8,store=ram,telemetry=on,
-  record=off`` (``k=E`` means every expert; only ``k`` is required).
+* an engine setting written ``k=2,prefetch=1,policy=lru,bits=4,attn-bits=8,store=ram,miss=copy,fused=on,
+  optimize=on,telemetry=on,record=off`` (``k=E`` means every expert; only ``k`` is required). ``miss`` is
+  ``copy``, ``host`` or ``auto``; ``fused=off`` dequantizes 4/8-bit experts on every use (the unfused path);
+  ``optimize=off`` quantizes with min-max rounding instead of HQQ's optimiser. Configurations of one run
+  that quantize alike share one quantized store (a temporary cache), so each format is quantized once.
 
 Every configuration generates greedily from the same token ids: one warm-up generation, then ``runs``
 passes over the prompt set. Decode tokens/s is the median over generations of (new tokens - 1) / (time
@@ -36,7 +39,10 @@ from moe_tui.paths import SAMPLES_DIR
 DEFAULT_PROMPTS = SAMPLES_DIR / "prompts" / "bench.txt"
 DEFAULT_COMPARE = ("resident", "k=E", "k=2", "k=2,prefetch=1", "k=4", "hf-offload")
 BASELINES = ("resident", "hf-offload")
-_SPEC_KEYS = {"k", "prefetch", "policy", "bits", "attn-bits", "store", "telemetry", "record"}
+_SPEC_KEYS = {
+    "k", "prefetch", "policy", "bits", "attn-bits", "store", "miss", "fused", "optimize", "telemetry", "record",
+}  # fmt: skip
+MISS_MODES = ("copy", "host", "auto")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -67,6 +73,9 @@ class Spec:
     expert_bits: int | None = None
     attn_bits: int | None = None
     store: str = "ram"
+    miss: str = "copy"
+    fused: bool = True
+    optimize: bool = True
     telemetry: bool = True
     record: bool = False
     trace_path: Path | None = None  # where a recorded trace goes (record=on without it: a temporary file)
@@ -84,7 +93,8 @@ def parse_spec(text: str, num_experts: int) -> Spec:
         if not sep or key not in _SPEC_KEYS or not value:
             raise UserError(
                 f"cannot read configuration {text!r}: write resident, hf-offload, or k=N[,prefetch=P][,policy=lru]"
-                "[,bits=B][,attn-bits=B][,store=ram|mmap][,telemetry=on|off][,record=on|off]"
+                "[,bits=B][,attn-bits=B][,store=ram|mmap][,miss=copy|host|auto][,fused=on|off][,optimize=on|off]"
+                "[,telemetry=on|off][,record=on|off]"
             )
         values[key] = value
     if "k" not in values:
@@ -93,6 +103,9 @@ def parse_spec(text: str, num_experts: int) -> Spec:
     if not 1 <= k <= num_experts:
         raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
     label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
+    miss = values.get("miss", "copy").lower()
+    if miss not in MISS_MODES:
+        raise UserError(f"configuration {text!r}: miss must be copy, host or auto, not {miss!r}")
     return Spec(
         label=label,
         kind="engine",
@@ -102,6 +115,9 @@ def parse_spec(text: str, num_experts: int) -> Spec:
         expert_bits=_whole(values["bits"], "bits", text) if "bits" in values else None,
         attn_bits=_whole(values["attn-bits"], "attn-bits", text) if "attn-bits" in values else None,
         store=values.get("store", "ram"),
+        miss=miss,
+        fused=_switch(values.get("fused", "on"), "fused", text),
+        optimize=_switch(values.get("optimize", "on"), "optimize", text),
         telemetry=_switch(values.get("telemetry", "on"), "telemetry", text),
         record=_switch(values.get("record", "off"), "record", text),
     )
@@ -292,6 +308,7 @@ class Loaded:
     device: str = "cpu"
     cleanup: list[Callable[[], None]] = field(default_factory=list)
     on_token: Callable[[int], None] | None = None
+    expert_format: str = ""  # the engine's expert format ("int4", "hqq2 (unfused)"); empty for baselines
 
     def close(self) -> None:
         """Release the model (and the engine's store, the offload folder)."""
@@ -372,6 +389,10 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
         dtype=source.dtype,
         trace_path=trace,
         telemetry=spec.telemetry or trace is not None,
+        miss=spec.miss,
+        fused=spec.fused,
+        quant_optimize=spec.optimize,
+        quant_cache_dir=workdir / "quantized" if spec.expert_bits is not None else None,
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
     memory = engine.memory()
@@ -392,6 +413,7 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
         device=device,
         cleanup=[engine.close],
         on_token=on_token,
+        expert_format=engine.format.label(),
     )
 
 
@@ -504,6 +526,7 @@ class Result:
     slow_tier_bytes: int
     peak_rss_bytes: int
     fast_peak_bytes: int | None = None
+    expert_format: str = ""
 
     @property
     def decode_tps(self) -> float:
@@ -536,6 +559,7 @@ class Result:
         return {
             "label": self.label,
             "kind": self.kind,
+            "expert_format": self.expert_format,
             "decode_tokens_per_s": self.decode_tps,
             "prefill_tokens_per_s": self.prefill_tps,
             "ttft_s": self.ttft_s,
@@ -543,6 +567,7 @@ class Result:
             "engine": self.stats,
             "bytes_per_token": self.per_token("bytes_loaded"),
             "stall_s_per_token": self.per_token("load_s"),
+            "host_per_token": self.per_token("host"),
             "fast_tier_bytes": self.fast_tier_bytes,
             "fast_peak_bytes": self.fast_peak_bytes,
             "slow_tier_bytes": self.slow_tier_bytes,
@@ -550,13 +575,15 @@ class Result:
         }
 
 
-_COUNTERS = ("hits", "misses", "prefetch_issued", "prefetch_used", "bytes_loaded", "load_s", "compute_s", "tokens")
+_COUNTERS = (
+    "hits", "misses", "host", "prefetch_issued", "prefetch_used", "bytes_loaded", "load_s", "compute_s", "tokens",
+)  # fmt: skip
 
 
 def _counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
     delta = {key: after[key] - before[key] for key in _COUNTERS}
-    accesses = delta["hits"] + delta["misses"]
-    needed = delta["misses"] + delta["prefetch_used"]
+    accesses = delta["hits"] + delta["misses"] + delta["host"]
+    needed = delta["misses"] + delta["host"] + delta["prefetch_used"]
     delta["hit_rate"] = delta["hits"] / accesses if accesses else 0.0
     delta["prefetch_recall"] = delta["prefetch_used"] / needed if needed else 0.0
     return delta
@@ -599,6 +626,7 @@ def measure(loaded: Loaded, settings: Settings) -> Result:
         slow_tier_bytes=loaded.slow_tier_bytes,
         peak_rss_bytes=rss.peak,
         fast_peak_bytes=fast_peak,
+        expert_format=loaded.expert_format,
     )
 
 
@@ -663,6 +691,7 @@ def run_interleaved(
                     fast_tier_bytes=item.fast_tier_bytes,
                     slow_tier_bytes=item.slow_tier_bytes,
                     peak_rss_bytes=rss.peak,
+                    expert_format=item.expert_format,
                 )
                 for index, item in enumerate(loaded)
             ]

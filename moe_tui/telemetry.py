@@ -10,8 +10,9 @@ Trace schema (version 1), one JSON object per line:
 
 * first line, ``{"type": "header", "schema": 1, "model": str, "num_layers": int, "num_experts": int,
   "top_k": int, "cache_size": [int per layer], "policy": str, "prefetch": int, "expert_bytes": int,
-  "fast_tier": str, "slow_tier": str}``. ``num_layers`` counts MoE layers; layer indices below are
-  0-based among them.
+  "fast_tier": str, "slow_tier": str, "miss": str, "expert_format": str}``. ``num_layers`` counts MoE
+  layers; layer indices below are 0-based among them. ``miss`` (``copy``, ``host`` or ``auto``) and
+  ``expert_format`` (``bf16``, ``int4``, ``hqq2 (unfused)``, ...) are optional.
 * ``{"type": "step", "step": int, "layer": int, "n_tokens": int, "experts": [int], "counts": [int],
   "weights": [float], "hits": [bool], "prefetch_hits": [bool], "prefetch_issued": [int],
   "slots": [int | null], "bytes_loaded": int, "load_s": float, "compute_s": float, "time": float,
@@ -27,8 +28,8 @@ Trace schema (version 1), one JSON object per line:
   order (next victim first; ``null`` is an empty slot). ``host`` (optional, empty or absent when none) marks
   the misses computed on the host straight from the store, without a copy and without entering a slot.
 * ``{"type": "token", "step": int, "text": str, "time": float}``: the text of the token a step produced.
-* ``{"type": "config", "step": int, "cache_size": [int], "policy": str, "prefetch": int}``: settings
-  changed between tokens.
+* ``{"type": "config", "step": int, "cache_size": [int], "policy": str, "prefetch": int, "miss": str}``:
+  settings changed between tokens (``miss`` optional).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class TraceHeader:
     expert_bytes: int = 0
     fast_tier: str = "cpu"
     slow_tier: str = "ram"
+    miss: str = "copy"  # what a miss does: copy into a slot, compute on the host, or auto (the cost model)
+    expert_format: str = ""  # the experts' format as bench and the panels name it ("int4", "hqq2 (unfused)")
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
@@ -126,6 +129,7 @@ class ConfigEvent:
     cache_size: tuple[int, ...]
     policy: str
     prefetch: int
+    miss: str = "copy"
 
 
 @dataclass(frozen=True)
@@ -295,7 +299,11 @@ class Telemetry:
         """Apply changed settings (cache sizes, policy, prefetch) to the header shown from now on."""
         with self._lock:
             self._header = replace(
-                self._header, cache_size=tuple(event.cache_size), policy=event.policy, prefetch=event.prefetch
+                self._header,
+                cache_size=tuple(event.cache_size),
+                policy=event.policy,
+                prefetch=event.prefetch,
+                miss=event.miss,
             )
             self._version += 1
             self._write({"type": "config", **_jsonable(asdict(event))})
@@ -462,6 +470,7 @@ def _parse_events(iterator: Iterator[tuple[int, str]], header: TraceHeader, name
                     cache_size=tuple(int(k) for k in record["cache_size"]),
                     policy=str(record["policy"]),
                     prefetch=int(record["prefetch"]),
+                    miss=str(record.get("miss", "copy")),
                 )
             elif kind == "header":
                 raise ValueError("a second header (traces cannot be concatenated)")
@@ -525,6 +534,8 @@ def _parse_header(record: dict[str, Any], name: str, number: int) -> TraceHeader
             expert_bytes=int(record.get("expert_bytes", 0)),
             fast_tier=str(record.get("fast_tier", "cpu")),
             slow_tier=str(record.get("slow_tier", "ram")),
+            miss=str(record.get("miss", "copy")),
+            expert_format=str(record.get("expert_format", "")),
         )
     except KeyError as error:
         raise TraceError(f"{name}, line {number}: header is missing field {error}") from None

@@ -95,7 +95,19 @@ def test_table_output(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "synthetic Mixtral: 2 layers, hidden 64" in out
-    assert "config  decode tok/s  x first" in out and "\nk=1 " in out
+    assert "config  experts  decode tok/s  x first" in out and "\nk=1 " in out and " fp32 " in out
+
+
+def test_miss_modes_and_formats_in_one_run(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    shape = [*TINY[:6], "128", *TINY[7:]]  # intermediate 128: the int4 kernel's group size (64) divides it
+    base = ["bench", *shape, "--dtype", "bfloat16", "--tokens", "3", "--runs", "1", "--prompts", str(prompts), "--json"]
+    specs = ["k=2,bits=4,optimize=off", "k=2,bits=4,optimize=off,fused=off", "k=2,bits=4,optimize=off,miss=host"]
+    data = run_json([*base, "--compare", *specs], capsys)
+    fused, unfused, hosted = data["results"]
+    assert (fused["expert_format"], unfused["expert_format"]) == ("int4", "hqq4 (unfused)")
+    assert fused["engine"]["host"] == 0 and fused["engine"]["misses"] > 0
+    assert hosted["engine"]["misses"] == 0 and hosted["engine"]["host"] > 0 and hosted["host_per_token"] > 0
+    assert hosted["bytes_per_token"] == 0  # no copy at all: no prefetch and every miss computed from the store
 
 
 def test_record_then_lab_and_forced_routing(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -39,10 +39,7 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize(
-    ("bits", "dtype", "name"),
-    [(4, torch.bfloat16, "int4"), (4, torch.float16, "int4"), (8, torch.bfloat16, "int8"), (8, torch.float32, "int8")],
-)
+@pytest.mark.parametrize(("bits", "dtype", "name"), [(4, torch.bfloat16, "int4"), (8, torch.bfloat16, "int8")])
 def test_fused_kernel_equals_dequantize_then_matmul(device: str, bits: int, dtype: torch.dtype, name: str) -> None:
     fmt = make_format(SHAPES, dtype, bits, 64, device)
     if device == "cuda" and not fmt.fused:
@@ -54,7 +51,7 @@ def test_fused_kernel_equals_dequantize_then_matmul(device: str, bits: int, dtyp
         got = fmt.forward(fmt.views(buffer), x, F.silu)
         expected = reference_forward(fmt, buffer, x)
         assert got.dtype == dtype and got.shape == (tokens, 256)
-        tolerance = 1e-5 if dtype == torch.float32 else 2e-2  # the compute dtype's rounding, over two matmuls
+        tolerance = 2e-2  # bf16 rounding, over two matmuls
         assert relative_error(got, expected) < tolerance
 
 
@@ -84,7 +81,8 @@ def test_int8_is_symmetric_per_channel_and_close() -> None:
 
 def test_formats_without_a_kernel_fall_back_to_unfused_hqq_and_say_so() -> None:
     assert fused_bits(SHAPES, torch.bfloat16, "cpu", 64) == {4, 8}
-    assert fused_bits(SHAPES, torch.float32, "cpu", 64) == {8}  # the CPU int4 kernel needs a 2-byte dtype
+    # on a CPU the kernels are fast in bf16 only (fp16 and fp32 would be slower than dequantizing)
+    assert fused_bits(SHAPES, torch.float32, "cpu", 64) == fused_bits(SHAPES, torch.float16, "cpu", 64) == set()
     assert 4 not in fused_bits(SHAPES, torch.bfloat16, "cpu", 16)  # nor a group size below 32
     odd = [(40, 48), (40, 48), (48, 40)]
     assert 4 not in fused_bits(odd, torch.bfloat16, "cpu", 16)

@@ -310,7 +310,7 @@ def test_k_that_does_not_fit_is_refused_in_the_app() -> None:
     run(check, app)
 
 
-def test_policy_and_prefetch_from_the_palette() -> None:
+def test_policy_prefetch_and_misses_from_the_palette() -> None:
     app, _ = make_app()
 
     async def check(pilot: Pilot) -> None:
@@ -320,6 +320,10 @@ def test_policy_and_prefetch_from_the_palette() -> None:
         header_now = main_screen(app).backend.snapshot().header
         assert (header_now.policy, header_now.prefetch) == ("lfu", 0)
         assert "prefetch off" in str(app.screen.query_one("#status").render())
+        await palette(pilot, "misses host")
+        await pilot.pause(0.2)
+        assert main_screen(app).backend.snapshot().header.miss == "host"
+        assert any("misses computed on the host" in note.message for note in app._notifications)
 
     run(check, app)
 

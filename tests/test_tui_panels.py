@@ -117,6 +117,22 @@ def test_prefetch_panel_reports_counts_and_tiers() -> None:
     assert "real PCIe copies" in prefetch.describe_tiers("cuda:0", "pinned")
 
 
+def test_panels_name_the_expert_format_and_count_misses_computed_on_the_host() -> None:
+    snapshot = played()
+    assert "experts" not in prefetch.render_prefetch(snapshot, COLOURS, 60, 10).plain  # an old trace says nothing
+    assert "host" not in cache.summary_line(snapshot, COLOURS, 60).plain
+    hosted = replace(
+        snapshot,
+        header=replace(snapshot.header, miss="host", expert_format="hqq2 (unfused)"),
+        totals=replace(snapshot.totals, host=17),
+    )
+    assert "experts hqq2 (unfused) · misses computed on host" in prefetch.render_prefetch(hosted, COLOURS, 60, 10).plain
+    line = cache.summary_line(hosted, COLOURS, 60).plain
+    assert f"{hosted.totals.hits}/{hosted.totals.accesses} host 17  k=2 lru" in line
+    fused = replace(hosted, header=replace(hosted.header, miss="copy", expert_format="int4"))
+    assert "experts int4 · misses copied into slots" in prefetch.render_prefetch(fused, COLOURS, 60, 10).plain
+
+
 def test_memory_panel_with_a_gpu_and_without_one() -> None:
     budget = memory.EngineBudget("cuda:0", "pinned", 3 << 30, 40 << 30, 170 << 20)
     text = memory.render_memory(FakeProbe().sample(), budget, COLOURS, 60).plain

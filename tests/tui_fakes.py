@@ -185,6 +185,7 @@ class FakeEngine:
     def __init__(self, head: TraceHeader, seed: int = 0):
         self.header = head
         self.router = SyntheticRouter(head, seed)
+        self.miss = "copy"
         self.telemetry = Telemetry(head)
         self.last_step = 0
         self.model = None
@@ -231,6 +232,13 @@ class FakeEngine:
         self.router.configure(prefetch=p)
         self._record_config()
 
+    def set_miss(self, mode: str) -> None:
+        """Choose the miss mode (the synthetic router always copies; only the setting is recorded)."""
+        if mode not in ("copy", "host", "auto"):
+            raise UserError(f"unknown miss mode {mode!r}; choose from copy, host, auto")
+        self.miss = mode
+        self._record_config()
+
     def _record_config(self) -> None:
         self.telemetry.record_config(
             ConfigEvent(
@@ -238,6 +246,7 @@ class FakeEngine:
                 cache_size=tuple(self.router.sizes),
                 policy=self.router.policy_name,
                 prefetch=self.router.prefetch,
+                miss=self.miss,
             )
         )
 

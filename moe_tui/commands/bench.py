@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="several configurations, ratios against the first (no SPEC: resident k=E k=2 k=2,prefetch=1 k=4 "
         "hf-offload). SPEC: resident | hf-offload | k=N[,prefetch=P,policy=lru,bits=B,attn-bits=B,store=ram|mmap,"
-        "telemetry=on|off,record=on|off]",
+        "miss=copy|host|auto,fused=on|off,optimize=on|off,telemetry=on|off,record=on|off]",
     )
     runs.add_argument("--interleave", action="store_true", help="load all configurations at once and alternate them")
     runs.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (default samples/prompts/bench.txt)")
@@ -192,8 +192,8 @@ def format_report(data: dict) -> str:
         "",
     ]
     headers = [
-        "config", "decode tok/s", "x first", "prefill tok/s", "TTFT ms", "hit rate", "prefetch used/issued",
-        "recall", "moved/token", "stall ms/token", "fast tier", "slow tier", "peak RSS",
+        "config", "experts", "decode tok/s", "x first", "prefill tok/s", "TTFT ms", "hit rate", "host/token",
+        "prefetch used/issued", "recall", "moved/token", "stall ms/token", "fast tier", "slow tier", "peak RSS",
     ]  # fmt: skip
     rows = []
     for entry in data["results"]:
@@ -203,11 +203,13 @@ def format_report(data: dict) -> str:
         rows.append(
             [
                 entry["label"],
+                entry.get("expert_format") or "-",
                 f"{entry['decode_tokens_per_s']:.2f}",
                 "-" if ratio is None else f"{ratio:.2f}x",
                 f"{entry['prefill_tokens_per_s']:.1f}",
                 f"{1000 * entry['ttft_s']:.0f}",
                 "-" if engine is None else percent(engine["hit_rate"]),
+                "-" if not entry.get("host_per_token") else f"{entry['host_per_token']:.1f}",
                 "-" if engine is None else f"{engine['prefetch_used']}/{engine['prefetch_issued']}",
                 "-" if engine is None or not engine["prefetch_issued"] else percent(engine["prefetch_recall"]),
                 "-" if entry["bytes_per_token"] is None else format_bytes(entry["bytes_per_token"]),
@@ -219,7 +221,9 @@ def format_report(data: dict) -> str:
         )
     lines.append(format_table(headers, rows))
     lines.append(
-        "\ndecode tok/s: median over generations of (new tokens - 1) / time after the first new token; "
+        "\nexperts: the engine's expert format (unfused: dequantized before every use); "
+        "decode tok/s: median over generations of (new tokens - 1) / time after the first new token; "
+        "host/token: missed experts computed on the host from the store per generated token; "
         "x first: against the first configuration; moved/token: expert bytes copied per generated token "
         "(prefill copies included); stall: time spent copying experts (0 when telemetry is off); fast tier: "
         "weights and slots kept there (CUDA: peak allocated); slow tier: expert store (hf-offload: its offload "

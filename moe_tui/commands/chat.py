@@ -58,6 +58,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attn-bits", type=int, choices=(4, 8), metavar="B", help="HQQ bit width for attention and other layers (4, 8)"
     )
     parser.add_argument(
+        "--miss",
+        choices=("copy", "host", "auto"),
+        help="a missed expert is copied into a slot, computed on the host from the store, or either by a measured "
+        "cost model (default: copy)",
+    )
+    parser.add_argument(
         "--device",
         choices=("cuda", "cpu", "auto"),
         default="auto",
@@ -84,6 +90,7 @@ def options_from_args(args: argparse.Namespace):
         policy=args.policy,
         expert_bits=args.expert_bits,
         attn_bits=args.attn_bits,
+        miss=args.miss,
         device=args.device,
         replay=args.replay,
         replay_speed=args.speed,

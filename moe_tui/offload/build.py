@@ -54,7 +54,9 @@ def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype) -> Plan:
                     f"group size {cfg.group_size} does not divide the expert matrix {shape[0]}x{shape[1]}; "
                     "choose a group size that does"
                 )
-    fmt = make_format(moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size, device)
+    fmt = make_format(
+        moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size, device, fused=cfg.fused, optimize=cfg.quant_optimize
+    )
     store_kind = "pinned" if device.type == "cuda" and cfg.store == "ram" else cfg.store
     return Plan(device, dtype, fmt, sizes, store_kind)
 

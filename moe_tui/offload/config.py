@@ -41,6 +41,9 @@ class OffloadConfig:
     ``telemetry``: record one LayerStep per layer per pass (stats, snapshot, trace); off only to measure its cost.
     ``miss``: what a missed expert does: ``copy`` it into a slot, compute it on the ``host`` from the store
     without a copy, or ``auto`` (a measured cost model decides per miss; see :mod:`moe_tui.offload.misses`).
+    ``fused``: compute 4- and 8-bit experts with PyTorch's fused kernels where they fit (off: dequantize every
+    use, as for 2 and 3 bits). ``quant_optimize``: HQQ's zero-point optimisation when quantizing experts
+    (off: min-max rounding, about 70x faster on a CPU and less accurate).
     """
 
     cache_size: int | list[int] = 2
@@ -56,6 +59,8 @@ class OffloadConfig:
     quant_cache_dir: str | Path | None = None
     telemetry: bool = True
     miss: str = "copy"
+    fused: bool = True
+    quant_optimize: bool = True
 
     def __post_init__(self) -> None:
         sizes = self.cache_size if isinstance(self.cache_size, (list, tuple)) else [self.cache_size]

@@ -218,6 +218,8 @@ class OffloadedModel:
             expert_bytes=self.format.nbytes,
             fast_tier=str(self.device),
             slow_tier=self.store.kind,
+            miss=self.config.miss,
+            expert_format=self.format.label(),
         )
 
     def _begin_pass(self, module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -269,6 +271,7 @@ class OffloadedModel:
                 cache_size=tuple(self.cache_sizes),
                 policy=self._policy,
                 prefetch=self.engine.prefetch,
+                miss=self.engine.miss,
             )
         )
 

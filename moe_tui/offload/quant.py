@@ -20,18 +20,25 @@ def pack_factor(bits: int) -> tuple[int, torch.dtype]:
     return 8 // bits, torch.uint8
 
 
-def quantize_matrix(weight: Tensor, bits: int, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+def quantize_matrix(
+    weight: Tensor, bits: int, group_size: int, optimize: bool = True
+) -> tuple[Tensor, Tensor, Tensor]:
     """HQQ-quantize one matrix along axis 1: integer values (r, g) as uint8, and scale and zero (r, 1).
 
-    Uses HQQ's own quantizer (half-quadratic optimisation of the zero point) with its default settings for
-    the bit width; dequantization is ``(values - zero) * scale``.
+    Uses HQQ's own quantizer with its default settings for the bit width: the half-quadratic optimisation of
+    the zero point, or with ``optimize=False`` plain min-max rounding (about 70x faster on a CPU, less
+    accurate); dequantization is ``(values - zero) * scale``.
     """
     from hqq.core.quantize import BaseQuantizeConfig, Quantizer
 
     params = dict(BaseQuantizeConfig(nbits=bits, group_size=group_size)["weight_quant_params"])
     params.pop("view_as_float", None)
     values, meta = Quantizer.quantize(
-        weight.float(), bitpack=False, device=str(weight.device), compute_dtype=torch.float32, **params
+        weight.float(),
+        bitpack=False,
+        device=str(weight.device),
+        compute_dtype=torch.float32,
+        **{**params, "optimize": optimize},
     )
     return values.to(torch.uint8), meta["scale"], meta["zero"]
 

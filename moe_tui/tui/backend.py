@@ -31,6 +31,7 @@ class LaunchOptions:
     policy: str | None = None
     expert_bits: int | None = None
     attn_bits: int | None = None
+    miss: str | None = None
     device: str = "auto"
     replay: str | None = None
     replay_speed: float = 1.0
@@ -46,6 +47,7 @@ class LaunchOptions:
             "policy": self.policy,
             "expert_bits": self.expert_bits,
             "attn_bits": self.attn_bits,
+            "miss": self.miss,
             "trace_path": self.record,
         }
         return OffloadConfig(device=self.device, **{key: value for key, value in chosen.items() if value is not None})
@@ -108,6 +110,10 @@ class Backend:
         """Change how many experts per layer are prefetched (0 = off)."""
         raise UserError(self._cannot("change prefetch"))
 
+    def set_miss(self, mode: str) -> None:
+        """Choose what a missed expert does (``copy``, ``host``, ``auto``) from the next forward pass."""
+        raise UserError(self._cannot("change what a miss does"))
+
     def close(self) -> None:
         """Release what the backend holds."""
 
@@ -169,6 +175,10 @@ class LiveBackend(Backend):
     def set_prefetch(self, prefetch: int) -> None:
         """Change the prefetch depth."""
         self.engine.set_prefetch(prefetch)
+
+    def set_miss(self, mode: str) -> None:
+        """Copy misses, compute them on the host, or let the engine's cost model choose."""
+        self.engine.set_miss(mode)
 
     def generate(
         self,

@@ -1,4 +1,5 @@
-"""Command palette entries for the main screen: cache size k, policy, prefetch, theme, chats, panels, replay.
+"""Command palette entries for the main screen: cache size k, policy, prefetch, misses, theme, chats, panels,
+replay.
 
 Only commands that make sense right now are offered (engine settings only with a live model, replay speed
 only while replaying, stop only while an answer is being generated). Typing ``k 5`` offers k = 5 even when
@@ -35,6 +36,11 @@ class Command:
 
 # Marks the setting in effect in a command title.
 CURRENT = " (current)"
+MISS_COMMANDS = {
+    "copy": "a missed expert is copied into a slot, then computed there",
+    "host": "a missed expert is computed on the host from the store, without a copy",
+    "auto": "per miss, whichever the measured copy and compute times make cheaper",
+}
 
 
 def main_commands(screen: MainScreen) -> list[Command]:
@@ -72,6 +78,9 @@ def main_commands(screen: MainScreen) -> list[Command]:
                         partial(screen.set_prefetch, depth),
                     )
                 )
+        for mode, help_text in MISS_COMMANDS.items():
+            mark = CURRENT if mode == header.miss else ""
+            commands.append(Command(f"Misses: {mode}{mark}", help_text, partial(screen.set_miss, mode)))
     if screen.generating:
         commands.append(Command("Stop generation", "end the answer now", screen.action_stop))
     commands.append(Command("New chat", "start an empty conversation", screen.action_new_chat))

@@ -45,20 +45,26 @@ def make_format(
     group_size: int = precision.DEFAULT_GROUP_SIZE,
     device: torch.device | str = "cpu",
     fused: bool = True,
+    optimize: bool = True,
 ) -> ExpertFormat:
     """The format for experts of ``shapes`` (gate, up, down) computed in ``dtype`` on ``device``.
 
     ``bits`` None keeps them unquantized. At 4 and 8 bits the fused kernel formats are used where the device,
-    dtype and shapes allow them; elsewhere (and with ``fused=False``) HQQ's unfused format.
+    dtype and shapes allow them; elsewhere (and with ``fused=False``) HQQ's unfused format. ``optimize`` is
+    HQQ's zero-point optimisation when quantizing (off: min-max rounding, much faster).
     """
     device = torch.device(device)
+    fmt: ExpertFormat
     if bits is None:
         return DenseFormat(shapes, dtype)
     if fused and bits == 4 and Int4Format.supports(shapes, dtype, group_size, device):
-        return Int4Format(shapes, dtype, group_size, device)
-    if fused and bits == 8 and Int8Format.supports(shapes, dtype, device):
-        return Int8Format(shapes, dtype, device)
-    return HqqFormat(shapes, dtype, bits, group_size)
+        fmt = Int4Format(shapes, dtype, group_size, device)
+    elif fused and bits == 8 and Int8Format.supports(shapes, dtype, device):
+        return Int8Format(shapes, dtype, device)  # its own round-to-nearest: nothing to optimise
+    else:
+        fmt = HqqFormat(shapes, dtype, bits, group_size)
+    fmt.optimize = optimize
+    return fmt
 
 
 def fused_bits(

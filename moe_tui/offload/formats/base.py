@@ -41,6 +41,7 @@ class ExpertFormat:
         self.dtype = dtype
         self.bits = bits
         self.group_size = group_size
+        self.optimize = True  # HQQ's zero-point optimisation when quantizing (formats that quantize with HQQ)
 
     def describe(self) -> dict[str, Any]:
         """The settings that decide the buffer contents (the quantized-store cache key and its description)."""
@@ -51,6 +52,7 @@ class ExpertFormat:
             "dtype": str(self.dtype),
             "bits": self.bits,
             "group_size": self.group_size,
+            "optimize": self.optimize,
             "nbytes": self.nbytes,
         }
 

@@ -83,7 +83,7 @@ class HqqFormat(ExpertFormat):
         """Quantize each matrix with HQQ and write values, scale and zero into ``out``."""
         self.check_weights(gate, up, down)
         for weight, layout in zip((gate, up, down), self.matrices, strict=True):
-            values, scale, zero = quant.quantize_matrix(weight, self.bits or 8, self.group_size)
+            values, scale, zero = quant.quantize_matrix(weight, self.bits or 8, self.group_size, self.optimize)
             self.packed_view(out, layout).copy_(pack_rows(values, self.bits or 8))
             scale_view, zero_view = self.meta_views(out, layout)
             scale_view.copy_(scale.reshape(-1, 1))

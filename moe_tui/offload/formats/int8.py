@@ -30,7 +30,13 @@ class Int8Format(ExpertFormat):
 
     @staticmethod
     def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> bool:
-        """Whether ``_weight_int8pack_mm`` runs for this dtype on ``device`` (tried once on a tiny input)."""
+        """Whether ``_weight_int8pack_mm`` runs fast for this dtype on ``device`` (tried once on a tiny input).
+
+        On a CPU only bf16 is fast: a 14336 x 4096 matrix took 3.7 ms in bf16, 36 ms in fp16 and 25 ms in fp32
+        (slower than the unquantized fp32 matrix itself).
+        """
+        if device.type == "cpu" and dtype != torch.bfloat16:
+            return False
         return _kernel_runs(device.type, dtype)
 
     def pack(self, gate: Tensor, up: Tensor, down: Tensor, out: Tensor) -> None:

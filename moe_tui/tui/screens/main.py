@@ -518,6 +518,11 @@ class MainScreen(Screen):
         note = f"prefetch {prefetch} per layer" if prefetch else "prefetch off"
         self._tune(lambda: self.backend.set_prefetch(prefetch), note)
 
+    def set_miss(self, mode: str) -> None:
+        """Choose what a missed expert does: copy, host or auto (from the next token)."""
+        notes = {"copy": "misses copied into slots", "host": "misses computed on the host", "auto": "misses: auto"}
+        self._tune(lambda: self.backend.set_miss(mode), f"{notes.get(mode, mode)} from the next token")
+
     def _tune(self, change: Any, note: str) -> None:
         try:
             change()

@@ -29,14 +29,21 @@ def slot_cells(state: LayerState, digits: int, colours: Colours) -> Text:
 
 
 def summary_line(snapshot: Snapshot, colours: Colours, width: int) -> Text:
-    """Overall hit rate, counts, settings and the overall hit-rate sparkline."""
+    """Overall hit rate, counts (with misses computed on the host when there are any), settings and the overall
+    hit-rate sparkline."""
     totals = snapshot.totals
     header = snapshot.header
     sizes = set(header.cache_size)
     k = str(sizes.pop()) if len(sizes) == 1 else "/".join(str(size) for size in header.cache_size)
     text = Text("hit ", style=colours.muted)
     text.append(f"{totals.hit_rate * 100:5.1f}%", style=colours.highlight)
-    text.append(f" {totals.hits}/{totals.accesses}  k={k} {header.policy}  ", style=colours.muted)
+    counts, settings = f" {totals.hits}/{totals.accesses}", f"  k={k} {header.policy}  "
+    if totals.host or header.miss != "copy":
+        text.append(counts, style=colours.muted)
+        text.append(f" host {totals.host}", style=colours.label)
+        text.append(settings, style=colours.muted)
+    else:
+        text.append(counts + settings, style=colours.muted)
     room = width - text.cell_len
     if room >= 8:
         text.append(sparkline(snapshot.hit_rate_history, room), style=colours.slot("hit"))

@@ -1,5 +1,6 @@
 """Prefetch: guesses issued, used and wasted, recall and precision, bytes moved, stall vs compute, tokens/s,
-and a plain statement of which memory tiers are real on this machine."""
+a plain statement of which memory tiers are real on this machine, and how experts are computed (their format,
+"unfused" when they are dequantized before every use, and what a miss does)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,9 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
     text.append(f" compute {percent(1 - stall) if totals.load_s + totals.compute_s else 'N/A'}", style=colours.muted)
     text.append("\n")
     text.append(describe_tiers(header.fast_tier, header.slow_tier), style=colours.muted)
+    if header.expert_format:
+        text.append("\n")
+        text.append_text(_compute_line(header.expert_format, header.miss, colours))
     if header.prefetch and height >= len(snapshot.layers) + 7:
         text.append("\n")
         text.append("       issued  used  prec  recall", style=colours.label)
@@ -63,6 +67,16 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
                 f"{counters.prefetch_issued:>7}{counters.prefetch_used:>6}"
                 f"{percent(counters.prefetch_precision):>6}{percent(counters.prefetch_recall):>8}"
             )
+    return text
+
+
+def _compute_line(expert_format: str, miss: str, colours: Colours) -> Text:
+    """``experts int4 · misses copied``; an unfused format is named so in the miss colour."""
+    text = Text("experts ", style=colours.muted)
+    fused = not expert_format.endswith("(unfused)")
+    text.append(expert_format, style=colours.label if fused else colours.slot("miss"))
+    misses = {"copy": "copied into slots", "host": "computed on host", "auto": "copy or host (auto)"}
+    text.append(f" · misses {misses.get(miss, miss)}", style=colours.muted)
     return text
 
 
