@@ -87,7 +87,7 @@ def measure_shape(name: str, hidden: int, width: int, device: torch.device, runs
         row = {"shape": name, "format": label, "nbytes": fmt.nbytes, "pack_s": pack_s, "fused": fmt.fused}
         for tokens in (1, 8):
             x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
-            samples = timings(lambda x=x: fmt.forward(views, x, F.silu), device, runs)
+            samples = timings(lambda x=x, fmt=fmt, views=views: fmt.forward(views, x, F.silu), device, runs)
             row[f"median_s_{tokens}"] = statistics.median(samples)
         row["bound_s"] = fmt.nbytes / bandwidth
         rows.append(row)

@@ -20,9 +20,7 @@ def pack_factor(bits: int) -> tuple[int, torch.dtype]:
     return 8 // bits, torch.uint8
 
 
-def quantize_matrix(
-    weight: Tensor, bits: int, group_size: int, optimize: bool = True
-) -> tuple[Tensor, Tensor, Tensor]:
+def quantize_matrix(weight: Tensor, bits: int, group_size: int, optimize: bool = True) -> tuple[Tensor, Tensor, Tensor]:
     """HQQ-quantize one matrix along axis 1: integer values (r, g) as uint8, and scale and zero (r, 1).
 
     Uses HQQ's own quantizer with its default settings for the bit width: the half-quadratic optimisation of
