@@ -1,10 +1,15 @@
-"""How close HQQ-quantized experts keep the bundled demo model to its unquantized self.
+"""How close quantized experts keep the bundled demo model to its unquantized self.
 
 For each prompt of ``samples/prompts/bench.txt`` (as a chat turn), the resident fp32 model writes a greedy
-continuation of ``--tokens`` tokens; then the offloaded model at each expert bit width reads the same
-sequence, and the script reports how often its next-token choice (argmax) agrees with the fp32 model's, the
-cosine similarity of the logits, and the size of one expert. This is a trained model, so unlike the random
-weights of the unit tests its logits have structure for the quantizer to keep.
+continuation of ``--tokens`` tokens; then the offloaded model in each configuration reads the same sequence,
+and the script reports how often its next-token choice (argmax) agrees with the fp32 model's, the cosine
+similarity of the logits, and the size of one expert. This is a trained model, so unlike the random weights of
+the unit tests its logits have structure for the quantizer to keep.
+
+Configurations: in fp32 (the demo model's own dtype) every bit width runs HQQ's unfused format; in bf16 the
+4- and 8-bit experts run the fused formats real models use (``int4``: HQQ's 4-bit weights in PyTorch's int4
+kernel layout; ``int8``: per-channel int8), next to bf16 itself, and 4 and 2 bits once more quantized with
+min-max rounding instead of HQQ's optimiser (``optimize off``).
 
 Usage: ``python benchmarks/quant_agreement.py [--tokens 32] [--group-size 64]``.
 """
@@ -25,7 +30,20 @@ from moe_tui.offload import OffloadConfig, load_offloaded  # noqa: E402
 from moe_tui.paths import DEMO_MODEL_DIR  # noqa: E402
 from moe_tui.precision import format_bytes  # noqa: E402
 
-BITS = (8, 4, 3, 2)
+# (compute dtype, expert bits, HQQ optimiser)
+CONFIGS = (
+    ("fp32", None, True),
+    ("fp32", 8, True),
+    ("fp32", 4, True),
+    ("fp32", 3, True),
+    ("fp32", 2, True),
+    ("bf16", None, True),
+    ("bf16", 8, True),
+    ("bf16", 4, True),
+    ("bf16", 4, False),
+    ("bf16", 2, True),
+    ("bf16", 2, False),
+)
 
 
 def continuations(model, tokenizer, prompts: list[str], tokens: int) -> list[tuple[torch.Tensor, int]]:
@@ -64,15 +82,23 @@ def main() -> None:
     sequences = continuations(reference, tokenizer, prompts, args.tokens)
     expected = next_token_logits(reference, sequences)
     print(f"demo model, {len(prompts)} prompts x {args.tokens} greedy tokens, HQQ group size {args.group_size}")
-    print("expert bits  next-token agreement  logit cosine  one expert")
-    for bits in (None, *BITS):
-        config = OffloadConfig(cache_size=2, prefetch=1, expert_bits=bits, group_size=args.group_size, device="cpu")
+    print("dtype  experts                       next-token agreement  logit cosine  one expert")
+    for dtype, bits, optimize in CONFIGS:
+        config = OffloadConfig(
+            cache_size=2,
+            prefetch=1,
+            expert_bits=bits,
+            group_size=args.group_size,
+            device="cpu",
+            dtype=dtype,
+            quant_optimize=optimize,
+        )
         om = load_offloaded(DEMO_MODEL_DIR, config, progress=lambda *_: None)
-        got = next_token_logits(om.model, sequences)
+        got = next_token_logits(om.model, sequences).float()
         agreement = (expected.argmax(-1) == got.argmax(-1)).float().mean().item()
         cosine = torch.nn.functional.cosine_similarity(expected.flatten(), got.flatten(), dim=0).item()
-        label = "fp32" if bits is None else f"hqq{bits}"
-        print(f"{label:>11}  {agreement:20.1%}  {cosine:12.4f}  {format_bytes(om.format.nbytes):>10}")
+        label = om.format.label() + ("" if optimize or bits is None else ", optimize off")
+        print(f"{dtype:>5}  {label:<28}  {agreement:20.1%}  {cosine:12.4f}  {format_bytes(om.format.nbytes):>10}")
         om.close()
 
 

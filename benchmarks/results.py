@@ -12,9 +12,15 @@ Each measurement is a ``moe-tui`` command run in a fresh process with ``--json``
 3. ``telemetry``: the engine with telemetry off, on (the default), and on with a trace file, loaded
    together and run in turn so that machine drift hits them alike;
 4. ``plan``: ``moe-tui plan`` on the demo model with step 1's trace, estimate vs step 1's measurement;
-5. ``lab``: every shipped trace through the cache lab (LRU, LFU, FIFO, LRU+prefetch, Belady's MIN).
+5. ``lab``: every shipped trace through the cache lab (LRU, LFU, FIFO, LRU+prefetch, Belady's MIN);
+6. ``real-shapes``: two decoder layers of Mixtral-8x7B's real shape (random bf16 weights, several GB): the
+   resident model against k=2 with misses copied, computed on the host and chosen by the cost model, at 4
+   bits (PyTorch's int4 kernel), 4 bits unfused (the old path) and 2 bits, every core;
+7. ``expert-kernels``: ``benchmarks/expert_kernels.py``, one expert of each format at Mixtral-8x7B's and
+   Qwen3-30B-A3B's shapes against the memory-bandwidth bound.
 
-Usage: ``python benchmarks/results.py [--quick]`` (``--quick``: fewer tokens and runs, for a smoke test).
+Usage: ``python benchmarks/results.py [--quick] [--only NAME ...]`` (``--quick``: fewer tokens and runs, for a
+smoke test; ``--only``: re-measure those steps, keep the others' JSON).
 The machine's load average is recorded before and after: on a shared machine, absolute speeds move.
 """
 
@@ -39,6 +45,18 @@ SYNTHETIC = ["--synthetic", "--layers", "6", "--hidden", "1024", "--intermediate
 COMPARE = ["resident", "k=2,prefetch=1", "k=E", "k=2", "k=4", "hf-offload"]
 # Forced routing leaves prefetch guessing from random routers, so prefetch is left out of the synthetic run.
 SYNTHETIC_COMPARE = ["resident", "k=E", "k=2", "k=4", "hf-offload", "k=2,store=mmap"]
+# Two decoder layers of Mixtral-8x7B (hidden 4096, experts 14336 wide, 32 heads, 8 KV heads, vocab 32000).
+REAL_SHAPES = [
+    "--synthetic", "--layers", "2", "--hidden", "4096", "--intermediate", "14336", "--heads", "32",
+    "--kv-heads", "8", "--vocab", "32000", "--dtype", "bfloat16",
+]  # fmt: skip
+# Quantized with HQQ's min-max rounding (optimize=off): the optimiser takes ~40 s per matrix on 2 cores.
+REAL_COMPARE = [
+    "resident",
+    *(f"k=2,bits={bits},optimize=off{miss}" for bits in (4, 2) for miss in ("", ",miss=host", ",miss=auto")),
+    "k=2,bits=4,optimize=off,fused=off",
+]
+KERNELS = "expert-kernels"
 
 
 def commands(quick: bool, threads: int) -> dict[str, list[str]]:
@@ -67,13 +85,22 @@ def commands(quick: bool, threads: int) -> dict[str, list[str]]:
             "plan", "samples/demo-mixtral", "--trace", str(DEMO_TRACE.relative_to(REPO)), "--threads", str(threads),
             "--all", "--json",
         ],
+        "real-shapes": [
+            "bench", *REAL_SHAPES, "--prompts", "samples/prompts/real-shapes.txt", "--compare", *REAL_COMPARE,
+            *(["--tokens", "4", "--runs", "1"] if quick else ["--tokens", "16", "--runs", "2"]),
+            "--threads", str(os.cpu_count() or 1), "--json",
+        ],
     }  # fmt: skip
 
 
 def run(name: str, argv: list[str]) -> dict:
-    """Run ``moe-tui ARGV`` in a fresh process, keep its JSON output under results/, return it."""
+    """Run ``moe-tui ARGV`` (or the expert-kernels script) in a fresh process, keep its JSON under results/."""
     print(f"[{name}] moe-tui {shlex.join(argv)}", file=sys.stderr, flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    if name == KERNELS:
+        script = [sys.executable, str(REPO / "benchmarks" / "expert_kernels.py"), *argv]
+        subprocess.run(script, cwd=REPO, env=env, check=True, capture_output=True, text=True)
+        return json.loads((OUT / "expert-kernels-cpu.json").read_text())
     done = subprocess.run(
         [sys.executable, "-m", "moe_tui", *argv], cwd=REPO, env=env, check=True, capture_output=True, text=True
     )
@@ -208,22 +235,56 @@ def main() -> None:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite RESULTS.md from the JSON kept in results/ (no runs)"
     )
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="re-measure only these steps (" + STEPS + ")")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     kept = OUT / "meta.json"
-    meta = json.loads(kept.read_text()) if args.render_only else measure_all(args.quick, args.threads)
+    if args.render_only:
+        meta = json.loads(kept.read_text())
+    elif args.only:
+        meta = measure_some(json.loads(kept.read_text()), args.only, args.quick, args.threads)
+    else:
+        meta = measure_all(args.quick, args.threads)
     argvs = meta["argvs"]
-    data = {name: json.loads((OUT / f"{name}.json").read_text()) for name in meta["runs"]}
+    data = {name: _kept(name) for name in meta["runs"]}
     labs = {name: json.loads((OUT / f"lab-{Path(name).stem}.json").read_text()) for name in meta["traces"]}
     RESULTS_MD.write_text(render(data, labs, argvs, meta))
     print(f"wrote {RESULTS_MD.relative_to(REPO)}", file=sys.stderr)
+
+
+STEPS = "demo, synthetic, telemetry, plan, real-shapes, expert-kernels"
+
+
+def _kept(name: str) -> dict:
+    return json.loads((OUT / ("expert-kernels-cpu" if name == KERNELS else name)).with_suffix(".json").read_text())
+
+
+def all_commands(quick: bool, threads: int) -> dict[str, list[str]]:
+    """Every measurement's arguments, the expert-kernels script's included."""
+    return {**commands(quick, threads), KERNELS: ["--runs", "3" if quick else "7"]}
+
+
+def measure_some(meta: dict, names: list[str], quick: bool, threads: int) -> dict:
+    """Re-measure ``names``, keep the other steps' JSON, and note what was re-measured when."""
+    argvs = all_commands(quick, threads)
+    unknown = [name for name in names if name not in argvs]
+    if unknown:
+        raise SystemExit(f"unknown step(s) {', '.join(unknown)}; choose from {STEPS}")
+    for name in names:
+        started, load = datetime.datetime.now(datetime.timezone.utc), load_average()
+        run(name, argvs[name])
+        meta["argvs"][name] = argvs[name]
+        meta.setdefault("remeasured", {})[name] = f"{started:%Y-%m-%d %H:%M} UTC, load average {load} before"
+    meta["runs"] = list(dict.fromkeys([*meta["runs"], *names]))
+    (OUT / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return meta
 
 
 def measure_all(quick: bool, threads: int) -> dict:
     """Run every measurement; returns (and keeps in results/meta.json) what RESULTS.md needs besides the JSON."""
     load_before = load_average()
     started = datetime.datetime.now(datetime.timezone.utc)
-    argvs = commands(quick, threads)
+    argvs = all_commands(quick, threads)
     for name, argv in list(argvs.items()):
         run(name, argv)
     traces = sorted((REPO / "samples" / "traces").glob("*.jsonl"))
@@ -236,7 +297,7 @@ def measure_all(quick: bool, threads: int) -> dict:
         "load_before": load_before,
         "load_after": load_average(),
         "quick": quick,
-        "runs": list(commands(quick, threads)),
+        "runs": list(all_commands(quick, threads)),
         "traces": [trace.name for trace in traces],
         "argvs": argvs,
     }
@@ -295,6 +356,7 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         f"**{ratio(demo['k=2,prefetch=1'], demo['hf-offload'])}**.",
         f"- Telemetry (per-layer steps, counters, snapshot) on vs off: **{ratio(on, off)}** decode speed, "
         f"**{ratio(recording, off)}** when a trace file is written too (goal >= 0.95).",
+        *real_headlines(data),
         "",
         "## 1. Demo model",
         "",
@@ -353,7 +415,171 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
             lab_table(lab),
             "",
         ]
+    if "real-shapes" in data:
+        lines += real_shapes_section(data["real-shapes"], command("real-shapes"), meta)
+    if KERNELS in data:
+        lines += kernels_section(data[KERNELS], meta)
+    for path in sorted(OUT.glob("cuda-*.json")):
+        lines += cuda_section(json.loads(path.read_text()), path.name)
     return "\n".join(lines)
+
+
+def cuda_section(data: dict, name: str) -> list[str]:
+    """Section 8: what ``benchmarks/cuda_check.py`` found (or skipped, without a GPU)."""
+    steps = data["steps"]
+    gpu = data["gpu"] or "no GPU on the machine that ran it"
+    lines = [
+        f"## 8. CUDA check: {gpu}",
+        "",
+        f"`python benchmarks/cuda_check.py` on {data['when']} (torch {data['torch']}, CUDA {data['cuda']}); "
+        f"`benchmarks/results/{name}`.",
+        "",
+    ]
+    rows = []
+    for step, report in steps.items():
+        detail = report.get("reason") or report.get("error") or report.get("summary") or ""
+        if step == "streams" and "max_abs_difference" in report:
+            detail = (
+                f"delayed copies and computation: max |logit difference| {report['max_abs_difference']:.2e}; "
+                f"without the ready wait (control): {report['control_max_abs_difference']:.2e}"
+            )
+        if step == "syncs" and "engine" in report:
+            detail = (
+                f"engine {report['engine']['prefill']} per prefill / {report['engine']['decode']} per decode pass, "
+                f"resident {report['resident']['prefill']} / {report['resident']['decode']} "
+                f"({report['moe_layers']} MoE layers)"
+            )
+        if step == "transfer" and "pinned_gbps" in report:
+            detail = f"pinned {report['pinned_gbps']:.1f} GB/s, pageable {report['pageable_gbps']:.1f} GB/s"
+        if step == "kernels" and "rows" in report:
+            int4 = [r for r in report["rows"] if r["format"] == "int4"]
+            detail = ", ".join(
+                f"{r['shape']} int4 {1000 * r['median_s_1']:.2f} ms ({r['vs_bf16']:.2f}x bf16)" for r in int4
+            )
+        rows.append([step, report["status"], f"{report['seconds']:.0f}", detail.replace("|", "/")])
+    lines += [table(["step", "status", "s", "result"], rows), ""]
+    mixtral = steps.get("mixtral", {})
+    if mixtral.get("configurations"):
+        config_rows = [
+            [
+                c["format"],
+                str(c["k"]),
+                str(c["prefetch"]),
+                f"{c['tokens_per_s']:.1f}",
+                f"{100 * c['hit_rate']:.1f}%",
+                gib(c["copied_bytes_per_token"]),
+                "-" if c["copy_bound_tps"] is None else f"{c['copy_bound_tps']:.1f}",
+                f"{c['build_s']:.0f}",
+            ]
+            for c in mixtral["configurations"]
+        ]
+        headers = ["experts", "k", "prefetch", "tok/s", "hit rate", "copied/token", "copy bound tok/s", "build s"]
+        lines += [f"{mixtral['layers']} Mixtral-8x7B layers on the GPU:", "", table(headers, config_rows), ""]
+    return lines
+
+
+def real_headlines(data: dict) -> list[str]:
+    """Headline lines for the real-shape steps, when they were measured."""
+    lines = []
+    if "real-shapes" in data:
+        real = by_label(data["real-shapes"])
+        resident = real["resident"]["decode_tokens_per_s"]
+
+        def speed(label: str) -> str:
+            return (
+                f"{real[label]['decode_tokens_per_s']:.2f} tok/s ({real[label]['decode_tokens_per_s'] / resident:.2f}x)"
+            )
+
+        lines.append(
+            f"- Two real-size Mixtral-8x7B layers on this CPU: resident bf16 {resident:.2f} tok/s; k=2 at 4 bits "
+            f"(int4 kernel) {speed('k=2,bits=4,optimize=off')} with misses copied, "
+            f"{speed('k=2,bits=4,optimize=off,miss=host')} computed on the host; the old unfused 4-bit path "
+            f"{speed('k=2,bits=4,optimize=off,fused=off')}; 2 bits on the host "
+            f"{speed('k=2,bits=2,optimize=off,miss=host')}."
+        )
+    if KERNELS in data:
+        rows = {(r["shape"], r["format"]): r for r in data[KERNELS]["rows"]}
+        int4, unfused = rows[("Mixtral-8x7B", "int4")], rows[("Mixtral-8x7B", "hqq4 (unfused)")]
+        lines.append(
+            f"- One Mixtral-8x7B expert, one token: int4 {1000 * int4['median_s_1']:.1f} ms = "
+            f"**{1 / int4['vs_bf16']:.1f}x faster than bf16** and {unfused['median_s_1'] / int4['median_s_1']:.0f}x "
+            f"faster than the unfused HQQ 4-bit path; {int4['vs_bound']:.2f}x its memory-bandwidth bound."
+        )
+    return lines
+
+
+def real_shapes_section(data: dict, command: str, meta: dict) -> list[str]:
+    """Section 6: the engine on two real-size Mixtral layers."""
+    results = by_label(data)
+    resident = results["resident"]["decode_tokens_per_s"]
+    rows = []
+    for r in data["results"]:
+        engine = r["engine"] or {}
+        rows.append(
+            [
+                r["label"],
+                r.get("expert_format") or "bf16 (resident)",
+                f"{r['decode_tokens_per_s']:.2f}",
+                f"{r['decode_tokens_per_s'] / resident:.2f}",
+                f"{1000 * r['ttft_s']:.0f}",
+                "-" if not engine else f"{100 * engine['hit_rate']:.1f}%",
+                "-" if not r.get("host_per_token") else f"{r['host_per_token']:.1f}",
+                "-" if r["bytes_per_token"] is None else gib(r["bytes_per_token"]),
+                gib(r["fast_peak_bytes"] or r["fast_tier_bytes"]),
+                gib(r["slow_tier_bytes"]) if r["slow_tier_bytes"] else "-",
+                gib(r["peak_rss_bytes"]),
+            ]
+        )
+    headers = [
+        "config", "experts", "decode tok/s", "x resident", "TTFT ms", "hit rate", "host/token", "moved/token",
+        "fast tier", "slow tier", "peak RSS",
+    ]  # fmt: skip
+    when = meta.get("remeasured", {}).get("real-shapes")
+    return [
+        "## 6. Real shapes: two Mixtral-8x7B layers",
+        "",
+        f"Model: {data['model']}. Routing is the random routers' own (near uniform: k=2 of 8 hits about 25%)."
+        + (f" Measured {when}." if when else ""),
+        "",
+        command,
+        "",
+        table(headers, rows),
+        "",
+        "On a CPU the fast tier is the host too, so a copied miss is a memcpy that computing from the store "
+        "skips: `miss=host` never copies, and `miss=auto` measures both and picks the host here.",
+        "",
+    ]
+
+
+def kernels_section(data: dict, meta: dict) -> list[str]:
+    """Section 7: one expert per format, against the memory bound."""
+    rows = [
+        [
+            r["shape"],
+            r["format"],
+            f"{r['nbytes'] / 2**20:.1f}",
+            f"{1000 * r['median_s_1']:.2f}",
+            f"{1000 * r['median_s_8']:.2f}",
+            f"{1000 * r['bound_s']:.2f}",
+            f"{r['vs_bound']:.2f}",
+            f"{r['vs_bf16']:.2f}",
+        ]
+        for r in data["rows"]
+    ]
+    headers = ["expert", "format", "MiB", "1 token ms", "8 tokens ms", "bound ms", "x bound", "x bf16"]
+    when = meta.get("remeasured", {}).get(KERNELS)
+    return [
+        "## 7. One expert per format at real shapes",
+        "",
+        f"`python benchmarks/expert_kernels.py {shlex.join(meta['argvs'].get(KERNELS, []))}`: median of "
+        f"{data['runs']} runs of one expert's forward pass ({data['threads']} torch threads"
+        + (f", measured {when}" if when else "")
+        + f"). Bound: the format's bytes / {data['read_bandwidth'] / 1e9:.1f} GB/s, the streaming read "
+        "bandwidth measured in the same run. Quantized with HQQ's min-max rounding (speed does not depend on it).",
+        "",
+        table(headers, rows),
+        "",
+    ]
 
 
 if __name__ == "__main__":

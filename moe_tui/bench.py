@@ -235,7 +235,8 @@ def write_synthetic(shape: SyntheticShape, directory: Path, dtype: str = "float3
         max_position_embeddings=4096,
     )
     torch.manual_seed(shape.seed)
-    model = MixtralForCausalLM(config).to(getattr(torch, dtype)).eval()
+    # built in the target dtype: a Mixtral-sized layer in fp32 first would need twice the memory
+    model = MixtralForCausalLM._from_config(config, dtype=getattr(torch, dtype)).eval()
     model.save_pretrained(directory)
     del model
     gc.collect()

@@ -1,0 +1,356 @@
+"""The CUDA path, proven in one command: tests, stream-ordering stress, host syncs, and Mixtral-size numbers.
+
+Run on a machine with an NVIDIA GPU (under 8 minutes on one H100/H200)::
+
+    HF_HUB_OFFLINE=1 python benchmarks/cuda_check.py
+
+Steps, each reported as passed, failed or skipped (with the reason):
+
+1. ``tests``: the test suite's CUDA tests (``pytest -m cuda``).
+2. ``streams``: a small offloaded Mixtral on the GPU with delays injected with ``torch.cuda._sleep`` on the copy
+   stream (before every expert copy) and on the compute stream (before every expert computation); its logits
+   must equal the resident model's. Negative control: the same run with the compute stream's wait on a slot's
+   ``ready`` event removed must differ (otherwise the check could not see an ordering bug).
+3. ``syncs``: host synchronisations per prefill and per decode pass (``torch.cuda.set_sync_debug_mode``), for
+   the engine and for the resident model; the engine should add one per MoE layer (its routing summary).
+4. ``kernels``: one expert per format at Mixtral-8x7B's and Qwen3-30B-A3B's shapes against the GPU's measured
+   memory bandwidth (``benchmarks/expert_kernels.py`` on the GPU).
+5. ``transfer``: host-to-device GB/s from pinned and from pageable memory (1 GiB, best of 5).
+6. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
+   4 bits, then decode tokens/s at k=8, k=2 and k=2 with prefetch, in bf16 and at 4 bits, with the measured
+   hit rate and the bound that copies at that hit rate put on tokens/s.
+
+Writes ``benchmarks/results/cuda-<gpu>.json`` (``cuda-check-cpu-only.json`` without a GPU, where only what is
+meaningful on a CPU runs and every other step says it was skipped); ``benchmarks/results.py --render-only``
+turns it into a RESULTS.md section. Exit code 1 when a step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import re
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+OUT = HERE / "results"
+sys.path.insert(0, str(HERE))  # expert_kernels.py beside this file
+
+DELAY_CYCLES = 2_000_000  # about 1 ms of GPU clock per injected sleep
+
+
+class Skipped(Exception):
+    """A step that cannot run here (the message says why)."""
+
+
+def cuda() -> bool:
+    """Whether a CUDA device is present."""
+    return torch.cuda.is_available()
+
+
+# ----------------------------------------------------------------------------------------------- 1. tests
+def step_tests(quick: bool) -> dict:
+    """Run the tests marked ``cuda`` in a child process; their summary line is the result."""
+    if not cuda():
+        raise Skipped("no CUDA device: the cuda-marked tests skip themselves")
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *(["-x"] if quick else [])]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    summary = (done.stdout.strip().splitlines() or [""])[-1]
+    return {
+        "passed": done.returncode == 0,
+        "summary": summary,
+        "output_tail": done.stdout[-4000:] + done.stderr[-2000:],
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 2. streams
+def small_mixtral(seed: int = 0):
+    """A small random Mixtral (8 experts, 4 layers) whose experts are worth copying, in fp32."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=256, hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2, max_position_embeddings=256,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = MixtralForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2 if "gate" in name and "experts" not in name else 0.05)
+    return model
+
+
+def delayed_engine_logits(model, ids: torch.Tensor, skip_ready_wait: bool) -> torch.Tensor:
+    """Logits of ``model`` offloaded at k=1 with sleeps before every copy and every expert computation."""
+    from moe_tui.offload import OffloadConfig, offload_model, transfer
+
+    mover_class = transfer.CudaMover
+    original_load, original_begin, original_before = mover_class.load, mover_class.begin, mover_class.before_compute
+
+    def slow_load(self, cache, slot, source, timer):
+        if cache.used[slot]:
+            self.copy_stream.wait_event(cache.free[slot])
+        with torch.cuda.stream(self.copy_stream):
+            torch.cuda._sleep(DELAY_CYCLES)  # the copy lands late
+        original_load(self, cache, slot, source, timer)
+
+    def slow_begin(self, timer):
+        torch.cuda._sleep(DELAY_CYCLES)  # the computation runs late, so a too-early copy would overwrite it
+        return original_begin(self, timer)
+
+    def no_wait(self, cache, slot, timer):
+        cache.pending[slot] = False  # the bug the control plants: compute without waiting for the copy
+
+    mover_class.load, mover_class.begin = slow_load, slow_begin
+    if skip_ready_wait:
+        mover_class.before_compute = no_wait
+    try:
+        om = offload_model(copy.deepcopy(model), OffloadConfig(cache_size=1, prefetch=1, device="cuda"))
+        with torch.no_grad():
+            logits = om.model(ids.cuda()).logits.float().cpu()
+        om.close()
+        return logits
+    finally:
+        mover_class.load, mover_class.begin, mover_class.before_compute = original_load, original_begin, original_before
+
+
+def step_streams(quick: bool) -> dict:
+    """Delays on both streams must not change the logits; without the ready wait they must."""
+    if not cuda():
+        raise Skipped("no CUDA device: there are no streams to order on a CPU")
+    model = small_mixtral()
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = copy.deepcopy(model).cuda()(ids.cuda()).logits.float().cpu()
+    delayed = delayed_engine_logits(model, ids, skip_ready_wait=False)
+    control = delayed_engine_logits(model, ids, skip_ready_wait=True)
+    difference = (delayed - expected).abs().max().item()
+    control_difference = (control - expected).abs().max().item()
+    return {
+        "passed": difference <= 1e-3 and control_difference > 1e-2,
+        "max_abs_difference": difference,
+        "control_max_abs_difference": control_difference,
+        "note": "the control (ready wait removed) must differ, or the check could not catch an ordering bug",
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 3. syncs
+def count_syncs(work: Callable[[], object]) -> int:
+    """Host synchronisations ``work`` makes, as ``torch.cuda.set_sync_debug_mode('warn')`` reports them."""
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            work()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message).lower() for w in caught)
+
+
+def passes_syncs(model, ids: torch.Tensor) -> dict:
+    """Syncs of one prefill pass and one decode pass of ``model`` (a transformers causal LM on the GPU)."""
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        past = out.past_key_values
+        next_id = out.logits[:, -1:].argmax(-1)
+        prefill = count_syncs(lambda: model(ids, use_cache=True))
+        decode = count_syncs(lambda: model(next_id, past_key_values=past, use_cache=True))
+    return {"prefill": prefill, "decode": decode}
+
+
+def step_syncs(quick: bool) -> dict:
+    """The engine's host syncs per pass next to the resident model's."""
+    if not cuda():
+        raise Skipped("no CUDA device: a CPU has no host synchronisation to count")
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    model = small_mixtral()
+    ids = torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(2)).cuda()
+    resident = passes_syncs(copy.deepcopy(model).cuda(), ids)
+    om = offload_model(copy.deepcopy(model), OffloadConfig(cache_size=2, prefetch=1, device="cuda"))
+    engine = passes_syncs(om.model, ids)
+    layers = len(om.caches)
+    om.close()
+    extra = {key: engine[key] - resident[key] for key in engine}
+    return {
+        "passed": extra["decode"] <= layers,
+        "moe_layers": layers,
+        "engine": engine,
+        "resident": resident,
+        "engine_extra": extra,
+        "note": "goal: at most one extra synchronisation per MoE layer and pass (the routing summary)",
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 4. kernels
+def step_kernels(quick: bool) -> dict:
+    """Per-expert compute per format at real shapes (on the GPU when there is one)."""
+    import expert_kernels
+
+    device = torch.device("cuda" if cuda() else "cpu")
+    runs = 3 if quick else 7
+    bandwidth = expert_kernels.read_bandwidth(device, runs)
+    shapes = ("qwen3",) if device.type == "cpu" else ("mixtral", "qwen3")  # Mixtral on a CPU: expert_kernels.py
+    rows = []
+    for key in shapes:
+        name, hidden, width = expert_kernels.SHAPES[key]
+        rows += expert_kernels.measure_shape(name, hidden, width, device, runs, bandwidth)
+    return {"passed": True, "device": str(device), "read_bandwidth": bandwidth, "rows": rows}
+
+
+# ----------------------------------------------------------------------------------------------- 5. transfer
+def step_transfer(quick: bool) -> dict:
+    """Host-to-device bandwidth from pinned and from pageable memory."""
+    if not cuda():
+        raise Skipped("no CUDA device: no host-to-device bus to measure")
+    size = 1 << 30
+    target = torch.empty(size, dtype=torch.uint8, device="cuda")
+    result = {"passed": True, "bytes": size}
+    for kind, pinned in (("pinned", True), ("pageable", False)):
+        source = torch.ones(size, dtype=torch.uint8, pin_memory=pinned)
+        times = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            target.copy_(source, non_blocking=pinned)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        result[f"{kind}_gbps"] = size / min(times) / 1e9
+        del source
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- 6. mixtral
+def mixtral_layers(layers: int):
+    """A Mixtral-8x7B-shaped model of ``layers`` decoder layers with random bf16 weights, on the CPU."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    return MixtralForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+
+
+def decode_speed(om, new_tokens: int) -> dict:
+    """Greedy decode tokens/s after a 16-token prefill, and the engine's counters over the decoded tokens."""
+    ids = torch.randint(0, 32000, (1, 16), generator=torch.Generator().manual_seed(3)).cuda()
+    with torch.no_grad():
+        out = om.model(ids, use_cache=True)  # prefill (and warm-up)
+        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        before = om.stats()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(new_tokens):
+            out = om.model(token, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    after = om.stats()
+    hits = after["hits"] - before["hits"]
+    misses = after["misses"] - before["misses"]
+    return {
+        "tokens_per_s": new_tokens / elapsed,
+        "hit_rate": hits / (hits + misses) if hits + misses else 0.0,
+        "copied_bytes_per_token": (after["bytes_loaded"] - before["bytes_loaded"]) / new_tokens,
+    }
+
+
+def step_mixtral(quick: bool, pinned_gbps: float | None) -> dict:
+    """4 Mixtral layers offloaded to the GPU: quantization time, decode at k=8, k=2, k=2+prefetch."""
+    if not cuda():
+        raise Skipped("no CUDA device: on a CPU this is `python benchmarks/results.py --only real-shapes`")
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    layers = 2 if quick else 4
+    new_tokens = 8 if quick else 32
+    result: dict = {"passed": True, "layers": layers, "configurations": []}
+    for bits in (None, 4):
+        model = mixtral_layers(layers)
+        start = time.perf_counter()
+        om = offload_model(model, OffloadConfig(cache_size=8, prefetch=0, expert_bits=bits, device="cuda"))
+        build_s = time.perf_counter() - start
+        label = om.format.label()
+        for k, prefetch in ((8, 0), (2, 0), (2, 1)):
+            om.set_cache_size(k)
+            om.set_prefetch(prefetch)
+            speed = decode_speed(om, new_tokens)
+            bound = None
+            if pinned_gbps and speed["copied_bytes_per_token"]:
+                bound = pinned_gbps * 1e9 / speed["copied_bytes_per_token"]
+            result["configurations"].append(
+                {"format": label, "k": k, "prefetch": prefetch, "build_s": build_s, **speed, "copy_bound_tps": bound}
+            )
+            print(f"  {label} k={k} prefetch={prefetch}: {speed['tokens_per_s']:.1f} tok/s", flush=True)
+        om.close()
+        del om, model
+        torch.cuda.empty_cache()
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- driver
+def run_step(name: str, work: Callable[[], dict]) -> dict:
+    """Run one step, turning a skip or an error into its report."""
+    print(f"[{name}]", flush=True)
+    start = time.perf_counter()
+    try:
+        report = work()
+        report["status"] = "passed" if report.get("passed", True) else "failed"
+    except Skipped as reason:
+        report = {"status": "skipped", "reason": str(reason)}
+    except Exception as error:  # a failure is reported and the next step still runs
+        report = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
+    report["seconds"] = time.perf_counter() - start
+    print(f"[{name}] {report['status']} in {report['seconds']:.0f} s {report.get('reason', '')}", flush=True)
+    return report
+
+
+def main() -> int:
+    """Run every step and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the script)")
+    parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    parser.add_argument("--out", type=Path, default=OUT, help="where the JSON goes (default benchmarks/results)")
+    args = parser.parse_args()
+    steps: dict[str, dict] = {}
+    plan: dict[str, Callable[[], dict]] = {
+        "tests": lambda: step_tests(args.quick),
+        "streams": lambda: step_streams(args.quick),
+        "syncs": lambda: step_syncs(args.quick),
+        "kernels": lambda: step_kernels(args.quick),
+        "transfer": lambda: step_transfer(args.quick),
+        "mixtral": lambda: step_mixtral(args.quick, steps.get("transfer", {}).get("pinned_gbps")),
+    }
+    for name, work in plan.items():
+        steps[name] = {"status": "skipped", "reason": "--skip"} if name in args.skip else run_step(name, work)
+    gpu = torch.cuda.get_device_name(0) if cuda() else None
+    data = {
+        "gpu": gpu,
+        "when": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "quick": args.quick,
+        "steps": steps,
+    }
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else "check-cpu-only"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"cuda-{slug}.json"
+    path.write_text(json.dumps(data, indent=1, default=str) + "\n")
+    failed = [name for name, step in steps.items() if step["status"] == "failed"]
+    print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The CUDA check script: without a GPU it runs what a CPU can and says plainly what it skipped."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the check runs for minutes: run it by hand")
+def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "cuda_check.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads((tmp_path / "cuda-check-cpu-only.json").read_text())
+    assert data["gpu"] is None
+    steps = data["steps"]
+    skipped = {name for name, step in steps.items() if step["status"] == "skipped"}
+    assert skipped == {"tests", "streams", "syncs", "transfer", "mixtral"}
+    assert all(steps[name]["reason"].startswith("no CUDA device") for name in skipped)
+    kernels = steps["kernels"]
+    assert kernels["status"] == "passed" and kernels["device"] == "cpu"
+    formats = {row["format"]: row for row in kernels["rows"]}
+    assert {"bf16", "int4", "int8", "hqq2 (unfused)"} <= set(formats)
+    assert all(row["median_s_1"] > 0 and row["bound_s"] > 0 for row in formats.values())
+    assert "no step failed" in done.stdout
