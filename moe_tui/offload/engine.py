@@ -5,12 +5,16 @@ One :class:`Engine` serves every MoE layer of a model. For each layer pass it:
 1. brings the routing to the host (:class:`~moe_tui.offload.routing.Routing`) together with, when prefetch
    is on, the next MoE layer's router scored on this layer's MoE input: **one** small transfer, the only
    synchronisation of the pass (the resident model reads its routing too);
-2. splits the selected experts into hits and misses, marks the hits used, and starts the copies of the misses
-   into free or evictable slots (never evicting an expert this pass still needs);
+2. splits the selected experts into hits and misses, marks the hits used, decides which misses are computed
+   on the host from the store instead of copied (``miss``: copy, host, or auto by :mod:`.misses`' cost
+   model), and starts the copies of the others into free or evictable slots (never evicting an expert this
+   pass still needs);
 3. starts the copies of the next layer's guessed experts (prefetch) that are not cached, evicting only
    experts outside the guesses;
-4. computes hits first (overlapping the copies on CUDA), then misses; when a pass needs more experts than its
-   layer has slots (a long prefill), the remaining misses stream through the slots one after another;
+4. computes hits first (overlapping the copies on CUDA), then copied misses, then host misses, each with the
+   expert format's own kernel; when a pass needs more experts than its layer has slots (a long prefill), the
+   remaining misses stream through the slots one after another. A single token's expert outputs are summed
+   in one matmul with its router weights; a longer pass scatters each expert's rows into the output;
 5. keeps a :class:`~moe_tui.telemetry.LayerStep` for the pass, recorded when the forward pass ends.
 """
 
@@ -204,8 +208,8 @@ class Engine:
                 outputs[expert] = result
             else:
                 out.index_put_((rows,), (result * weights).to(out.dtype), accumulate=True)  # index_add_ is slow on CPU
-        if single:
-            out = routing.combine(outputs, hidden.dtype)
+        if single:  # no outputs only when every pick was a padding index
+            out = routing.combine(outputs, hidden.dtype) if outputs else torch.zeros_like(hidden)
         mover.end_pass(timer)
 
         # 5. bookkeeping
