@@ -45,15 +45,19 @@ class Replay:
         self._clock_s = 0.0
         self.speed = speed
         self.paused = False
+        self.notes: list[str] = []  # what reading the trace noticed (a cut-off last line)
 
     @classmethod
     def open(cls, path: str | Path, speed: float = 1.0) -> Replay:
         """Read a trace file; an unreadable or malformed one raises :class:`UserError` with the reason."""
+        notes: list[str] = []
         try:
-            header, events = read_trace(path)
+            header, events = read_trace(path, notes)
         except TraceError as error:
             raise UserError(str(error)) from None
-        return cls(header, events, speed=speed)
+        replay = cls(header, events, speed=speed)
+        replay.notes = notes
+        return replay
 
     @property
     def speed(self) -> float:

@@ -162,10 +162,13 @@ def _routing(path: str | None, source) -> tuple:
 
     if path is None:
         return None, []
+    notes: list[str] = []
     try:
-        header, events = read_trace(path)
+        header, events = read_trace(path, notes)
     except TraceError as error:
         raise UserError(str(error)) from None
+    for note in notes:
+        print(f"moe-tui: note: {note}", file=sys.stderr)
     check_trace_shape(header, source.num_layers, source.num_experts, source.top_k, source.description)
     note = f"routing forced from {path}: prefetch guesses still come from the model's own routers"
     return ForcedRouting(header, events), [note]

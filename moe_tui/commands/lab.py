@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections import Counter
 
 
@@ -36,10 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from moe_tui.sim.report import check_trace_shape, format_report
     from moe_tui.telemetry import LayerStep, TraceError, read_trace
 
+    notes: list[str] = []
     try:
-        header, events = read_trace(args.trace)
+        header, events = read_trace(args.trace, notes)
     except TraceError as error:
         raise UserError(str(error)) from None
+    for note in notes:
+        print(f"moe-tui: note: {note}", file=sys.stderr)
     if not any(isinstance(e, LayerStep) for e in events):
         raise UserError(f"{args.trace} holds a header but no routing steps: nothing to replay")
     if args.model is not None:

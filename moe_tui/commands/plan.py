@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 
 FORMULA = (
     "C = bytes a token reads / compute bandwidth + unfused quantized bytes it reads / dequantization bandwidth "
@@ -211,10 +212,13 @@ def _copy_model(args: argparse.Namespace, facts) -> tuple:
     if args.trace is None:
         text = f"uniform routing assumed (no --trace): hit rate = k / {facts.num_experts}, no prefetch"
         return plan.uniform_copy_model(facts), None, text
+    notes: list[str] = []
     try:
-        header, events = read_trace(args.trace)
+        header, events = read_trace(args.trace, notes)
     except TraceError as error:
         raise UserError(str(error)) from None
+    for note in notes:
+        print(f"moe-tui: note: {note}", file=sys.stderr)
     check_trace_shape(header, facts.moe_layers, facts.num_experts, facts.top_k, args.model)
     model = plan.trace_copy_model(header, events)
     text = f"LRU replay of trace {args.trace} (decoded tokens only"

@@ -206,6 +206,8 @@ class MoeTuiApp(App[int]):
             self.main.attach(message.backend)
             if old is not message.backend:
                 old.close()
+            for note in message.backend.notes:
+                self.notify(note, title="Note", severity="warning", timeout=10)
             return
         if not isinstance(self.main.backend, NoBackend):
             keep = f"Still using {self.main.backend.name}."

@@ -7,7 +7,6 @@ behind the loading screen.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui.errors import UserError
-from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, read_trace
+from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
 from moe_tui.tui.widgets.memory import EngineBudget
 
 Progress = Callable[[str, int, int], None]
@@ -80,6 +79,7 @@ class Backend:
     mode = "none"
     can_chat = False
     can_tune = False
+    notes: tuple[str, ...] = ()  # things the user should know about what was loaded (a cut-off trace, ...)
 
     @property
     def name(self) -> str:
@@ -211,6 +211,7 @@ class ReplayBackend(Backend):
     def __init__(self, replay: Any, name: str):
         self.replay = replay
         self._name = name
+        self.notes = tuple(getattr(replay, "notes", ()))
 
     @property
     def name(self) -> str:
@@ -266,11 +267,9 @@ def read_partial_trace(path: Path) -> tuple[TraceHeader, list[TraceEvent]]:
         data = path.read_bytes()
     except OSError as error:
         raise UserError(f"cannot read the session trace {path}: {error.strerror or error}") from None
-    complete = data[: data.rfind(b"\n") + 1]
-    with tempfile.TemporaryDirectory(prefix="moe-tui-lab-") as directory:
-        copy = Path(directory) / path.name
-        copy.write_bytes(complete)
-        try:
-            return read_trace(copy)
-        except TraceError as error:
-            raise UserError(str(error).replace(str(copy), str(path))) from None
+    complete = data[: data.rfind(b"\n") + 1].decode("utf-8", errors="replace")
+    try:
+        header, events = parse_trace_lines(complete.splitlines(keepends=True), str(path))
+        return header, list(events)
+    except TraceError as error:
+        raise UserError(str(error)) from None

@@ -82,12 +82,13 @@ class LabScreen(Screen):
         def study(answer: str | None) -> None:
             if not answer:
                 return
+            notes: list[str] = []
             try:
-                header, events = read_trace(answer)
+                header, events = read_trace(answer, notes)
             except TraceError as error:
                 self.query_one("#lab-note", Static).update(str(error))
                 return
-            self.query_one("#lab-note", Static).update("simulating…")
+            self.query_one("#lab-note", Static).update(" ".join(["simulating…", *notes]))
             self._simulate(header, events, f"trace {answer}")
 
         self.app.push_screen(AskScreen("Trace file to study:", ""), study)
