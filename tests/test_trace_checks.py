@@ -78,7 +78,7 @@ def test_a_cut_off_last_line_is_skipped_and_said(tmp_path: Path, capsys) -> None
     path = tmp_path / "killed.jsonl"
     path.write_text("\n".join(records[:-1]) + "\n" + records[-1][: len(records[-1]) // 2], encoding="utf-8")
     notes: list[str] = []
-    header, events = read_trace(path, notes)
+    _, events = read_trace(path, notes)
     assert len(events) == len(records) - 2  # the header and the cut line are not events
     assert notes == [f"{path}: line {len(records)} is cut off (a recording stopped mid-line); read up to line 59"]
     assert cli.main(["lab", str(path)]) == 0
