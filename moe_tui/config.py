@@ -17,14 +17,21 @@ It lives at ``moe_tui.paths.user_config_dir() / "settings.toml"``::
     [keymap]            # binding id = key(s), comma separated; ids are listed on the help screen (F1)
     "chat.stop" = "ctrl+x"
 
-A file that cannot be read never stops the app: :func:`load_settings` returns the defaults plus a one-line
-warning to show in the app. Only this module writes the file.
+A file that cannot be read never stops the app and is never lost: :func:`load_settings` keeps every value
+it can read, uses the default for each broken one (wrong type, out of range, unknown key, or the whole file
+when it is not valid TOML) and returns a warning naming the file, the line and the key. The file itself is
+left as it is until the app saves settings again, and :func:`save_settings` first copies a broken file to
+``settings.toml.broken-<time>`` beside it. Only this module writes the file.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
+import re
+import shutil
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -66,75 +73,143 @@ def settings_path() -> Path:
 
 
 def load_settings(path: Path | None = None) -> tuple[Settings, str]:
-    """The saved settings and a warning ("" when none); a missing file gives the defaults silently."""
+    """The saved settings and a one-line warning ("" when the file is fine or missing; see the module docstring)."""
     path = path or settings_path()
+    if not path.exists():
+        return Settings(), ""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return Settings(), ""
     except (OSError, UnicodeDecodeError) as error:
-        return Settings(), f"settings file {path} unreadable ({error}); using defaults"
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        return Settings(), f"settings file {path} cannot be read ({reason}); using the defaults"
     try:
-        return _from_dict(tomllib.loads(text)), ""
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        return Settings(), f"settings file {path} is not valid TOML ({error}); using defaults"
-    except (TypeError, ValueError) as error:
-        return Settings(), f"settings file {path}: {error}; using defaults"
+        return Settings(), f"settings file {path} is not valid TOML ({error}); using the defaults, the file is kept"
+    problems: list[str] = []
+    settings = _from_dict(data, _Locator(text), problems)
+    if not problems:
+        return settings, ""
+    return settings, f"settings file {path}: {'; '.join(problems)}; using the defaults for these, the file is kept"
 
 
-def _from_dict(data: dict[str, Any]) -> Settings:
+class _Locator:
+    """Finds the line of ``key`` in ``[table]`` of a TOML text (for messages)."""
+
+    def __init__(self, text: str):
+        self.lines = text.splitlines()
+
+    def line(self, table: str, key: str) -> str:
+        current = ""
+        for number, line in enumerate(self.lines, start=1):
+            header = re.match(r"^\s*\[([^\]]+)\]", line)
+            if header:
+                current = header.group(1).strip()
+            elif current == table and re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", line):
+                return f"line {number}: "
+        return ""
+
+
+_TABLES = ("layout", "generation", "keymap")
+_TOP_KEYS = ("theme", *_TABLES)
+
+
+def _from_dict(data: dict[str, Any], where: _Locator, problems: list[str]) -> Settings:
+    """Settings from parsed TOML, each broken value replaced by its default and described in ``problems``."""
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(f"{where.line('', key)}unknown setting {key!r} (ignored)")
     theme = data.get("theme", "")
     if not isinstance(theme, str):
-        raise ValueError("theme must be a string")
-    layout = data.get("layout", {})
-    generation = data.get("generation", {})
-    keymap = data.get("keymap", {})
-    if not all(isinstance(table, dict) for table in (layout, generation, keymap)):
-        raise ValueError("layout, generation and keymap must be tables")
+        problems.append(f"{where.line('', 'theme')}theme must be a string")
+        theme = ""
+    tables = {}
+    for name in _TABLES:
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            problems.append(f"{where.line('', name)}{name} must be a table ([{name}])")
+            table = {}
+        tables[name] = table
+    layout = tables["layout"]
+    for key in layout:
+        if key not in ("order", "hidden"):
+            problems.append(f"{where.line('layout', key)}unknown setting layout.{key} (ignored)")
+    keymap = {}
+    for key, value in tables["keymap"].items():
+        if isinstance(value, str):
+            keymap[str(key)] = value
+        else:
+            problems.append(f"{where.line('keymap', key)}keymap.{key} must be a string of keys")
     return Settings(
         theme=theme,
-        panel_order=_names(layout.get("order", []), "layout.order"),
-        hidden_panels=_names(layout.get("hidden", []), "layout.hidden"),
-        generation=_generation(generation),
-        keymap={str(key): _string(value, f"keymap.{key}") for key, value in keymap.items()},
+        panel_order=_names(layout, "order", where, problems),
+        hidden_panels=_names(layout, "hidden", where, problems),
+        generation=_generation(tables["generation"], where, problems),
+        keymap=keymap,
     )
 
 
-def _names(value: Any, what: str) -> tuple[str, ...]:
+def _names(layout: dict[str, Any], key: str, where: _Locator, problems: list[str]) -> tuple[str, ...]:
+    value = layout.get(key, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise ValueError(f"{what} must be a list of panel names")
+        problems.append(f"{where.line('layout', key)}layout.{key} must be a list of panel names")
+        return ()
     return tuple(value)
 
 
-def _string(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string")
-    return value
+# Each generation setting: its type and the values it may take (the rule is said in the message).
+_GENERATION_RULES: dict[str, tuple[type, Any, str]] = {
+    "temperature": (float, lambda v: 0.0 <= v <= 2.0, "a number from 0 to 2"),
+    "top_p": (float, lambda v: 0.0 < v <= 1.0, "a number above 0 and at most 1"),
+    "max_new_tokens": (int, lambda v: 1 <= v <= 1_000_000, "a whole number from 1 to 1000000"),
+    "system_prompt": (str, lambda v: True, "a string"),
+}
 
 
-def _generation(table: dict[str, Any]) -> GenerationDefaults:
+def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> GenerationDefaults:
     defaults = GenerationDefaults()
     values: dict[str, Any] = {}
-    for item in fields(GenerationDefaults):
-        if item.name not in table:
+    for key, value in table.items():
+        if key not in _GENERATION_RULES:
+            problems.append(f"{where.line('generation', key)}unknown setting generation.{key} (ignored)")
             continue
-        value = table[item.name]
-        expected = type(getattr(defaults, item.name))
+        expected, allowed, rule = _GENERATION_RULES[key]
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if type(value) is not expected:
-            raise ValueError(f"generation.{item.name} must be a {expected.__name__}")
-        values[item.name] = value
-    return replace(defaults, **values)
+        ok = type(value) is expected and (expected is not float or math.isfinite(value)) and allowed(value)
+        if not ok:
+            default = getattr(defaults, key)
+            problems.append(f"{where.line('generation', key)}generation.{key} must be {rule} (using {default!r})")
+            continue
+        values[key] = value
+    names = {item.name for item in fields(GenerationDefaults)}
+    return replace(defaults, **{key: value for key, value in values.items() if key in names})
 
 
-def save_settings(settings: Settings, path: Path | None = None) -> None:
-    """Write the settings atomically (a crash mid-write leaves the old file); raises OSError on failure."""
+def save_settings(settings: Settings, path: Path | None = None) -> Path | None:
+    """Write the settings atomically (a crash mid-write leaves the old file); raises OSError on failure.
+
+    A file on disk that does not load cleanly is first copied to ``<name>.broken-<time>`` beside it, so a hand
+    edit gone wrong is never lost; returns that copy's path (None when there was nothing to keep).
+    """
     path = path or settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(to_toml(settings), encoding="utf-8")
+    kept = None
+    if path.is_file() and load_settings(path)[1]:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        kept = path.with_name(f"{path.name}.broken-{stamp}")
+        counter = 1
+        while kept.exists():
+            counter += 1
+            kept = path.with_name(f"{path.name}.broken-{stamp}-{counter}")
+        shutil.copy2(path, kept)
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(to_toml(settings))
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
+    return kept
 
 
 def to_toml(settings: Settings) -> str:

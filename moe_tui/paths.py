@@ -26,3 +26,8 @@ def user_config_dir() -> Path:
     """Directory for the settings file (theme, keymap); ``MOE_TUI_CONFIG_DIR`` overrides it."""
     override = os.environ.get("MOE_TUI_CONFIG_DIR")
     return Path(override) if override else Path(platformdirs.user_config_dir(APP_NAME))
+
+
+def user_themes_dir() -> Path:
+    """Directory for the user's own theme files (``*.toml``, loaded after the bundled ones)."""
+    return user_config_dir() / "themes"

@@ -59,6 +59,8 @@ def heat_variable(level: int) -> str:
 
 def load_theme(path: Path) -> Theme:
     """Read one theme file; a missing field or a bad colour raises :class:`UserError` naming the file."""
+    if path.is_dir():
+        raise UserError(f"theme {path} is a directory, not a theme file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as error:

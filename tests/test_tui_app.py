@@ -464,3 +464,43 @@ def test_palette_offers_each_cache_size_once() -> None:
         await pilot.press("escape")
 
     run(check, app)
+
+
+def test_a_broken_settings_file_keeps_its_good_values_and_is_kept_on_the_first_save() -> None:
+    path = config.settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = 'theme = "moe-light"\n[generation]\nmax_new_tokens = -5\n'
+    path.write_text(text)
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        assert app.theme == "moe-light"  # the good value survived
+        assert any(
+            str(path) in note.message and "line 3: generation.max_new_tokens" in note.message
+            for note in app._notifications
+        )
+        await pilot.press("ctrl+t")  # a change that saves the settings (if starting up did not already)
+        await wait_for(pilot, lambda: any(p.name.startswith("settings.toml.broken-") for p in path.parent.iterdir()))
+        kept = next(p for p in path.parent.iterdir() if p.name.startswith("settings.toml.broken-"))
+        assert kept.read_text() == text
+        assert any(str(kept) in note.message for note in app._notifications)
+        assert config.load_settings()[1] == ""
+
+    run(check, app)
+
+
+def test_user_themes_load_after_the_bundled_ones_and_a_broken_one_is_skipped() -> None:
+    from moe_tui.paths import THEMES_DIR, user_themes_dir
+
+    themes = user_themes_dir()
+    themes.mkdir(parents=True)
+    good = (THEMES_DIR / "dark.toml").read_text().replace('name = "moe-dark"', 'name = "my-theme"')
+    (themes / "mine.toml").write_text(good)
+    (themes / "broken.toml").write_text('name = "broken"\nprimary = "not a colour"\n')
+    app, _ = make_app(theme="my-theme")
+
+    async def check(pilot: Pilot) -> None:
+        assert app.theme == "my-theme" and "my-theme" in app.moe_themes and "broken" not in app.moe_themes
+        assert any("broken.toml" in note.message and "skipped" in note.message for note in app._notifications)
+
+    run(check, app)

@@ -95,10 +95,13 @@ def test_default_path_is_under_the_user_config_dir() -> None:
     ("text", "fragment"),
     [
         ("theme = [", "not valid TOML"),
-        ("theme = 3", "theme must be a string"),
-        ("[generation]\nmax_new_tokens = 'many'", "generation.max_new_tokens must be a int"),
-        ("[layout]\norder = 'cache'", "layout.order must be a list"),
-        ("[keymap]\n'chat.stop' = 3", "keymap.chat.stop must be a string"),
+        ("theme = 3", "line 1: theme must be a string"),
+        (
+            "[generation]\nmax_new_tokens = 'many'",
+            "line 2: generation.max_new_tokens must be a whole number from 1 to 1000000 (using 256)",
+        ),
+        ("[layout]\norder = 'cache'", "line 2: layout.order must be a list of panel names"),
+        ("[keymap]\n'chat.stop' = 3", "line 2: keymap.chat.stop must be a string of keys"),
     ],
 )
 def test_broken_settings_fall_back_to_defaults_with_a_warning(tmp_path: Path, text: str, fragment: str) -> None:
@@ -106,4 +109,25 @@ def test_broken_settings_fall_back_to_defaults_with_a_warning(tmp_path: Path, te
     path.write_text(text)
     settings, warning = config.load_settings(path)
     assert settings == config.Settings()
-    assert fragment in warning and "using defaults" in warning
+    assert fragment in warning and "using the defaults" in warning and str(path) in warning
+    assert path.read_text() == text  # loading never touches the file
+
+
+def test_only_the_broken_values_fall_back_and_a_save_keeps_the_users_file(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    text = (
+        'theme = "moe-light"\n[generation]\ntemperature = 7\ntop_p = 0.5\ntemprature = 0.2\n'
+        '[keymap]\n"chat.stop" = "ctrl+x"\n'
+    )
+    path.write_text(text)
+    settings, warning = config.load_settings(path)
+    assert settings.theme == "moe-light" and settings.keymap == {"chat.stop": "ctrl+x"}
+    assert (settings.generation.temperature, settings.generation.top_p) == (0.7, 0.5)  # the default, the user's
+    assert "line 3: generation.temperature must be a number from 0 to 2 (using 0.7)" in warning
+    assert "line 5: unknown setting generation.temprature (ignored)" in warning
+    assert warning.count("\n") == 0
+    kept = config.save_settings(settings, path)
+    assert kept is not None and kept.name.startswith("settings.toml.broken-") and kept.read_text() == text
+    assert config.load_settings(path) == (settings, "")
+    assert config.save_settings(settings, path) is None  # a clean file is not copied again
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["settings.toml", kept.name])

@@ -111,17 +111,22 @@ class MoeTuiApp(App[int]):
         self.startup_s = time.perf_counter() - self._started
 
     def _register_themes(self) -> list[str]:
-        from moe_tui.paths import THEMES_DIR
+        """The bundled themes, then the user's own (a theme of the same name replaces the bundled one); a theme
+        file that cannot be used is skipped with a warning naming it, and the others load."""
+        from moe_tui.paths import THEMES_DIR, user_themes_dir
 
         warnings = []
-        for path in sorted(THEMES_DIR.glob("*.toml")):
+        user_dir = user_themes_dir()
+        user_files = sorted(user_dir.glob("*.toml")) if user_dir.is_dir() else []
+        for path in [*sorted(THEMES_DIR.glob("*.toml")), *user_files]:
             try:
                 theme = load_theme(path)
             except UserError as error:
-                warnings.append(str(error))
+                warnings.append(f"{error} (theme skipped)")
                 continue
             self.register_theme(theme)
-            self.moe_themes.append(theme.name)
+            if theme.name not in self.moe_themes:
+                self.moe_themes.append(theme.name)
         return warnings
 
     def _initial_theme(self, warnings: list[str]) -> str:
@@ -246,9 +251,12 @@ class MoeTuiApp(App[int]):
             )
         self.settings = replace(self.settings, **changes)
         try:
-            config.save_settings(self.settings)
+            kept = config.save_settings(self.settings)
         except OSError as error:
             self.notify(f"could not save settings: {error}", severity="warning")
+            return
+        if kept is not None:
+            self.notify(f"the settings file had errors; your version is kept as {kept}", severity="warning", timeout=10)
 
     async def on_unmount(self) -> None:
         """Stop an answer in progress, then release the model, the probe and the database."""
