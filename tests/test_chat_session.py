@@ -526,3 +526,59 @@ def test_demo_model_chats_like_plain_transformers() -> None:
     assert result.text == "".join(pieces) == expected
     assert snapshot.tokens == result.tokens
     assert snapshot.totals.accesses > 0, "the engine routed every token through its expert caches"
+
+
+def fail_after(chat: ChatSession, passes: int, error: BaseException) -> None:
+    """Make the engine raise ``error`` in its ``passes``-th MoE layer pass from now on (then work again)."""
+    engine = chat.engine.engine
+    real = engine.run_layer
+    calls = {"n": 0}
+
+    def run_layer(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == passes:
+            raise error
+        return real(*args, **kwargs)
+
+    engine.run_layer = run_layer
+
+
+@pytest.mark.parametrize(
+    ("error", "tier"),
+    [
+        (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "GPU"),
+        (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"), "host"),
+        (MemoryError(), "host"),
+    ],
+)
+def test_running_out_of_memory_mid_answer_keeps_the_answer_and_says_what_would_fit(
+    chat: ChatSession, tmp_path: Path, error: BaseException, tier: str
+) -> None:
+    layers = len(chat.engine.caches)
+    fail_after(chat, passes=layers * 8, error=error)  # the prefill and six decoded tokens, then the 8th pass fails
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        conversation = store.create_conversation(model=chat.model_name)
+        store.add_message(conversation.id, "user", QUESTION[0]["content"])
+        answer = store.add_message(conversation.id, "assistant")
+        pieces: list[str] = []
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            store.append_to_message(answer.id, piece)
+
+        settings = GenerationSettings(temperature=0, max_new_tokens=32)
+        with pytest.raises(UserError) as caught:
+            chat.generate(store.messages(conversation.id), settings, on_text)
+        message = str(caught.value)
+        assert message.startswith(f"ran out of {tier} memory; what would fit: cache size k=1 (frees ")
+        assert "--expert-bits 4" in message and "the 7 tokens before it are kept" in message
+        assert "\n" not in message
+        assert pieces and store.messages(conversation.id)[-1].content == "".join(pieces)
+    again = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=4), lambda piece: None)
+    assert again.tokens == 4  # the session is usable at once
+
+
+def test_other_errors_are_not_taken_for_out_of_memory(chat: ChatSession) -> None:
+    fail_after(chat, passes=3, error=RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=8), lambda piece: None)

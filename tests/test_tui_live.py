@@ -67,3 +67,42 @@ def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert trace.stat().st_size > 0, "the recording is flushed when the app closes"
+
+
+def test_out_of_memory_mid_answer_keeps_the_answer_and_the_app_usable() -> None:
+    import torch
+
+    config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=24)))
+    app = MoeTuiApp(LaunchOptions(cache_size=2, prefetch=1, device="cpu"), loader=load_backend, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat, timeout=120)
+        screen = app.main
+        engine = screen.backend.engine.engine
+        real, calls = engine.run_layer, {"n": 0}
+        layers = len(screen.backend.engine.caches)
+
+        def run_layer(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == layers * 6:  # the prefill and four decoded tokens went through
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+            return real(*args, **kwargs)
+
+        engine.run_layer = run_layer
+        await send(pilot, "What is a list?")
+        await wait_for(pilot, lambda: calls["n"] >= layers * 6 and not screen.generating, timeout=60)
+        await pilot.pause(0.3)
+        notes = [note.message for note in app._notifications]
+        assert any(n.startswith("ran out of GPU memory; what would fit: cache size k=1") for n in notes), notes
+        partial = app.store.messages(screen.conversation_id)[-1]
+        assert partial.role == "assistant" and partial.content  # the tokens before the failure are saved
+        assert partial.content in screen.query(MessageView).last().source  # and still on screen
+        await send(pilot, "And a tuple?")
+        await wait_for(pilot, lambda: len(app.store.messages(screen.conversation_id)) == 4 and not screen.generating)
+        assert app.store.messages(screen.conversation_id)[-1].content  # answered: the app stayed usable
+
+    async def main() -> None:
+        async with app.run_test(size=(140, 44)) as pilot:
+            await check(pilot)
+
+    asyncio.run(main())

@@ -199,12 +199,15 @@ class ChatSession:
                 streamer=streamer,
                 stopping_criteria=stop.as_list(),
             )
-        except torch.OutOfMemoryError:
+        except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            device = _out_of_memory_device(error)
+            if device is None:
+                raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            raise UserError(
-                "out of memory while generating; try a shorter conversation, fewer new tokens or a smaller cache size"
-            ) from None
+            if streamer.tail:
+                on_text(streamer.tail)  # the answer so far, to its last character
+            raise UserError(self._out_of_memory_message(device, streamer.tokens)) from None
         if streamer.tail:
             on_text(streamer.tail)
         return GenerationResult(
@@ -215,6 +218,16 @@ class ChatSession:
             prompt_tokens=len(prompt_ids),
             dropped_turns=dropped,
         )
+
+    def _out_of_memory_message(self, device: str, tokens: int) -> str:
+        """One line: what ran out, after how many tokens (kept), and the settings that would free memory."""
+        from moe_tui.offload.memory import out_of_memory_advice
+
+        memory_report = getattr(self.engine, "memory", None)
+        memory = memory_report() if callable(memory_report) else {}
+        bits = getattr(getattr(self.engine, "config", None), "expert_bits", None)
+        kept = f"the {tokens} tokens before it are kept" if tokens else "no token was generated"
+        return f"{out_of_memory_advice(memory, bits, device)} ({kept})"
 
     def _context_limit(self) -> int | None:
         return getattr(self.engine.model.config, "max_position_embeddings", None) or None
@@ -313,3 +326,19 @@ def _parse(text: str, kind: type, label: str) -> Any:
     except ValueError:
         expected = "a whole number" if kind is int else "a number"
         raise UserError(f"{label} must be {expected}, not {text.strip()!r}") from None
+
+
+def _out_of_memory_device(error: BaseException) -> str | None:
+    """``cuda`` or ``cpu`` when ``error`` is an allocation failure there, None for any other error."""
+    import torch
+
+    if isinstance(error, torch.OutOfMemoryError):
+        return "cuda"
+    if isinstance(error, MemoryError):
+        return "cpu"
+    text = str(error).lower()
+    if "can't allocate memory" in text or "defaultcpuallocator" in text:
+        return "cpu"
+    if "out of memory" in text:
+        return "cuda" if "cuda" in text else "cpu"
+    return None

@@ -57,3 +57,25 @@ def check_growth(device: torch.device, old: list[int], new: list[int], expert_by
 def _growth_peak(old: list[int], new: list[int], expert_bytes: int) -> int:
     growth = sum(max(n - o, 0) for o, n in zip(old, new, strict=True))
     return (growth + max(new)) * expert_bytes if growth else 0
+
+
+def out_of_memory_advice(memory: dict, bits: int | None, device: str) -> str:
+    """What ran out and the settings that free memory, from an engine's :meth:`OffloadedModel.memory`.
+
+    ``device`` is where the allocation failed (``cuda`` or ``cpu``). The slots are the part a setting can
+    shrink at once: halving k frees half of them; unquantized experts shrink to about a quarter at 4 bits.
+    """
+    tier = "GPU" if device == "cuda" else "host"
+    sizes = list(memory.get("cache_size") or [])
+    expert = int(memory.get("expert_bytes") or 0)
+    choices = []
+    if sizes and max(sizes) > 1:
+        smaller = max(max(sizes) // 2, 1)
+        freed = sum(k - min(k, smaller) for k in sizes) * expert
+        choices.append(f"cache size k={smaller} (frees {format_bytes(freed)})")
+    if bits is None:
+        choices.append("--expert-bits 4")
+    elif bits > 2:
+        choices.append(f"--expert-bits {2 if bits <= 3 else 3 if bits == 4 else 4}")
+    choices.append("a new chat or fewer new tokens (the KV cache grows with the conversation)")
+    return f"ran out of {tier} memory; what would fit: " + ", or ".join(choices)
