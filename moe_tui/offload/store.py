@@ -58,8 +58,11 @@ class ExpertStore:
         return self._layers[layer][start : start + self.nbytes]
 
     def save(self, directory: Path, description: dict[str, object]) -> None:
-        """Write the store to ``directory`` (atomically: the description is written last)."""
+        """Write the store to ``directory`` so that a kill at any moment leaves no store that looks valid and is
+        not: the old description goes first, the data is written to a partial file, synced and renamed, and the
+        new description (also synced and renamed) comes last."""
         directory.mkdir(parents=True, exist_ok=True)
+        (directory / META_FILE).unlink(missing_ok=True)
         target = directory / STORE_FILE
         if self.kind == "mmap" and self.path is not None:
             with open(self.path, "rb+") as handle:  # the mapping's dirty pages reach the disk before the rename
@@ -76,7 +79,10 @@ class ExpertStore:
             os.replace(partial, target)
         meta = {"layers": self.num_layers, "experts": self.num_experts, "nbytes": self.nbytes, **description}
         partial_meta = directory / (META_FILE + ".partial")
-        partial_meta.write_text(json.dumps(meta, sort_keys=True, default=str))
+        with open(partial_meta, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(meta, sort_keys=True, default=str))
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(partial_meta, directory / META_FILE)
 
     @classmethod
