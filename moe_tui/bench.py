@@ -190,14 +190,15 @@ class BenchModel:
 
 def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> BenchModel:
     """A model directory to benchmark; UserError when it is not a MoE checkpoint the engine supports."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from moe_tui.offload.arch import family_of
+    from moe_tui.offload.loader import read_model_config
 
     path = Path(directory)
-    if not (path / "config.json").is_file():
+    if not (path / "config.json").exists():
         raise UserError(f"{path} is not a model directory (no config.json); pass --model DIR or --synthetic")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    config = read_model_config(path)
     family_of(config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

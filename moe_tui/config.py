@@ -75,10 +75,10 @@ def settings_path() -> Path:
 def load_settings(path: Path | None = None) -> tuple[Settings, str]:
     """The saved settings and a one-line warning ("" when the file is fine or missing; see the module docstring)."""
     path = path or settings_path()
-    if not path.exists():
-        return Settings(), ""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return Settings(), ""
     except (OSError, UnicodeDecodeError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
         return Settings(), f"settings file {path} cannot be read ({reason}); using the defaults"

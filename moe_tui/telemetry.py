@@ -437,9 +437,9 @@ def read_trace(path: str | Path, notes: list[str] | None = None) -> tuple[TraceH
     rest is read; a sentence saying so is appended to ``notes`` when given.
     """
     path = Path(path)
-    if path.is_dir():
-        raise TraceError(f"{path} is a directory, not a trace file")
     try:
+        if path.is_dir():
+            raise TraceError(f"{path} is a directory, not a trace file")
         with path.open(encoding="utf-8") as handle:
             header, events = _parse_trace(handle, str(path), notes if notes is not None else [])
             return header, list(events)

@@ -37,6 +37,12 @@ class Checkpoint:
         for name in sorted(set(self._files.values()) | set(self._files_without_index())):
             path = directory / name
             try:
+                with open(path, "rb"):  # the operating system's own reason (permission, a directory, ...) first
+                    pass
+            except OSError as error:
+                self._stack.close()
+                raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+            try:
                 handle = self._stack.enter_context(safe_open(str(path), framework="pt"))
             except (SafetensorError, OSError) as error:
                 self._stack.close()

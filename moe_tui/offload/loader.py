@@ -7,6 +7,7 @@ check (config, settings, shard headers, expert tensors and shapes, memory) runs 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -29,7 +30,7 @@ def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
     """A model directory from a path or a hub id already in the local Hugging Face cache (never downloads)."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        if not (path / "config.json").exists():
             raise UserError(f"{path} has no config.json: not a transformers model directory")
         return path
     if path.exists():
@@ -44,6 +45,30 @@ def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
             f"{spec} is neither a model directory nor a model in the local Hugging Face cache "
             "(moe-tui never downloads; fetch it first with `hf download`)"
         ) from None
+
+
+def read_model_config(directory: Path) -> object:
+    """The transformers config of a model directory; UserError (one line, the real reason) when its config.json
+    is unreadable, not JSON, or not a config transformers can build."""
+    from transformers import AutoConfig
+
+    path = directory / "config.json"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{directory} has no config.json: not a transformers model directory") from None
+    except IsADirectoryError:
+        raise UserError(f"{path} is a directory, not a model config") from None
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path} is not valid JSON ({error})") from None
+    try:
+        return AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"cannot read the model config {path}: {reason}") from None
 
 
 def model_label(spec: str | os.PathLike[str], directory: Path) -> str:
@@ -62,14 +87,11 @@ def load_offloaded(
     ``progress(stage, done, total)`` is called per stage ("reading checkpoint", "loading weights",
     "quantizing experts to N bits" / "packing experts", ...); with None a bar is drawn on a terminal's stderr.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    from transformers import AutoModelForCausalLM, GenerationConfig
 
     report = progress or terminal_progress()
     directory = resolve_model_dir(path_or_hub_id)
-    try:
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise UserError(f"cannot read the model config in {directory}: {error}") from None
+    config = read_model_config(directory)
     family_of(config)
     dtype = cfg.torch_dtype() or _config_dtype(config)
     with torch.device("meta"):

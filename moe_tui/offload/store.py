@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -62,8 +63,10 @@ class ExpertStore:
         not: the old description goes first, the data is written to a partial file, synced and renamed, and the
         new description (also synced and renamed) comes last."""
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / META_FILE).unlink(missing_ok=True)
+        _remove(directory / META_FILE)
         target = directory / STORE_FILE
+        if target.is_dir():
+            _remove(target)
         if self.kind == "mmap" and self.path is not None:
             with open(self.path, "rb+") as handle:  # the mapping's dirty pages reach the disk before the rename
                 os.fsync(handle.fileno())
@@ -92,11 +95,11 @@ class ExpertStore:
         """Reopen a store saved with the same shape and description; None when there is none (or it differs)."""
         meta_path = directory / META_FILE
         data_path = directory / STORE_FILE
-        if not meta_path.is_file() or not data_path.is_file():
-            return None
         try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            if not meta_path.is_file() or not data_path.is_file():
+                return None
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             return None
         expected = {"layers": num_layers, "experts": num_experts, "nbytes": nbytes, **description}
         expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
@@ -117,14 +120,26 @@ class ExpertStore:
         store._layers = [
             torch.empty(num_experts * nbytes, dtype=torch.uint8, pin_memory=kind == "pinned") for _ in range(num_layers)
         ]
-        with open(data_path, "rb") as handle:
-            for layer in store._layers:
-                handle.readinto(memoryview(layer.numpy()))
+        try:
+            with open(data_path, "rb") as handle:
+                for layer in store._layers:
+                    if handle.readinto(memoryview(layer.numpy())) != layer.numel():
+                        return None
+        except OSError:
+            return None
         return store
 
     def close(self) -> None:
         """Drop the buffers (the mapping of an mmap store goes with its last view)."""
         self._layers = []
+
+
+def _remove(path: Path) -> None:
+    """Delete ``path`` whatever it is (a file, or a directory left where a file belongs); nothing if absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _map_file(path: Path | None, size: int, create: bool) -> Tensor:
