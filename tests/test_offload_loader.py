@@ -193,7 +193,7 @@ def test_a_dense_checkpoint_is_refused(tmp_path: Path, no_heavy_work) -> None:
 
 def test_an_unreadable_config_is_refused(checkpoint: Path, no_heavy_work) -> None:
     (checkpoint / "config.json").write_text("{ not json")
-    with pytest.raises(UserError, match="config.json is not valid JSON"):
+    with pytest.raises(UserError, match=r"config\.json is not valid JSON"):
         load_offloaded(checkpoint, OffloadConfig())
 
 
