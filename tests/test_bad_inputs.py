@@ -308,3 +308,29 @@ def test_quantized_store_cache_entry_is_rebuilt_never_trusted(tmp_path: Path, va
         assert again.load_info["store"] == "built"
     assert all(torch.equal(again.store.row(0, e), rows[e]) for e in range(4))
     again.close()
+
+
+# ----------------------------------------------------------------------------------------------- pre-quantized
+@pytest.mark.parametrize("method", ["fp8", "mxfp4", "gptq", "awq", "bitsandbytes", "some-new-method"])
+def test_a_pre_quantized_checkpoint_is_refused_before_any_weight_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moe_tui.offload import OffloadConfig, load_offloaded
+    from moe_tui.offload import checkpoint as checkpoint_module
+
+    directory = demo_copy(tmp_path)
+    config_path = directory / "config.json"
+    data = json.loads(config_path.read_text())
+    data["quantization_config"] = {"quant_method": method, "weight_block_size": [128, 128]}
+    config_path.write_text(json.dumps(data))
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a shard was opened")
+
+    monkeypatch.setattr(checkpoint_module.Checkpoint, "__init__", no_reading)
+    with pytest.raises(UserError, match=f"pre-quantized with {method} "):
+        load_offloaded(directory, OffloadConfig(cache_size=2))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("What is a list?\n")
+    code = cli.main(["bench", "--model", str(directory), "--prompts", str(prompts), "--tokens", "2", "--config", "k=1"])
+    assert_one_line_error(code, capsys.readouterr().err)

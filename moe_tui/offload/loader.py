@@ -71,6 +71,25 @@ def read_model_config(directory: Path) -> object:
         raise UserError(f"cannot read the model config {path}: {reason}") from None
 
 
+def check_plain_weights(config: object, directory: Path) -> None:
+    """Refuse a checkpoint whose config declares pre-quantized weights (``quantization_config``: FP8, MXFP4,
+    GPTQ, AWQ, bitsandbytes, ...): read as plain tensors, they would load without their scales and answer with
+    garbage. Checked before any weight is read."""
+    quantization = getattr(config, "quantization_config", None)
+    if not quantization:
+        return
+    method = (
+        quantization.get("quant_method")
+        if isinstance(quantization, dict)
+        else getattr(quantization, "quant_method", None)
+    )
+    method = str(getattr(method, "value", method) or "an unnamed method")
+    raise UserError(
+        f"{directory} holds weights pre-quantized with {method} (quantization_config in config.json), which moe-tui "
+        "cannot read yet; use the unquantized (bf16/fp16) checkpoint, and --expert-bits to quantize the experts"
+    )
+
+
 def model_label(spec: str | os.PathLike[str], directory: Path) -> str:
     """How traces and the dashboard name a model: a hub id as given, a local directory by its own name.
 
@@ -93,6 +112,7 @@ def load_offloaded(
     directory = resolve_model_dir(path_or_hub_id)
     config = read_model_config(directory)
     family_of(config)
+    check_plain_weights(config, directory)
     dtype = cfg.torch_dtype() or _config_dtype(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
