@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "lab": ("lab", "replay a routing trace through every cache size and policy next to the optimum (Belady's MIN)"),
     "plan": ("plan", "list the offloading configurations that fit your memory, with a tokens/s estimate"),
     "bench": ("bench", "measure decode/prefill speed, hit rate and memory of one or several configurations"),
+    "cache": ("cache", "list the quantized expert stores kept on disk, with their sizes, and remove them"),
 }
 
 DEFAULT_SUBCOMMAND = "chat"

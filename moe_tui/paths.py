@@ -28,6 +28,17 @@ def user_config_dir() -> Path:
     return Path(override) if override else Path(platformdirs.user_config_dir(APP_NAME))
 
 
+def user_cache_dir() -> Path:
+    """Directory for caches (quantized expert stores); ``MOE_TUI_CACHE_DIR`` overrides it."""
+    override = os.environ.get("MOE_TUI_CACHE_DIR")
+    return Path(override) if override else Path(platformdirs.user_cache_dir(APP_NAME))
+
+
+def quant_cache_dir() -> Path:
+    """Where quantized expert stores are kept by default, one directory per model and format."""
+    return user_cache_dir() / "quantized"
+
+
 def user_themes_dir() -> Path:
     """Directory for the user's own theme files (``*.toml``, loaded after the bundled ones)."""
     return user_config_dir() / "themes"

@@ -26,6 +26,21 @@ def _checked(convert: Callable[[str], float], noun: str, valid: Callable[[float]
 
 
 _positive_int = _checked(int, "a whole number", lambda value: value >= 1, "must be at least 1")
+
+
+def cache_sizes(text: str) -> int | list[int]:
+    """An argparse ``type`` for ``--cache-size``: ``3`` for every MoE layer, or ``3,2,4,...`` one per layer (as
+    ``moe-tui plan`` prints a per-layer plan)."""
+    parts = [part.strip() for part in text.split(",")]
+    try:
+        sizes = [int(part) for part in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or a comma list of them, not {text!r}") from None
+    if any(k < 1 for k in sizes):
+        raise argparse.ArgumentTypeError(f"every cache size must be at least 1, not {text!r}")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 _non_negative_int = _checked(int, "a whole number", lambda value: value >= 0, "must be 0 or more")
 _speed = _checked(float, "a number", lambda value: value > 0, "must be above 0")
 
@@ -38,7 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="model directory or hub id in the local HF cache (default: the bundled demo model)",
     )
     parser.add_argument(
-        "--cache-size", "-k", type=_positive_int, metavar="K", help="expert slots per MoE layer in fast memory"
+        "--cache-size",
+        "-k",
+        type=cache_sizes,
+        metavar="K",
+        help="expert slots per MoE layer in fast memory: one number, or a comma list with one per MoE layer",
     )
     parser.add_argument(
         "--prefetch",
@@ -64,6 +83,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cost model (default: copy)",
     )
     parser.add_argument(
+        "--store",
+        choices=("ram", "mmap"),
+        help="where all experts live: host RAM (pinned with CUDA), or a memory-mapped file for stores larger than RAM",
+    )
+    parser.add_argument(
+        "--dtype", choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the checkpoint's own)"
+    )
+    parser.add_argument("--group-size", type=_positive_int, metavar="G", help="HQQ group size (default 64)")
+    parser.add_argument(
+        "--quant-cache",
+        metavar="DIR",
+        help="keep quantized expert stores here (default: the user cache directory; see `moe-tui cache`)",
+    )
+    parser.add_argument(
+        "--no-quant-cache", action="store_true", help="quantize on every start and keep nothing on disk"
+    )
+    parser.add_argument(
         "--device",
         choices=("cuda", "cpu", "auto"),
         default="auto",
@@ -83,6 +119,8 @@ def options_from_args(args: argparse.Namespace):
         raise UserError("--record needs a model; it cannot be combined with --replay")
     if args.replay and args.model:
         raise UserError("choose either --model or --replay (a replay needs no model)")
+    if args.quant_cache and args.no_quant_cache:
+        raise UserError("choose either --quant-cache DIR or --no-quant-cache")
     return LaunchOptions(
         model=args.model,
         cache_size=args.cache_size,
@@ -91,6 +129,11 @@ def options_from_args(args: argparse.Namespace):
         expert_bits=args.expert_bits,
         attn_bits=args.attn_bits,
         miss=args.miss,
+        store=args.store,
+        dtype=args.dtype,
+        group_size=args.group_size,
+        quant_cache=args.quant_cache,
+        no_quant_cache=args.no_quant_cache,
         device=args.device,
         replay=args.replay,
         replay_speed=args.speed,

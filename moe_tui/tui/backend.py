@@ -25,12 +25,17 @@ class LaunchOptions:
     """What the command line asked for (None keeps the engine's default)."""
 
     model: str | None = None
-    cache_size: int | None = None
+    cache_size: int | list[int] | None = None
     prefetch: int | None = None
     policy: str | None = None
     expert_bits: int | None = None
     attn_bits: int | None = None
     miss: str | None = None
+    store: str | None = None
+    dtype: str | None = None
+    group_size: int | None = None
+    quant_cache: str | None = None  # a directory for quantized stores (None: the user cache directory)
+    no_quant_cache: bool = False  # quantize on every start, keep nothing on disk
     device: str = "auto"
     replay: str | None = None
     replay_speed: float = 1.0
@@ -47,9 +52,24 @@ class LaunchOptions:
             "expert_bits": self.expert_bits,
             "attn_bits": self.attn_bits,
             "miss": self.miss,
+            "store": self.store,
+            "dtype": self.dtype,
+            "group_size": self.group_size,
             "trace_path": self.record,
+            "quant_cache_dir": self.quant_cache_directory(),
         }
         return OffloadConfig(device=self.device, **{key: value for key, value in chosen.items() if value is not None})
+
+    def quant_cache_directory(self) -> str | None:
+        """Where quantized stores are kept: ``--quant-cache``, else the user cache directory; None when the
+        experts are not quantized or ``--no-quant-cache`` was given."""
+        if self.no_quant_cache or self.expert_bits is None:
+            return None
+        if self.quant_cache is not None:
+            return self.quant_cache
+        from moe_tui.paths import quant_cache_dir
+
+        return str(quant_cache_dir())
 
 
 class Session(Protocol):

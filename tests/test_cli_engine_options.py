@@ -1,0 +1,86 @@
+"""What `chat` can ask of the engine from the command line, and `moe-tui cache` over real quantized stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moe_tui import cli, paths
+from moe_tui.commands.chat import options_from_args
+
+
+def parse(*argv: str):
+    return cli.build_parser().parse_args(["chat", *argv])
+
+
+def test_chat_flags_reach_the_engine_settings(tmp_path: Path) -> None:
+    args = parse(
+        "--cache-size", "3,2,2,1,2,2", "--store", "mmap", "--dtype", "bfloat16", "--group-size", "32",
+        "--expert-bits", "4", "--miss", "auto", "--quant-cache", str(tmp_path / "q"),
+    )  # fmt: skip
+    config = options_from_args(args).offload_config()
+    assert config.cache_size == [3, 2, 2, 1, 2, 2]
+    assert (config.store, config.dtype, config.group_size, config.expert_bits, config.miss) == (
+        "mmap", "bfloat16", 32, 4, "auto",
+    )  # fmt: skip
+    assert config.quant_cache_dir == str(tmp_path / "q")
+
+
+def test_quantized_stores_are_kept_in_the_user_cache_unless_told_otherwise() -> None:
+    assert options_from_args(parse("--expert-bits", "2")).offload_config().quant_cache_dir == str(
+        paths.quant_cache_dir()
+    )
+    assert options_from_args(parse("--expert-bits", "2", "--no-quant-cache")).offload_config().quant_cache_dir is None
+    assert options_from_args(parse()).offload_config().quant_cache_dir is None  # nothing quantized, nothing kept
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--cache-size", "2,x"], "expected a whole number or a comma list"),
+        (["--cache-size", "2,0"], "every cache size must be at least 1"),
+        (["--store", "disk"], "invalid choice: 'disk'"),
+        (["--group-size", "0"], "must be at least 1"),
+    ],
+)
+def test_bad_engine_flags_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["chat", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_quant_cache_and_no_quant_cache_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["chat", "--quant-cache", "x", "--no-quant-cache"]) == 2
+    assert "choose either --quant-cache DIR or --no-quant-cache" in capsys.readouterr().err
+
+
+def test_cache_command_lists_sizes_and_removes_entries(capsys: pytest.CaptureFixture[str]) -> None:
+    from moe_tui.offload import OffloadConfig, load_offloaded
+
+    root = paths.quant_cache_dir()
+    settings = OffloadConfig(cache_size=2, expert_bits=2, quant_cache_dir=root, quant_optimize=False)
+    om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    name = Path(om.load_info["store_dir"]).name
+    om.close()
+    (root / "half-written").mkdir()
+    (root / "half-written" / "experts.bin.partial").write_bytes(b"\0" * 100)
+
+    assert cli.main(["cache", "--json"]) == 0
+    entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["entries"]}
+    assert entries[name]["complete"] and entries[name]["format"] == "hqq2" and entries[name]["model"] == "demo-mixtral"
+    assert entries[name]["bytes"] > 6 * 8 * 60_000  # every expert of the demo model at 2 bits
+    assert not entries["half-written"]["complete"]
+    assert cli.main(["cache"]) == 0
+    table = capsys.readouterr().out
+    assert name in table and "incomplete" in table
+
+    assert cli.main(["cache", "--remove", "nothing-here"]) == 2
+    assert "no cache entry named nothing-here" in capsys.readouterr().err
+    assert cli.main(["cache", "--remove", name]) == 0
+    assert "removed 1 entry" in capsys.readouterr().out and not (root / name).exists()
+    assert cli.main(["cache", "--clear"]) == 0
+    assert list(root.iterdir()) == []
