@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import replace
 from pathlib import Path
 
@@ -252,6 +253,7 @@ def test_cli_plan_table_and_json(tiny_config: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "2 MoE layers x 4 experts, top-2, fp32" in out
     assert "transfer bandwidth: 10.0 GB/s (given)" in out and "max(C, P) + M on CUDA" in out
+    assert f"1. moe-tui chat --model {tiny_config} --cache-size" in out
     assert cli.main([*argv, "--json", "--all"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["fitting"] == len(data["configurations"]) > 0
@@ -314,6 +316,18 @@ def test_cli_plan_spreads_slots_over_layers(
     fp32 = [c for c in spread if c["expert_precision"] == c["attn_precision"] == "fp32"]
     assert [c["layer_sizes"] for c in fp32] == [[2, 4]]
     assert fp32[0]["misses_per_token"] == pytest.approx((2 + 4) / 40)  # only each expert's first use
+    command = shlex.split(fp32[0]["command"])
+    assert command[:2] == ["moe-tui", "chat"] and "--cache-size" in command
+    from moe_tui.commands.chat import options_from_args
+
+    options = options_from_args(cli.build_parser().parse_args(command[1:]))
+    assert (options.model, options.cache_size, options.prefetch, options.expert_bits) == (
+        str(tiny_config),
+        [2, 4],
+        0,
+        None,
+    )
+    assert options.device == "cuda"
 
 
 def run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

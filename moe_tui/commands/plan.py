@@ -264,16 +264,43 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
             ]
         )
     lines.append(format_table(headers, rows, left=2))
-    spread = [c for c in shown if c.layer_sizes]
-    if spread:
-        lines.append("\nper-layer k (k*: engine cache_size list, one entry per MoE layer):")
-        lines += [f"  {c.expert_precision}/{c.attn_precision}: {','.join(map(str, c.layer_sizes))}" for c in spread]
+    lines.append("\nto run a configuration (rows in order):")
+    lines += [f"  {number}. {chat_command(c, facts.name, machine)}" for number, c in enumerate(shown, start=1)]
+    if _is_bundled_config(facts.name):
+        lines.append(
+            f"  ({facts.name} is a config bundled with moe-tui, not a checkpoint: give chat the model's directory "
+            "or hub id instead)"
+        )
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
     lines.append(
         "Not counted: activations, the CUDA context and the Python process; attention over a long context is not in C."
     )
     return "\n".join(lines)
+
+
+def _is_bundled_config(name: str) -> bool:
+    """Whether ``name`` is one of the configs in samples/configs/ rather than a path or a hub id."""
+    from pathlib import Path
+
+    from moe_tui.paths import CONFIGS_DIR
+
+    return not Path(name).exists() and (CONFIGS_DIR / f"{name}.json").is_file()
+
+
+def chat_command(candidate, model: str, machine) -> str:
+    """The ``moe-tui chat`` line that runs ``candidate`` (per-layer cache sizes as a comma list)."""
+    import shlex
+
+    from moe_tui.precision import HQQ_BITS
+
+    k = ",".join(map(str, candidate.layer_sizes)) if candidate.layer_sizes else str(candidate.cache_size)
+    parts = ["moe-tui", "chat", "--model", model, "--cache-size", k, "--prefetch", str(candidate.prefetch)]
+    for flag, precision in (("--expert-bits", candidate.expert_precision), ("--attn-bits", candidate.attn_precision)):
+        if precision in HQQ_BITS:
+            parts += [flag, str(HQQ_BITS[precision])]
+    parts += ["--device", machine.device]
+    return shlex.join(parts)
 
 
 def _expert_text(precision: str, machine) -> str:
@@ -307,5 +334,5 @@ def _as_json(facts, machine, sources, routing, shown, fitting: int) -> dict:
         "routing": routing,
         "formula": FORMULA,
         "fitting": fitting,
-        "configurations": [c.to_dict() for c in shown],
+        "configurations": [{**c.to_dict(), "command": chat_command(c, facts.name, machine)} for c in shown],
     }
