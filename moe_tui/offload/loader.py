@@ -178,7 +178,11 @@ def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> None:
     needed = store_bytes + resident_bytes + slot_bytes
     available = memory.free_bytes(torch.device("cpu"))
     if needed > available:
-        hint = "; --store mmap (store='mmap') keeps the experts in a file instead" if plan.store_kind != "mmap" else ""
+        hint = (
+            "; --store mmap keeps the experts in a file instead (Python: store='mmap')"
+            if plan.store_kind != "mmap"
+            else ""
+        )
         raise UserError(
             f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store and slots) "
             f"but only {precision.format_bytes(available)} is available{hint}"
