@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -398,6 +399,8 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
         quant_cache_dir=workdir / "quantized" if spec.expert_bits is not None else None,
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
+    for note in engine.load_info.get("notes", ()):
+        print(f"moe-tui: note: {note}", file=sys.stderr)
     memory = engine.memory()
     on_token = None
     if trace is not None:

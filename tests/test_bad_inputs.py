@@ -306,6 +306,8 @@ def test_quantized_store_cache_entry_is_rebuilt_never_trusted(tmp_path: Path, va
     assert again.load_info["store"] in ("built", "reused")
     if variant != "unreadable" or not ROOT:
         assert again.load_info["store"] == "built"
+        (note,) = again.load_info["notes"]
+        assert note.startswith(f"the saved quantized store in {entry} is ") and "discarded, quantizing again" in note
     assert all(torch.equal(again.store.row(0, e), rows[e]) for e in range(4))
     again.close()
 
@@ -334,3 +336,43 @@ def test_a_pre_quantized_checkpoint_is_refused_before_any_weight_is_read(
     prompts.write_text("What is a list?\n")
     code = cli.main(["bench", "--model", str(directory), "--prompts", str(prompts), "--tokens", "2", "--config", "k=1"])
     assert_one_line_error(code, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("store", ["ram", "mmap"])
+def test_a_cache_directory_that_cannot_be_written_costs_the_cache_not_the_model(tmp_path: Path, store: str) -> None:
+    from moe_tui.offload import OffloadConfig, load_offloaded
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the cache directory should be")
+    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=blocker, quant_optimize=False)
+    om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    assert om.load_info["store"] == "built" and "store_dir" not in om.load_info
+    (note,) = om.load_info["notes"]
+    assert note.startswith(f"could not keep the quantized store in {blocker}") and "quantized again next time" in note
+    assert blocker.read_text() == "a file where the cache directory should be"
+    om.close()
+
+
+def test_a_disk_that_fills_while_the_cache_is_written_leaves_nothing_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    from moe_tui.offload import OffloadConfig, load_offloaded
+    from moe_tui.offload import store as store_module
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "fsync", full)  # the first sync of the data file finds the disk full
+    settings = OffloadConfig(cache_size=2, expert_bits=2, quant_cache_dir=tmp_path / "q", quant_optimize=False)
+    om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    (note,) = om.load_info["notes"]
+    assert "No space left on device" in note
+    leftovers = [p.name for p in (tmp_path / "q").rglob("*") if p.is_file()]
+    assert leftovers == []  # no partial file, no description that could be trusted later
+    om.close()
+    monkeypatch.undo()
+    again = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    assert again.load_info["store"] == "built" and again.load_info["notes"] == []
+    again.close()

@@ -6,6 +6,7 @@ planning, packing and finishing steps here for checkpoints on disk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -113,17 +114,26 @@ def build_store(
     fmt = plan.format
     cache_dir = _store_dir(cfg, moe, fmt, source)
     description = {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+    notes: list[str] = []
     if cache_dir is not None:
-        store = ExpertStore.open_saved(cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description)
+        store, reason = ExpertStore.open_saved(cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description)
         if store is not None:
             report("loading saved expert store", 1, 1)
             for moe_layer in moe.layers:
                 _replace_experts(moe, moe_layer.index)
-            return store, {"store": "reused", "store_dir": str(cache_dir)}
+            return store, {"store": "reused", "store_dir": str(cache_dir), "notes": notes}
+        if reason:
+            notes.append(f"the saved quantized store in {cache_dir} is {reason}: discarded, quantizing again")
     path = None
     if cache_dir is not None and plan.store_kind == "mmap":
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        path = cache_dir / "experts.bin.partial"
+        try:
+            if cache_dir.is_dir():
+                ExpertStore.discard(cache_dir)  # what an interrupted save left (the data file is rewritten anyway)
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            path = cache_dir / "experts.bin.partial"
+        except OSError as error:
+            notes.append(_not_kept(cache_dir, error))
+            cache_dir = None
     store = ExpertStore(layers, experts, fmt.nbytes, plan.store_kind, path)
     stage = f"quantizing experts to {fmt.bits} bits" if fmt.bits else "packing experts"
     quant_device = plan.device if plan.device.type == "cuda" and fmt.bits else torch.device("cpu")
@@ -139,13 +149,25 @@ def build_store(
     if not replace_as_packed:
         for moe_layer in moe.layers:
             _replace_experts(moe, moe_layer.index)
-    info: dict[str, object] = {"store": "built"}
+    info: dict[str, object] = {"store": "built", "notes": notes}
     if cache_dir is not None:
         report("saving expert store", 0, 1)
-        store.save(cache_dir, description)
+        try:
+            store.save(cache_dir, description)
+            info["store_dir"] = str(cache_dir)
+        except OSError as error:  # a full disk or a directory that cannot be written: the store still works
+            notes.append(_not_kept(cache_dir, error))
+            with contextlib.suppress(OSError):
+                ExpertStore.discard(cache_dir)
         report("saving expert store", 1, 1)
-        info["store_dir"] = str(cache_dir)
     return store, info
+
+
+def _not_kept(cache_dir: Path, error: OSError) -> str:
+    return (
+        f"could not keep the quantized store in {cache_dir} ({error.strerror or error}); it works for this "
+        "session and will be quantized again next time"
+    )
 
 
 def finish_model(model: nn.Module, moe: MoEModel, cfg: OffloadConfig, plan: Plan, report: Progress) -> None:

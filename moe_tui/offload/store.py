@@ -91,20 +91,28 @@ class ExpertStore:
     @classmethod
     def open_saved(
         cls, directory: Path, num_layers: int, num_experts: int, nbytes: int, kind: str, description: dict[str, object]
-    ) -> ExpertStore | None:
-        """Reopen a store saved with the same shape and description; None when there is none (or it differs)."""
+    ) -> tuple[ExpertStore | None, str]:
+        """Reopen a store saved with the same shape and description.
+
+        Returns the store and "", or None and why the directory's entry cannot be used ("" when there is none):
+        an entry that is incomplete, unreadable, corrupt or from another format version is never trusted.
+        """
         meta_path = directory / META_FILE
         data_path = directory / STORE_FILE
+        if not directory.exists():
+            return None, ""
         try:
             if not meta_path.is_file() or not data_path.is_file():
-                return None
+                return None, "incomplete (a start stopped while saving it)"
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return None, f"unreadable ({getattr(error, 'strerror', None) or type(error).__name__})"
         expected = {"layers": num_layers, "experts": num_experts, "nbytes": nbytes, **description}
         expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
-        if meta != expected or data_path.stat().st_size != num_layers * num_experts * nbytes:
-            return None
+        if meta != expected:
+            return None, "written by another version or for another format"
+        if data_path.stat().st_size != num_layers * num_experts * nbytes:
+            return None, "truncated"
         store = cls.__new__(cls)
         store.num_layers, store.num_experts, store.nbytes, store.kind, store.path = (
             num_layers,
@@ -116,7 +124,7 @@ class ExpertStore:
         if kind == "mmap":
             mapped = _map_file(data_path, num_layers * num_experts * nbytes, create=False)
             store._layers = list(mapped.view(num_layers, -1))
-            return store
+            return store, ""
         store._layers = [
             torch.empty(num_experts * nbytes, dtype=torch.uint8, pin_memory=kind == "pinned") for _ in range(num_layers)
         ]
@@ -124,10 +132,18 @@ class ExpertStore:
             with open(data_path, "rb") as handle:
                 for layer in store._layers:
                     if handle.readinto(memoryview(layer.numpy())) != layer.numel():
-                        return None
-        except OSError:
-            return None
-        return store
+                        return None, "truncated"
+        except OSError as error:
+            return None, f"unreadable ({error.strerror or error})"
+        return store, ""
+
+    @staticmethod
+    def discard(directory: Path) -> None:
+        """Remove what a failed or interrupted save left in ``directory`` (the entry is rebuilt next time)."""
+        for name in (META_FILE, META_FILE + ".partial", STORE_FILE + ".partial"):
+            _remove(directory / name)
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
 
     def close(self) -> None:
         """Drop the buffers (the mapping of an mmap store goes with its last view)."""

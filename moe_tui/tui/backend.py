@@ -156,6 +156,7 @@ class LiveBackend(Backend):
         self.session = session
         self.engine = session.engine
         self.trace_path = trace_path
+        self.notes = tuple(getattr(self.engine, "load_info", {}).get("notes", ()))
 
     @property
     def name(self) -> str:
