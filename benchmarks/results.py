@@ -419,9 +419,29 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         lines += real_shapes_section(data["real-shapes"], command("real-shapes"), meta)
     if KERNELS in data:
         lines += kernels_section(data[KERNELS], meta)
+    checkpoint = OUT / "real-checkpoint.json"
+    if checkpoint.is_file():
+        lines += checkpoint_section(json.loads(checkpoint.read_text()))
     for path in sorted(OUT.glob("cuda-*.json")):
         lines += cuda_section(json.loads(path.read_text()), path.name)
     return "\n".join(lines)
+
+
+def checkpoint_section(data: dict) -> list[str]:
+    """Section: a real-size checkpoint through load_offloaded, first and cached starts."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import real_checkpoint
+
+    return [
+        "## 8. A real-size checkpoint: first start, cached start, memory",
+        "",
+        f"`python benchmarks/real_checkpoint.py --layers {data['layers']}` (each start in a fresh process, "
+        "imports included; peak RSS above the process's RSS before loading; anonymous: RSS less the mapped "
+        "shard files, which are the page cache's and reclaimable; predicted: the loader's memory check).",
+        "",
+        real_checkpoint.markdown(data),
+        "",
+    ]
 
 
 def cuda_section(data: dict, name: str) -> list[str]:
@@ -429,7 +449,7 @@ def cuda_section(data: dict, name: str) -> list[str]:
     steps = data["steps"]
     gpu = data["gpu"] or "no GPU on the machine that ran it"
     lines = [
-        f"## 8. CUDA check: {gpu}",
+        f"## 9. CUDA check: {gpu}",
         "",
         f"`python benchmarks/cuda_check.py` on {data['when']} (torch {data['torch']}, CUDA {data['cuda']}); "
         f"`benchmarks/results/{name}`.",

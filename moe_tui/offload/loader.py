@@ -126,7 +126,7 @@ def load_offloaded(
         names = _resident_names(model, moe, checkpoint)
         report("reading checkpoint", 1, 1)
         resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize
-        _check_memory(plan, moe, resident_bytes)
+        predicted_host_bytes = _check_memory(plan, moe, resident_bytes)
         _load_resident(model, checkpoint, names, report)
 
         def read(layer: int, expert: int):
@@ -137,7 +137,7 @@ def load_offloaded(
     finish_model(model, moe, cfg, plan, report)
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
-    info.update({"directory": str(directory), "layout": layout})
+    info.update({"directory": str(directory), "layout": layout, "predicted_host_bytes": predicted_host_bytes})
     name = model_label(path_or_hub_id, directory)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
 
@@ -169,8 +169,9 @@ def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> 
     return names
 
 
-def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> None:
-    """Refuse before loading when the fast tier, or RAM for the resident weights and the store, is too small."""
+def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> int:
+    """Refuse before loading when the fast tier, or RAM for the resident weights and the store, is too small;
+    returns the host bytes the load is expected to take (the figure checked)."""
     on_cpu = plan.device.type == "cpu"
     check_fast_tier(plan, 0 if on_cpu else resident_bytes)
     store_bytes = 0 if plan.store_kind == "mmap" else plan.format.nbytes * len(moe.layers) * moe.num_experts
@@ -187,6 +188,7 @@ def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> None:
             f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store and slots) "
             f"but only {precision.format_bytes(available)} is available{hint}"
         )
+    return needed
 
 
 def _load_resident(model: nn.Module, checkpoint: Checkpoint, names: dict[str, str], report: Progress) -> None:

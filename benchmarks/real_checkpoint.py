@@ -1,0 +1,231 @@
+"""A real-size checkpoint through ``load_offloaded``: stage times, peak RSS against the memory check, and the
+cached second start.
+
+It writes a Mixtral-8x7B-shaped checkpoint of ``--layers`` decoder layers (hidden 4096, experts 14336 wide,
+vocabulary 32000) with random bf16 weights, in the original layout (``block_sparse_moe.experts.E.w1/w2/w3``)
+and sharded like the published one (shards of about 2 GB and a ``model.safetensors.index.json``). Then, for
+each expert bit width, two starts in fresh processes with the same quantized-store cache directory:
+
+* the first reads every expert from the shards and quantizes it (HQQ without its optimiser here: with it a
+  Mixtral matrix takes about 40 s on 2 cores), then saves the store;
+* the second must reuse the saved store: it counts how many experts it read from the shards (goal 0) and
+  its time against the first (goal under 10%).
+
+Each start reports its time per stage, its peak RSS above the process's RSS before loading, and the host bytes
+the loader's memory check predicted (goal: peak within 10% of it).
+
+Usage: ``python benchmarks/real_checkpoint.py [--layers 2] [--bits 4 2] [--dir DIR]``; writes
+``benchmarks/results/real-checkpoint.json`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "benchmarks" / "results"
+SHARD_BYTES = 2 * 1024**3
+
+_START = """
+import json, sys, time
+from pathlib import Path
+import torch
+from moe_tui.bench import PeakRSS
+from moe_tui.offload import OffloadConfig, load_offloaded
+from moe_tui.offload import checkpoint as checkpoint_module
+
+directory, cache, bits = sys.argv[1], sys.argv[2], int(sys.argv[3])
+reads = {"experts": 0}
+original = checkpoint_module.Checkpoint.expert
+def counted(self, *args, **kwargs):
+    reads["experts"] += 1
+    return original(self, *args, **kwargs)
+checkpoint_module.Checkpoint.expert = counted
+stages = {}
+last = {"stage": None, "start": time.perf_counter()}
+def progress(stage, done, total):
+    now = time.perf_counter()
+    if stage != last["stage"]:
+        if last["stage"] is not None:
+            stages[last["stage"]] = stages.get(last["stage"], 0.0) + now - last["start"]
+        last["stage"], last["start"] = stage, now
+settings = OffloadConfig(cache_size=2, prefetch=0, expert_bits=bits, quant_cache_dir=cache, quant_optimize=False)
+import psutil, threading
+process = psutil.Process()
+def anonymous():
+    info = process.memory_info()
+    return info.rss - info.shared  # file-backed pages (the mapped shards) are the page cache's, not ours
+peak_anon = {"start": anonymous(), "peak": anonymous()}
+stop = threading.Event()
+def sample():
+    while not stop.wait(0.01):
+        peak_anon["peak"] = max(peak_anon["peak"], anonymous())
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+with PeakRSS() as rss:
+    before = rss.peak
+    start = time.perf_counter()
+    om = load_offloaded(directory, settings, progress=progress)
+    total = time.perf_counter() - start
+stop.set()
+sampler.join()
+progress("done", 1, 1)
+ids = torch.tensor([[1, 2, 3, 4]])
+with torch.no_grad():
+    om.model(ids)  # it runs
+print(json.dumps({
+    "bits": bits, "store": om.load_info["store"], "seconds": total, "stages": stages,
+    "experts_read_from_shards": reads["experts"], "peak_rss_above_start": rss.peak - before,
+    "peak_anonymous_above_start": peak_anon["peak"] - peak_anon["start"],
+    "predicted_host_bytes": om.load_info["predicted_host_bytes"], "format": om.format.label(),
+    "notes": om.load_info.get("notes", []),
+}))
+"""
+
+
+def write_checkpoint(directory: Path, layers: int) -> int:
+    """A Mixtral-8x7B-shaped checkpoint of ``layers`` layers in the original layout; returns its bytes."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(num_hidden_layers=layers, vocab_size=32000, dtype="bfloat16")
+    config.save_pretrained(directory)
+    h, i, kv = config.hidden_size, config.intermediate_size, config.num_key_value_heads * 128
+    generator = torch.Generator().manual_seed(0)
+
+    def weight(*shape: int) -> torch.Tensor:
+        return (torch.randn(*shape, generator=generator) * 0.02).to(torch.bfloat16)
+
+    tensors: list[tuple[str, torch.Tensor]] = [("model.embed_tokens.weight", weight(config.vocab_size, h))]
+    for layer in range(layers):
+        base = f"model.layers.{layer}"
+        tensors += [
+            (f"{base}.input_layernorm.weight", torch.ones(h, dtype=torch.bfloat16)),
+            (f"{base}.post_attention_layernorm.weight", torch.ones(h, dtype=torch.bfloat16)),
+            (f"{base}.self_attn.q_proj.weight", weight(h, h)),
+            (f"{base}.self_attn.k_proj.weight", weight(kv, h)),
+            (f"{base}.self_attn.v_proj.weight", weight(kv, h)),
+            (f"{base}.self_attn.o_proj.weight", weight(h, h)),
+            (f"{base}.block_sparse_moe.gate.weight", weight(config.num_local_experts, h)),
+        ]
+        for expert in range(config.num_local_experts):
+            prefix = f"{base}.block_sparse_moe.experts.{expert}"
+            tensors += [(f"{prefix}.w1.weight", None), (f"{prefix}.w2.weight", None), (f"{prefix}.w3.weight", None)]
+    tensors += [("model.norm.weight", torch.ones(h, dtype=torch.bfloat16)), ("lm_head.weight", None)]
+    shapes = {"w1": (i, h), "w2": (h, i), "w3": (i, h)}
+    index: dict[str, str] = {}
+    shard: dict[str, torch.Tensor] = {}
+    names: list[str] = []
+    total = 0
+
+    def flush() -> None:
+        name = f"model-{len(names) + 1:05d}.safetensors"
+        save_file(shard, str(directory / name), metadata={"format": "pt"})
+        names.append(name)
+        index.update(dict.fromkeys(shard, name))
+        shard.clear()
+
+    for key, tensor in tensors:
+        if tensor is None:
+            tensor = weight(config.vocab_size, h) if key == "lm_head.weight" else weight(*shapes[key.split(".")[-2]])
+        shard[key] = tensor
+        total += tensor.numel() * tensor.element_size()
+        if sum(t.numel() * t.element_size() for t in shard.values()) >= SHARD_BYTES:
+            flush()
+    if shard:
+        flush()
+    count = len(names)
+    renamed = {}
+    for number, name in enumerate(names, start=1):
+        final = f"model-{number:05d}-of-{count:05d}.safetensors"
+        (directory / name).rename(directory / final)
+        renamed[name] = final
+    weight_map = {key: renamed[name] for key, name in index.items()}
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1)
+    )
+    return total
+
+
+def start(directory: Path, cache: Path, bits: int) -> dict:
+    """One load in a fresh process."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _START, str(directory), str(cache), str(bits)],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    """Write the checkpoint, run the starts, print and keep the results."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 2])
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="moe-tui-real-checkpoint-") as scratch:
+        directory = args.dir or Path(scratch) / "mixtral-shaped"
+        directory.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        checkpoint_bytes = write_checkpoint(directory, args.layers)
+        write_s = time.perf_counter() - started
+        runs = []
+        for bits in args.bits:
+            cache = Path(scratch) / f"cache-{bits}"
+            first = start(directory, cache, bits)
+            second = start(directory, cache, bits)
+            runs.append({"first": first, "second": second})
+            print(
+                f"{bits}-bit: first {first['seconds']:.1f} s ({first['store']}), second {second['seconds']:.1f} s "
+                f"({second['store']}, {second['experts_read_from_shards']} experts read from shards)",
+                flush=True,
+            )
+    data = {
+        "layers": args.layers,
+        "checkpoint_bytes": checkpoint_bytes,
+        "shards": len(list(directory.glob("*.safetensors"))) if args.dir else None,
+        "write_s": write_s,
+        "runs": runs,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / "real-checkpoint.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(markdown(data))
+
+
+def markdown(data: dict) -> str:
+    """The starts as a Markdown table."""
+    gib = 1024**3
+    lines = [
+        f"Checkpoint: {data['layers']} Mixtral-8x7B layers, {data['checkpoint_bytes'] / gib:.1f} GiB of bf16 "
+        f"(written in {data['write_s']:.0f} s).",
+        "",
+        "| bits | start | store | seconds | experts read | peak RSS GiB | of it anonymous GiB | predicted GiB "
+        "| anonymous / predicted | stages |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for run in data["runs"]:
+        for which in ("first", "second"):
+            r = run[which]
+            stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in r["stages"].items())
+            lines.append(
+                f"| {r['bits']} | {which} | {r['store']} | {r['seconds']:.1f} | {r['experts_read_from_shards']} | "
+                f"{r['peak_rss_above_start'] / gib:.2f} | {r['peak_anonymous_above_start'] / gib:.2f} | "
+                f"{r['predicted_host_bytes'] / gib:.2f} | "
+                f"{r['peak_anonymous_above_start'] / r['predicted_host_bytes']:.2f} | {stages} |"
+            )
+        ratio = run["second"]["seconds"] / run["first"]["seconds"]
+        lines.append(f"| {run['first']['bits']} | second / first | | {ratio:.1%} | | | | | | |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
