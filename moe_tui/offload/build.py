@@ -186,6 +186,15 @@ def _replace_experts(moe: MoEModel, index: int) -> None:
     moe_layer.block.experts = OffloadedExperts(index, moe.num_experts, act_fn)
 
 
+def saved_store_usable(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dict[str, object]) -> bool:
+    """Whether a saved store for this model and format looks reusable (so no expert will be quantized)."""
+    directory = _store_dir(cfg, moe, fmt, source)
+    if directory is None or not directory.is_dir():
+        return False
+    description = {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+    return not ExpertStore.saved_problem(directory, len(moe.layers), moe.num_experts, fmt.nbytes, description)
+
+
 def _store_dir(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dict[str, object]) -> Path | None:
     """The quantized-store cache directory for this model and format (None without ``quant_cache_dir``)."""
     if cfg.quant_cache_dir is None:

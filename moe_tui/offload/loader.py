@@ -19,7 +19,15 @@ from moe_tui import precision
 from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, family_of, find_moe
-from moe_tui.offload.build import Plan, build_store, check_fast_tier, finish_model, plan_offload, terminal_progress
+from moe_tui.offload.build import (
+    Plan,
+    build_store,
+    check_fast_tier,
+    finish_model,
+    plan_offload,
+    saved_store_usable,
+    terminal_progress,
+)
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.experts import OffloadedExperts
@@ -126,13 +134,14 @@ def load_offloaded(
         names = _resident_names(model, moe, checkpoint)
         report("reading checkpoint", 1, 1)
         resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize
-        predicted_host_bytes = _check_memory(plan, moe, resident_bytes)
+        source = {"kind": "checkpoint", "files": [_file_identity(path) for path in checkpoint.files()]}
+        packing = 0 if saved_store_usable(cfg, moe, plan.format, source) else plan.format.pack_transient_bytes
+        predicted_host_bytes = _check_memory(plan, moe, resident_bytes, packing)
         _load_resident(model, checkpoint, names, report)
 
         def read(layer: int, expert: int):
             return checkpoint.expert(moe, layout, moe.layers[layer].decoder_index, expert)
 
-        source = {"kind": "checkpoint", "files": [_file_identity(path) for path in checkpoint.files()]}
         store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=False)
     finish_model(model, moe, cfg, plan, report)
     if (directory / "generation_config.json").is_file():
@@ -169,14 +178,15 @@ def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> 
     return names
 
 
-def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> int:
-    """Refuse before loading when the fast tier, or RAM for the resident weights and the store, is too small;
-    returns the host bytes the load is expected to take (the figure checked)."""
+def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int, packing_bytes: int) -> int:
+    """Refuse before loading when the fast tier, or RAM for the resident weights, the store and the quantizing of
+    one expert (``packing_bytes``; 0 when a saved store is reused) is too small; returns the host bytes the load
+    is expected to take (the figure checked)."""
     on_cpu = plan.device.type == "cpu"
     check_fast_tier(plan, 0 if on_cpu else resident_bytes)
     store_bytes = 0 if plan.store_kind == "mmap" else plan.format.nbytes * len(moe.layers) * moe.num_experts
     slot_bytes = sum(plan.sizes) * plan.format.nbytes if on_cpu else 0
-    needed = store_bytes + resident_bytes + slot_bytes
+    needed = store_bytes + resident_bytes + slot_bytes + packing_bytes
     available = memory.free_bytes(torch.device("cpu"))
     if needed > available:
         hint = (
@@ -185,7 +195,8 @@ def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int) -> int:
             else ""
         )
         raise UserError(
-            f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store and slots) "
+            f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store, slots and "
+            "quantizing) "
             f"but only {precision.format_bytes(available)} is available{hint}"
         )
     return needed

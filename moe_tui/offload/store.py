@@ -97,22 +97,12 @@ class ExpertStore:
         Returns the store and "", or None and why the directory's entry cannot be used ("" when there is none):
         an entry that is incomplete, unreadable, corrupt or from another format version is never trusted.
         """
-        meta_path = directory / META_FILE
-        data_path = directory / STORE_FILE
         if not directory.exists():
             return None, ""
-        try:
-            if not meta_path.is_file() or not data_path.is_file():
-                return None, "incomplete (a start stopped while saving it)"
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            return None, f"unreadable ({getattr(error, 'strerror', None) or type(error).__name__})"
-        expected = {"layers": num_layers, "experts": num_experts, "nbytes": nbytes, **description}
-        expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
-        if meta != expected:
-            return None, "written by another version or for another format"
-        if data_path.stat().st_size != num_layers * num_experts * nbytes:
-            return None, "truncated"
+        problem = cls.saved_problem(directory, num_layers, num_experts, nbytes, description)
+        if problem:
+            return None, problem
+        data_path = directory / STORE_FILE
         store = cls.__new__(cls)
         store.num_layers, store.num_experts, store.nbytes, store.kind, store.path = (
             num_layers,
@@ -136,6 +126,28 @@ class ExpertStore:
         except OSError as error:
             return None, f"unreadable ({error.strerror or error})"
         return store, ""
+
+    @staticmethod
+    def saved_problem(
+        directory: Path, num_layers: int, num_experts: int, nbytes: int, description: dict[str, object]
+    ) -> str:
+        """Why the store saved in ``directory`` cannot be reused ("" when it can, as far as its files tell)."""
+        meta_path = directory / META_FILE
+        data_path = directory / STORE_FILE
+        try:
+            if not meta_path.is_file() or not data_path.is_file():
+                return "incomplete (a start stopped while saving it)"
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            size = data_path.stat().st_size
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"unreadable ({getattr(error, 'strerror', None) or type(error).__name__})"
+        expected = {"layers": num_layers, "experts": num_experts, "nbytes": nbytes, **description}
+        expected = json.loads(json.dumps(expected, sort_keys=True, default=str))
+        if meta != expected:
+            return "written by another version or for another format"
+        if size != num_layers * num_experts * nbytes:
+            return "truncated"
+        return ""
 
     @staticmethod
     def discard(directory: Path) -> None:

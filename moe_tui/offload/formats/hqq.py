@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from moe_tui import precision
 from moe_tui.offload import quant
-from moe_tui.offload.formats.base import ExpertFormat, Views
+from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views
 from moe_tui.offload.quant import pack_factor, pack_rows
 
 META_BYTES = precision.META_BYTES
@@ -72,6 +72,7 @@ class HqqFormat(ExpertFormat):
             offset += 2 * meta
         self.nbytes = offset
         self.workspace_bytes = self._planned_workspace_bytes()
+        self.pack_transient_bytes = QUANTIZE_BYTES_PER_ELEMENT * max(math.prod(s) for s in self.shapes)
         self._workspace: dict[torch.device, dict[str, Tensor]] = {}
 
     def describe(self) -> dict[str, object]:

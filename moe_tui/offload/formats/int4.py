@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from moe_tui.offload import quant
-from moe_tui.offload.formats.base import ExpertFormat, Views, aligned, region
+from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views, aligned, region
 
 GROUP_SIZES = (32, 64, 128, 256)
 CUDA_INNER_K_TILES = 8
@@ -43,6 +43,7 @@ class Int4Format(ExpertFormat):
         self._offsets = [0, packed[0], packed[0] + packed[1], packed[0] + packed[1] + meta[0]]
         self._sizes = [*packed, *meta]
         self.nbytes = sum(self._sizes)
+        self.pack_transient_bytes = QUANTIZE_BYTES_PER_ELEMENT * 2 * i * h  # gate-up is quantized as one matrix
 
     @staticmethod
     def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, group_size: int, device: torch.device) -> bool:

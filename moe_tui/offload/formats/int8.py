@@ -27,6 +27,7 @@ class Int8Format(ExpertFormat):
         sizes = [aligned(n * k) for n, k in self._matrices] + [aligned(n * dtype.itemsize) for n, _ in self._matrices]
         self._offsets = [sum(sizes[:j]) for j in range(4)]
         self.nbytes = sum(sizes)
+        self.pack_transient_bytes = 8 * 2 * i * h  # the concatenated bf16 matrix, its float32 copy and the int8
 
     @staticmethod
     def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device) -> bool:
