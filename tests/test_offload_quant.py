@@ -178,3 +178,27 @@ def test_quantized_experts_and_attention_on_cuda_stay_close() -> None:
         expected = reference(sequences).logits[:, 5:-1]
         got = om.model(sequences.cuda()).logits[:, 5:-1].cpu()
     assert (expected.argmax(-1) == got.argmax(-1)).float().mean().item() >= 0.85
+
+
+def test_headless_progress_draws_a_bar_per_stage_with_time_left_on_a_terminal_only() -> None:
+    import io
+
+    from moe_tui.offload.build import terminal_progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    report = terminal_progress(screen)
+    report("reading checkpoint", 0, 1)
+    report("reading checkpoint", 1, 1)
+    for done in range(5):
+        report("quantizing experts to 4 bits", done, 4)
+    text = screen.getvalue()
+    assert text.count("reading checkpoint") >= 1 and "quantizing experts to 4 bits" in text
+    assert "4/4" in text and "left" in text
+    assert text.rstrip().endswith("\x1b[?25h")  # the cursor is given back when every stage is done
+    pipe = io.StringIO()
+    terminal_progress(pipe)("quantizing experts to 4 bits", 1, 4)
+    assert pipe.getvalue() == ""

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from torch import Tensor, nn
@@ -217,23 +218,38 @@ def _content_digest(moe: MoEModel) -> str:
     return digest.hexdigest()
 
 
-def terminal_progress() -> Progress:
-    """A progress callback drawing a one-line bar on stderr when it is a terminal, silent otherwise."""
-    if not sys.stderr.isatty():
+def terminal_progress(stream: TextIO | None = None) -> Progress:
+    """A progress callback drawing one bar per stage on stderr (done/total, elapsed, time left) when it is a
+    terminal, silent otherwise."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
         return lambda stage, done, total: None
-    state = {"stage": ""}
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bars
+
+    bars = Bars(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+        console=Console(file=stream, force_terminal=True),
+        auto_refresh=False,
+    )
+    tasks: dict[str, object] = {}
 
     def draw(stage: str, done: int, total: int) -> None:
-        width = 30
-        filled = width * done // total if total else width
-        bar = "#" * filled + "-" * (width - filled)
-        if state["stage"] and stage != state["stage"]:
-            sys.stderr.write("\n")
-        state["stage"] = stage
-        sys.stderr.write(f"\r{stage}: [{bar}] {done}/{total}")
-        if done >= total:
-            sys.stderr.write("\n")
-            state["stage"] = ""
-        sys.stderr.flush()
+        if stage not in tasks:
+            if not bars.live.is_started:
+                for task_id in list(bars.task_ids):  # drawn already, above: the new block shows only new stages
+                    bars.remove_task(task_id)
+                bars.start()
+            tasks[stage] = bars.add_task(stage, total=max(total, 1))
+        bars.update(tasks[stage], completed=done, total=max(total, 1))
+        bars.refresh()
+        if all(task.finished for task in bars.tasks):
+            bars.stop()  # the bars stay on screen; a later stage starts a new block under them
 
     return draw

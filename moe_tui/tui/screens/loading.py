@@ -63,7 +63,7 @@ class LoadingScreen(Screen):
         """Add a bar for a new stage or move an existing one."""
         bar = self.stages.get(message.stage)
         if bar is None:
-            bar = ProgressBar(total=max(message.total, 1), show_eta=False)
+            bar = ProgressBar(total=max(message.total, 1), show_eta=message.total > 1)  # time left, once it moves
             self.stages[message.stage] = bar
             row = Vertical(Label(message.stage), bar, classes="loading-stage")
             await self.query_one("#loading-stages").mount(row)
