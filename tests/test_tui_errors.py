@@ -324,3 +324,28 @@ def chat_args(argv: list[str]):
     from moe_tui.cli import build_parser
 
     return build_parser().parse_args(["chat", *argv])
+
+
+def test_loading_another_model_frees_the_first_before_the_second_takes_memory() -> None:
+    first, second = FakeSession(), FakeSession()
+    seen_closed: list[bool] = []
+
+    def loader(options, progress):
+        if options.model == "second":
+            seen_closed.append(first.closed)  # what the new load finds: the old engine already released
+            return LiveBackend(second)
+        return LiveBackend(first)
+
+    app = MoeTuiApp(LaunchOptions(model="first"), loader=loader, probe=FakeProbe())
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat)
+            app.load_model("second")
+            await wait_for(pilot, lambda: app.main.backend.can_chat and app.main.backend.session is second)
+            await send(pilot, "hello")
+            await wait_for(pilot, lambda: len(app.main.query(MessageView)) == 2 and not app.main.generating)
+            assert not second.closed
+
+    asyncio.run(main())
+    assert seen_closed == [True]

@@ -165,6 +165,11 @@ class MoeTuiApp(App[int]):
         """Load a model (or open a trace) in a worker behind the loading screen."""
         options = replace(self.options, model=model, replay=replay)
         what = f"trace {replay}" if replay else (model or "the demo model")
+        if self.main is not None and self.main.backend.mode == "live":
+            # one model at a time: the old one's store and slots are freed before the new one takes its memory
+            old = self.main.backend
+            self.main.attach(NoBackend())
+            old.close()
         loading = LoadingScreen(what)
         self.loading_screen = loading
         if self.main is not None:

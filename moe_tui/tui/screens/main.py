@@ -499,7 +499,9 @@ class MainScreen(Screen):
         from moe_tui.tui.screens.dialogs import AskScreen
 
         def load(answer: str | None) -> None:
-            if answer:
+            if answer and self.generating:
+                self.notify("stop the answer first (esc), then load the model", severity="warning")
+            elif answer:
                 self.app.load_model(answer)  # type: ignore[attr-defined]
 
         self.app.push_screen(AskScreen("Model directory or cached hub id:", "", "enter: load    escape: cancel"), load)
