@@ -156,19 +156,12 @@ def _shape(args: argparse.Namespace):
 def _routing(path: str | None, source) -> tuple:
     """The forced routing from a trace (checked against the model's shape) and the note it adds."""
     from moe_tui.bench import ForcedRouting
-    from moe_tui.errors import UserError
+    from moe_tui.commands.traces import read_trace_for_command
     from moe_tui.sim.report import check_trace_shape
-    from moe_tui.telemetry import TraceError, read_trace
 
     if path is None:
         return None, []
-    notes: list[str] = []
-    try:
-        header, events = read_trace(path, notes)
-    except TraceError as error:
-        raise UserError(str(error)) from None
-    for note in notes:
-        print(f"moe-tui: note: {note}", file=sys.stderr)
+    header, events = read_trace_for_command(path)
     check_trace_shape(header, source.num_layers, source.num_experts, source.top_k, source.description)
     note = f"routing forced from {path}: prefetch guesses still come from the model's own routers"
     return ForcedRouting(header, events), [note]

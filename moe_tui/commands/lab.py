@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 
 
@@ -32,18 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Read the trace, replay it, print tables or JSON; bad input raises UserError (exit 2)."""
+    from moe_tui.commands.traces import read_trace_for_command
     from moe_tui.errors import UserError
     from moe_tui.sim import run_lab
     from moe_tui.sim.report import check_trace_shape, format_report
-    from moe_tui.telemetry import LayerStep, TraceError, read_trace
+    from moe_tui.telemetry import LayerStep
 
-    notes: list[str] = []
-    try:
-        header, events = read_trace(args.trace, notes)
-    except TraceError as error:
-        raise UserError(str(error)) from None
-    for note in notes:
-        print(f"moe-tui: note: {note}", file=sys.stderr)
+    header, events = read_trace_for_command(args.trace)
     if not any(isinstance(e, LayerStep) for e in events):
         raise UserError(f"{args.trace} holds a header but no routing steps: nothing to replay")
     if args.model is not None:

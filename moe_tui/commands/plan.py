@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 
 FORMULA = (
     "C = bytes a token reads / compute bandwidth + unfused quantized bytes it reads / dequantization bandwidth "
@@ -205,20 +204,13 @@ def _copy_model(args: argparse.Namespace, facts) -> tuple:
     """Copies per token (and per layer, with a trace) from the trace, checked against the model's shape, or
     from uniform routing."""
     from moe_tui import plan
-    from moe_tui.errors import UserError
+    from moe_tui.commands.traces import read_trace_for_command
     from moe_tui.sim.report import check_trace_shape
-    from moe_tui.telemetry import TraceError, read_trace
 
     if args.trace is None:
         text = f"uniform routing assumed (no --trace): hit rate = k / {facts.num_experts}, no prefetch"
         return plan.uniform_copy_model(facts), None, text
-    notes: list[str] = []
-    try:
-        header, events = read_trace(args.trace, notes)
-    except TraceError as error:
-        raise UserError(str(error)) from None
-    for note in notes:
-        print(f"moe-tui: note: {note}", file=sys.stderr)
+    header, events = read_trace_for_command(args.trace)
     check_trace_shape(header, facts.moe_layers, facts.num_experts, facts.top_k, args.model)
     model = plan.trace_copy_model(header, events)
     text = f"LRU replay of trace {args.trace} (decoded tokens only"
