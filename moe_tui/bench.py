@@ -194,14 +194,14 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> B
     from transformers import AutoTokenizer
 
     from moe_tui.offload.arch import family_of
-    from moe_tui.offload.loader import check_plain_weights, read_model_config
+    from moe_tui.offload.loader import read_model_config, weights_quantization
 
     path = Path(directory)
     if not (path / "config.json").exists():
         raise UserError(f"{path} is not a model directory (no config.json); pass --model DIR or --synthetic")
     config = read_model_config(path)
     family_of(config)
-    check_plain_weights(config, path)
+    weights_quantization(config, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError, KeyError):

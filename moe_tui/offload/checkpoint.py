@@ -4,6 +4,11 @@ Only the headers are read when a checkpoint is opened, so every problem (missing
 missing expert tensor, wrong shape) is found before the heavy work starts. Both expert layouts are read:
 the original one (one tensor per expert and projection, e.g. Mixtral's ``block_sparse_moe.experts.E.w1``)
 and the fused transformers-5 one (``mlp.experts.gate_up_proj`` [E, 2I, H] and ``down_proj`` [E, H, I]).
+
+FP8 checkpoints with block scales (``quantization_config`` ``fp8`` with ``weight_block_size``, as DeepSeek-V3 and
+Qwen3's FP8 releases are published) are read too: every float8 tensor ``X.weight`` comes with
+``X.weight_scale_inv`` (one float per block of the weight) and is handed out dequantized,
+``weight * scale_inv`` block by block, so the rest of the loader sees ordinary weights.
 """
 
 from __future__ import annotations
@@ -19,19 +24,22 @@ from moe_tui.errors import UserError
 from moe_tui.offload.arch import MoEModel
 
 INDEX_FILE = "model.safetensors.index.json"
+SCALE_SUFFIX = "_scale_inv"  # FP8 block scales: ``X.weight_scale_inv`` beside ``X.weight``
 SINGLE_FILE = "model.safetensors"
 
 
 class Checkpoint:
     """The tensors of a checkpoint directory, opened lazily (use as a context manager)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, fp8_block: tuple[int, int] | None = None):
         self.directory = directory
+        self.fp8_block = fp8_block
         self._files = self._shard_files(directory)
         self._stack = ExitStack()
         self._handles: dict[str, Any] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.shard_of: dict[str, str] = {}
+        self.fp8_keys: set[str] = set()
         from safetensors import SafetensorError, safe_open
 
         for name in sorted(set(self._files.values()) | set(self._files_without_index())):
@@ -49,12 +57,16 @@ class Checkpoint:
                 raise UserError(f"{path} is not a readable safetensors file ({error})") from None
             self._handles[name] = handle
             for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
-                self.shapes[key] = tuple(handle.get_slice(key).get_shape())
+                tensor_slice = handle.get_slice(key)
+                self.shapes[key] = tuple(tensor_slice.get_shape())
                 self.shard_of[key] = name
+                if tensor_slice.get_dtype().startswith("F8"):
+                    self.fp8_keys.add(key)
         for key, name in self._files.items():
             if key not in self.shard_of:
                 self.close()
                 raise UserError(f"{directory / INDEX_FILE} lists {key} in {name}, but that file does not contain it")
+        self._check_fp8_scales()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -72,12 +84,41 @@ class Checkpoint:
         return [self.directory / name for name in sorted(self._handles)]
 
     def tensor(self, key: str) -> Tensor:
-        """One whole tensor."""
-        return self._handles[self.shard_of[key]].get_tensor(key)
+        """One whole tensor (an FP8 one dequantized with its block scales, in float32)."""
+        value = self._handles[self.shard_of[key]].get_tensor(key)
+        if key in self.fp8_keys:
+            return _dequantize_fp8(value, self.tensor(key + SCALE_SUFFIX), self.fp8_block or (1, 1))
+        return value
 
     def row(self, key: str, index: int) -> Tensor:
-        """``tensor(key)[index]`` reading only that slice."""
-        return self._handles[self.shard_of[key]].get_slice(key)[index]
+        """``tensor(key)[index]`` reading only that slice (dequantized when it is FP8)."""
+        value = self._handles[self.shard_of[key]].get_slice(key)[index]
+        if key in self.fp8_keys:
+            scale = self._handles[self.shard_of[key + SCALE_SUFFIX]].get_slice(key + SCALE_SUFFIX)[index]
+            return _dequantize_fp8(value, scale, self.fp8_block or (1, 1))
+        return value
+
+    def _check_fp8_scales(self) -> None:
+        """Every FP8 tensor needs its block scales (and a declared block size), or it would load as garbage."""
+        if not self.fp8_keys:
+            return
+        if self.fp8_block is None:
+            self.close()
+            raise UserError(
+                f"{self.directory} holds float8 tensors but its config declares no fp8 weight_block_size: "
+                "cannot tell how to scale them"
+            )
+        rows, cols = self.fp8_block
+        for key in sorted(self.fp8_keys):
+            *lead, n, k = self.shapes[key]
+            expected = (*lead, -(-n // rows), -(-k // cols))
+            found = self.shapes.get(key + SCALE_SUFFIX)
+            if found != expected:
+                self.close()
+                what = "is missing" if found is None else f"has shape {list(found)}, expected {list(expected)}"
+                raise UserError(
+                    f"checkpoint {self.directory}: the scales of the FP8 tensor {key} ({key}{SCALE_SUFFIX}) {what}"
+                )
 
     # ----------------------------------------------------------------- experts
     def expert_layout(self, moe: MoEModel) -> str:
@@ -145,3 +186,10 @@ class Checkpoint:
         if (self.directory / SINGLE_FILE).is_file():
             return [SINGLE_FILE]
         raise UserError(f"{self.directory} has no {SINGLE_FILE} or {INDEX_FILE} (only safetensors checkpoints load)")
+
+
+def _dequantize_fp8(weight: Tensor, scale_inv: Tensor, block: tuple[int, int]) -> Tensor:
+    """``weight * scale_inv`` with each scale spread over its block of the last two dimensions, in float32."""
+    n, k = weight.shape[-2:]
+    scale = scale_inv.float().repeat_interleave(block[0], dim=-2)[..., :n, :]
+    return weight.float() * scale.repeat_interleave(block[1], dim=-1)[..., :k]

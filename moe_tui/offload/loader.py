@@ -79,22 +79,25 @@ def read_model_config(directory: Path) -> object:
         raise UserError(f"cannot read the model config {path}: {reason}") from None
 
 
-def check_plain_weights(config: object, directory: Path) -> None:
-    """Refuse a checkpoint whose config declares pre-quantized weights (``quantization_config``: FP8, MXFP4,
-    GPTQ, AWQ, bitsandbytes, ...): read as plain tensors, they would load without their scales and answer with
-    garbage. Checked before any weight is read."""
+def weights_quantization(config: object, directory: Path) -> tuple[int, int] | None:
+    """The FP8 block size of a checkpoint whose config declares block-scaled FP8 weights (read and dequantized
+    while loading), None for plain weights; any other pre-quantized checkpoint (MXFP4, GPTQ, AWQ,
+    bitsandbytes, ...) is refused: read as plain tensors its weights would load without their scales. Checked
+    before any weight is read."""
     quantization = getattr(config, "quantization_config", None)
     if not quantization:
-        return
-    method = (
-        quantization.get("quant_method")
-        if isinstance(quantization, dict)
-        else getattr(quantization, "quant_method", None)
-    )
+        return None
+    settings = quantization if isinstance(quantization, dict) else vars(quantization)
+    method = settings.get("quant_method")
     method = str(getattr(method, "value", method) or "an unnamed method")
+    block = settings.get("weight_block_size")
+    if method == "fp8" and isinstance(block, (list, tuple)) and len(block) == 2 and all(int(b) > 0 for b in block):
+        return int(block[0]), int(block[1])
+    detail = "fp8 without a weight_block_size" if method == "fp8" else method
     raise UserError(
-        f"{directory} holds weights pre-quantized with {method} (quantization_config in config.json), which moe-tui "
-        "cannot read yet; use the unquantized (bf16/fp16) checkpoint, and --expert-bits to quantize the experts"
+        f"{directory} holds weights pre-quantized with {detail} (quantization_config in config.json), which "
+        "moe-tui cannot read yet; use the unquantized (bf16/fp16) checkpoint, and --expert-bits to quantize "
+        "the experts"
     )
 
 
@@ -120,14 +123,16 @@ def load_offloaded(
     directory = resolve_model_dir(path_or_hub_id)
     config = read_model_config(directory)
     family_of(config)
-    check_plain_weights(config, directory)
+    fp8_block = weights_quantization(config, directory)
+    if fp8_block is not None:
+        del config.quantization_config  # the model is built with ordinary layers; the loader dequantizes
     dtype = cfg.torch_dtype() or _config_dtype(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     moe = find_moe(model)
     plan = plan_offload(cfg, moe, dtype)
     report("reading checkpoint", 0, 1)
-    with Checkpoint(directory) as checkpoint:
+    with Checkpoint(directory, fp8_block) as checkpoint:
         layout = checkpoint.expert_layout(moe)
         for moe_layer in moe.layers:
             moe_layer.block.experts = OffloadedExperts(moe_layer.index, moe.num_experts, moe_layer.block.experts.act_fn)
