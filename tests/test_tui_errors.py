@@ -341,6 +341,8 @@ def test_loading_another_model_frees_the_first_before_the_second_takes_memory() 
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat)
+            await wait_for(pilot, lambda: app.screen is app.main and not app.query("LoadingScreen"))
+            await pilot.pause(0.5)  # the first loading screen's removal has finished
             app.load_model("second")
             await wait_for(pilot, lambda: app.main.backend.can_chat and app.main.backend.session is second)
             await send(pilot, "hello")
