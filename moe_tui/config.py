@@ -100,6 +100,7 @@ class _Locator:
         self.lines = text.splitlines()
 
     def line(self, table: str, key: str) -> str:
+        """``"line N: "`` for the first ``key =`` inside ``[table]`` ("" for the top level), or "" if absent."""
         current = ""
         for number, line in enumerate(self.lines, start=1):
             header = re.match(r"^\s*\[([^\]]+)\]", line)
