@@ -322,8 +322,9 @@ class Loaded:
         gc.collect()
 
 
-def load(spec: Spec, source: BenchModel, device: str, workdir: Path) -> Loaded:
-    """Load ``spec`` from ``source`` on ``device`` (``cpu`` or ``cuda``), quietly (no progress bars)."""
+def load(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path | None = None) -> Loaded:
+    """Load ``spec`` from ``source`` on ``device`` (``cpu`` or ``cuda``), quietly (no progress bars); quantized
+    stores are kept in ``quant_cache`` (default: ``workdir``, so only for this run)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -334,7 +335,7 @@ def load(spec: Spec, source: BenchModel, device: str, workdir: Path) -> Loaded:
     elif spec.kind == "hf-offload":
         loaded = _load_hf_offload(spec, source, device, workdir)
     else:
-        loaded = _load_engine(spec, source, device, workdir)
+        loaded = _load_engine(spec, source, device, workdir, quant_cache or workdir / "quantized")
     if device == "cuda":
         loaded.fast_tier_bytes = _cuda_allocated(device) - cuda_before
     return loaded
@@ -376,7 +377,7 @@ def _load_hf_offload(spec: Spec, source: BenchModel, device: str, workdir: Path)
     return Loaded(spec=spec, model=model, fast_tier_bytes=weights, slow_tier_bytes=offloaded, device=device)
 
 
-def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> Loaded:
+def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path) -> Loaded:
     from moe_tui.offload import OffloadConfig, load_offloaded
 
     trace = spec.trace_path
@@ -396,7 +397,7 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path) -> 
         miss=spec.miss,
         fused=spec.fused,
         quant_optimize=spec.optimize,
-        quant_cache_dir=workdir / "quantized" if spec.expert_bits is not None else None,
+        quant_cache_dir=quant_cache if spec.expert_bits is not None else None,
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
     for note in engine.load_info.get("notes", ()):
@@ -604,6 +605,7 @@ class Settings:
     runs: int = 2
     device: str = "cpu"
     warmup_tokens: int = 4
+    quant_cache: str | None = None  # keep quantized stores here across runs (None: only for this run)
 
 
 def measure(loaded: Loaded, settings: Settings) -> Result:
@@ -636,6 +638,10 @@ def measure(loaded: Loaded, settings: Settings) -> Result:
     )
 
 
+def _quant_cache(settings: Settings) -> Path | None:
+    return Path(settings.quant_cache).expanduser() if settings.quant_cache else None
+
+
 def run_configs(
     source: BenchModel,
     specs: Sequence[Spec],
@@ -648,7 +654,7 @@ def run_configs(
     with tempfile.TemporaryDirectory(prefix="moe-tui-bench-") as workdir:
         for spec in specs:
             progress(f"loading {spec.label}")
-            loaded = load(spec, source, settings.device, Path(workdir))
+            loaded = load(spec, source, settings.device, Path(workdir), _quant_cache(settings))
             try:
                 if routing is not None:
                     routing.install(loaded.model)
@@ -675,7 +681,7 @@ def run_interleaved(
         try:
             for spec in specs:
                 progress(f"loading {spec.label}")
-                loaded.append(load(spec, source, settings.device, Path(workdir)))
+                loaded.append(load(spec, source, settings.device, Path(workdir), _quant_cache(settings)))
             for item in loaded:
                 generate_once(item, settings.prompts[0], settings.warmup_tokens)
             before = [item.engine.stats() if item.engine is not None else None for item in loaded]

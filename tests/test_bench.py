@@ -214,3 +214,17 @@ def test_interleave_runs_every_configuration_on_every_prompt(prompts: Path, caps
     assert off["engine"]["load_s"] == 0 and on["engine"]["load_s"] > 0  # only telemetry times the copies
     assert (off["engine"]["hits"], off["engine"]["misses"]) == (on["engine"]["hits"], on["engine"]["misses"])
     assert "in turn (--interleave)" in data["notes"][0]
+
+
+def test_quantized_stores_are_kept_across_runs_with_quant_cache(
+    tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "kept"
+    argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json"]
+    argv += ["--config", "k=1,bits=2,optimize=off", "--quant-cache", str(cache)]
+    run_json(argv, capsys)
+    entries = [p for p in cache.iterdir() if (p / "store.json").is_file()]
+    assert len(entries) == 1
+    before = (entries[0] / "experts.bin").stat().st_mtime_ns
+    run_json(argv, capsys)
+    assert (entries[0] / "experts.bin").stat().st_mtime_ns == before  # reused, not written again

@@ -48,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="fast tier (default auto)")
     runs.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     runs.add_argument("--record", default=None, metavar="TRACE", help="write the first engine configuration's trace")
+    runs.add_argument(
+        "--quant-cache",
+        default=None,
+        metavar="DIR",
+        help="keep quantized expert stores here across runs (default: quantize once per run, keep nothing)",
+    )
     runs.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -92,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
             specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
         routing, notes = _routing(args.routing, source)
         settings = bench.Settings(
-            prompts=[source.encode(p) for p in prompts], new_tokens=args.tokens, runs=args.runs, device=device
+            prompts=[source.encode(p) for p in prompts],
+            new_tokens=args.tokens,
+            runs=args.runs,
+            device=device,
+            quant_cache=args.quant_cache,
         )
         say = (lambda message: None) if args.json else (lambda message: print(f"... {message}", file=sys.stderr))
         if args.interleave:
