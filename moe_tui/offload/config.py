@@ -40,7 +40,7 @@ class OffloadConfig:
     ``quant_cache_dir``: save the packed (quantized) expert store here and reuse it on the next start.
     ``telemetry``: record one LayerStep per layer per pass (stats, snapshot, trace); off only to measure its cost.
     ``miss``: what a missed expert does: ``copy`` it into a slot, compute it on the ``host`` from the store
-    without a copy, or ``auto`` (a measured cost model decides per miss; see :mod:`moe_tui.offload.misses`).
+    without a copy, or ``auto`` (a measured cost model decides per layer pass; see :mod:`moe_tui.offload.misses`).
     ``fused``: compute 4- and 8-bit experts with PyTorch's fused kernels where they fit (off: dequantize every
     use, as for 2 and 3 bits). ``quant_optimize``: HQQ's zero-point optimisation when quantizing experts
     (off: min-max rounding, about 70x faster on a CPU and less accurate).

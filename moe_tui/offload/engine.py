@@ -5,10 +5,10 @@ One :class:`Engine` serves every MoE layer of a model. For each layer pass it:
 1. brings the routing to the host (:class:`~moe_tui.offload.routing.Routing`) together with, when prefetch
    is on, the next MoE layer's router scored on this layer's MoE input: **one** small transfer, the only
    synchronisation of the pass (the resident model reads its routing too);
-2. splits the selected experts into hits and misses, marks the hits used, decides which misses are computed
-   on the host from the store instead of copied (``miss``: copy, host, or auto by :mod:`.misses`' cost
-   model), and starts the copies of the others into free or evictable slots (never evicting an expert this
-   pass still needs);
+2. splits the selected experts into hits and misses, marks the hits used, decides whether this pass's misses
+   are computed on the host from the store instead of copied (``miss``: copy, host, or auto by
+   :mod:`.misses`' cost model; every miss of a pass costs the same, so they all go one way), and starts the
+   copies of the copied ones into free or evictable slots (never evicting an expert this pass still needs);
 3. starts the copies of the next layer's guessed experts (prefetch) that are not cached, evicting only
    experts outside the guesses;
 4. computes hits first (overlapping the copies on CUDA), then copied misses, then host misses, each with the
@@ -152,8 +152,8 @@ class Engine:
         routing = Routing(top_k_index, top_k_weights, self.num_experts, guesses, weights=record)
         hits = [e for e in routing.experts if e in cache.slot_of]
         misses = [e for e in routing.experts if e not in cache.slot_of]
-        on_host = self._host_misses(layer, misses, routing.tokens) if misses and self.miss != "copy" else []
-        copied = [e for e in misses if e not in on_host] if on_host else misses
+        host_computes = bool(misses) and self.miss != "copy" and self._misses_on_host(layer, routing.tokens)
+        copied, on_host = ([], misses) if host_computes else (misses, [])
         order = hits + copied + on_host
         prefetch_hits = [e in cache.prefetched for e in hits]
         for expert in hits:
@@ -185,7 +185,7 @@ class Engine:
                 inputs, rows, weights = hidden, None, None
             else:
                 inputs, rows, weights = routing.inputs(expert, hidden)
-            if on_host and expert in on_host:
+            if host_computes and expert in on_host:
                 token = mover.begin(timer)
                 result = self._compute_on_host(layer, expert, inputs)
                 mover.after_host_compute(timer, token)
@@ -234,7 +234,7 @@ class Engine:
                     weights=tuple(routing.mean_weight(e) for e in order),
                     hits=(True,) * len(hits) + (False,) * len(misses),
                     prefetch_hits=tuple(prefetch_hits) + (False,) * len(misses),
-                    host=(False,) * (len(hits) + len(copied)) + (True,) * len(on_host) if on_host else (),
+                    host=(False,) * len(hits) + (True,) * len(on_host) if host_computes else (),
                     prefetch_issued=tuple(cache.issued),
                     prefetch_guesses=tuple(cache.guesses),
                     slots=cache.eviction_order(),
@@ -245,17 +245,18 @@ class Engine:
         cache.forget_prefetch()
         return out
 
-    def _host_misses(self, layer: int, misses: list[int], tokens: int) -> list[int]:
-        """The misses to compute on the host (``miss`` = host: all; auto: where the cost model says so)."""
+    def _misses_on_host(self, layer: int, tokens: int) -> bool:
+        """Whether this pass's misses are computed on the host (``miss`` = host: always; auto: when the cost
+        model says a miss of ``tokens`` tokens is cheaper there than copied)."""
         if self.miss == "host":
-            return list(misses)
+            return True
         if not host_can_compute(self.fmt):
-            return []
+            return False
         if self.costs is None:
             self.costs = measure_costs(self.fmt, self.store, self.caches[layer].device, self.act_fn)
         accesses = self.layer_accesses[layer]
         reuse = self.layer_hits[layer] / accesses if accesses else self.caches[layer].capacity / self.num_experts
-        return list(misses) if self.costs.host_is_cheaper(tokens, reuse) else []
+        return self.costs.host_is_cheaper(tokens, reuse)
 
     def _compute_on_host(self, layer: int, expert: int, inputs: Tensor) -> Tensor:
         """One expert computed by the CPU straight from its store buffer (inputs and output move if need be)."""

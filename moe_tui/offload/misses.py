@@ -3,7 +3,8 @@
 A miss has three answers in this engine: a **hit** is computed from its slot; a **copy** brings the expert into a
 slot (evicting another) and computes it there; a **host** miss computes the expert on the CPU from the store's
 own buffer, with no copy and no change to the cache (llama.cpp's ``--n-cpu-moe`` and Fiddler do the same). The
-setting ``miss`` is ``copy``, ``host`` or ``auto``; ``auto`` asks :class:`MissCosts` per miss:
+setting ``miss`` is ``copy``, ``host`` or ``auto``; ``auto`` asks :class:`MissCosts` per layer pass (every
+miss of a pass is the same size and has the same tokens, so they all go the same way):
 
     copy  = copy_s + fast(n) - reuse x (min(copy_s + fast(1), host(1)) - fast(1))
     host  = host(n)

@@ -156,11 +156,11 @@ class CudaMover:
         cache.pending[slot] = True
 
     def begin(self, timer: Timer | None) -> float:
-        """Computation is timed per pass on CUDA; the token times host computation."""
-        return time.perf_counter() if timer is not None else 0.0
+        """Computation is timed per pass on CUDA (host computation falls inside that span)."""
+        return 0.0
 
     def after_host_compute(self, timer: Timer | None, token: float) -> None:
-        """Host computation blocks this thread (the device waits for its result): counted as compute time."""
+        """Host computation blocks this thread and the device waits for its result: the pass's span counts it."""
 
     def before_compute(self, cache: LayerCache, slot: int, timer: Timer | None) -> None:
         """Make the compute stream wait (on the device) for the slot's copy, timing the stall."""

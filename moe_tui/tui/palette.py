@@ -39,7 +39,7 @@ CURRENT = " (current)"
 MISS_COMMANDS = {
     "copy": "a missed expert is copied into a slot, then computed there",
     "host": "a missed expert is computed on the host from the store, without a copy",
-    "auto": "per miss, whichever the measured copy and compute times make cheaper",
+    "auto": "per layer pass, whichever the measured copy and compute times make cheaper",
 }
 
 
