@@ -43,7 +43,6 @@ BASELINES = ("resident", "hf-offload")
 _SPEC_KEYS = {
     "k", "prefetch", "policy", "bits", "attn-bits", "store", "miss", "fused", "optimize", "telemetry", "record",
 }  # fmt: skip
-MISS_MODES = ("copy", "host", "auto")
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -104,6 +103,8 @@ def parse_spec(text: str, num_experts: int) -> Spec:
     if not 1 <= k <= num_experts:
         raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
     label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
+    from moe_tui.offload.config import MISS_MODES
+
     miss = values.get("miss", "copy").lower()
     if miss not in MISS_MODES:
         raise UserError(f"configuration {text!r}: miss must be copy, host or auto, not {miss!r}")

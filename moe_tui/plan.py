@@ -189,16 +189,14 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
 
 def _workspace_bytes(shapes: list[tuple[int, ...]], dtype: str, expert_precision: str) -> int:
     """The engine's dequantization workspace for experts of ``shapes`` at ``expert_precision`` (no allocation)."""
-    import torch
-
+    from moe_tui.offload.config import DTYPES
     from moe_tui.offload.formats import HqqFormat
     from moe_tui.precision import HQQ_BITS
 
     bits = HQQ_BITS.get(expert_precision)
     if bits is None:
         return 0
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    return HqqFormat(list(shapes), torch_dtype, bits).workspace_bytes
+    return HqqFormat(list(shapes), DTYPES[dtype], bits).workspace_bytes
 
 
 def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel:

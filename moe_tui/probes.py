@@ -143,11 +143,11 @@ def dequant_bandwidth(
     """
     import torch
 
+    from moe_tui.offload.config import DTYPES
     from moe_tui.offload.formats import HqqFormat
 
     scale = math.sqrt(max(1.0, max(math.prod(s) for s in shapes) / DEQUANT_PROBE_ELEMENTS))
     small = [tuple(max(group_size, round(d / scale / group_size) * group_size) for d in s) for s in shapes]
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    fmt = HqqFormat(small, torch_dtype, bits, group_size)
+    fmt = HqqFormat(small, DTYPES[dtype], bits, group_size)
     buffer = torch.zeros(fmt.nbytes, dtype=torch.uint8, device=device)  # random bytes would make denormals
     return fmt.nbytes / _best_seconds(lambda: fmt.dequantize(buffer), device == "cuda")

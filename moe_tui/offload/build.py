@@ -114,7 +114,7 @@ def build_store(
     layers, experts = len(moe.layers), moe.num_experts
     fmt = plan.format
     cache_dir = _store_dir(cfg, moe, fmt, source)
-    description = {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+    description = _store_description(fmt, source)
     notes: list[str] = []
     if cache_dir is not None:
         store, reason = ExpertStore.open_saved(cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description)
@@ -187,12 +187,17 @@ def _replace_experts(moe: MoEModel, index: int) -> None:
     moe_layer.block.experts = OffloadedExperts(index, moe.num_experts, act_fn)
 
 
+def _store_description(fmt: ExpertFormat, source: dict[str, object]) -> dict[str, object]:
+    """What a saved store must match to be reused: the store version, the format and the checkpoint."""
+    return {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+
+
 def saved_store_usable(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dict[str, object]) -> bool:
     """Whether a saved store for this model and format looks reusable (so no expert will be quantized)."""
     directory = _store_dir(cfg, moe, fmt, source)
     if directory is None or not directory.is_dir():
         return False
-    description = {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
+    description = _store_description(fmt, source)
     return not ExpertStore.saved_problem(directory, len(moe.layers), moe.num_experts, fmt.nbytes, description)
 
 
@@ -200,9 +205,7 @@ def _store_dir(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dic
     """The quantized-store cache directory for this model and format (None without ``quant_cache_dir``)."""
     if cfg.quant_cache_dir is None:
         return None
-    key = json.dumps(
-        {"version": STORE_VERSION, "format": fmt.describe(), "source": source}, sort_keys=True, default=str
-    )
+    key = json.dumps(_store_description(fmt, source), sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "-", moe.family.name)
     return Path(cfg.quant_cache_dir).expanduser() / f"{label}-{fmt.precision}-{digest}"
