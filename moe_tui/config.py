@@ -32,7 +32,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,8 @@ def _names(layout: dict[str, Any], key: str, where: _Locator, problems: list[str
     return tuple(value)
 
 
-# Each generation setting: its type and the values it may take (the rule is said in the message).
+# Each generation setting (every field of GenerationDefaults): its type and the values it may take (the rule is
+# said in the message).
 _GENERATION_RULES: dict[str, tuple[type, Any, str]] = {
     "temperature": (float, lambda v: 0.0 <= v <= 2.0, "a number from 0 to 2"),
     "top_p": (float, lambda v: 0.0 < v <= 1.0, "a number above 0 and at most 1"),
@@ -183,8 +184,7 @@ def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> 
             problems.append(f"{where.line('generation', key)}generation.{key} must be {rule} (using {default!r})")
             continue
         values[key] = value
-    names = {item.name for item in fields(GenerationDefaults)}
-    return replace(defaults, **{key: value for key, value in values.items() if key in names})
+    return replace(defaults, **values)
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path | None:

@@ -97,6 +97,11 @@ class Engine(Protocol):
 
     model: Any
     telemetry: Telemetry
+    config: Any  # the engine's OffloadConfig
+
+    def memory(self) -> dict[str, Any]:
+        """Where the experts live and how many bytes each tier holds (see OffloadedModel.memory)."""
+        ...
 
     @property
     def last_step(self) -> int:
@@ -223,11 +228,9 @@ class ChatSession:
         """One line: what ran out, after how many tokens (kept), and the settings that would free memory."""
         from moe_tui.offload.memory import out_of_memory_advice
 
-        memory_report = getattr(self.engine, "memory", None)
-        memory = memory_report() if callable(memory_report) else {}
-        bits = getattr(getattr(self.engine, "config", None), "expert_bits", None)
         kept = f"the {tokens} tokens before it are kept" if tokens else "no token was generated"
-        return f"{out_of_memory_advice(memory, bits, device)} ({kept})"
+        advice = out_of_memory_advice(self.engine.memory(), self.engine.config.expert_bits, device)
+        return f"{advice} ({kept})"
 
     def _context_limit(self) -> int | None:
         return getattr(self.engine.model.config, "max_position_embeddings", None) or None
