@@ -471,6 +471,12 @@ def cuda_section(data: dict, name: str) -> list[str]:
             )
         if step == "transfer" and "pinned_gbps" in report:
             detail = f"pinned {report['pinned_gbps']:.1f} GB/s, pageable {report['pageable_gbps']:.1f} GB/s"
+            if "store_gbps" in report:
+                detail += (
+                    f"; expert store registered with cudaHostRegister: {report['store_gbps']:.1f} GB/s, RSS grew "
+                    f"{report['store_rss_growth'] / report['store_bytes']:.3f}x its size, pinned allocator "
+                    f"{report['store_pinned_allocator_bytes']} B"
+                )
         if step == "kernels" and "rows" in report:
             int4 = [r for r in report["rows"] if r["format"] == "int4"]
             detail = ", ".join(

@@ -7,9 +7,10 @@ A configuration is one of:
   with every MoE block on ``"disk"`` (accelerate streams its weights in for each forward pass) and the
   rest in the fast tier: the baseline users would otherwise pick;
 * an engine setting written ``k=2,prefetch=1,policy=lru,bits=4,attn-bits=8,store=ram,miss=copy,fused=on,
-  optimize=on,telemetry=on,record=off`` (``k=E`` means every expert; only ``k`` is required). ``miss`` is
+  optimize=auto,telemetry=on,record=off`` (``k=E`` means every expert; only ``k`` is required). ``miss`` is
   ``copy``, ``host`` or ``auto``; ``fused=off`` dequantizes 4/8-bit experts on every use (the unfused path);
-  ``optimize=off`` quantizes with min-max rounding instead of HQQ's optimiser. Configurations of one run
+  ``optimize=off`` quantizes with min-max rounding instead of HQQ's optimiser (``auto``: the optimiser on a
+  GPU only, see :class:`~moe_tui.offload.config.OffloadConfig`). Configurations of one run
   that quantize alike share one quantized store (a temporary cache), so each format is quantized once.
 
 Every configuration generates greedily from the same token ids: one warm-up generation, then ``runs``
@@ -75,7 +76,7 @@ class Spec:
     store: str = "ram"
     miss: str = "copy"
     fused: bool = True
-    optimize: bool = True
+    optimize: bool | None = None  # None: the engine's per-device default
     telemetry: bool = True
     record: bool = False
     trace_path: Path | None = None  # where a recorded trace goes (record=on without it: a temporary file)
@@ -93,7 +94,7 @@ def parse_spec(text: str, num_experts: int) -> Spec:
         if not sep or key not in _SPEC_KEYS or not value:
             raise UserError(
                 f"cannot read configuration {text!r}: write resident, hf-offload, or k=N[,prefetch=P][,policy=lru]"
-                "[,bits=B][,attn-bits=B][,store=ram|mmap][,miss=copy|host|auto][,fused=on|off][,optimize=on|off]"
+                "[,bits=B][,attn-bits=B][,store=ram|mmap][,miss=copy|host|auto][,fused=on|off][,optimize=on|off|auto]"
                 "[,telemetry=on|off][,record=on|off]"
             )
         values[key] = value
@@ -119,7 +120,7 @@ def parse_spec(text: str, num_experts: int) -> Spec:
         store=values.get("store", "ram"),
         miss=miss,
         fused=_switch(values.get("fused", "on"), "fused", text),
-        optimize=_switch(values.get("optimize", "on"), "optimize", text),
+        optimize=None if values.get("optimize", "auto") == "auto" else _switch(values["optimize"], "optimize", text),
         telemetry=_switch(values.get("telemetry", "on"), "telemetry", text),
         record=_switch(values.get("record", "off"), "record", text),
     )

@@ -4,8 +4,9 @@ For every expert precision (2, 3, 4 bits or unquantized), non-expert precision (
 cache size k (the same for every MoE layer) and prefetch depth, the planner adds up:
 
 * fast tier: non-expert weights + k x MoE layers x one expert's packed buffer + the engine's
-  dequantization workspace (unfused quantized experts) + the KV cache for the context length (on a CPU-only
-  machine the fast tier is host RAM too);
+  dequantization workspace (unfused quantized experts) + the KV cache for the context length + one prefill
+  chunk's activations + a margin, added up by :mod:`moe_tui.fit` exactly as the engine checks them
+  before it loads (on a CPU-only machine the fast tier is host RAM too);
 * host: the expert store, every routed expert of every MoE layer packed at its precision.
 
 and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
@@ -34,7 +35,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from moe_tui import fit
 from moe_tui.errors import UserError
+from moe_tui.fit import FastTierNeed, TokenCosts
 from moe_tui.precision import FLOAT_BYTES, format_bytes, precision_for_bits
 
 if TYPE_CHECKING:
@@ -71,9 +74,12 @@ class ModelFacts:
     dense_active_bytes: dict[str, int]
     kv_bytes_per_token: int
     workspace_bytes: dict[str, int] = field(default_factory=dict)
+    activation_bytes_per_token: int = 0  # one prefill token's activations (see moe_tui.fit)
+    logits_bytes: int = 0
     decoder_layers: int = 0  # all decoder layers, MoE or dense (0: as many as MoE layers)
     rest_active_bytes: int = 0  # of dense_active_bytes, what is never quantized (embedding row, norms, routers, head)
     expert_shapes: tuple[tuple[int, ...], ...] = ()  # one routed expert's tensors, in the engine's packing order
+    context_limit: int | None = None  # the most tokens the model reads (max_position_embeddings)
 
 
 @dataclass(frozen=True)
@@ -167,9 +173,7 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
     )
     precisions = {dtype, "hqq8", "hqq4", "hqq3", "hqq2"}
     shapes = [tuple(shape) for shape in expert_weight_shapes(config)]
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    costs = TokenCosts.of(config, FLOAT_BYTES[dtype], min(min(shape) for shape in shapes))
     return ModelFacts(
         name=label,
         dtype=dtype,
@@ -179,11 +183,14 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         expert_bytes={p: routed_expert_bytes(config, p) for p in precisions},
         dense_bytes={p: rest + sum(n.bytes(p) for n in quantized) for p in precisions},
         dense_active_bytes={p: rest_active + sum(n.active_bytes(p) or 0 for n in quantized) for p in precisions},
-        kv_bytes_per_token=2 * config.num_hidden_layers * kv_heads * head_dim * FLOAT_BYTES[dtype],
+        kv_bytes_per_token=costs.kv_bytes_per_token,
         workspace_bytes={p: _workspace_bytes(shapes, dtype, p) for p in precisions},
+        activation_bytes_per_token=costs.activation_bytes_per_token,
+        logits_bytes=costs.logits_bytes,
         decoder_layers=config.num_hidden_layers,
         rest_active_bytes=rest_active,
         expert_shapes=tuple(shapes),
+        context_limit=getattr(config, "max_position_embeddings", None),
     )
 
 
@@ -267,7 +274,9 @@ def per_layer_candidate(
 ) -> Candidate | None:
     """The configuration that spends every slot the budget allows, spread over layers by their trace
     replays; None when it misses no less than the best uniform k or not even k=1 fits."""
-    base = fast_tier_bytes(facts, expert_precision, attn_precision, 0, machine.context, fused=machine.fused)
+    base = fast_tier_bytes(
+        facts, expert_precision, attn_precision, 0, machine.context, fused=machine.fused, device=machine.device
+    )
     if machine.fast_bytes is not None:
         room = machine.fast_bytes - base
     else:
@@ -285,6 +294,25 @@ def per_layer_candidate(
     return estimate(facts, machine, expert_precision, attn_precision, k, 0, (misses, 0.0, hit_rate), sizes)
 
 
+def fast_tier_need(
+    facts: ModelFacts,
+    expert_precision: str,
+    attn_precision: str,
+    k: int,
+    context: int,
+    layer_sizes: Sequence[int] = (),
+    fused: Collection[str] = (),
+    device: str = "cpu",
+) -> FastTierNeed:
+    """What the fast tier holds, part by part (:mod:`moe_tui.fit`): non-expert weights, k slots per MoE
+    layer (or ``layer_sizes``), the dequantization workspace (none for the precisions in ``fused``), the KV cache,
+    a prefill chunk's activations and the margin of ``device``."""
+    slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
+    workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
+    costs = TokenCosts(facts.kv_bytes_per_token, facts.activation_bytes_per_token, facts.logits_bytes)
+    return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, costs, context, device)
+
+
 def fast_tier_bytes(
     facts: ModelFacts,
     expert_precision: str,
@@ -293,12 +321,10 @@ def fast_tier_bytes(
     context: int,
     layer_sizes: Sequence[int] = (),
     fused: Collection[str] = (),
+    device: str = "cpu",
 ) -> int:
-    """Bytes the fast tier holds: non-expert weights, k slots per MoE layer (or ``layer_sizes``), the engine's
-    dequantization workspace (none for the precisions in ``fused``) and the KV cache."""
-    slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
-    workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
-    return facts.dense_bytes[attn_precision] + slots + workspace + facts.kv_bytes_per_token * context
+    """The total of :func:`fast_tier_need`."""
+    return fast_tier_need(facts, expert_precision, attn_precision, k, context, layer_sizes, fused, device).total
 
 
 def store_bytes(facts: ModelFacts, expert_precision: str) -> int:
@@ -330,7 +356,9 @@ def estimate(
 ) -> Candidate:
     """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
     misses, prefetched, hit_rate = copies
-    fast = fast_tier_bytes(facts, expert_precision, attn_precision, k, machine.context, layer_sizes, machine.fused)
+    fast = fast_tier_bytes(
+        facts, expert_precision, attn_precision, k, machine.context, layer_sizes, machine.fused, machine.device
+    )
     memory = Candidate(
         expert_precision=expert_precision,
         attn_precision=attn_precision,
@@ -407,10 +435,10 @@ def nothing_fits_message(facts: ModelFacts, machine: Machine) -> str:
     least = smallest(facts, machine)
     setup = "k=1 at 2 bits (4-bit attention)"
     if machine.fast_bytes is not None and least.fast_bytes > machine.fast_bytes:
+        need = fast_tier_need(facts, "hqq2", "hqq4", 1, machine.context, (), machine.fused, machine.device)
         return (
             f"{facts.name} does not fit: even {setup} needs {format_bytes(least.fast_bytes)} of fast-tier memory "
-            f"(weights, slots, dequantization workspace and a {machine.context}-token KV cache); "
-            f"you have {format_bytes(machine.fast_bytes)}"
+            f"({need.parts()}); you have {format_bytes(machine.fast_bytes)}"
         )
     what = "its expert store" if machine.fast_bytes is not None else "its expert store, slots and other weights"
     return (

@@ -174,7 +174,7 @@ def test_trace_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], variant:
 def test_trace_for_plan_and_bench_routing(tmp_path: Path, capsys: pytest.CaptureFixture[str], variant: str) -> None:
     good = "".join(TRACE.read_text().splitlines(keepends=True)[:40]).encode()
     target = tmp_path / "t.jsonl"
-    measured = ["--bandwidth", "10", "--compute-bandwidth", "10", "--overhead-ms", "1", "--vram", "1GiB"]
+    measured = ["--bandwidth", "10", "--compute-bandwidth", "10", "--overhead-ms", "1", "--vram", "2GiB"]
     plan = ["plan", str(paths.DEMO_MODEL_DIR), *measured, "--trace"]
     check_cli_input(tmp_path, capsys, variant, target, good, PNG, lambda p: [*plan, str(p)], expect_note=True)
 

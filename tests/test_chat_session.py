@@ -7,6 +7,7 @@ Mixtral's: a word's leading space lives in its token).
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
 
-from moe_tui import paths
+from moe_tui import fit, paths
 from moe_tui.chat.history import HistoryStore
 from moe_tui.chat.prompt import PLAIN_TEMPLATE, render_prompt, split_conversation
 from moe_tui.chat.session import ChatSession, GenerationResult, GenerationSettings, resolve_model
@@ -434,6 +435,31 @@ def test_context_limit_caps_the_answer_and_drops_the_oldest_turns(tokenizer: Any
     with pytest.raises(UserError, match="reads at most 40; shorten it"):
         chat.generate(long_question, GenerationSettings(), lambda _: None)
     assert not chat.busy
+
+
+def test_the_chosen_context_caps_the_conversation_below_the_models_limit(tokenizer: Any) -> None:
+    chat = chat_session(tokenizer, max_positions=256, context=40)
+    prompt_tokens = len(tokenizer(render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"])
+    result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=500), lambda _: None)
+    assert (result.tokens, result.prompt_tokens) == (40 - prompt_tokens, prompt_tokens)
+    with pytest.raises(UserError, match="reads at most 40; shorten it"):
+        chat.generate([{"role": "user", "content": "experts " * 60}], GenerationSettings(), lambda _: None)
+
+
+def test_a_prompt_prefilled_in_chunks_answers_as_one_prefilled_whole(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    question = [{"role": "user", "content": "experts route tokens to slots " * 8}]
+    settings = GenerationSettings(temperature=0, max_new_tokens=12)
+    whole = chat_session(tokenizer).generate(question, settings, lambda _: None)
+    monkeypatch.setattr(fit, "PREFILL_CHUNK", 7)
+    session = chat_session(tokenizer)
+    passes = []
+    session.engine.model.model.register_forward_pre_hook(lambda module, args: passes.append(1))
+    chunked = session.generate(question, settings, lambda _: None)
+    assert whole.prompt_tokens > 3 * 7
+    assert chunked.text == whole.text and chunked.tokens == whole.tokens
+    assert len(passes) == math.ceil(whole.prompt_tokens / 7) + whole.tokens - 1  # chunks, then one per token
 
 
 # --- loading --------------------------------------------------------------------------------------------------

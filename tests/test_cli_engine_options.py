@@ -18,10 +18,13 @@ def parse(*argv: str):
 def test_chat_flags_reach_the_engine_settings(tmp_path: Path) -> None:
     args = parse(
         "--cache-size", "3,2,2,1,2,2", "--store", "mmap", "--dtype", "bfloat16", "--group-size", "32",
-        "--expert-bits", "4", "--miss", "auto", "--quant-cache", str(tmp_path / "q"),
+        "--expert-bits", "4", "--miss", "auto", "--quant-cache", str(tmp_path / "q"), "--context", "1024",
+        "--quant-optimize", "on",
     )  # fmt: skip
     config = options_from_args(args).offload_config()
     assert config.cache_size == [3, 2, 2, 1, 2, 2]
+    assert (config.context, config.quant_optimize) == (1024, True)
+    assert options_from_args(parse()).offload_config().quant_optimize is None  # the per-device default
     assert (config.store, config.dtype, config.group_size, config.expert_bits, config.miss) == (
         "mmap", "bfloat16", 32, 4, "auto",
     )  # fmt: skip
@@ -43,6 +46,8 @@ def test_quantized_stores_are_kept_in_the_user_cache_unless_told_otherwise() -> 
         (["--cache-size", "2,0"], "every cache size must be at least 1"),
         (["--store", "disk"], "invalid choice: 'disk'"),
         (["--group-size", "0"], "must be at least 1"),
+        (["--context", "0"], "must be at least 1"),
+        (["--quant-optimize", "maybe"], "invalid choice: 'maybe'"),
     ],
 )
 def test_bad_engine_flags_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -84,3 +89,17 @@ def test_cache_command_lists_sizes_and_removes_entries(capsys: pytest.CaptureFix
     assert "removed 1 entry" in capsys.readouterr().out and not (root / name).exists()
     assert cli.main(["cache", "--clear"]) == 0
     assert list(root.iterdir()) == []
+
+
+def test_the_hqq_optimiser_defaults_to_off_when_quantizing_on_a_cpu() -> None:
+    from offload_models import build, mixtral_config
+
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    quiet = {"progress": lambda stage, done, total: None}
+    default = offload_model(build(mixtral_config()), OffloadConfig(expert_bits=4, group_size=16), **quiet)
+    asked = offload_model(
+        build(mixtral_config()), OffloadConfig(expert_bits=4, group_size=16, quant_optimize=True), **quiet
+    )
+    assert (default.format.optimize, asked.format.optimize) == (False, True)
+    assert default.format.describe()["optimize"] is False  # part of a saved store's identity

@@ -19,9 +19,11 @@ from offload_models import (
     twin,
 )
 
+from moe_tui import fit
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, OffloadedModel, offload_model
 from moe_tui.offload import memory as offload_memory
+from moe_tui.precision import format_bytes
 from moe_tui.telemetry import LayerStep, read_trace
 
 CUDA = pytest.param(
@@ -525,18 +527,51 @@ def test_cuda_without_a_gpu_is_refused() -> None:
 
 
 def test_more_fast_tier_memory_than_free_is_refused_naming_a_k_that_fits(monkeypatch) -> None:
-    model = build(mixtral_config(experts=4))
+    config = mixtral_config(experts=4)
     nbytes = 3 * 48 * 40 * 4
+    costs = fit.TokenCosts.of(config, 4, 40)
+
+    def need(k: int) -> int:
+        return fit.fast_tier_need(0, 3 * k * nbytes, 0, costs, 256, "cpu").total
+
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: need(2) + 100)
+    with pytest.raises(
+        UserError, match=r"short; what would fit: cache size 2, or --expert-bits 4 with cache size 4$"
+    ) as refused:
+        offload_model(build(config), OffloadConfig(cache_size=4))
+    assert f"{format_bytes(need(4) - need(2) - 100)} short" in str(refused.value)
+    assert "KV cache for 256 tokens" in str(refused.value)  # the model's own limit, below the default 4096
+    om = offload_model(build(config), OffloadConfig(cache_size=1))
     monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 3 * 2 * nbytes + 100)
-    with pytest.raises(UserError, match="cache size 2 would fit"):
-        offload_model(model, OffloadConfig(cache_size=4))
-    om = offload_model(model, OffloadConfig(cache_size=1))
     with pytest.raises(UserError, match="cache size 2 would fit"):
         om.set_cache_size(4)
     assert om.cache_sizes == [1, 1, 1]
     monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 10)
-    with pytest.raises(UserError, match="not even cache size 1 fits"):
-        offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1))
+    with pytest.raises(UserError, match="nothing smaller fits either"):
+        offload_model(build(config), OffloadConfig(cache_size=1))
+
+
+def test_a_refusal_offers_a_shorter_context_or_fewer_expert_bits(monkeypatch) -> None:
+    config = mixtral_config(experts=4)
+    nbytes = 3 * 48 * 40 * 4
+    costs = fit.TokenCosts.of(config, 4, 40)
+    at_k1 = fit.fast_tier_need(0, 3 * nbytes, 0, costs, 100, "cpu").total
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: at_k1)
+    with pytest.raises(UserError, match=r"what would fit: cache size 1 with --context 100\b"):
+        offload_model(build(config), OffloadConfig(cache_size=1, context=200))
+    # 2-bit experts are a fraction of fp32 ones: k=4 at 2 bits fits where k=2 in fp32 does not.
+    monkeypatch.setattr(
+        offload_memory, "free_bytes", lambda device: fit.fast_tier_need(0, 0, 0, costs, 256, "cpu").total + 3 * nbytes
+    )
+    with pytest.raises(UserError, match=r"cache size 1, or --expert-bits 4 with cache size \d"):
+        offload_model(build(config), OffloadConfig(cache_size=2))
+
+
+def test_a_context_beyond_the_models_limit_is_refused() -> None:
+    with pytest.raises(UserError, match="more than this model reads"):
+        offload_model(build(mixtral_config()), OffloadConfig(context=257))
+    with pytest.raises(UserError, match="context must be a whole number"):
+        OffloadConfig(context=0)
 
 
 def test_run_time_setters_check_their_arguments() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ from offload_models import build, llama_config, mixtral_config, prompt, qwen2_mo
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from moe_tui import fit
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, load_offloaded
 from moe_tui.offload import loader as offload_loader
@@ -106,6 +108,31 @@ def test_a_hub_id_resolves_only_through_the_local_cache(mixtral, tmp_path: Path,
     assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= TOLERANCE
     with pytest.raises(UserError, match="neither a model directory nor a model in the local Hugging Face cache"):
         load_offloaded("acme/not-downloaded", OffloadConfig())
+
+
+def test_the_store_cache_knows_a_checkpoint_by_its_contents_not_its_path(mixtral, tmp_path: Path) -> None:
+    # Two snapshots of one hub model share their blobs (files named by the sha256 of their bytes): the second
+    # reuses the first's quantized store. A shard rewritten with other tensors is never taken for the old one.
+    model, _ = mixtral
+    original = save_original(model, tmp_path / "written")
+    blobs = tmp_path / "hub" / "blobs"
+    blobs.mkdir(parents=True)
+    snapshots = [tmp_path / "hub" / "snapshots" / revision for revision in ("aaaa", "bbbb")]
+    for file in original.iterdir():
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        blob.write_bytes(file.read_bytes())
+        for snapshot in snapshots:
+            snapshot.mkdir(parents=True, exist_ok=True)
+            (snapshot / file.name).symlink_to(blob)
+    settings = {"cache_size": 2, "expert_bits": 4, "group_size": 16, "quant_cache_dir": tmp_path / "q"}
+    first = load_offloaded(snapshots[0], OffloadConfig(**settings))
+    second = load_offloaded(snapshots[1], OffloadConfig(**settings))
+    assert (first.load_info["store"], second.load_info["store"]) == ("built", "reused")
+    assert first.load_info["store_dir"] == second.load_info["store_dir"]
+
+    rewrite(original / "model.safetensors", lambda tensors: tensors.update({"extra": torch.zeros(1)}))
+    copied = load_offloaded(original, OffloadConfig(**settings))
+    assert copied.load_info["store"] == "built" and copied.load_info["store_dir"] != first.load_info["store_dir"]
 
 
 # ----------------------------------------------------------------------------------------------- broken input
@@ -206,12 +233,26 @@ def test_settings_beyond_the_model_are_refused_before_loading(checkpoint: Path, 
         load_offloaded(checkpoint, OffloadConfig(**kwargs))
 
 
-def test_not_enough_memory_is_refused_before_loading(checkpoint: Path, monkeypatch, no_heavy_work) -> None:
+def test_not_enough_memory_is_refused_before_loading(mixtral, checkpoint: Path, monkeypatch, no_heavy_work) -> None:
+    # On a CPU one RAM holds everything: resident weights, the store (3 layers x 4 fp32 experts), the slots, the
+    # KV cache (the model's 256-token limit), a prefill chunk's activations and the margin.
+    model = mixtral[0]
     expert = 3 * 48 * 40 * 4
-    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 3 * 3 * expert)
-    with pytest.raises(UserError, match="cache size 3 would fit"):
+    experts = {id(p) for layer in model.model.layers for p in layer.mlp.experts.parameters()}
+    resident = sum(p.numel() for p in model.parameters() if id(p) not in experts) * 4
+    costs = fit.TokenCosts.of(model.config, 4, 40)
+
+    def need(k: int) -> int:
+        return fit.fast_tier_need(resident, 3 * k * expert, 0, costs, 256, "cpu", store=3 * 4 * expert).total
+
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: need(3))
+    with pytest.raises(UserError, match=r"what would fit: cache size 3, or --store mmap"):
         load_offloaded(checkpoint, OffloadConfig(cache_size=4))
-    with pytest.raises(UserError, match=r"loading needs .* of RAM .* store='mmap'"):
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: need(1) - 3 * 4 * expert)
+    with pytest.raises(
+        UserError,
+        match=r"expert store 270.0 KiB, .* short; what would fit: .*, or --store mmap \(the experts stay in a file\)",
+    ):
         load_offloaded(checkpoint, OffloadConfig(cache_size=1))
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from moe_tui import cli, plan, probes
+from moe_tui import cli, fit, plan, probes
 from moe_tui.commands.plan import parse_size
 from moe_tui.errors import UserError
 from moe_tui.params import load_config, routed_expert_bytes
+from moe_tui.precision import format_bytes
 from moe_tui.telemetry import LayerStep, Telemetry, TokenEvent, TraceHeader
 
 GIB = 1024**3
+CUDA_MARGIN = fit.MARGIN["cuda"]
 TINY = {
     "model_type": "mixtral",
     "architectures": ["MixtralForCausalLM"],
@@ -90,7 +92,11 @@ def test_model_facts_of_mixtral_8x7b() -> None:
 
 def test_memory_sums() -> None:
     facts = facts_by_hand()
-    assert plan.fast_tier_bytes(facts, "hqq2", "bf16", k=3, context=100) == 10_000 + 3 * 2 * 250 + 100 * 10
+    margin = fit.MARGIN["cpu"]
+    assert plan.fast_tier_bytes(facts, "hqq2", "bf16", k=3, context=100) == 10_000 + 3 * 2 * 250 + 100 * 10 + margin
+    with_activations = replace(facts, activation_bytes_per_token=3, logits_bytes=7)
+    need = plan.fast_tier_need(with_activations, "hqq2", "bf16", k=3, context=1000, device="cuda")
+    assert need.activations == fit.PREFILL_CHUNK * 3 + 7 and need.margin == fit.MARGIN["cuda"]
     assert plan.store_bytes(facts, "hqq4") == 2 * 4 * 400
 
 
@@ -157,9 +163,10 @@ def test_uniform_copy_model() -> None:
 def test_nothing_fits_names_the_smallest_need() -> None:
     facts = facts_by_hand()
     machine = plan.Machine(host_bytes=10**9, fast_bytes=1000)
-    least = plan.fast_tier_bytes(facts, "hqq2", "hqq4", 1, machine.context)
+    least = plan.fast_tier_bytes(facts, "hqq2", "hqq4", 1, machine.context, device="cuda")
     message = plan.nothing_fits_message(facts, machine)
-    assert "even k=1 at 2 bits" in message and f"needs {least / 1024:.1f} KiB" in message
+    assert "even k=1 at 2 bits" in message and f"needs {format_bytes(least)}" in message
+    assert "KV cache for 4096 tokens 40.0 KiB, margin 1.0 GiB" in message
     assert "you have 1000 B" in message
     candidates = plan.candidates(facts, machine, plan.uniform_copy_model(facts), prefetch_depths=(0,))
     assert not [c for c in candidates if plan.fits(c, machine)]
@@ -168,7 +175,11 @@ def test_nothing_fits_names_the_smallest_need() -> None:
 def test_best_per_precision_picks_the_largest_k_that_fits() -> None:
     facts = facts_by_hand()
     machine = plan.Machine(
-        host_bytes=10**9, fast_bytes=10_000 + 3 * 2 * 400, transfer_bandwidth=1e3, compute_bandwidth=1e4, context=0
+        host_bytes=10**9,
+        fast_bytes=10_000 + 3 * 2 * 400 + CUDA_MARGIN,
+        transfer_bandwidth=1e3,
+        compute_bandwidth=1e4,
+        context=0,
     )
     every = plan.candidates(facts, machine, plan.uniform_copy_model(facts), prefetch_depths=(0,))
     best = {
@@ -194,12 +205,12 @@ def test_per_layer_candidate_beats_uniform_slots() -> None:
     facts = facts_by_hand()
     curves = [[4.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.5, 0.5]]
     # Room for 5 slots of 400 bytes: uniform k=2 uses 4 (2 misses/token); spread 2+3 gives 1.5.
-    machine = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 5 * 400 + 399, context=0)
+    machine = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 5 * 400 + 399 + CUDA_MARGIN, context=0)
     c = plan.per_layer_candidate(facts, machine, "hqq4", "hqq4", curves)
     assert c is not None and c.layer_sizes == (2, 3)
     assert c.misses_per_token == 1.5 and c.hit_rate == pytest.approx(1 - 1.5 / 4)
-    assert c.fast_bytes == 10_000 + 5 * 400 and plan.fits(c, machine)
-    even = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 4 * 400, context=0)
+    assert c.fast_bytes == 10_000 + 5 * 400 + CUDA_MARGIN and plan.fits(c, machine)
+    even = plan.Machine(host_bytes=10**9, fast_bytes=10_000 + 4 * 400 + CUDA_MARGIN, context=0)
     assert plan.per_layer_candidate(facts, even, "hqq4", "hqq4", [[4.0, 1.0], [4.0, 1.0]]) is None
 
 
@@ -247,7 +258,7 @@ def test_trace_copy_model_replays_prefetch() -> None:
 
 
 def test_cli_plan_table_and_json(tiny_config: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["plan", str(tiny_config), "--vram", "1MiB", "--ram", "1GiB", "--context", "256"]
+    argv = ["plan", str(tiny_config), "--vram", "1028MiB", "--ram", "2GiB", "--context", "256"]  # 1 GiB margin
     argv += ["--bandwidth", "10", "--compute-bandwidth", "100"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -258,7 +269,7 @@ def test_cli_plan_table_and_json(tiny_config: Path, capsys: pytest.CaptureFixtur
     data = json.loads(capsys.readouterr().out)
     assert data["fitting"] == len(data["configurations"]) > 0
     for entry in data["configurations"]:
-        assert entry["fast_bytes"] <= 1024**2
+        assert entry["fast_bytes"] <= 1028 * 1024**2
         assert entry["tokens_per_s"] == pytest.approx(1 / entry["seconds_per_token"])
 
 
@@ -279,7 +290,8 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_cli_plan_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
     err = error_of(["plan", "mixtral-8x7b", "--vram", "2GiB", "--ram", "64GiB"], capsys)
-    assert "even k=1 at 2 bits (4-bit attention) needs 3.7 GiB of fast-tier memory" in err
+    assert "even k=1 at 2 bits (4-bit attention) needs 4.8 GiB of fast-tier memory" in err
+    assert "KV cache for 4096 tokens 512.0 MiB, activations 100.3 MiB, margin 1.0 GiB" in err
     assert "you have 2.0 GiB" in err
 
 
@@ -308,7 +320,7 @@ def test_cli_plan_spreads_slots_over_layers(
                 )
         telemetry.close()
     facts = plan.model_facts(load_config(tiny_config))
-    room = plan.fast_tier_bytes(facts, "fp32", "fp32", 0, 256) + 6 * facts.expert_bytes["fp32"]
+    room = plan.fast_tier_bytes(facts, "fp32", "fp32", 0, 256, device="cuda") + 6 * facts.expert_bytes["fp32"]
     argv = ["plan", str(tiny_config), "--vram", f"{room}B", "--ram", "1GiB", "--context", "256", "--trace", str(trace)]
     argv += ["--bandwidth", "10", "--compute-bandwidth", "100", "--overhead-ms", "0", "--json", "--all"]
     data = json.loads(run_ok(argv, capsys))

@@ -233,7 +233,11 @@ class ChatSession:
         return f"{advice} ({kept})"
 
     def _context_limit(self) -> int | None:
-        return getattr(self.engine.model.config, "max_position_embeddings", None) or None
+        """The most tokens an answer's prompt and text together may take: the context the engine's KV cache was
+        sized for (``--context``), within the model's own limit."""
+        from moe_tui.fit import context_tokens
+
+        return context_tokens(self.engine.config.context, self.engine.model.config.max_position_embeddings)
 
     def _fit_prompt(self, messages: Sequence[ChatMessage], settings: GenerationSettings) -> tuple[list[int], int]:
         """Prompt token ids, leaving out the oldest turns when the whole conversation would not leave room for
@@ -271,8 +275,11 @@ class ChatSession:
             if settings.greedy
             else {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p, "top_k": 0}
         )
+        from moe_tui.fit import PREFILL_CHUNK
+
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
+            prefill_chunk_size=PREFILL_CHUNK,  # the activations the fit check counted, however long the prompt
             eos_token_id=eos,
             pad_token_id=pad,
             bos_token_id=defaults.bos_token_id,

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="several configurations, ratios against the first (no SPEC: resident k=E k=2 k=2,prefetch=1 k=4 "
         "hf-offload). SPEC: resident | hf-offload | k=N[,prefetch=P,policy=lru,bits=B,attn-bits=B,store=ram|mmap,"
-        "miss=copy|host|auto,fused=on|off,optimize=on|off,telemetry=on|off,record=on|off]",
+        "miss=copy|host|auto,fused=on|off,optimize=on|off|auto,telemetry=on|off,record=on|off]",
     )
     runs.add_argument("--interleave", action="store_true", help="load all configurations at once and alternate them")
     runs.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (default samples/prompts/bench.txt)")

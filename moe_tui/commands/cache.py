@@ -90,12 +90,10 @@ def list_entries(root: Path) -> list[CacheEntry]:
 
 
 def _model_of(meta: dict | None) -> str:
-    """The model an entry was built from: its checkpoint's directory name, or how it was given."""
-    source = (meta or {}).get("source") or {}
-    files = source.get("files") or []
-    if files:
-        return Path(str(files[0][0])).parent.name
-    return str(source.get("kind", "?"))
+    """The model an entry was built from, as it was named when loaded (or how it was given)."""
+    meta = meta or {}
+    source = meta.get("source") or {}
+    return str(meta.get("model") or source.get("kind", "?"))
 
 
 def _description(path: Path) -> dict | None:

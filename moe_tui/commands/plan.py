@@ -57,7 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="per-token time that does not depend on weight size (default: measured on a miniature model)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads for the probes (default: torch's)")
-    parser.add_argument("--context", type=int, default=4096, metavar="TOKENS", help="KV cache length (default 4096)")
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help="KV cache length (default 4096, or the model's own limit when smaller)",
+    )
     parser.add_argument(
         "--all", action="store_true", help="list every fitting configuration, not only the best per precision"
     )
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from moe_tui.errors import UserError
     from moe_tui.params import load_config
 
-    if args.context < 1:
+    if args.context is not None and args.context < 1:
         raise UserError("--context must be at least 1 token")
     for option, value in (("--bandwidth", args.bandwidth), ("--compute-bandwidth", args.compute_bandwidth)):
         if value is not None and value <= 0:
@@ -119,6 +125,7 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
     import psutil
 
     from moe_tui import probes
+    from moe_tui.fit import context_tokens
     from moe_tui.plan import Machine
 
     host = parse_size(args.ram, "--ram") if args.ram else psutil.virtual_memory().total
@@ -160,7 +167,7 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
         fast_bytes=fast,
         transfer_bandwidth=transfer,
         compute_bandwidth=compute,
-        context=args.context,
+        context=context_tokens(args.context, facts.context_limit),
         overhead_s=overhead or 0.0,
         dequant_bandwidth=dequant,
         fused=fused,
@@ -263,8 +270,12 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         )
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
+    from moe_tui.fit import MARGIN, PREFILL_CHUNK
+
     lines.append(
-        "Not counted: activations, the CUDA context and the Python process; attention over a long context is not in C."
+        f"The fast tier counts a {PREFILL_CHUNK}-token prefill chunk's activations and a "
+        f"{format_bytes(MARGIN[machine.device])} margin (CUDA context, allocator, libraries), as chat checks it; "
+        "attention over a long context is not in C."
     )
     return "\n".join(lines)
 
@@ -289,7 +300,7 @@ def chat_command(candidate, model: str, machine) -> str:
     for flag, precision in (("--expert-bits", candidate.expert_precision), ("--attn-bits", candidate.attn_precision)):
         if precision in HQQ_BITS:
             parts += [flag, str(HQQ_BITS[precision])]
-    parts += ["--device", machine.device]
+    parts += ["--context", str(machine.context), "--device", machine.device]
     return shlex.join(parts)
 
 

@@ -19,6 +19,7 @@ from typing import TextIO
 import torch
 from torch import Tensor, nn
 
+from moe_tui import fit
 from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, find_moe
@@ -42,12 +43,17 @@ class Plan:
     format: ExpertFormat
     sizes: list[int]
     store_kind: str
+    context: int  # tokens the KV cache is sized for
+    costs: fit.TokenCosts
+    group_size: int  # HQQ group size asked for (what a smaller bit width would use)
 
 
-def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype) -> Plan:
-    """Check the settings against the model and decide the layout (UserError on any problem)."""
+def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype, config: object) -> Plan:
+    """Check the settings against the model (its transformers ``config``) and decide the layout (UserError on
+    any problem)."""
     device = cfg.resolved_device()
     sizes = cfg.cache_sizes(len(moe.layers), moe.num_experts)
+    context = fit.context_tokens(cfg.context, getattr(config, "max_position_embeddings", None))
     cfg.check_prefetch(moe.num_experts)
     if cfg.expert_bits is not None:
         for shape in moe.expert_shapes:
@@ -56,17 +62,61 @@ def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype) -> Plan:
                     f"group size {cfg.group_size} does not divide the expert matrix {shape[0]}x{shape[1]}; "
                     "choose a group size that does"
                 )
-    fmt = make_format(
-        moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size, device, fused=cfg.fused, optimize=cfg.quant_optimize
-    )
+    optimize = cfg.quant_optimize if cfg.quant_optimize is not None else device.type == "cuda"
+    fmt = make_format(moe.expert_shapes, dtype, cfg.expert_bits, cfg.group_size, device, cfg.fused, optimize)
     store_kind = "pinned" if device.type == "cuda" and cfg.store == "ram" else cfg.store
-    return Plan(device, dtype, fmt, sizes, store_kind)
+    costs = fit.TokenCosts.of(config, dtype.itemsize, moe.intermediate_size)
+    return Plan(device, dtype, fmt, sizes, store_kind, context, costs, cfg.group_size)
 
 
-def check_fast_tier(plan: Plan, resident_bytes: int) -> None:
-    """Refuse before allocating when the slots (plus workspace and resident weights) exceed free memory."""
-    fixed = plan.format.workspace_bytes + resident_bytes
-    memory.check_fits(plan.device, plan.sizes, plan.format.nbytes, fixed)
+def check_fast_tier(
+    plan: Plan, moe: MoEModel, resident_bytes: int, host_bytes: Callable[[ExpertFormat, str], int]
+) -> None:
+    """Refuse before allocating when the fast tier cannot hold the resident weights, the slots, the workspace,
+    the KV cache, the activations and the margin (:mod:`moe_tui.fit`).
+
+    On a CPU the fast tier is the same RAM as the expert store: ``host_bytes(format, store_kind)`` is what the
+    load adds there besides (the store and quantizing's temporaries; 0 for what is already allocated). The refusal names
+    the closest configurations that fit: a smaller k, a shorter context, fewer expert bits.
+    """
+    shared = plan.device.type == "cpu"
+    available = memory.free_bytes(plan.device)
+
+    def need(
+        fmt: ExpertFormat, k: int | None = None, context: int | None = None, kind: str = plan.store_kind
+    ) -> fit.FastTierNeed:
+        slots = (k * len(plan.sizes) if k else sum(plan.sizes)) * fmt.nbytes
+        store = host_bytes(fmt, kind) if shared else 0
+        workspace = fmt.workspace_bytes
+        return fit.fast_tier_need(
+            resident_bytes, slots, workspace, plan.costs, context or plan.context, plan.device.type, store
+        )
+
+    def alternatives() -> list[str]:
+        ways = []
+        fmt = plan.format
+        k = fit.largest_fitting(max(plan.sizes) - 1, lambda k: need(fmt, k).total <= available)
+        if k:
+            ways.append(f"cache size {k}")
+        else:
+            tokens = fit.largest_fitting(plan.context - 1, lambda c: need(fmt, 1, c).total <= available)
+            if tokens:
+                ways.append(f"cache size 1 with --context {tokens}")
+        mapped = need(fmt, kind="mmap")
+        if shared and mapped.store < need(fmt).store and mapped.total <= available:
+            ways.append("--store mmap (the experts stay in a file)")
+        for bits in (4, 3, 2):
+            if fmt.bits is not None and bits >= fmt.bits:
+                continue
+            smaller = make_format(moe.expert_shapes, plan.dtype, bits, plan.group_size, plan.device)
+            k = fit.largest_fitting(moe.num_experts, lambda k, f=smaller: need(f, k).total <= available)
+            if k:
+                ways.append(f"--expert-bits {bits} with cache size {k}")
+                break
+        return ways
+
+    tier = "host RAM (the fast tier and the expert store)" if shared else f"{plan.device.type} fast tier"
+    fit.check_need(need(plan.format), available, tier, alternatives)
 
 
 def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | None = None) -> OffloadedModel:
@@ -79,10 +129,11 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
         raise UserError(f"expected a transformers model, got {type(model).__name__}")
     moe = find_moe(model)
     first = next(model.parameters())
-    plan = plan_offload(cfg, moe, cfg.torch_dtype() or first.dtype)
+    plan = plan_offload(cfg, moe, cfg.torch_dtype() or first.dtype, model.config)
     expert_params = {id(p) for m in moe.layers for p in m.experts.parameters()}
     resident = sum(p.numel() for p in model.parameters() if id(p) not in expert_params) * plan.dtype.itemsize
-    check_fast_tier(plan, resident if plan.device != first.device else 0)
+    # Already in this memory when the tiers are one: the resident weights, and the experts the store replaces.
+    check_fast_tier(plan, moe, resident if plan.device != first.device else 0, lambda fmt, kind: 0)
     report = progress or terminal_progress()
 
     def read(layer: int, expert: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -91,9 +142,9 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
         return experts.gate_up_proj[expert, :i], experts.gate_up_proj[expert, i:], experts.down_proj[expert]
 
     source = {"kind": "in-memory", "digest": _content_digest(moe)} if cfg.quant_cache_dir else {}
-    store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=True)
-    finish_model(model, moe, cfg, plan, report)
     name = str(getattr(model.config, "name_or_path", "") or model.config.model_type)
+    store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=True, model=name)
+    finish_model(model, moe, cfg, plan, report)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
 
 
@@ -105,11 +156,13 @@ def build_store(
     source: dict[str, object],
     report: Progress,
     replace_as_packed: bool,
+    model: str = "",
 ) -> tuple[ExpertStore, dict[str, object]]:
     """Fill the slow-tier store with every expert (or reopen a saved one) and replace the experts modules.
 
     ``read(layer, expert)`` returns one expert's gate, up and down weights. With ``replace_as_packed`` each
     layer's original experts module is dropped as soon as it is packed, so its memory is freed layer by layer.
+    ``model`` names the model in a saved store's description (for ``moe-tui cache``).
     """
     layers, experts = len(moe.layers), moe.num_experts
     fmt = plan.format
@@ -154,7 +207,7 @@ def build_store(
     if cache_dir is not None:
         report("saving expert store", 0, 1)
         try:
-            store.save(cache_dir, description)
+            store.save(cache_dir, description, model)
             info["store_dir"] = str(cache_dir)
         except OSError as error:  # a full disk or a directory that cannot be written: the store still works
             notes.append(_not_kept(cache_dir, error))

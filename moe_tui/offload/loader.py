@@ -7,6 +7,7 @@ check (config, settings, shard headers, expert tensors and shapes, memory) runs 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from moe_tui.offload.build import (
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.experts import OffloadedExperts
+from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
 
 
@@ -130,7 +132,7 @@ def load_offloaded(
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     moe = find_moe(model)
-    plan = plan_offload(cfg, moe, dtype)
+    plan = plan_offload(cfg, moe, dtype, config)
     report("reading checkpoint", 0, 1)
     with Checkpoint(directory, fp8_block) as checkpoint:
         layout = checkpoint.expert_layout(moe)
@@ -140,14 +142,15 @@ def load_offloaded(
         report("reading checkpoint", 1, 1)
         resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize
         source = {"kind": "checkpoint", "files": [_file_identity(path) for path in checkpoint.files()]}
-        packing = 0 if saved_store_usable(cfg, moe, plan.format, source) else plan.format.pack_transient_bytes
-        predicted_host_bytes = _check_memory(plan, moe, resident_bytes, packing)
+        reuse = saved_store_usable(cfg, moe, plan.format, source)
+        predicted_host_bytes = _check_memory(plan, moe, resident_bytes, reuse)
         _load_resident(model, checkpoint, names, report)
 
         def read(layer: int, expert: int):
             return checkpoint.expert(moe, layout, moe.layers[layer].decoder_index, expert)
 
-        store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=False)
+        label = model_label(path_or_hub_id, directory)
+        store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=False, model=label)
     finish_model(model, moe, cfg, plan, report)
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
@@ -183,26 +186,26 @@ def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> 
     return names
 
 
-def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int, packing_bytes: int) -> int:
-    """Refuse before loading when the fast tier, or RAM for the resident weights, the store and the quantizing of
-    one expert (``packing_bytes``; 0 when a saved store is reused) is too small; returns the host bytes the load
-    is expected to take (the figure checked)."""
+def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int, reuse: bool) -> int:
+    """Refuse before loading when the fast tier, or host RAM for the resident weights (read there first), the
+    expert store and quantizing's temporaries (none when a saved store is reused), is too small; returns the host
+    bytes the load is expected to take (the figure checked)."""
+
+    def host_bytes(fmt: ExpertFormat, store_kind: str) -> int:
+        store = 0 if store_kind == "mmap" else fmt.nbytes * len(moe.layers) * moe.num_experts
+        return store + (0 if reuse else fmt.pack_transient_bytes)
+
     on_cpu = plan.device.type == "cpu"
-    check_fast_tier(plan, 0 if on_cpu else resident_bytes)
-    store_bytes = 0 if plan.store_kind == "mmap" else plan.format.nbytes * len(moe.layers) * moe.num_experts
-    slot_bytes = sum(plan.sizes) * plan.format.nbytes if on_cpu else 0
-    needed = store_bytes + resident_bytes + slot_bytes + packing_bytes
+    check_fast_tier(plan, moe, resident_bytes, host_bytes)
+    needed = host_bytes(plan.format, plan.store_kind) + resident_bytes
+    if on_cpu:
+        return needed + sum(plan.sizes) * plan.format.nbytes
     available = memory.free_bytes(torch.device("cpu"))
     if needed > available:
-        hint = (
-            "; --store mmap keeps the experts in a file instead (Python: store='mmap')"
-            if plan.store_kind != "mmap"
-            else ""
-        )
+        hint = "; --store mmap keeps the experts in a file instead" if plan.store_kind != "mmap" else ""
         raise UserError(
-            f"loading needs {precision.format_bytes(needed)} of RAM (resident weights, expert store, slots and "
-            "quantizing) "
-            f"but only {precision.format_bytes(available)} is available{hint}"
+            f"loading needs {precision.format_bytes(needed)} of host RAM (resident weights, expert store and "
+            f"quantizing) but only {precision.format_bytes(available)} is available{hint}"
         )
     return needed
 
@@ -226,6 +229,15 @@ def _load_resident(model: nn.Module, checkpoint: Checkpoint, names: dict[str, st
 
 
 def _file_identity(path: Path) -> list[object]:
-    """Name, size and modification time of a shard: identifies the checkpoint for the store cache."""
-    stat = path.stat()
-    return [str(path.resolve()), stat.st_size, stat.st_mtime_ns]
+    """What identifies a shard's contents for the store cache without reading its tensors: its name, its size,
+    a digest of its safetensors header (every tensor's name, dtype, shape and offsets), and its content hash when
+    it is a Hugging Face cache blob (the hub names blobs by the sha256 of their bytes), else its modification
+    time. The same snapshot reached by another path or revision reuses the entry; a changed shard never does."""
+    resolved = path.resolve()
+    stat = resolved.stat()
+    with open(resolved, "rb") as handle:
+        length = handle.read(8)
+        header = length + handle.read(int.from_bytes(length, "little"))  # the checkpoint checked it already
+    is_blob = resolved.parent.name == "blobs" and len(resolved.name) == 64
+    content = resolved.name if is_blob else stat.st_mtime_ns
+    return [path.name, stat.st_size, hashlib.sha256(header).hexdigest(), content]

@@ -1,4 +1,7 @@
-"""How much fast-tier memory is free, and refusing cache sizes that do not fit before anything is allocated."""
+"""How much fast-tier memory is free, refusing to grow the caches beyond it, and what to do when it ran out.
+
+The check made before anything is allocated is :mod:`moe_tui.fit`'s.
+"""
 
 from __future__ import annotations
 
@@ -15,25 +18,6 @@ def free_bytes(device: torch.device) -> int:
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
     return int(psutil.virtual_memory().available)
-
-
-def check_fits(device: torch.device, sizes: list[int], expert_bytes: int, fixed_bytes: int = 0) -> None:
-    """Refuse (UserError) when ``sum(sizes)`` slots plus ``fixed_bytes`` exceed the free fast-tier memory.
-
-    The message names the largest cache size per layer that would fit.
-    """
-    needed = sum(sizes) * expert_bytes + fixed_bytes
-    available = free_bytes(device)
-    if needed <= available:
-        return
-    layers = len(sizes)
-    fitting = (available - fixed_bytes) // (layers * expert_bytes) if available > fixed_bytes else 0
-    hint = f"cache size {fitting} would fit" if fitting >= 1 else "not even cache size 1 fits"
-    raise UserError(
-        f"the expert cache needs {format_bytes(needed)} of {device.type} memory ({sum(sizes)} slots of "
-        f"{format_bytes(expert_bytes)}{' plus ' + format_bytes(fixed_bytes) if fixed_bytes else ''}) but only "
-        f"{format_bytes(available)} is free; {hint}"
-    )
 
 
 def check_growth(device: torch.device, old: list[int], new: list[int], expert_bytes: int) -> None:

@@ -34,6 +34,8 @@ class LaunchOptions:
     store: str | None = None
     dtype: str | None = None
     group_size: int | None = None
+    context: int | None = None
+    quant_optimize: bool | None = None  # HQQ's optimiser (None: on with CUDA, off on a CPU)
     quant_cache: str | None = None  # a directory for quantized stores (None: the user cache directory)
     no_quant_cache: bool = False  # quantize on every start, keep nothing on disk
     device: str = "auto"
@@ -55,6 +57,8 @@ class LaunchOptions:
             "store": self.store,
             "dtype": self.dtype,
             "group_size": self.group_size,
+            "context": self.context,
+            "quant_optimize": self.quant_optimize,
             "trace_path": self.record,
             "quant_cache_dir": self.quant_cache_directory(),
         }
