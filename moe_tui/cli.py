@@ -13,6 +13,7 @@ from moe_tui.errors import UserError
 # name -> (module under moe_tui.commands, one-line help). The first entry is the default subcommand.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat", "open the dashboard and chat with a model (default)"),
+    "ask": ("ask", "answer one question on stdout (streamed; --json: the text and the engine's counters)"),
     "params": ("params", "show what a model is made of: total and active parameters, bytes per precision"),
     "lab": ("lab", "replay a routing trace through every cache size and policy next to the optimum (Belady's MIN)"),
     "plan": ("plan", "list the offloading configurations that fit your memory, with a tokens/s estimate"),

@@ -8,11 +8,9 @@ It lives at ``moe_tui.paths.user_config_dir() / "settings.toml"``::
     order = ["heatmap", "cache", "prefetch", "memory", "params"]
     hidden = ["params"]
 
-    [generation]
-    temperature = 0.7
-    top_p = 0.9
-    max_new_tokens = 256
-    system_prompt = ""
+    [generation]        # only the values you chose; the others follow the model's generation_config.json
+    temperature = 0.2
+    thinking = false
 
     [keymap]            # binding id = key(s), comma separated; ids are listed on the help screen (F1)
     "chat.stop" = "ctrl+x"
@@ -32,7 +30,7 @@ import math
 import os
 import re
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +46,18 @@ SETTINGS_FILE = "settings.toml"
 
 @dataclass(frozen=True)
 class GenerationDefaults:
-    """The generation settings the app starts with (mirrors the chat package's GenerationSettings)."""
+    """The generation settings the user chose (the chat package's GenerationSettings fields); None is a value left
+    to the model's ``generation_config.json`` or moe-tui's default (see :mod:`moe_tui.chat.defaults`)."""
 
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    system_prompt: str = ""
+    temperature: float | None = None
+    top_p: float | None = None
+    max_new_tokens: int | None = None
+    system_prompt: str | None = None
+    thinking: bool | None = None
+
+    def chosen(self) -> dict[str, Any]:
+        """The values the user set, by field name."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,7 @@ _GENERATION_RULES: dict[str, tuple[type, Any, str]] = {
     "top_p": (float, lambda v: 0.0 < v <= 1.0, "a number above 0 and at most 1"),
     "max_new_tokens": (int, lambda v: 1 <= v <= 1_000_000, "a whole number from 1 to 1000000"),
     "system_prompt": (str, lambda v: True, "a string"),
+    "thinking": (bool, lambda v: True, "true or false"),
 }
 
 
@@ -176,12 +181,13 @@ def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> 
             problems.append(f"{where.line('generation', key)}unknown setting generation.{key} (ignored)")
             continue
         expected, allowed, rule = _GENERATION_RULES[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        if expected is float and type(value) is int:
             value = float(value)
         ok = type(value) is expected and (expected is not float or math.isfinite(value)) and allowed(value)
         if not ok:
-            default = getattr(defaults, key)
-            problems.append(f"{where.line('generation', key)}generation.{key} must be {rule} (using {default!r})")
+            problems.append(
+                f"{where.line('generation', key)}generation.{key} must be {rule} (using the model's or the default)"
+            )
             continue
         values[key] = value
     return replace(defaults, **values)
@@ -224,16 +230,22 @@ def to_toml(settings: Settings) -> str:
         f"order = [{', '.join(_quote(name) for name in settings.panel_order)}]",
         f"hidden = [{', '.join(_quote(name) for name in settings.hidden_panels)}]",
         "",
-        "[generation]",
-        f"temperature = {float(generation.temperature)!r}",
-        f"top_p = {float(generation.top_p)!r}",
-        f"max_new_tokens = {int(generation.max_new_tokens)}",
-        f"system_prompt = {_quote(generation.system_prompt)}",
+        "[generation]  # only what you chose; the rest follows the model's generation_config.json",
+        *(f"{key} = {_toml_value(value)}" for key, value in generation.chosen().items()),
         "",
         "[keymap]",
         *(f"{_quote(key)} = {_quote(value)}" for key, value in sorted(settings.keymap.items())),
     ]
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    """A generation setting as TOML: a boolean, a number or a string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return _quote(value)
 
 
 def _quote(text: str) -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import threading
 import time
 from collections import deque
@@ -430,12 +431,19 @@ TraceEvent = LayerStep | TokenEvent | ConfigEvent
 
 
 def read_trace(path: str | Path, notes: list[str] | None = None) -> tuple[TraceHeader, list[TraceEvent]]:
-    """Read a whole trace file; raises :class:`TraceError` naming the file and line on any problem.
+    """Read a whole trace file (``-``: standard input); raises :class:`TraceError` naming the file and line on any
+    problem.
 
     Every record is checked against the header and the records before it (see :func:`_check_step`). A last
     line cut off in the middle (a recording killed mid-write: no newline, not valid JSON) is left out and the
     rest is read; a sentence saying so is appended to ``notes`` when given.
     """
+    if str(path) == "-":
+        try:
+            header, events = _parse_trace(sys.stdin, "stdin", notes if notes is not None else [])
+            return header, list(events)
+        except UnicodeDecodeError:
+            raise TraceError("stdin is not a text trace") from None
     path = Path(path)
     try:
         if path.is_dir():

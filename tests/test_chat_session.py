@@ -432,7 +432,7 @@ def test_context_limit_caps_the_answer_and_drops_the_oldest_turns(tokenizer: Any
     assert result.tokens == 10
 
     long_question = [{"role": "user", "content": "experts " * 60}]
-    with pytest.raises(UserError, match="reads at most 40; shorten it"):
+    with pytest.raises(UserError, match=r"reads at most 40 here \(\d+ tokens over, counting one for the answer\)"):
         chat.generate(long_question, GenerationSettings(), lambda _: None)
     assert not chat.busy
 
@@ -442,7 +442,7 @@ def test_the_chosen_context_caps_the_conversation_below_the_models_limit(tokeniz
     prompt_tokens = len(tokenizer(render_prompt(tokenizer, QUESTION), add_special_tokens=False)["input_ids"])
     result = chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=500), lambda _: None)
     assert (result.tokens, result.prompt_tokens) == (40 - prompt_tokens, prompt_tokens)
-    with pytest.raises(UserError, match="reads at most 40; shorten it"):
+    with pytest.raises(UserError, match="reads at most 40 here"):
         chat.generate([{"role": "user", "content": "experts " * 60}], GenerationSettings(), lambda _: None)
 
 
@@ -460,6 +460,39 @@ def test_a_prompt_prefilled_in_chunks_answers_as_one_prefilled_whole(
     assert whole.prompt_tokens > 3 * 7
     assert chunked.text == whole.text and chunked.tokens == whole.tokens
     assert len(passes) == math.ceil(whole.prompt_tokens / 7) + whole.tokens - 1  # chunks, then one per token
+
+
+def test_the_next_turn_reuses_the_conversations_kv_cache_and_answers_the_same(tokenizer: Any) -> None:
+    settings = GenerationSettings(temperature=0, max_new_tokens=10)
+    kept = chat_session(tokenizer)
+    first = kept.generate(QUESTION, settings, lambda _: None)
+    assert first.reused_tokens == 0
+    turns = [*QUESTION, {"role": "assistant", "content": first.text}, {"role": "user", "content": "and then?"}]
+    second = kept.generate(turns, settings, lambda _: None)
+    fresh = chat_session(tokenizer)
+    fresh.keep_kv = False
+    expected = fresh.generate(turns, settings, lambda _: None)
+    assert second.text == expected.text and second.tokens == expected.tokens
+    assert first.prompt_tokens <= second.reused_tokens < second.prompt_tokens  # the first turn was not prefilled again
+    # Another conversation shares at most the template's opening tokens: the cache is cropped, the answer exact.
+    other = [{"role": "user", "content": "tell me about routers"}]
+    third = kept.generate(other, settings, lambda _: None)
+    assert third.reused_tokens < third.prompt_tokens - 5
+    assert third.text == fresh.generate(other, settings, lambda _: None).text
+
+
+def test_a_failed_answer_never_leaves_its_cache_for_the_next(
+    chat: ChatSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = GenerationSettings(temperature=0, max_new_tokens=6)
+    chat.generate(QUESTION, settings, lambda _: None)
+    model = chat.engine.model
+    original = model.generate
+    monkeypatch.setattr(model, "generate", lambda **kwargs: (_ for _ in ()).throw(RuntimeError("broken")))
+    with pytest.raises(RuntimeError):
+        chat.generate(QUESTION, settings, lambda _: None)
+    monkeypatch.setattr(model, "generate", original)
+    assert chat.generate(QUESTION, settings, lambda _: None).reused_tokens == 0
 
 
 # --- loading --------------------------------------------------------------------------------------------------

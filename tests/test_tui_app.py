@@ -211,6 +211,9 @@ def test_generation_settings_are_edited_validated_and_remembered() -> None:
     async def check(pilot: Pilot) -> None:
         await pilot.press("f3")
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        sources = {field: str(app.screen.query_one(f"#source-{field}").render()) for field in ("temperature", "top_p")}
+        assert sources["temperature"].endswith("[model]") and sources["top_p"].endswith("[default]")
+        assert app.screen.query_one("#temperature", Input).value == "0.0"  # the model's recommendation
         app.screen.query_one("#temperature", Input).value = "5"
         await pilot.press("ctrl+s")
         assert isinstance(app.screen, SettingsScreen), "a bad value keeps the form open"
@@ -222,7 +225,15 @@ def test_generation_settings_are_edited_validated_and_remembered() -> None:
         await send(pilot, "hi")
         await wait_for(pilot, lambda: bool(seen) and not main_screen(app).generating)
         assert seen[0].temperature == 0 and seen[0].max_new_tokens == 32
-        assert config.load_settings()[0].generation.max_new_tokens == 32
+        saved = config.load_settings()[0].generation
+        assert saved.chosen() == {"max_new_tokens": 32}  # only what was changed is the user's
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        assert str(app.screen.query_one("#source-max_new_tokens").render()).endswith("[yours]")
+        await pilot.press("ctrl+d")  # follow the model again
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert main_screen(app).generation.max_new_tokens == 64
+        assert config.load_settings()[0].generation.chosen() == {}
 
     run(check, app)
 

@@ -98,7 +98,8 @@ def test_default_path_is_under_the_user_config_dir() -> None:
         ("theme = 3", "line 1: theme must be a string"),
         (
             "[generation]\nmax_new_tokens = 'many'",
-            "line 2: generation.max_new_tokens must be a whole number from 1 to 1000000 (using 256)",
+            "line 2: generation.max_new_tokens must be a whole number from 1 to 1000000 (using the model's or the "
+            "default)",
         ),
         ("[layout]\norder = 'cache'", "line 2: layout.order must be a list of panel names"),
         ("[keymap]\n'chat.stop' = 3", "line 2: keymap.chat.stop must be a string of keys"),
@@ -122,8 +123,8 @@ def test_only_the_broken_values_fall_back_and_a_save_keeps_the_users_file(tmp_pa
     path.write_text(text)
     settings, warning = config.load_settings(path)
     assert settings.theme == "moe-light" and settings.keymap == {"chat.stop": "ctrl+x"}
-    assert (settings.generation.temperature, settings.generation.top_p) == (0.7, 0.5)  # the default, the user's
-    assert "line 3: generation.temperature must be a number from 0 to 2 (using 0.7)" in warning
+    assert (settings.generation.temperature, settings.generation.top_p) == (None, 0.5)  # left to the model, the user's
+    assert "line 3: generation.temperature must be a number from 0 to 2 (using the model's or the default)" in warning
     assert "line 5: unknown setting generation.temprature (ignored)" in warning
     assert warning.count("\n") == 0
     kept = config.save_settings(settings, path)

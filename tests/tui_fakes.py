@@ -308,6 +308,15 @@ class FakeSession:
         """Remember that the app released the session."""
         self.closed = True
 
+    def model_defaults(self) -> dict[str, Any]:
+        """Like a model whose generation_config.json recommends greedy decoding and short answers."""
+        return {"temperature": 0.0, "max_new_tokens": 64}
+
+    @property
+    def can_think(self) -> bool:
+        """Fake models do not think."""
+        return False
+
 
 class FakeProbe:
     """A fixed system sample: one 16 GiB GPU (or none), 32 GiB of RAM."""

@@ -66,13 +66,19 @@ def render_prompt(tokenizer: Any, messages: Iterable[ChatMessage], system_prompt
     return render_turns(tokenizer, *split_conversation(messages, system_prompt))
 
 
-def render_turns(tokenizer: Any, system: str, turns: list[dict]) -> str:
+def supports_thinking(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template has a switch for the model's thinking (Qwen3's ``enable_thinking``)."""
+    return "enable_thinking" in (getattr(tokenizer, "chat_template", None) or "")
+
+
+def render_turns(tokenizer: Any, system: str, turns: list[dict], thinking: bool = True) -> str:
     """The prompt text for turns already checked by :func:`split_conversation`, with ``system`` placed as the
-    template allows."""
+    template allows; ``thinking`` False turns a thinking model's reasoning off where its template can."""
     template = getattr(tokenizer, "chat_template", None) or PLAIN_TEMPLATE
+    switch = {"enable_thinking": thinking} if supports_thinking(tokenizer) else {}
     if system:
         try:
-            text = _apply(tokenizer, template, [{"role": "system", "content": system}, *turns])
+            text = _apply(tokenizer, template, [{"role": "system", "content": system}, *turns], switch)
         except UserError:
             text = None
         if text is not None and system in text:
@@ -80,19 +86,19 @@ def render_turns(tokenizer: Any, system: str, turns: list[dict]) -> str:
         first_user = next(index for index, turn in enumerate(turns) if turn["role"] == "user")
         turns = [dict(turn) for turn in turns]
         turns[first_user]["content"] = f"{system}\n\n{turns[first_user]['content']}"
-    return _apply(tokenizer, template, turns)
+    return _apply(tokenizer, template, turns, switch)
 
 
 def _field(message: ChatMessage, name: str) -> Any:
     return message.get(name) if isinstance(message, Mapping) else getattr(message, name, None)
 
 
-def _apply(tokenizer: Any, template: str, conversation: list[dict]) -> str:
+def _apply(tokenizer: Any, template: str, conversation: list[dict], switches: dict[str, Any]) -> str:
     from jinja2 import TemplateError
 
     try:
         text = tokenizer.apply_chat_template(
-            conversation, chat_template=template, tokenize=False, add_generation_prompt=True
+            conversation, chat_template=template, tokenize=False, add_generation_prompt=True, **switches
         )
     except (TemplateError, ValueError, TypeError, KeyError) as error:
         raise UserError(f"the model's chat template failed: {error}") from None

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui import paths
-from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation
+from moe_tui.chat.kv import ConversationCache
+from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation, supports_thinking
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Telemetry, TokenEvent
 
@@ -42,6 +43,7 @@ class GenerationSettings:
     top_p: float = 0.9
     max_new_tokens: int = 256
     system_prompt: str = ""
+    thinking: bool = True  # a thinking model reasons before it answers (where its template can turn that off)
 
     def __post_init__(self) -> None:
         if not _is_number(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
@@ -54,10 +56,12 @@ class GenerationSettings:
             raise UserError(f"max new tokens must be a whole number of at least 1, not {self.max_new_tokens!r}")
         if not isinstance(self.system_prompt, str):
             raise UserError("the system prompt must be text")
+        if not isinstance(self.thinking, bool):
+            raise UserError(f"thinking must be on or off, not {self.thinking!r}")
 
     @classmethod
     def from_text(
-        cls, temperature: str, top_p: str, max_new_tokens: str, system_prompt: str = ""
+        cls, temperature: str, top_p: str, max_new_tokens: str, system_prompt: str = "", thinking: bool = True
     ) -> GenerationSettings:
         """Settings typed into a form: the numbers are parsed here, with the same clear errors."""
         return cls(
@@ -65,6 +69,7 @@ class GenerationSettings:
             top_p=_parse(top_p, float, "top-p"),
             max_new_tokens=_parse(max_new_tokens, int, "max new tokens"),
             system_prompt=system_prompt,
+            thinking=thinking,
         )
 
     @property
@@ -85,6 +90,7 @@ class GenerationResult:
     stopped: bool
     prompt_tokens: int = 0
     dropped_turns: int = 0
+    reused_tokens: int = 0  # prompt tokens whose keys and values came from the previous answer's cache
 
     @property
     def tokens_per_s(self) -> float:
@@ -117,6 +123,8 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self._busy = threading.Lock()
+        self.keep_kv = True  # reuse the previous answer's KV cache for the prefix a new prompt shares with it
+        self._kv = ConversationCache()
 
     @classmethod
     def load(cls, model: str | Path | None, offload_config: Any, progress: Progress | None = None) -> ChatSession:
@@ -196,15 +204,18 @@ class ChatSession:
 
         streamer = TokenStreamer(self.tokenizer, on_token)
         stop = StopOnEvent(stop_event)
+        cache, reused = self._kv.take(prompt_ids) if self.keep_kv else (None, 0)
         try:
-            model.generate(
+            output = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 generation_config=self._generation_config(settings, max_new_tokens),
                 streamer=streamer,
                 stopping_criteria=stop.as_list(),
+                cache=cache,
             )
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            del cache  # half written by the failed pass: never reused
             device = _out_of_memory_device(error)
             if device is None:
                 raise
@@ -213,6 +224,8 @@ class ChatSession:
             if streamer.tail:
                 on_text(streamer.tail)  # the answer so far, to its last character
             raise UserError(self._out_of_memory_message(device, streamer.tokens)) from None
+        if self.keep_kv:
+            self._kv.keep(output.cache, output.sequences[0].tolist())
         if streamer.tail:
             on_text(streamer.tail)
         return GenerationResult(
@@ -222,7 +235,23 @@ class ChatSession:
             stopped=stop.triggered,
             prompt_tokens=len(prompt_ids),
             dropped_turns=dropped,
+            reused_tokens=reused,
         )
+
+    def model_defaults(self) -> dict[str, Any]:
+        """The sampling values the model's ``generation_config.json`` recommends (see :mod:`moe_tui.chat.defaults`)."""
+        from moe_tui.chat.defaults import model_sampling
+
+        return model_sampling(getattr(self.engine.model, "generation_config", None))
+
+    @property
+    def can_think(self) -> bool:
+        """Whether this model's template can turn its thinking on and off."""
+        return supports_thinking(self.tokenizer)
+
+    def forget_conversation(self) -> None:
+        """Drop the kept KV cache now (its memory), rather than when the next prompt shares nothing with it."""
+        self._kv.clear()
 
     def _out_of_memory_message(self, device: str, tokens: int) -> str:
         """One line: what ran out, after how many tokens (kept), and the settings that would free memory."""
@@ -248,14 +277,14 @@ class ChatSession:
         budget = limit - min(settings.max_new_tokens, limit // 2) if limit else None
         starts = [index for index, turn in enumerate(turns) if turn["role"] == "user"]
         for start in starts:
-            text = render_turns(self.tokenizer, system, turns[start:])
-            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            text = render_turns(self.tokenizer, system, turns[start:], settings.thinking)
+            ids = list(self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
             if budget is None or len(ids) <= budget:
                 break
         if limit and len(ids) >= limit:
             raise UserError(
-                f"the last message makes a prompt of {len(ids)} tokens but {self.model_name} reads at most {limit}; "
-                "shorten it"
+                f"the last message makes a prompt of {len(ids)} tokens but {self.model_name} reads at most {limit} "
+                f"here ({len(ids) - limit + 1} tokens over, counting one for the answer); shorten it"
             )
         return ids, start
 
@@ -280,6 +309,7 @@ class ChatSession:
         return GenerationConfig(
             max_new_tokens=max_new_tokens,
             prefill_chunk_size=PREFILL_CHUNK,  # the activations the fit check counted, however long the prompt
+            return_dict_in_generate=True,  # the cache comes back, for the next turn
             eos_token_id=eos,
             pad_token_id=pad,
             bos_token_id=defaults.bos_token_id,

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 
 from moe_tui.errors import UserError
 
@@ -46,7 +51,19 @@ _speed = _checked(float, "a number", lambda value: value > 0, "must be above 0")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of the dashboard."""
+    """Options of the dashboard: the model and engine (:func:`add_engine_arguments`), the theme, replay and
+    recording."""
+    add_engine_arguments(parser)
+    parser.add_argument("--theme", metavar="NAME", help="colour theme (moe-dark, moe-light, moe-contrast); remembered")
+    parser.add_argument(
+        "--replay", metavar="TRACE", help="drive every panel from a recorded trace, with no model ('-': stdin)"
+    )
+    parser.add_argument("--speed", type=_speed, default=1.0, help="replay speed (1 = as recorded; +/- in the app)")
+    parser.add_argument("--record", metavar="TRACE", help="write this session's routing trace (JSON Lines) to TRACE")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and how the engine runs it: the options ``chat`` and ``ask`` share."""
     parser.add_argument(
         "--model",
         metavar="PATH_OR_HUB_ID",
@@ -118,19 +135,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="fast tier for the expert cache (default: auto)",
     )
-    parser.add_argument("--theme", metavar="NAME", help="colour theme (moe-dark, moe-light, moe-contrast); remembered")
-    parser.add_argument("--replay", metavar="TRACE", help="drive every panel from a recorded trace, with no model")
-    parser.add_argument("--speed", type=_speed, default=1.0, help="replay speed (1 = as recorded; +/- in the app)")
-    parser.add_argument("--record", metavar="TRACE", help="write this session's routing trace (JSON Lines) to TRACE")
 
 
 def options_from_args(args: argparse.Namespace):
-    """The app's launch options from parsed arguments; contradictory ones raise UserError."""
+    """The app's launch options from parsed arguments (``ask``'s too: it has no replay or recording);
+    contradictory ones raise UserError."""
     from moe_tui.tui.backend import LaunchOptions
 
-    if args.replay and args.record:
+    replay, record = getattr(args, "replay", None), getattr(args, "record", None)
+    if replay and record:
         raise UserError("--record needs a model; it cannot be combined with --replay")
-    if args.replay and args.model:
+    if replay and args.model:
         raise UserError("choose either --model or --replay (a replay needs no model)")
     if args.quant_cache and args.no_quant_cache:
         raise UserError("choose either --quant-cache DIR or --no-quant-cache")
@@ -150,9 +165,9 @@ def options_from_args(args: argparse.Namespace):
         quant_cache=args.quant_cache,
         no_quant_cache=args.no_quant_cache,
         device=args.device,
-        replay=args.replay,
-        replay_speed=args.speed,
-        record=args.record,
+        replay=replay,
+        replay_speed=getattr(args, "speed", 1.0),
+        record=record,
     )
 
 
@@ -161,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     if not sys.stdout.isatty():
         raise UserError("the dashboard needs an interactive terminal (stdout is not a TTY)")
+    if options.replay == "-":
+        options = replace(options, replay=str(_trace_from_stdin()))
     from moe_tui.tui.app import MoeTuiApp
 
     app = MoeTuiApp(options, theme=args.theme)
@@ -172,3 +189,20 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _trace_from_stdin() -> Path:
+    """Read a piped trace into a private temporary file and give the app the terminal for its keys."""
+    text = sys.stdin.read()
+    try:
+        terminal = os.open("/dev/tty", os.O_RDONLY)
+    except OSError:
+        raise UserError("a trace on stdin needs a terminal for the app's keys, and this process has none") from None
+    os.dup2(terminal, 0)
+    os.close(terminal)
+    sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (the process's own stdin, never closed)
+    directory = Path(tempfile.mkdtemp(prefix="moe-tui-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    path = directory / "stdin.jsonl"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -9,7 +9,9 @@ from collections import Counter
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``lab`` subcommand."""
-    parser.add_argument("trace", metavar="TRACE", help="a routing trace (JSON Lines) recorded with --record")
+    parser.add_argument(
+        "trace", metavar="TRACE", help="a routing trace (JSON Lines) recorded with --record ('-': stdin)"
+    )
     parser.add_argument("--json", action="store_true", help="print every replay as JSON instead of tables")
     parser.add_argument(
         "--k",

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--vram", default=None, metavar="SIZE", help="GPU memory for the fast tier, e.g. 16GiB (omit: CPU only)"
     )
     parser.add_argument("--ram", default=None, metavar="SIZE", help="host memory, e.g. 64GiB (default: this machine's)")
-    parser.add_argument("--trace", default=None, metavar="TRACE", help="routing trace whose hit rates to use")
+    parser.add_argument(
+        "--trace", default=None, metavar="TRACE", help="routing trace whose hit rates to use ('-': stdin)"
+    )
     parser.add_argument(
         "--bandwidth", type=float, default=None, metavar="GB/s", help="slow-to-fast tier copy speed (default: measured)"
     )

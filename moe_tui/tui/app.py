@@ -151,14 +151,13 @@ class MoeTuiApp(App[int]):
         return ""
 
     def _generation_defaults(self, warnings: list[str]) -> Any:
-        from moe_tui.chat.session import GenerationSettings
+        from moe_tui.chat.defaults import effective_generation
 
-        saved = self.settings.generation
         try:
-            return GenerationSettings(saved.temperature, saved.top_p, saved.max_new_tokens, saved.system_prompt)
+            return effective_generation(self.settings.generation.chosen(), {})[0]
         except UserError as error:
             warnings.append(f"settings: {error}; using the default generation settings")
-            return GenerationSettings()
+            return effective_generation({}, {})[0]
 
     # ----------------------------------------------------------------- loading
     def load_model(self, model: str | None, replay: str | None = None) -> None:
@@ -249,11 +248,8 @@ class MoeTuiApp(App[int]):
 
     def remember(self, **changes: Any) -> None:
         """Update and save the settings file; a failed write is reported, never fatal."""
-        if "generation" in changes:
-            value = changes["generation"]
-            changes["generation"] = config.GenerationDefaults(
-                value.temperature, value.top_p, value.max_new_tokens, value.system_prompt
-            )
+        if "generation" in changes:  # the values the user chose (a dict; the rest follows the model)
+            changes["generation"] = config.GenerationDefaults(**changes["generation"])
         self.settings = replace(self.settings, **changes)
         try:
             kept = config.save_settings(self.settings)

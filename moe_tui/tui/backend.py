@@ -96,6 +96,15 @@ class Session(Protocol):
         """Release the model."""
         ...
 
+    def model_defaults(self) -> dict[str, Any]:
+        """The sampling values the model's generation_config.json recommends."""
+        ...
+
+    @property
+    def can_think(self) -> bool:
+        """Whether the model's template can turn its thinking on and off."""
+        ...
+
 
 class Backend:
     """The interface the screens use; subclasses attach it to a model or to a trace."""
@@ -121,6 +130,15 @@ class Backend:
     def model_config(self) -> Any:
         """The model's transformers config, for the parameter tree (None when unknown)."""
         return None
+
+    def model_defaults(self) -> dict[str, Any]:
+        """Sampling values the model recommends (its generation_config.json); none without a model."""
+        return {}
+
+    @property
+    def can_think(self) -> bool:
+        """Whether the model's thinking can be turned on and off (Qwen3-style templates)."""
+        return False
 
     def set_cache_size(self, k: int) -> None:
         """Change k for every layer from the next forward pass."""
@@ -188,6 +206,15 @@ class LiveBackend(Backend):
     def model_config(self) -> Any:
         """The transformers config of the running model."""
         return getattr(getattr(self.engine, "model", None), "config", None)
+
+    def model_defaults(self) -> dict[str, Any]:
+        """The session's model's recommended sampling values."""
+        return self.session.model_defaults()
+
+    @property
+    def can_think(self) -> bool:
+        """Whether the session's template has a thinking switch."""
+        return self.session.can_think
 
     def set_cache_size(self, k: int) -> None:
         """Resize every layer's cache (the engine checks k against the model and free memory)."""

@@ -69,6 +69,7 @@ KEYS: tuple[Key, ...] = (
     Key("error.details", "d", "toggle_details", "Details", "error"),
     Key("dialog.cancel", "escape", "dismiss(None)", "Cancel", "dialog"),
     Key("settings.save", "ctrl+s", "save", "Save", "settings", priority=True),
+    Key("settings.follow_model", "ctrl+d", "follow_model", "Follow the model", "settings", priority=True),
     Key("settings.cancel", "escape", "dismiss(None)", "Cancel", "settings"),
 )
 

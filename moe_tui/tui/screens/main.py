@@ -96,6 +96,7 @@ class MainScreen(Screen):
         self.probe = probe
         self.settings = settings
         self.generation = generation
+        self.generation_sources: dict[str, str] = {}
         self.backend: Backend = NoBackend()
         self.generating = False
         self.conversation_id: int | None = None
@@ -161,6 +162,7 @@ class MainScreen(Screen):
         """Show a newly loaded model or trace (or none)."""
         self.backend = backend
         self._drawn_version = -1
+        self._apply_generation_defaults()
         prompt = self.query_one(PromptInput)
         prompt.disabled = not backend.can_chat
         prompt.placeholder = PROMPT_HINT if backend.can_chat else "no model to chat with"
@@ -477,16 +479,29 @@ class MainScreen(Screen):
         )
 
     def action_generation_settings(self) -> None:
-        """Edit temperature, top-p, max new tokens and the system prompt."""
+        """Edit temperature, top-p, max new tokens, the system prompt and thinking; each shows where its value
+        comes from (yours, the model's generation_config.json, or moe-tui's default)."""
         from moe_tui.tui.screens.settings import SettingsScreen
 
-        def apply(settings: Any) -> None:
-            if settings is not None:
-                self.generation = settings
-                self.app.remember(generation=settings)  # type: ignore[attr-defined]
+        def apply(chosen: dict[str, Any] | None) -> None:
+            if chosen is not None:
+                self.app.remember(generation=chosen)  # type: ignore[attr-defined]
+                self._apply_generation_defaults()
                 self.notify("generation settings saved")
 
-        self.app.push_screen(SettingsScreen(self.generation), apply)
+        screen = SettingsScreen(self.generation, self.generation_sources, self.backend.can_think)
+        self.app.push_screen(screen, apply)
+
+    def _apply_generation_defaults(self) -> None:
+        """The settings answers use: the user's choices, else the model's recommendations, else the defaults."""
+        from moe_tui.chat.defaults import effective_generation
+
+        chosen = self.app.settings.generation.chosen()  # type: ignore[attr-defined]
+        try:
+            self.generation, self.generation_sources = effective_generation(chosen, self.backend.model_defaults())
+        except UserError as error:  # the user's values and the model's do not go together
+            self.notify(f"generation settings: {error}; using the model's", severity="warning")
+            self.generation, self.generation_sources = effective_generation({}, self.backend.model_defaults())
 
     def action_open_lab(self) -> None:
         """Open the cache lab on this session's or the replayed trace."""

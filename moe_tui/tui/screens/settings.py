@@ -1,59 +1,85 @@
-"""Generation settings, edited in the app: temperature, top-p, max new tokens and the system prompt."""
+"""Generation settings, edited in the app: temperature, top-p, max new tokens, the system prompt and thinking.
+
+Each value is labelled with where it comes from: ``yours`` (saved in the settings file), ``model`` (the model's
+``generation_config.json``) or ``default`` (moe-tui's). Saving keeps as yours only the values that are yours
+already or that were changed here; ctrl+d drops all of yours, so every value follows the model again.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import asdict
+from typing import Any, ClassVar
 
 from textual.binding import BindingType
 from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static, TextArea
+from textual.widgets import Button, Input, Label, Static, Switch, TextArea
 
 from moe_tui.chat.session import GenerationSettings
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
 
 
-class SettingsScreen(ModalScreen[GenerationSettings | None]):
-    """A form; ctrl+s or the Save button checks the values and dismisses with new settings, escape cancels."""
+class SettingsScreen(ModalScreen[dict[str, Any] | None]):
+    """A form; ctrl+s or the Save button checks the values and dismisses with the values the user chose (a dict
+    of GenerationSettings fields), ctrl+d with none (follow the model), escape cancels (None)."""
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("settings")
 
-    def __init__(self, settings: GenerationSettings) -> None:
+    def __init__(self, settings: GenerationSettings, sources: dict[str, str], can_think: bool = False) -> None:
         super().__init__(classes="dialog")
         self.settings = settings
+        self.sources = sources
+        self.can_think = can_think
+
+    def _label(self, text: str, field: str) -> Label:
+        return Label(f"{text} [{self.sources.get(field, 'default')}]", id=f"source-{field}", markup=False)
 
     def compose(self):
-        """Three number fields, the system prompt, an error line, buttons."""
+        """Number fields and the thinking switch with their sources, the system prompt, an error line, buttons."""
         settings = self.settings
         with Vertical(classes="dialog-box", id="settings-box"):
-            yield Label("Generation settings", classes="dialog-title")
+            yield Label("Generation settings  [yours / model / default]", classes="dialog-title", markup=False)
             with Grid(id="settings-grid"):
-                yield Label("temperature (0 = greedy)")
+                yield self._label("temperature (0 = greedy)", "temperature")
                 yield Input(str(settings.temperature), id="temperature")
-                yield Label("top-p")
+                yield self._label("top-p", "top_p")
                 yield Input(str(settings.top_p), id="top-p")
-                yield Label("max new tokens")
+                yield self._label("max new tokens", "max_new_tokens")
                 yield Input(str(settings.max_new_tokens), id="max-new-tokens")
-            yield Label("system prompt")
+                thinking = "thinking" if self.can_think else "thinking (this model has no switch)"
+                yield self._label(thinking, "thinking")
+                yield Switch(settings.thinking, id="thinking", disabled=not self.can_think)
+            yield self._label("system prompt", "system_prompt")
             yield TextArea(settings.system_prompt, id="system-prompt", compact=True)
             yield Static("", id="settings-error", markup=False)
-            yield Static("ctrl+s: save    escape: cancel", classes="dialog-hint")
+            yield Static("ctrl+s: save    ctrl+d: follow the model    escape: cancel", classes="dialog-hint")
             yield Button("Save", id="settings-save", variant="primary")
 
     def action_save(self) -> None:
-        """Validate and close with the new settings, or say what is wrong and stay."""
+        """Validate and close with the values now chosen, or say what is wrong and stay."""
         try:
             settings = GenerationSettings.from_text(
                 self.query_one("#temperature", Input).value,
                 self.query_one("#top-p", Input).value,
                 self.query_one("#max-new-tokens", Input).value,
                 self.query_one("#system-prompt", TextArea).text,
+                self.query_one("#thinking", Switch).value,
             )
         except UserError as error:
             self.query_one("#settings-error", Static).update(str(error))
             return
-        self.dismiss(settings)
+        before, after = asdict(self.settings), asdict(settings)
+        chosen = {
+            field: value
+            for field, value in after.items()
+            if self.sources.get(field) == "yours" or value != before[field]
+        }
+        self.dismiss(chosen)
+
+    def action_follow_model(self) -> None:
+        """Drop every value of the user's: all follow the model (or moe-tui's defaults)."""
+        self.dismiss({})
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """The Save button."""

@@ -1,0 +1,111 @@
+"""Does the fit check's estimate of an answer's memory hold at Mixtral-8x7B's shapes?
+
+Builds a 2-layer Mixtral-8x7B-shaped model (random bf16 weights, the real hidden, expert and vocabulary sizes),
+offloads it on the CPU (k=2, unquantized), then answers prompts of several lengths through the chat session
+(which prefills in chunks of ``moe_tui.fit.PREFILL_CHUNK`` tokens) while a thread samples the process's RSS
+every 2 ms. For each prompt it reports the RSS the answer added at its peak next to what the fit check counts
+for it (the KV cache of prompt + answer plus one chunk's activations and the logits), median of ``--runs``::
+
+    python benchmarks/fit_check.py --runs 3 --json benchmarks/results/fit-check.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+
+class PeakRss:
+    """The highest RSS seen while the block runs (sampled every 2 ms), above the RSS at its start."""
+
+    def __enter__(self) -> PeakRss:
+        self.process = psutil.Process()
+        self.start = self.process.memory_info().rss
+        self.peak = self.start
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.002)
+
+    def __exit__(self, *exc: object) -> None:
+        self.running = False
+        self.thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def grown(self) -> int:
+        """Bytes the block added at its peak."""
+        return self.peak - self.start
+
+
+def main() -> None:
+    """Measure and print (and optionally write JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=8)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    from moe_tui import fit
+    from moe_tui.chat.session import ChatSession, GenerationSettings
+    from moe_tui.demo.tokenizer import train_tokenizer
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    torch.manual_seed(0)
+    config = MixtralConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=32768,
+    )
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: fp32 first would need twice the RAM
+    model = MixtralForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    engine = offload_model(model, OffloadConfig(cache_size=2, prefetch=0), progress=lambda *a: None)
+    tokenizer = train_tokenizer(["experts route tokens " * 50], vocab_size=300, model_max_length=32768)
+    session = ChatSession(engine, tokenizer, "mixtral-2-layers")
+    session.keep_kv = False  # every run prefills its whole prompt
+    costs = fit.TokenCosts.of(config, 2, 14336)
+    settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
+    rows = []
+    for words in (60, 400, 900):
+        question = [{"role": "user", "content": " ".join(f"w{i % 97}" for i in range(words))}]
+        grown, tokens = [], 0
+        for _ in range(args.runs):
+            with PeakRss() as peak:
+                result = session.generate(question, settings, lambda _: None)
+            grown.append(peak.grown)
+            tokens = result.prompt_tokens + result.tokens
+        counted = fit.fast_tier_need(0, 0, 0, costs, tokens, "cpu")
+        answer = counted.kv_cache + counted.activations
+        rows.append({"tokens": tokens, "measured": statistics.median(grown), "counted": answer})
+        print(
+            f"{tokens:5d} tokens: answer added {statistics.median(grown) / 2**20:7.1f} MiB at its peak; the fit "
+            f"counts {answer / 2**20:7.1f} MiB (KV {counted.kv_cache / 2**20:.1f} + activations "
+            f"{counted.activations / 2**20:.1f}); ratio {statistics.median(grown) / answer:.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "margin_cpu": fit.MARGIN["cpu"]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Which generation settings an answer uses, and where each came from.
+
+For each setting, in order: the user's own choice (a flag, or saved in the settings file), else the model's
+``generation_config.json`` (sampling values its authors recommend: ``do_sample``, ``temperature``, ``top_p``,
+``max_new_tokens``), else moe-tui's default (the fields' defaults in
+:class:`~moe_tui.chat.session.GenerationSettings`). A model file that turns sampling off (``do_sample: false``)
+means greedy decoding, temperature 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from moe_tui.chat.session import GenerationSettings
+
+SOURCES = ("yours", "model", "default")
+
+
+def user_generation_choices() -> dict[str, Any]:
+    """The generation settings saved in the user's settings file (only those they chose)."""
+    from moe_tui import config
+
+    settings, _ = config.load_settings()
+    return settings.generation.chosen()
+
+
+def effective_generation(chosen: dict[str, Any], model: dict[str, Any]) -> tuple[GenerationSettings, dict[str, str]]:
+    """The settings from the user's ``chosen`` values, the ``model``'s and moe-tui's defaults, and each field's
+    source (``yours``, ``model`` or ``default``). Values that do not make valid settings together raise
+    :class:`~moe_tui.errors.UserError` (checked by GenerationSettings)."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for field in fields(GenerationSettings):
+        if chosen.get(field.name) is not None:
+            values[field.name], sources[field.name] = chosen[field.name], "yours"
+        elif model.get(field.name) is not None:
+            values[field.name], sources[field.name] = model[field.name], "model"
+        else:
+            sources[field.name] = "default"
+    return GenerationSettings(**values), sources
+
+
+def model_sampling(generation_config: Any) -> dict[str, Any]:
+    """The sampling values a model's ``generation_config.json`` recommends (empty when it has no such file)."""
+    if generation_config is None or getattr(generation_config, "_from_model_config", False):
+        return {}
+    values: dict[str, Any] = {}
+    if getattr(generation_config, "do_sample", None) is False:
+        values["temperature"] = 0.0
+    else:
+        for name in ("temperature", "top_p"):
+            value = getattr(generation_config, name, None)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name] = float(value)
+    max_new = getattr(generation_config, "max_new_tokens", None)
+    if isinstance(max_new, int) and max_new >= 1:
+        values["max_new_tokens"] = max_new
+    return values
