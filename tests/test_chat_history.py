@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from moe_tui import paths
+from moe_tui.chat import history
 from moe_tui.chat.history import DEFAULT_TITLE, SCHEMA_VERSION, HistoryStore, title_from_text
 from moe_tui.errors import UserError
 
@@ -310,3 +311,49 @@ def test_text_shown_before_sigkill_is_in_the_database(tmp_path: Path) -> None:
     assert answer.content.startswith("".join(shown))
     pieces = answer.content.split()
     assert pieces == [f"piece{index}" for index in range(len(pieces))]
+
+
+# --- search -------------------------------------------------------------------------------------------------
+
+
+def test_search_finds_conversations_by_their_words_best_first_and_by_title(tmp_path: Path) -> None:
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    cooking = store.create_conversation().id
+    store.add_message(cooking, "user", "How long do I boil an egg?")
+    store.add_message(cooking, "assistant", "Boil the egg for seven minutes.")
+    python = store.create_conversation().id
+    store.add_message(python, "user", "What does zip() do in Python?")
+    answer = store.add_message(python, "assistant", "")
+    store.append_to_message(answer.id, "zip pairs items ")
+    store.append_to_message(answer.id, "from several iterables.")
+    store.add_message(python, "user", "And enumerate?")  # folds the streamed parts into the answer
+    store.rename_conversation(python, "Iterables")
+
+    hits = store.search("iterables")
+    assert [hit.conversation.id for hit in hits] == [python]
+    assert "[iterables]" in hits[0].snippet
+    assert [hit.conversation.id for hit in store.search("egg")] == [cooking]
+    assert [hit.conversation.id for hit in store.search("boil minutes")] == [cooking]  # every word
+    assert store.search("boil python") == []
+    assert [hit.conversation.id for hit in store.search("enum")] == [python]  # the last word as a prefix
+    assert [hit.conversation.id for hit in store.search("Iterab")] == [python]
+    assert [hit.conversation.id for hit in store.search("zip()")] == [python]
+    assert store.search("()") == [] and store.search("   ") == []
+    store.delete_conversation(cooking)
+    assert store.search("egg") == []  # deleting a conversation removes its messages from the index
+    store.close()
+    reopened = HistoryStore(tmp_path / "h.sqlite3")
+    assert [hit.conversation.id for hit in reopened.search("several")] == [python]
+
+
+def test_a_version_1_history_gets_its_search_index_on_opening(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    connection = sqlite3.connect(path)
+    history._migrate_to_1(connection)
+    connection.execute("INSERT INTO conversations VALUES (1, 'old chat', 0, 'm', 1.0, 1.0)")
+    connection.execute("INSERT INTO messages VALUES (1, 1, 'user', 'a question about generators', 1.0)")
+    connection.execute("PRAGMA user_version = 1")
+    connection.commit()
+    connection.close()
+    store = HistoryStore(path)
+    assert [hit.conversation.title for hit in store.search("generators")] == ["old chat"]

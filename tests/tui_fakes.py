@@ -272,8 +272,11 @@ class FakeResult:
 class FakeSession:
     """A chat session that answers with words from :data:`WORDS`, one forward pass per word."""
 
-    def __init__(self, head: TraceHeader | None = None, delay: float = 0.0, words: int = 12, fail: str = ""):
+    def __init__(
+        self, head: TraceHeader | None = None, delay: float = 0.0, words: int = 12, fail: str = "", reply: str = ""
+    ):
         self.engine = FakeEngine(head or header())
+        self.reply = reply  # answer with this text (in pieces of a few characters) instead of WORDS
         self.model_name = "fake-mixtral"
         self.delay = delay
         self.words = words
@@ -291,6 +294,12 @@ class FakeSession:
         self.engine.forward(n_tokens=8)
         pieces = []
         self.started.set()
+        if self.reply:
+            for offset in range(0, len(self.reply), 7):
+                pieces.append(self.reply[offset : offset + 7])
+                self.engine.forward()
+                on_text(pieces[-1])
+            return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, False)
         for index in range(self.words):
             if stop_event is not None and stop_event.is_set():
                 break

@@ -9,6 +9,8 @@ grows, a streamed piece is inserted as a small row of ``message_parts`` rather t
 (which costs time and WAL bytes in proportion to its length); the parts are folded into their message when the
 conversation gets its next message, and when a store is opened or closed. Readers always see the parts joined.
 
+Search uses an FTS5 index of the messages kept in step by triggers (schema version 2).
+
 The schema version lives in ``PRAGMA user_version``; :data:`_MIGRATIONS` takes a file from any older version to
 the current one. A file that is not a moe-tui history database, is damaged, or was written by a newer moe-tui
 raises :class:`~moe_tui.errors.UserError` and is never modified.
@@ -45,6 +47,15 @@ class Conversation:
     model: str
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """A conversation that matches a search, with the matching text around the first match (``[`` ``]`` mark the
+    words found)."""
+
+    conversation: Conversation
+    snippet: str
 
 
 @dataclass(frozen=True)
@@ -90,8 +101,36 @@ def _migrate_to_1(connection: sqlite3.Connection) -> None:
     connection.execute("CREATE INDEX conversations_by_activity ON conversations(updated_at, id)")
 
 
+def _migrate_to_2(connection: sqlite3.Connection) -> None:
+    """Full-text search over messages (SQLite FTS5), kept in step with ``messages`` by triggers; an SQLite built
+    without FTS5 gets no index, and :meth:`HistoryStore.search` falls back to plain substring matching."""
+    try:
+        connection.execute(
+            "CREATE VIRTUAL TABLE message_search USING fts5(content, content='messages', content_rowid='id')"
+        )
+    except sqlite3.OperationalError:
+        return
+    connection.execute(
+        """CREATE TRIGGER message_search_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO message_search(rowid, content) VALUES (new.id, new.content);
+        END"""
+    )
+    connection.execute(
+        """CREATE TRIGGER message_search_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO message_search(message_search, rowid, content) VALUES ('delete', old.id, old.content);
+        END"""
+    )
+    connection.execute(
+        """CREATE TRIGGER message_search_update AFTER UPDATE OF content ON messages BEGIN
+            INSERT INTO message_search(message_search, rowid, content) VALUES ('delete', old.id, old.content);
+            INSERT INTO message_search(rowid, content) VALUES (new.id, new.content);
+        END"""
+    )
+    connection.execute("INSERT INTO message_search(message_search) VALUES ('rebuild')")
+
+
 # _MIGRATIONS[n] takes a database from schema version n to n + 1; a new version appends one function.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_to_1, _migrate_to_2)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 
@@ -221,6 +260,46 @@ class HistoryStore:
         """Remove a conversation and all its messages."""
         with self._write() as connection:
             connection.execute("DELETE FROM conversations WHERE id = ?", (conversation_id,))
+
+    def search(self, text: str, limit: int = 50) -> list[SearchHit]:
+        """Conversations whose messages contain every word of ``text`` (the last word also as a prefix), best
+        matches first, then those whose title contains ``text``. Words are matched whole by SQLite FTS5 (any case,
+        accents kept); without FTS5, as substrings. Text still streaming into an answer is found once the answer
+        is done."""
+        words = text.split()
+        if not words:
+            return []
+        with self._read() as connection:
+            rows = None
+            if _has_table(connection, "message_search"):
+                query = " ".join('"' + word.replace('"', '""') + '"' for word in words) + "*"
+                try:
+                    rows = connection.execute(
+                        "SELECT m.conversation_id, snippet(message_search, 0, '[', ']', '…', 10) FROM message_search"
+                        " JOIN messages m ON m.id = message_search.rowid WHERE message_search MATCH ? ORDER BY rank",
+                        (query,),
+                    ).fetchall()
+                except sqlite3.OperationalError:  # words FTS5 cannot take (punctuation only): substrings instead
+                    rows = None
+            if rows is None:
+                condition = " AND ".join("content LIKE ? ESCAPE '\\'" for _ in words)
+                rows = connection.execute(
+                    f"SELECT conversation_id, substr(content, 1, 80) FROM messages WHERE {condition} ORDER BY id DESC",
+                    [f"%{_like(word)}%" for word in words],
+                ).fetchall()
+            titles = connection.execute(
+                "SELECT id, title FROM conversations WHERE title LIKE ? ESCAPE '\\' ORDER BY updated_at DESC",
+                (f"%{_like(text.strip())}%",),
+            ).fetchall()
+            conversations = {
+                row[0]: Conversation(*row)
+                for row in connection.execute("SELECT id, title, model, created_at, updated_at FROM conversations")
+            }
+        hits: dict[int, SearchHit] = {}
+        for conversation_id, snippet in [*rows, *titles]:
+            if conversation_id not in hits and conversation_id in conversations:
+                hits[conversation_id] = SearchHit(conversations[conversation_id], " ".join(snippet.split()))
+        return list(hits.values())[:limit]
 
     def export_markdown(self, conversation_id: int) -> str:
         """The conversation as a Markdown document: title, model and start time, then one section per message."""
@@ -375,6 +454,15 @@ def _fold_parts(connection: sqlite3.Connection, conversation_id: int | None = No
     for message_id, texts in _parts_by_message(connection, conversation_id).items():
         connection.execute("UPDATE messages SET content = content || ? WHERE id = ?", ("".join(texts), message_id))
         connection.execute("DELETE FROM message_parts WHERE message_id = ?", (message_id,))
+
+
+def _has_table(connection: sqlite3.Connection, name: str) -> bool:
+    return connection.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (name,)).fetchone() is not None
+
+
+def _like(text: str) -> str:
+    """``text`` with LIKE's wildcards escaped (the queries say ``ESCAPE '\\'``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _clean_title(title: str) -> str:

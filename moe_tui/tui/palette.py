@@ -84,6 +84,14 @@ def main_commands(screen: MainScreen) -> list[Command]:
     if screen.generating:
         commands.append(Command("Stop generation", "end the answer now", screen.action_stop))
     commands.append(Command("New chat", "start an empty conversation", screen.action_new_chat))
+    if backend.can_chat and not screen.generating:
+        commands.append(
+            Command("Regenerate the last answer", "answer the last question again", screen.action_regenerate)
+        )
+        commands.append(Command("Edit the last question", "change it and send it again (f9)", screen.action_edit_last))
+    commands.append(
+        Command("Copy the last answer", "to the clipboard, through the terminal (f8)", screen.action_copy_answer)
+    )
     commands.append(Command("Conversations", "show or hide the list of chats", screen.action_toggle_conversations))
     commands.append(Command("Export conversation to Markdown", "write this chat to a .md file", screen.action_export))
     commands.append(

@@ -1,4 +1,4 @@
-"""Small modal dialogs: a one-line text question (model path, export file)."""
+"""Small modal dialogs: a one-line text question (model path, export file, a title) and a yes/no question."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ class AskScreen(ModalScreen[str | None]):
         """Answer with the text typed."""
         event.stop()
         self.dismiss(event.value.strip() or None)
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question: y (or enter) answers yes, n (or escape) no."""
+
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("confirm")
+
+    def __init__(self, question: str) -> None:
+        super().__init__(classes="dialog")
+        self.question = question
+
+    def compose(self):
+        """Question and hint."""
+        with Vertical(classes="dialog-box"):
+            yield Label(self.question, classes="dialog-title", markup=False)
+            yield Static("y: yes    n / escape: no", classes="dialog-hint")

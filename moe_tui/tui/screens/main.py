@@ -99,6 +99,7 @@ class MainScreen(Screen):
         self.generation_sources: dict[str, str] = {}
         self.backend: Backend = NoBackend()
         self.generating = False
+        self.editing = False  # the prompt holds the last question, to replace it when sent
         self.conversation_id: int | None = None
         self.redraws = 0
         self._serial = 0
@@ -292,32 +293,102 @@ class MainScreen(Screen):
     # ------------------------------------------------------------------- chat
     @on(PromptInput.Submitted)
     async def _on_prompt(self, message: PromptInput.Submitted) -> None:
+        if not self._can_answer():
+            return
+        if self.editing:  # the edited question replaces the last one and its answer
+            self.editing = False
+            if not await self._drop_last_turn(keep_question=False):
+                return
+        await self._answer_next(message.text)
+
+    def _can_answer(self) -> bool:
         if not self.backend.can_chat:
             self.notify("no model is loaded: load one from the command palette (ctrl+p)", severity="warning")
-            return
+            return False
         if self.generating:
             self.notify("still answering: press esc to stop first", severity="warning")
-            return
+            return False
+        return True
+
+    async def _answer_next(self, question: str | None) -> None:
+        """Ask ``question`` (saved first), or with None answer the conversation's last question again."""
         history = self._conversation_messages()
-        history.append({"role": "user", "content": message.text})
+        if question is not None:
+            history.append({"role": "user", "content": question})
         answer_id = None
         if self.store is not None:
             try:
                 if self.conversation_id is None:
                     self.conversation_id = self.store.create_conversation(model=self.backend.name).id
-                self.store.add_message(self.conversation_id, "user", message.text)
+                if question is not None:
+                    self.store.add_message(self.conversation_id, "user", question)
                 answer_id = self.store.add_message(self.conversation_id, "assistant", "").id
             except UserError as error:
                 self.notify(f"chat history: {error}; this answer will not be saved", severity="warning")
-        else:
-            self._unsaved.append({"role": "user", "content": message.text})
+        elif question is not None:
+            self._unsaved.append({"role": "user", "content": question})
         self._serial += 1
-        feed = await self.chat.begin_answer(message.text, self._serial)
+        if question is not None:
+            feed = await self.chat.begin_answer(question, self._serial)
+        else:
+            feed = await self.chat.answer_again(self._serial)
         self._stop = threading.Event()
         self.generating = True
         self._generation_idle.clear()
         self._show_status(self.backend.snapshot())
         self._generate(feed, history, self.generation, answer_id, self._stop)
+
+    async def action_regenerate(self) -> None:
+        """Answer the last question again, replacing its answer in the chat and the history."""
+        if not self._can_answer():
+            return
+        if await self._drop_last_turn(keep_question=True):
+            await self._answer_next(None)
+
+    def action_edit_last(self) -> None:
+        """Put the last question into the prompt; sending it replaces that question and its answer."""
+        if self.generating:
+            self.notify("still answering: press esc to stop first", severity="warning")
+            return
+        question = next((m["content"] for m in reversed(self._conversation_messages()) if m["role"] == "user"), None)
+        if question is None:
+            self.notify("no question to edit in this chat yet", severity="warning")
+            return
+        prompt = self.query_one(PromptInput)
+        prompt.text = question
+        prompt.focus()
+        prompt.move_cursor(prompt.document.end)
+        self.editing = True
+        self.chat.set_status("editing your last question · ctrl+j resends it (replacing its answer) · esc cancels")
+
+    async def _drop_last_turn(self, keep_question: bool) -> bool:
+        """Remove the last answer (and with ``keep_question`` False the question before it) from the history and
+        the screen; False (with a notice) when the chat has no question yet."""
+        messages = self.store.messages(self.conversation_id) if self._saved_chat() else None
+        turns = (
+            [(m.role, m.content) for m in messages]
+            if messages is not None
+            else [(m["role"], m["content"]) for m in self._unsaved]
+        )
+        last_question = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
+        if last_question is None:
+            self.notify("no question in this chat yet", severity="warning")
+            return False
+        cut = last_question + 1 if keep_question else last_question
+        if messages is not None:
+            try:
+                for message in messages[cut:]:
+                    self.store.delete_message(message.id)
+            except UserError as error:
+                self.notify(f"chat history: {error}", severity="error")
+                return False
+        else:
+            del self._unsaved[cut:]
+        await self.chat.show_messages([(role, text) for role, text in turns[:cut] if text or role != "assistant"])
+        return True
+
+    def _saved_chat(self) -> bool:
+        return self.store is not None and self.conversation_id is not None
 
     def _conversation_messages(self) -> list[dict[str, str]]:
         if self.store is None or self.conversation_id is None:
@@ -400,16 +471,25 @@ class MainScreen(Screen):
             await asyncio.sleep(0.01)
 
     def action_stop(self) -> None:
-        """Stop the answer being generated (or restore a maximised panel)."""
+        """Stop the answer being generated (or cancel editing the last question, or restore a maximised panel)."""
         if self.generating:
             self._stop.set()
             self.chat.set_status("stopping…")
+        elif self.editing:
+            self.editing = False
+            self.query_one(PromptInput).clear()
+            self.chat.set_status("edit cancelled")
         elif self.maximized is not None:
             self.minimize()
+
+    def action_copy_answer(self) -> None:
+        """Copy the selected message, or the last answer, to the clipboard."""
+        self.chat.log_view.action_copy_message()
 
     async def action_new_chat(self) -> None:
         """Start an empty conversation (stopping an answer in progress)."""
         self._stop.set()
+        self.editing = False
         self.conversation_id = None
         self._unsaved = []
         await self.chat.show_messages([])
@@ -440,11 +520,70 @@ class MainScreen(Screen):
     async def _on_conversation_opened(self, message: ConversationList.Opened) -> None:
         await self.open_conversation(message.conversation_id)
 
+    @on(ConversationList.Requested)
+    def _on_conversation_request(self, message: ConversationList.Requested) -> None:
+        """Rename, delete or search conversations, or list them all again."""
+        from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
+
+        if self.store is None:
+            self.notify("there is no chat history in this session", severity="warning")
+            return
+        listing = self.query_one(ConversationList)
+        target = message.conversation_id
+        if message.what == "all":
+            self._refresh_conversations()
+        elif message.what == "search":
+
+            def search(text: str | None) -> None:
+                if text:
+                    listing.show_hits(text, self.store.search(text), self.conversation_id)
+                    listing.focus()
+
+            self.app.push_screen(AskScreen("Search every chat for:", listing.query_text), search)
+        elif message.what == "rename" and target is not None:
+
+            def rename(title: str | None) -> None:
+                if title:
+                    self._change_history(lambda: self.store.rename_conversation(target, title), f"renamed to “{title}”")
+
+            self.app.push_screen(AskScreen("New title:", self.store.conversation(target).title), rename)
+        elif message.what == "delete" and target is not None:
+            title = self.store.conversation(target).title
+
+            def delete(yes: bool | None) -> None:
+                if yes:
+                    self._change_history(lambda: self._delete_conversation(target), f"deleted “{title}”")
+
+            self.app.push_screen(ConfirmScreen(f"Delete “{title}” and all its messages?"), delete)
+
+    def _change_history(self, change: Any, note: str) -> None:
+        try:
+            change()
+        except UserError as error:
+            self.notify(str(error), severity="error")
+            return
+        self.notify(note)
+        listing = self.query_one(ConversationList)
+        if listing.query_text:
+            listing.show_hits(listing.query_text, self.store.search(listing.query_text), self.conversation_id)
+        else:
+            self._refresh_conversations()
+
+    def _delete_conversation(self, conversation_id: int) -> None:
+        if conversation_id == self.conversation_id and self.generating:
+            raise UserError("this chat is still being answered: stop the answer first (esc)")
+        self.store.delete_conversation(conversation_id)
+        if conversation_id == self.conversation_id:
+            self.conversation_id = None
+            self.call_later(self.chat.show_messages, [])
+            self.chat.set_status("the open chat was deleted · a new chat starts here")
+
     async def open_conversation(self, conversation_id: int) -> None:
         """Show a saved conversation (stopping an answer in progress)."""
         if self.store is None:
             return
         self._stop.set()
+        self.editing = False
         try:
             messages = self.store.messages(conversation_id)
             title = self.store.conversation(conversation_id).title
@@ -718,5 +857,5 @@ class MainScreen(Screen):
         if action.startswith("replay_"):
             return self.backend.mode == "replay"
         if action == "stop":
-            return self.generating or self.maximized is not None
+            return self.generating or self.editing or self.maximized is not None
         return True

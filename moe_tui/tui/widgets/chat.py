@@ -14,6 +14,9 @@ from textual.message import Message
 from textual.widgets import Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
+from moe_tui.tui import keys
+from moe_tui.tui.clipboard import code_blocks, copy_notice
+
 ROLE_TITLES = {"user": "you", "assistant": "model", "system": "system"}
 
 
@@ -56,15 +59,77 @@ class MessageView(Markdown):
         super().__init__(text, classes=f"message {role}")
         self.role = role
         self.border_title = ROLE_TITLES.get(role, role)
+        self.code_index = -1  # the code block copied last (b copies the next one)
 
 
 class ChatLog(VerticalScroll, can_focus=True):
-    """The scrolling list of messages; stays anchored to the bottom while an answer streams."""
+    """The scrolling list of messages; stays anchored to the bottom while an answer streams.
+
+    With the log focused, up and down select a message, ``c`` copies it and ``b`` its code blocks, one after
+    another (through the terminal's clipboard, OSC 52, which works over SSH).
+    """
 
     ALLOW_MAXIMIZE = True
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("chat log")
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.selected: MessageView | None = None
+
+    @property
+    def messages(self) -> list[MessageView]:
+        """The messages shown, oldest first."""
+        return list(self.query_children(MessageView))
+
+    def action_select(self, delta: int) -> None:
+        """Select the message ``delta`` places from the selected one (with none selected, from the last one, which
+        the copy keys act on)."""
+        messages = self.messages
+        if not messages:
+            return
+        current = messages.index(self.selected) if self.selected in messages else len(messages) - 1
+        index = current + delta if self.selected in messages or delta < 0 else current
+        self._select(messages[max(0, min(index, len(messages) - 1))])
+
+    def _select(self, view: MessageView | None) -> None:
+        if self.selected is not None:
+            self.selected.remove_class("-selected")
+        self.selected = view
+        if view is not None:
+            view.add_class("-selected")
+            self.scroll_to_widget(view, animate=False)
+
+    def selected_or_last_answer(self) -> MessageView | None:
+        """The selected message, else the last answer."""
+        if self.selected in self.messages:
+            return self.selected
+        return next((view for view in reversed(self.messages) if view.role == "assistant"), None)
+
+    def action_copy_message(self) -> None:
+        """Copy the selected message (or the last answer) as Markdown."""
+        view = self.selected_or_last_answer()
+        if view is None or not view.source.strip():
+            self.notify("nothing to copy yet", severity="warning")
+            return
+        self.app.copy_to_clipboard(view.source)
+        what = "your question" if view.role == "user" else "the answer"
+        self.notify(copy_notice(what, view.source))
+
+    def action_copy_code(self) -> None:
+        """Copy the next code block of the selected message (or of the last answer), cycling through them."""
+        view = self.selected_or_last_answer()
+        blocks = code_blocks(view.source) if view is not None else []
+        if view is None or not blocks:
+            self.notify("this message has no code block", severity="warning")
+            return
+        view.code_index = (view.code_index + 1) % len(blocks)
+        block = blocks[view.code_index]
+        self.app.copy_to_clipboard(block.code)
+        self.notify(copy_notice(f"code block {view.code_index + 1} of {len(blocks)} ({block.describe()})", block.code))
 
     async def show_messages(self, messages: list[tuple[str, str]]) -> None:
         """Replace the log with these (role, text) messages."""
+        self.selected = None
         await self.remove_children()
         if messages:
             await self.mount_all(MessageView(role, text) for role, text in messages)
@@ -180,6 +245,11 @@ class ChatView(Vertical):
         """Show the user's prompt and an empty answer; returns the feed that answer ``serial``'s pieces go to."""
         await self._close_stream()
         await self.log_view.add_message("user", prompt)
+        return await self._open_stream("", serial)
+
+    async def answer_again(self, serial: int) -> AnswerFeed:
+        """Show a new, empty answer to the last question (regenerating); returns its feed."""
+        await self._close_stream()
         return await self._open_stream("", serial)
 
     async def continue_answer(self, text: str, serial: int) -> AnswerFeed:

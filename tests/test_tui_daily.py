@@ -1,0 +1,131 @@
+"""Daily use in the app: copying without a mouse, regenerating, editing the last question, and renaming,
+deleting and searching conversations (Pilot, with a fake model and a real SQLite history)."""
+
+from __future__ import annotations
+
+from test_tui_app import main_screen, make_app, messages, run, send, wait_for
+from textual.pilot import Pilot
+from tui_fakes import FakeSession
+
+from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
+from moe_tui.tui.screens.main import MainScreen
+from moe_tui.tui.widgets.chat import ChatLog, PromptInput
+from moe_tui.tui.widgets.conversations import ConversationList
+
+ANSWER = (
+    "Use zip:\n\n```python\npairs = list(zip(a, b))\n```\n\n"
+    "or enumerate:\n\n```python\nfor i, x in enumerate(a):\n    print(i)\n```\n"
+)
+
+
+def answered(app) -> bool:
+    screen = main_screen(app)
+    return not screen.generating and bool(messages(app)) and messages(app)[-1][0] == "assistant"
+
+
+def test_keys_copy_the_answer_a_selected_message_and_its_code_blocks(monkeypatch) -> None:
+    monkeypatch.setenv("TMUX", "/tmp/tmux-0/default,1,0")
+    app, _ = make_app(FakeSession(reply=ANSWER))
+    notices: list[str] = []
+
+    async def check(pilot: Pilot) -> None:
+        app.notify = lambda message, **kwargs: notices.append(str(message))  # type: ignore[method-assign]
+        await send(pilot, "how do I pair two lists?")
+        await wait_for(pilot, lambda: answered(app))
+        await pilot.press("f8")
+        assert app.clipboard == ANSWER
+        assert notices[-1].startswith(f"copied the answer ({len(ANSWER)} characters) to the clipboard")
+        assert "set -g set-clipboard on" in notices[-1]  # inside tmux the notice says what it takes
+        app.screen.query_one(ChatLog).focus()
+        await pilot.press("b")
+        assert app.clipboard == "pairs = list(zip(a, b))\n"
+        assert "code block 1 of 2 (python, 1 line)" in notices[-1]
+        await pilot.press("b")
+        assert app.clipboard.startswith("for i, x in enumerate(a):") and "code block 2 of 2" in notices[-1]
+        await pilot.press("up", "c")  # the message above the answer: the question
+        assert app.clipboard == "how do I pair two lists?" and "copied your question" in notices[-1]
+        await pilot.press("b")
+        assert notices[-1] == "this message has no code block"
+
+    run(check, app)
+
+
+def test_regenerate_replaces_the_last_answer_and_edit_replaces_the_last_question() -> None:
+    app, session = make_app(FakeSession(words=4))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "first question")
+        await wait_for(pilot, lambda: answered(app))
+        await send(pilot, "second question")
+        await wait_for(pilot, lambda: answered(app) and len(messages(app)) == 4)
+        session.words = 6
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: answered(app) and len(messages(app)[-1][1].split()) == 6)
+        assert [role for role, _ in messages(app)] == ["user", "assistant", "user", "assistant"]
+        assert session.prompts[-1][-1] == {"role": "user", "content": "second question"}
+        saved = screen.store.messages(screen.conversation_id)
+        assert [m.content for m in saved][2:] == ["second question", messages(app)[-1][1]]
+
+        await pilot.press("f9")
+        prompt = app.screen.query_one(PromptInput)
+        assert prompt.text == "second question" and screen.editing
+        prompt.text = "the second question, better put"
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: answered(app) and not screen.editing and len(messages(app)) == 4)
+        saved = [m.content for m in screen.store.messages(screen.conversation_id)]
+        assert saved[:3] == [messages(app)[0][1], messages(app)[1][1], "the second question, better put"]
+        assert session.prompts[-1][-1]["content"] == "the second question, better put"
+        assert len(session.prompts[-1]) == 3  # the old question and its answer are gone from the conversation
+
+        await pilot.press("f9")
+        await pilot.press("escape")  # cancel: nothing changes
+        assert not screen.editing and app.screen.query_one(PromptInput).text == ""
+        assert len(screen.store.messages(screen.conversation_id)) == 4
+
+    run(check, app)
+
+
+def test_conversations_are_renamed_deleted_and_searched_from_the_list() -> None:
+    app, _ = make_app(FakeSession(words=3))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "tell me about lighthouses")
+        await wait_for(pilot, lambda: answered(app))
+        first = screen.conversation_id
+        await pilot.press("ctrl+n")
+        await send(pilot, "what is a generator")
+        await wait_for(pilot, lambda: answered(app))
+        await pilot.press("f2")
+        listing = app.screen.query_one(ConversationList)
+        await wait_for(pilot, lambda: app.focused is listing)
+
+        await pilot.press("slash")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.press(*"lighthouse", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen) and listing.query_text == "lighthouse")
+        assert listing.option_count == 1 and listing.highlighted_id == first
+        assert "[lighthouses]" in str(listing.get_option_at_index(0).prompt)
+
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        app.screen.query_one("#ask-input").value = "Lights at sea"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: screen.store.conversation(first).title == "Lights at sea")
+
+        await pilot.press("escape")  # back to every chat
+        await wait_for(pilot, lambda: listing.query_text == "" and listing.option_count == 2)
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert len(screen.store.list_conversations()) == 2
+        current = listing.highlighted_id
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: len(screen.store.list_conversations()) == 1)
+        assert current not in [c.id for c in screen.store.list_conversations()]
+
+    run(check, app)
