@@ -1,7 +1,7 @@
 """Time to first token along a conversation, with and without the KV cache kept between turns.
 
 The bundled demo model (k=2, prefetch 1) answers a scripted 10-turn conversation (the questions of
-``samples/prompts/bench.txt``, each answer 48 greedy tokens, every earlier turn kept in the prompt); for each
+``samples/prompts/bench.txt``, then ``python-builtins.txt``, each answer 24 greedy tokens, every earlier turn kept in the prompt); for each
 turn the time from the call to the first streamed text is measured, once with every turn prefilled whole
 (``keep_kv`` off, as before) and once reusing the previous answer's cache. Both runs happen in this process,
 alternating, ``--runs`` times; the medians per turn are printed::
@@ -24,9 +24,13 @@ TURNS = 10
 
 
 def questions() -> list[str]:
-    """The first ``TURNS`` prompts of the benchmark prompt set."""
-    lines = (REPO / "samples" / "prompts" / "bench.txt").read_text(encoding="utf-8").splitlines()
-    return [line for line in lines if line and not line.startswith("#")][:TURNS]
+    """The first ``TURNS`` different prompts of the benchmark prompt set, then of the built-ins set."""
+    found: list[str] = []
+    for name in ("bench.txt", "python-builtins.txt"):
+        for line in (REPO / "samples" / "prompts" / name).read_text(encoding="utf-8").splitlines():
+            if line and not line.startswith("#") and line not in found:
+                found.append(line)
+    return found[:TURNS]
 
 
 def conversation(session, keep_kv: bool, new_tokens: int) -> list[dict]:
@@ -54,7 +58,7 @@ def main() -> None:
     """Measure and print (and optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=48)
+    parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

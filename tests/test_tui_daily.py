@@ -9,7 +9,7 @@ from tui_fakes import FakeSession
 
 from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
 from moe_tui.tui.screens.main import MainScreen
-from moe_tui.tui.widgets.chat import ChatLog, PromptInput
+from moe_tui.tui.widgets.chat import ChatLog, PromptInput, ThinkingView
 from moe_tui.tui.widgets.conversations import ConversationList
 
 ANSWER = (
@@ -127,5 +127,28 @@ def test_conversations_are_renamed_deleted_and_searched_from_the_list() -> None:
         await pilot.press("y")
         await wait_for(pilot, lambda: len(screen.store.list_conversations()) == 1)
         assert current not in [c.id for c in screen.store.list_conversations()]
+
+    run(check, app)
+
+
+def test_a_thinking_models_reasoning_is_shown_folded_apart_from_its_answer() -> None:
+    reply = "<think>\nThey ask about zip; keep it short.\n</think>\n\nzip pairs items."
+    app, _ = make_app(FakeSession(reply=reply))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "what is zip?")
+        await wait_for(pilot, lambda: answered(app))
+        thinking = app.screen.query_one(ThinkingView)
+        assert thinking.collapsed and thinking.text.strip() == "They ask about zip; keep it short."
+        assert messages(app)[-1] == ("assistant", "zip pairs items.")
+        assert screen.store.messages(screen.conversation_id)[-1].content == reply  # the history keeps it all
+        await pilot.press("f8")
+        assert app.clipboard == "zip pairs items."
+        await pilot.press("ctrl+n")
+        await screen.open_conversation(screen.store.list_conversations()[0].id)
+        await pilot.pause(0.1)
+        assert app.screen.query_one(ThinkingView).text.strip() == "They ask about zip; keep it short."
+        assert messages(app)[-1] == ("assistant", "zip pairs items.")
 
     run(check, app)

@@ -11,9 +11,11 @@ from textual import on
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
-from textual.widgets import Markdown, Static, TextArea
+from textual.widget import Widget
+from textual.widgets import Collapsible, Markdown, Static, TextArea
 from textual.widgets.markdown import MarkdownStream
 
+from moe_tui.chat.thinking import ThinkingSplitter, split_thinking
 from moe_tui.tui import keys
 from moe_tui.tui.clipboard import code_blocks, copy_notice
 
@@ -60,6 +62,23 @@ class MessageView(Markdown):
         self.role = role
         self.border_title = ROLE_TITLES.get(role, role)
         self.code_index = -1  # the code block copied last (b copies the next one)
+
+
+class ThinkingView(Collapsible):
+    """A reasoning model's thinking before its answer, folded (enter or a click unfolds it)."""
+
+    def __init__(self, text: str = "") -> None:
+        self.text = text
+        super().__init__(Static(text, markup=False), title=self._heading(), collapsed=True, classes="thinking")
+
+    def _heading(self) -> str:
+        return f"thinking ({len(self.text.split())} words)"
+
+    def append(self, text: str) -> None:
+        """Add streamed thinking."""
+        self.text += text
+        self.title = self._heading()
+        self.query_one(Static).update(self.text)
 
 
 class ChatLog(VerticalScroll, can_focus=True):
@@ -131,8 +150,14 @@ class ChatLog(VerticalScroll, can_focus=True):
         """Replace the log with these (role, text) messages."""
         self.selected = None
         await self.remove_children()
-        if messages:
-            await self.mount_all(MessageView(role, text) for role, text in messages)
+        views: list[Widget] = []
+        for role, text in messages:
+            thinking, answer = split_thinking(text) if role == "assistant" else ("", text)
+            if thinking.strip():
+                views.append(ThinkingView(thinking))
+            views.append(MessageView(role, answer))
+        if views:
+            await self.mount_all(views)
         self.scroll_end(animate=False)
 
     async def add_message(self, role: str, text: str) -> MessageView:
@@ -203,6 +228,8 @@ class ChatView(Vertical):
         super().__init__(**kwargs)
         self._stream: MarkdownStream | None = None
         self._answer: MessageView | None = None
+        self._splitter = ThinkingSplitter()
+        self._thinking: ThinkingView | None = None
         self.serial = -1
         self.feed: AnswerFeed | None = None
         self.stream_writes = 0
@@ -258,8 +285,11 @@ class ChatView(Vertical):
         return await self._open_stream(text, serial)
 
     async def _open_stream(self, text: str, serial: int) -> AnswerFeed:
-        self._answer = await self.log_view.add_message("assistant", text)
+        self._splitter = ThinkingSplitter()
+        self._thinking = None
+        self._answer = await self.log_view.add_message("assistant", "")
         self._stream = Markdown.get_stream(self._answer)
+        await self._write(text)
         self.serial = serial
         self.feed = AnswerFeed(self, serial)
         self.stream_writes = 0
@@ -294,13 +324,28 @@ class ChatView(Vertical):
         if text:
             self.stream_writes += 1
             self._next_write = time.monotonic() + self.min_interval
-            await self._stream.write(text)
+            await self._write(text)
+
+    async def _write(self, text: str, last: bool = False) -> None:
+        """Write streamed text: thinking into its folded view (made when it starts), the answer to the stream."""
+        thinking, answer = self._splitter.feed(text)
+        if last:
+            rest = self._splitter.finish()
+            thinking, answer = thinking + rest[0], answer + rest[1]
+        if thinking:
+            if self._thinking is None:
+                self._thinking = ThinkingView()
+                await self.log_view.mount(self._thinking, before=self._answer)
+            self._thinking.append(thinking)
+        if answer and self._stream is not None:
+            await self._stream.write(answer)
 
     @on(AnswerEnded)
     async def _on_answer_ended(self, message: AnswerEnded) -> None:
         if message.serial != self.serial:
             return
         await self._drain()
+        await self._write("", last=True)
         await self._close_stream()
         self.serial = -1
         if message.failed and self._answer is not None:
