@@ -3,6 +3,7 @@
 It lives at ``moe_tui.paths.user_config_dir() / "settings.toml"``::
 
     theme = "moe-dark"
+    recent_models = ["/models/Mixtral-8x7B-Instruct-v0.1"]   # directories loaded before (the model picker)
 
     [layout]
     order = ["heatmap", "cache", "prefetch", "memory", "params"]
@@ -69,6 +70,7 @@ class Settings:
     hidden_panels: tuple[str, ...] = ()
     generation: GenerationDefaults = GenerationDefaults()
     keymap: dict[str, str] = field(default_factory=dict)
+    recent_models: tuple[str, ...] = ()  # model directories loaded before, newest first
 
 
 def settings_path() -> Path:
@@ -116,7 +118,8 @@ class _Locator:
 
 
 _TABLES = ("layout", "generation", "keymap")
-_TOP_KEYS = ("theme", *_TABLES)
+_TOP_KEYS = ("theme", "recent_models", *_TABLES)
+RECENT_MODELS = 10
 
 
 def _from_dict(data: dict[str, Any], where: _Locator, problems: list[str]) -> Settings:
@@ -151,7 +154,15 @@ def _from_dict(data: dict[str, Any], where: _Locator, problems: list[str]) -> Se
         hidden_panels=_names(layout, "hidden", where, problems),
         generation=_generation(tables["generation"], where, problems),
         keymap=keymap,
+        recent_models=_recent(data.get("recent_models", []), where, problems),
     )
+
+
+def _recent(value: Any, where: _Locator, problems: list[str]) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        problems.append(f"{where.line('', 'recent_models')}recent_models must be a list of model directories")
+        return ()
+    return tuple(value[:RECENT_MODELS])
 
 
 def _names(layout: dict[str, Any], key: str, where: _Locator, problems: list[str]) -> tuple[str, ...]:
@@ -225,6 +236,7 @@ def to_toml(settings: Settings) -> str:
     lines = [
         "# moe-tui settings; written by the app, safe to edit. Key ids: press F1 in the app.",
         f"theme = {_quote(settings.theme)}",
+        f"recent_models = [{', '.join(_quote(name) for name in settings.recent_models)}]",
         "",
         "[layout]",
         f"order = [{', '.join(_quote(name) for name in settings.panel_order)}]",

@@ -152,3 +152,65 @@ def test_a_thinking_models_reasoning_is_shown_folded_apart_from_its_answer() -> 
         assert messages(app)[-1] == ("assistant", "zip pairs items.")
 
     run(check, app)
+
+
+def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_choice(tmp_path) -> None:
+    import json
+
+    from moe_tui import config
+    from moe_tui.tui.screens.models import LoadOptionsScreen, ModelPickerScreen
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    dense = tmp_path / "llama"
+    dense.mkdir()
+    (dense / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+                    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 100})
+    )  # fmt: skip
+    config.save_settings(config.Settings(recent_models=(str(bert), str(dense), str(tmp_path / "gone"))))
+    loaded = []
+    session = FakeSession(words=2)
+
+    def loader(options, progress):
+        from moe_tui.tui.backend import LiveBackend
+
+        loaded.append(options)
+        return LiveBackend(session)
+
+    from tui_fakes import FakeProbe
+
+    from moe_tui.tui.app import MoeTuiApp
+    from moe_tui.tui.backend import LaunchOptions
+
+    app = MoeTuiApp(LaunchOptions(), loader=loader, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        main_screen(app).action_load_model()
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelPickerScreen))
+        picker = app.screen
+        assert [entry.source for entry in picker.entries] == ["demo", "recent", "recent"]  # "gone" is left out
+        await wait_for(pilot, lambda: len(picker.reports) == 3, timeout=60)
+        summaries = [picker.reports[index].summary() for index in range(3)]
+        assert summaries[0].startswith("MoE · ") and "fits: k=8 at full precision" in summaries[0]
+        assert summaries[1] == "not a causal language model (BertModel)"
+        assert "not a Mixture-of-Experts model" in summaries[2]
+        await pilot.press("down", "enter")  # bert: refused with its reason, the picker stays
+        assert isinstance(app.screen, ModelPickerScreen)
+        await pilot.press("up", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen))
+        assert app.screen.query_one("#load-k").value == "8" and app.screen.query_one("#load-bits").value == "none"
+        app.screen.query_one("#load-bits").value = "5"
+        app.screen.query_one("#load-bits").focus()
+        await pilot.press("enter")
+        assert "expert bits must be 2, 3, 4, 8 or none" in str(app.screen.query_one("#load-error").render())
+        app.screen.query_one("#load-bits").value = "4"
+        app.screen.query_one("#load-k").value = "3"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(loaded) == 2 and main_screen(app).backend.can_chat)
+        assert (loaded[-1].model, loaded[-1].cache_size, loaded[-1].expert_bits, loaded[-1].prefetch) == (
+            None, 3, 4, 1,
+        )  # fmt: skip
+
+    run(check, app)

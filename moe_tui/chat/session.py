@@ -123,6 +123,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.model_name = model_name
         self._busy = threading.Lock()
+        self.directory: Path | None = None  # where the model was loaded from (None: built in memory)
         self.keep_kv = True  # reuse the previous answer's KV cache for the prefix a new prompt shares with it
         self._kv = ConversationCache()
 
@@ -138,7 +139,9 @@ class ChatSession:
         if progress is not None:
             progress("loading tokenizer", 1, 1)
         engine = _load_engine(directory, offload_config, progress)
-        return cls(engine, tokenizer, name)
+        session = cls(engine, tokenizer, name)
+        session.directory = directory
+        return session
 
     @property
     def busy(self) -> bool:

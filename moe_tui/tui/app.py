@@ -7,6 +7,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 from textual import work
@@ -14,7 +15,7 @@ from textual.app import App
 from textual.binding import BindingType
 from textual.message import Message
 
-from moe_tui import config
+from moe_tui import config, paths
 from moe_tui.errors import UserError
 from moe_tui.system import Probe, SystemProbe
 from moe_tui.themes import DEFAULT_THEME, DEFAULT_VARIABLES, load_theme
@@ -160,9 +161,10 @@ class MoeTuiApp(App[int]):
             return effective_generation({}, {})[0]
 
     # ----------------------------------------------------------------- loading
-    def load_model(self, model: str | None, replay: str | None = None) -> None:
-        """Load a model (or open a trace) in a worker behind the loading screen."""
-        options = replace(self.options, model=model, replay=replay)
+    def load_model(self, model: str | None, replay: str | None = None, options: dict[str, Any] | None = None) -> None:
+        """Load a model (or open a trace) in a worker behind the loading screen; ``options`` replace launch options
+        (cache size, expert bits, prefetch chosen in the model picker)."""
+        options = replace(self.options, model=model, replay=replay, **(options or {}))
         what = f"trace {replay}" if replay else (model or "the demo model")
         if self.main is not None and self.main.backend.mode == "live":
             # one model at a time: the old one's store and slots are freed before the new one takes its memory
@@ -196,6 +198,15 @@ class MoeTuiApp(App[int]):
         finally:
             self.model_loading = False
 
+    def _remember_model(self, backend: Any) -> None:
+        """Keep a model directory loaded from a path among the picker's recent models (hub ids are listed from the
+        cache anyway; the demo always is)."""
+        directory = getattr(backend, "model_directory", None)
+        if backend.mode != "live" or directory is None or Path(directory) == paths.DEMO_MODEL_DIR:
+            return
+        recent = (str(directory), *(name for name in self.settings.recent_models if name != str(directory)))
+        self.remember(recent_models=recent[: config.RECENT_MODELS])
+
     async def on_load_progress(self, message: LoadProgress) -> None:
         """Move the loading screen's bars (if it is shown) and the status bar's note."""
         if self.loading_screen is not None and self.loading_screen.is_attached:
@@ -213,6 +224,7 @@ class MoeTuiApp(App[int]):
         if message.backend is not None:
             old = self.main.backend
             self.main.attach(message.backend)
+            self._remember_model(message.backend)
             if old is not message.backend:
                 old.close()
             for note in message.backend.notes:

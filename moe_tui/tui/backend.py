@@ -212,6 +212,11 @@ class LiveBackend(Backend):
         return self.session.model_defaults()
 
     @property
+    def model_directory(self) -> Path | None:
+        """The directory the model was loaded from (None for a model built in memory)."""
+        return getattr(self.session, "directory", None)
+
+    @property
     def can_think(self) -> bool:
         """Whether the session's template has a thinking switch."""
         return self.session.can_think

@@ -649,16 +649,21 @@ class MainScreen(Screen):
         self.app.push_screen(LabScreen(self.backend))
 
     def action_load_model(self) -> None:
-        """Ask for a model directory or cached hub id and load it."""
-        from moe_tui.tui.screens.dialogs import AskScreen
+        """Pick a model on this machine (or type a path or hub id), then its cache size, bits and prefetch."""
+        from moe_tui.catalog import local_models
+        from moe_tui.tui.screens.models import ModelPickerScreen
 
-        def load(answer: str | None) -> None:
-            if answer and self.generating:
+        def load(choice: tuple[str, dict[str, Any]] | None) -> None:
+            if choice and self.generating:
                 self.notify("stop the answer first (esc), then load the model", severity="warning")
-            elif answer:
-                self.app.load_model(answer)  # type: ignore[attr-defined]
+            elif choice:
+                spec, options = choice
+                self.app.load_model(spec or None, options=options)  # type: ignore[attr-defined]
 
-        self.app.push_screen(AskScreen("Model directory or cached hub id:", "", "enter: load    escape: cancel"), load)
+        sample = self.probe.sample()
+        gpu = next((g.memory_total for g in sample.gpus if g.memory_total), None)
+        entries = local_models(self.app.settings.recent_models)  # type: ignore[attr-defined]
+        self.app.push_screen(ModelPickerScreen(entries, sample.host.ram_total, gpu), load)
 
     # ---------------------------------------------------------- engine tuning
     def set_cache_size(self, k: int) -> None:

@@ -1,0 +1,159 @@
+"""The models this machine can open without downloading: the bundled demo, the directories loaded before and the
+local Hugging Face cache, each described for the model picker (what it is, whether moe-tui can offload it, its
+total and active parameters, and what the planner suggests for this machine's memory).
+
+Describing reads only ``config.json`` and builds the parameter tree on the meta device: no weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moe_tui import paths
+from moe_tui.errors import UserError
+from moe_tui.precision import HQQ_BITS, format_bytes, format_count
+
+QUALITY_ORDER: tuple[int | None, ...] = (None, 8, 4, 3, 2)  # expert bit widths, most faithful first
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model on this machine: what to load (``spec``: a directory or a hub id), its name, and where it was
+    found (``demo``, ``recent`` or ``hub cache``)."""
+
+    spec: str
+    name: str
+    directory: Path
+    source: str
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The planner's choice for this machine: cache size k, expert bits (None: unquantized), prefetch."""
+
+    cache_size: int
+    expert_bits: int | None
+    prefetch: int
+    fast_bytes: int
+
+    def describe(self) -> str:
+        """``k=3 at 4 bits, prefetch 1 (12.1 GiB fast tier)``."""
+        bits = f"{self.expert_bits} bits" if self.expert_bits else "full precision"
+        return f"k={self.cache_size} at {bits}, prefetch {self.prefetch} ({format_bytes(self.fast_bytes)} fast tier)"
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """What the picker shows for one model: ``problem`` says why it cannot be offloaded ("" when it can)."""
+
+    entry: ModelEntry
+    problem: str = ""
+    total: int | None = None
+    active: int | None = None
+    suggestion: Suggestion | None = None
+
+    def summary(self) -> str:
+        """One line: parameters and the suggestion, or the problem."""
+        if self.problem:
+            return self.problem
+        sizes = (
+            f"{format_count(self.total)} total, {format_count(self.active)} active"
+            if self.total and self.active
+            else ""
+        )
+        fit = f"fits: {self.suggestion.describe()}" if self.suggestion else "does not fit this machine's memory"
+        return " · ".join(part for part in ("MoE", sizes, fit) if part)
+
+
+def local_models(recent: tuple[str, ...] = ()) -> list[ModelEntry]:
+    """The demo model, then the recent directories that still hold a model, then every model in the local
+    Hugging Face cache (its newest snapshot), each once."""
+    entries = [ModelEntry("", "demo-mixtral (bundled)", paths.DEMO_MODEL_DIR, "demo")]
+    for directory in recent:
+        path = Path(directory).expanduser()
+        if (path / "config.json").is_file():
+            entries.append(ModelEntry(str(path), path.name, path, "recent"))
+    entries += _hub_cache_models()
+    seen: set[Path] = set()
+    unique = []
+    for entry in entries:
+        key = entry.directory.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(entry)
+    return unique
+
+
+def _hub_cache_models() -> list[ModelEntry]:
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        cache = scan_cache_dir()
+    except Exception:  # no cache directory, or one the hub library cannot read: nothing to list
+        return []
+    entries = []
+    for repo in sorted(cache.repos, key=lambda repo: repo.repo_id.lower()):
+        if repo.repo_type != "model" or not repo.revisions:
+            continue
+        newest = max(repo.revisions, key=lambda revision: revision.last_modified)
+        if (Path(newest.snapshot_path) / "config.json").is_file():
+            entries.append(ModelEntry(repo.repo_id, repo.repo_id, Path(newest.snapshot_path), "hub cache"))
+    return entries
+
+
+def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> ModelReport:
+    """Read the model's config and say whether moe-tui can offload it, its parameters, and the planner's
+    suggestion for ``host_bytes`` of RAM and ``gpu_bytes`` of VRAM (None: a CPU-only machine)."""
+    from moe_tui.offload.arch import family_of
+    from moe_tui.offload.loader import read_model_config
+    from moe_tui.params import build_tree
+
+    try:
+        raw = json.loads((entry.directory / "config.json").read_text(encoding="utf-8"))
+        architectures = [str(name) for name in raw.get("architectures") or []]
+        if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
+            return ModelReport(entry, f"not a causal language model ({', '.join(architectures)})")
+        config = read_model_config(entry.directory)
+        family_of(config)
+        tree = build_tree(config)
+    except UserError as error:
+        return ModelReport(entry, str(error))
+    except (OSError, ValueError, AttributeError) as error:
+        return ModelReport(entry, f"cannot read its config: {error}")
+    return ModelReport(entry, "", tree.total, tree.active, suggest(config, host_bytes, gpu_bytes))
+
+
+def suggest(config: Any, host_bytes: int, gpu_bytes: int | None) -> Suggestion | None:
+    """The most faithful expert precision at which at least top-k experts per layer fit, with the largest k that
+    fits there (prefetch 1, other weights unquantized); when no precision holds top-k, the most faithful one
+    where any k fits. None when nothing fits. The sums are the planner's (:func:`moe_tui.plan.estimate`): weights, slots, KV cache,
+    activations and margin."""
+    from moe_tui import plan
+    from moe_tui.precision import precision_for_bits
+
+    try:
+        facts = plan.model_facts(config)
+    except UserError:
+        return None
+    machine = plan.Machine(host_bytes=host_bytes, fast_bytes=gpu_bytes)
+    fallback = None
+    for bits in QUALITY_ORDER:
+        precision = precision_for_bits(bits, facts.dtype)
+        if precision not in facts.expert_bytes:
+            continue
+        fitting = [
+            candidate
+            for k in range(1, facts.num_experts + 1)
+            if plan.fits(candidate := plan.estimate(facts, machine, precision, facts.dtype, k, 1, (0, 0, 0)), machine)
+        ]
+        if not fitting:
+            continue
+        best = fitting[-1]
+        suggestion = Suggestion(best.cache_size, HQQ_BITS.get(precision), 1, best.fast_bytes)
+        if best.cache_size >= facts.top_k:
+            return suggestion
+        fallback = fallback or suggestion
+    return fallback

@@ -1,0 +1,156 @@
+"""Load model…: the models on this machine (the demo, the directories loaded before, the local Hugging Face
+cache), described one by one in a worker (MoE or not, parameters, what fits), then k, bits and prefetch for the
+chosen one with the planner's suggestion filled in. A path or hub id can be typed instead."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import on, work
+from textual.binding import BindingType
+from textual.containers import Grid, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
+
+from moe_tui.catalog import ModelEntry, ModelReport, describe
+from moe_tui.errors import UserError
+from moe_tui.tui import keys
+
+# What the picker hands back: the model spec to load and the engine options chosen for it.
+Choice = tuple[str, dict[str, Any]]
+
+
+class ModelPickerScreen(ModalScreen[Choice | None]):
+    """The model list; enter on a model asks for its settings, enter in the path field loads what is typed."""
+
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
+
+    def __init__(self, entries: list[ModelEntry], host_bytes: int, gpu_bytes: int | None) -> None:
+        super().__init__(classes="dialog")
+        self.entries = entries
+        self.host_bytes = host_bytes
+        self.gpu_bytes = gpu_bytes
+        self.reports: dict[int, ModelReport] = {}
+
+    def compose(self):
+        """Title, the model list, the path field, a hint."""
+        with Vertical(classes="dialog-box", id="models-box"):
+            yield Label("Load model", classes="dialog-title")
+            yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
+            yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
+            yield Static("enter: choose    tab: type a path    escape: cancel", classes="dialog-hint", markup=False)
+
+    def on_mount(self) -> None:
+        """Describe the models in a worker (their configs and parameter trees take a moment each)."""
+        self.query_one(OptionList).focus()
+        self._describe_all()
+
+    def _option(self, index: int, report: ModelReport | None) -> Option:
+        entry = self.entries[index]
+        label = Text(entry.name, no_wrap=True, overflow="ellipsis")
+        label.append(f"  {entry.source}", style="dim")
+        if report is None:
+            label.append("\n  reading its config…", style="dim")
+        else:
+            label.append(f"\n  {report.summary()}", style="dim" if report.problem else "")
+        return Option(label, id=str(index))
+
+    @work(thread=True, exclusive=True, group="describe-models", exit_on_error=False)
+    def _describe_all(self) -> None:
+        for index, entry in enumerate(self.entries):
+            report = describe(entry, self.host_bytes, self.gpu_bytes)
+            self.app.call_from_thread(self._show_report, index, report)
+
+    def _show_report(self, index: int, report: ModelReport) -> None:
+        self.reports[index] = report
+        listing = self.query_one(OptionList)
+        listing.replace_option_prompt_at_index(index, self._option(index, report).prompt)
+
+    @on(OptionList.OptionSelected, "#model-list")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        event.stop()
+        index = int(event.option.id or 0)
+        report = self.reports.get(index)
+        if report is None:
+            self.notify("still reading this model's config; a moment", severity="warning")
+            return
+        if report.problem:
+            self.notify(f"{report.entry.name}: {report.problem}", severity="error")
+            return
+        self.app.push_screen(LoadOptionsScreen(report), self._options_chosen)
+
+    def _options_chosen(self, choice: Choice | None) -> None:
+        if choice is not None:
+            self.dismiss(choice)
+
+    @on(Input.Submitted, "#model-path")
+    def _typed(self, event: Input.Submitted) -> None:
+        event.stop()
+        if event.value.strip():
+            self.dismiss((event.value.strip(), {}))
+
+
+class LoadOptionsScreen(ModalScreen[Choice | None]):
+    """Cache size, expert bits and prefetch for one model, preset to the planner's suggestion."""
+
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
+
+    def __init__(self, report: ModelReport) -> None:
+        super().__init__(classes="dialog")
+        self.report = report
+
+    def compose(self):
+        """The three fields, preset, and what the suggestion is based on."""
+        suggestion = self.report.suggestion
+        k = str(suggestion.cache_size) if suggestion else "1"
+        bits = str(suggestion.expert_bits) if suggestion and suggestion.expert_bits else ("none" if suggestion else "2")
+        with Vertical(classes="dialog-box", id="load-options-box"):
+            yield Label(f"Load {self.report.entry.name}", classes="dialog-title", markup=False)
+            with Grid(id="load-options-grid"):
+                yield Label("cache size k")
+                yield Input(k, id="load-k")
+                yield Label("expert bits (2, 3, 4, 8, none)")
+                yield Input(bits, id="load-bits")
+                yield Label("prefetch")
+                yield Input(str(suggestion.prefetch) if suggestion else "1", id="load-prefetch")
+            planned = (
+                f"suggested for this machine: {suggestion.describe()}" if suggestion else "nothing fits this machine"
+            )
+            yield Static(planned, classes="dialog-hint", markup=False)
+            yield Static("", id="load-error", markup=False)
+            yield Static("enter: load    escape: back", classes="dialog-hint", markup=False)
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Check the fields and load, or say what is wrong."""
+        event.stop()
+        try:
+            options = load_options(
+                self.query_one("#load-k", Input).value,
+                self.query_one("#load-bits", Input).value,
+                self.query_one("#load-prefetch", Input).value,
+            )
+        except UserError as error:
+            self.query_one("#load-error", Static).update(str(error))
+            return
+        self.dismiss((self.report.entry.spec, options))
+
+
+def load_options(k: str, bits: str, prefetch: str) -> dict[str, Any]:
+    """Launch options from the form's text; UserError naming a bad field."""
+    try:
+        cache_size = int(k)
+        prefetch_depth = int(prefetch)
+    except ValueError:
+        raise UserError("cache size and prefetch must be whole numbers") from None
+    if cache_size < 1 or prefetch_depth < 0:
+        raise UserError("cache size must be at least 1 and prefetch 0 or more")
+    text = bits.strip().lower()
+    if text in ("none", "", "-"):
+        expert_bits = None
+    elif text in ("2", "3", "4", "8"):
+        expert_bits = int(text)
+    else:
+        raise UserError(f"expert bits must be 2, 3, 4, 8 or none, not {bits!r}")
+    return {"cache_size": cache_size, "expert_bits": expert_bits, "prefetch": prefetch_depth}

@@ -1,0 +1,51 @@
+"""The model catalog: models found on this machine and the planner's suggestion for each."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from moe_tui import catalog, fit, plan
+from moe_tui.params import load_config
+
+GIB = 1024**3
+
+
+def test_the_local_hugging_face_cache_is_listed_by_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--acme--tiny-moe" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    (cache / "models--acme--tiny-moe" / "refs").mkdir()
+    (cache / "models--acme--tiny-moe" / "refs" / "main").write_text("abc123")
+    (cache / "models--acme--tiny-moe" / "blobs").mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    entries = catalog.local_models((str(snapshot),))  # the same directory given as a recent one: listed once
+    assert [(entry.spec, entry.source) for entry in entries] == [("", "demo"), (str(snapshot), "recent")]
+    entries = catalog.local_models()
+    assert [(entry.spec, entry.source) for entry in entries] == [("", "demo"), ("acme/tiny-moe", "hub cache")]
+
+
+def test_the_suggestion_is_the_most_faithful_precision_where_top_k_experts_fit() -> None:
+    mixtral = load_config("mixtral-8x7b")
+    # 24 GiB GPU, 64 GiB RAM: bf16 experts (84 GiB) do not fit the host; 8-bit ones do, with k=3.
+    suggestion = catalog.suggest(mixtral, 64 * GIB, 24 * GIB)
+    assert suggestion is not None and (suggestion.expert_bits, suggestion.cache_size) == (8, 3)
+    facts = plan.model_facts(mixtral)
+    need = plan.fast_tier_bytes(facts, "hqq8", facts.dtype, 3, fit.DEFAULT_CONTEXT, device="cuda")
+    assert suggestion.fast_bytes == need <= 24 * GIB
+    assert plan.fast_tier_bytes(facts, "hqq8", facts.dtype, 4, fit.DEFAULT_CONTEXT, device="cuda") > 24 * GIB
+    # 10 GiB holds top-2 experts per layer only at 2 bits; 8 GiB nowhere, so the most faithful that fits at all.
+    assert (
+        catalog.suggest(mixtral, 64 * GIB, 10 * GIB).expert_bits,
+        catalog.suggest(mixtral, 64 * GIB, 10 * GIB).cache_size,
+    ) == (2, 3)
+    assert (
+        catalog.suggest(mixtral, 64 * GIB, 8 * GIB).expert_bits,
+        catalog.suggest(mixtral, 64 * GIB, 8 * GIB).cache_size,
+    ) == (4, 1)
+    assert catalog.suggest(mixtral, 64 * GIB, 6 * GIB) is None  # nothing fits
