@@ -1,10 +1,10 @@
 """Time to first token along a conversation, with and without the KV cache kept between turns.
 
 The bundled demo model (k=2, prefetch 1) answers a scripted 10-turn conversation (the questions of
-``samples/prompts/bench.txt``, then ``python-builtins.txt``, each answer 24 greedy tokens, every earlier turn kept in the prompt); for each
-turn the time from the call to the first streamed text is measured, once with every turn prefilled whole
-(``keep_kv`` off, as before) and once reusing the previous answer's cache. Both runs happen in this process,
-alternating, ``--runs`` times; the medians per turn are printed::
+``samples/prompts/bench.txt``, then ``python-builtins.txt``, each answer 24 greedy tokens, every earlier turn
+kept in the prompt); for each turn the time from the call to the first streamed text is measured, once with
+every turn prefilled whole (``keep_kv`` off, as before) and once reusing the previous answer's cache. Both
+runs happen in this process, alternating, ``--runs`` times; the medians per turn are printed::
 
     python benchmarks/conversation_ttft.py --runs 3 --json benchmarks/results/conversation-ttft.json
 """

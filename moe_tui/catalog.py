@@ -129,8 +129,8 @@ def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> Model
 def suggest(config: Any, host_bytes: int, gpu_bytes: int | None) -> Suggestion | None:
     """The most faithful expert precision at which at least top-k experts per layer fit, with the largest k that
     fits there (prefetch 1, other weights unquantized); when no precision holds top-k, the most faithful one
-    where any k fits. None when nothing fits. The sums are the planner's (:func:`moe_tui.plan.estimate`): weights, slots, KV cache,
-    activations and margin."""
+    where any k fits. None when nothing fits. The sums are the planner's (:func:`moe_tui.plan.estimate`):
+    weights, slots, KV cache, activations and margin."""
     from moe_tui import plan
     from moe_tui.precision import precision_for_bits
 

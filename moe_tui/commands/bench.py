@@ -27,7 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument(
         "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights (default: the model's)"
     )
-    source.add_argument("--routing", default=None, metavar="TRACE", help="force routing from a recorded trace")
+    source.add_argument(
+        "--routing", default=None, metavar="TRACE", help="force routing from a recorded trace ('-': stdin)"
+    )
     runs = parser.add_argument_group("runs")
     runs.add_argument(
         "--config", default="k=2,prefetch=1", metavar="SPEC", help="the configuration (default k=2,prefetch=1)"
