@@ -424,7 +424,61 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         lines += checkpoint_section(json.loads(checkpoint.read_text()))
     for path in sorted(OUT.glob("cuda-*.json")):
         lines += cuda_section(json.loads(path.read_text()), path.name)
+    fit_check = OUT / "fit-check.json"
+    if fit_check.is_file():
+        lines += fit_section(json.loads(fit_check.read_text()))
+    conversation = OUT / "conversation-ttft.json"
+    if conversation.is_file():
+        lines += conversation_section(json.loads(conversation.read_text()))
     return "\n".join(lines)
+
+
+def fit_section(data: dict) -> list[str]:
+    """Section 10: what an answer adds to memory against what the fit check counts for it."""
+    rows = [
+        [
+            str(row["tokens"]),
+            gib(row["measured"]),
+            gib(row["counted"]),
+            f"{row['measured'] / row['counted']:.2f}",
+        ]
+        for row in data["rows"]
+    ]
+    return [
+        "## 10. An answer's memory against the fit check",
+        "",
+        "`python benchmarks/fit_check.py --runs 3` (two Mixtral-8x7B-shaped layers in bf16, k=2, on the CPU; "
+        "prompts prefilled in 512-token chunks; RSS sampled every 2 ms during the answer, median of 3; counted: "
+        "the KV cache of prompt and answer plus one chunk's activations and the logits, as `chat` checks them "
+        f"before loading, besides a {gib(data['margin_cpu'])} margin).",
+        "",
+        table(["tokens", "RSS added (peak)", "counted", "measured / counted"], rows),
+        "",
+    ]
+
+
+def conversation_section(data: dict) -> list[str]:
+    """Section 11: time to first token along a conversation, with and without the KV cache kept."""
+    rows = [
+        [
+            str(row["turn"]),
+            str(row["prompt_tokens"]),
+            str(row["reused"]),
+            f"{1000 * row['whole_ttft_s']:.1f}",
+            f"{1000 * row['kept_ttft_s']:.1f}",
+        ]
+        for row in data["turns"]
+    ]
+    return [
+        "## 11. Time to first token along a conversation",
+        "",
+        f"`python benchmarks/conversation_ttft.py --runs {data['runs']}` (demo model, k=2, prefetch 1, "
+        f"{data['threads']} thread; 10 scripted turns, 24-token greedy answers; median of the runs, both ways "
+        "alternating in one process).",
+        "",
+        table(["turn", "prompt tokens", "reused from the kept cache", "prefilled whole (ms)", "cache kept (ms)"], rows),
+        "",
+    ]
 
 
 def checkpoint_section(data: dict) -> list[str]:

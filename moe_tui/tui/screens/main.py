@@ -445,6 +445,9 @@ class MainScreen(Screen):
             self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=detail))
             return
         note = f"{result.tokens} tokens in {result.seconds:.1f} s · {result.tokens_per_s:.1f} tok/s"
+        reused = getattr(result, "reused_tokens", 0)
+        if reused:
+            note += f" · {reused} of {result.prompt_tokens} prompt tokens from the kept cache"
         if result.stopped:
             note += " · stopped"
         chat.post_message(ChatView.AnswerEnded(serial, note))
