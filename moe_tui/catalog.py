@@ -7,7 +7,6 @@ Describing reads only ``config.json`` and builds the parameter tree on the meta 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,9 +88,9 @@ def local_models(recent: tuple[str, ...] = ()) -> list[ModelEntry]:
 
 def _hub_cache_models() -> list[ModelEntry]:
     try:
-        from huggingface_hub import scan_cache_dir
+        from huggingface_hub import constants, scan_cache_dir
 
-        cache = scan_cache_dir()
+        cache = scan_cache_dir(constants.HF_HUB_CACHE)  # where snapshot_download looks (HF_HUB_CACHE, HF_HOME)
     except Exception:  # no cache directory, or one the hub library cannot read: nothing to list
         return []
     entries = []
@@ -112,10 +111,6 @@ def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> Model
     from moe_tui.params import build_tree
 
     try:
-        raw = json.loads((entry.directory / "config.json").read_text(encoding="utf-8"))
-        architectures = [str(name) for name in raw.get("architectures") or []]
-        if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
-            return ModelReport(entry, f"not a causal language model ({', '.join(architectures)})")
         config = read_model_config(entry.directory)
         family_of(config)
         tree = build_tree(config)

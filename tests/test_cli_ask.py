@@ -67,7 +67,7 @@ def test_bad_questions_are_one_line(
 def test_a_model_that_is_not_a_causal_lm_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     code, _, err = run_cli(["ask", "hi", "--model", str(tmp_path)], capsys)
-    assert code == 2 and "not a Mixture-of-Experts model" in err
+    assert code == 2 and "is not a causal language model (BertModel)" in err
 
 
 def small_trace(path: Path) -> str:

@@ -194,7 +194,7 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         await wait_for(pilot, lambda: len(picker.reports) == 3, timeout=60)
         summaries = [picker.reports[index].summary() for index in range(3)]
         assert summaries[0].startswith("MoE · ") and "fits: k=8 at full precision" in summaries[0]
-        assert summaries[1] == "not a causal language model (BertModel)"
+        assert summaries[1] == "bert is not a causal language model (BertModel): there is nothing to chat with"
         assert "not a Mixture-of-Experts model" in summaries[2]
         await pilot.press("down", "enter")  # bert: refused with its reason, the picker stays
         assert isinstance(app.screen, ModelPickerScreen)

@@ -59,13 +59,14 @@ def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
 
 def read_model_config(directory: Path) -> object:
     """The transformers config of a model directory; UserError (one line, the real reason) when its config.json
-    is unreadable, not JSON, or not a config transformers can build."""
+    is unreadable, not JSON, names only architectures that are not causal language models, or is not a config
+    transformers can build."""
     from transformers import AutoConfig
 
     path = directory / "config.json"
     try:
         with open(path, encoding="utf-8") as handle:
-            json.load(handle)
+            raw = json.load(handle)
     except FileNotFoundError:
         raise UserError(f"{directory} has no config.json: not a transformers model directory") from None
     except IsADirectoryError:
@@ -74,6 +75,10 @@ def read_model_config(directory: Path) -> object:
         raise UserError(f"cannot read {path}: {error.strerror or error}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"{path} is not valid JSON ({error})") from None
+    architectures = [str(name) for name in (raw.get("architectures") or [])] if isinstance(raw, dict) else []
+    if architectures and not any(name.endswith("ForCausalLM") for name in architectures):
+        names = ", ".join(architectures)
+        raise UserError(f"{directory.name} is not a causal language model ({names}): there is nothing to chat with")
     try:
         return AutoConfig.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:

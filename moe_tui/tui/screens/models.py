@@ -60,10 +60,14 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
     @work(thread=True, exclusive=True, group="describe-models", exit_on_error=False)
     def _describe_all(self) -> None:
         for index, entry in enumerate(self.entries):
+            if not self.is_attached:  # the picker was closed: stop reading configs
+                return
             report = describe(entry, self.host_bytes, self.gpu_bytes)
             self.app.call_from_thread(self._show_report, index, report)
 
     def _show_report(self, index: int, report: ModelReport) -> None:
+        if not self.is_attached:
+            return
         self.reports[index] = report
         listing = self.query_one(OptionList)
         listing.replace_option_prompt_at_index(index, self._option(index, report).prompt)
