@@ -9,12 +9,22 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from transformers import (
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
+    Glm4MoeConfig,
+    Glm4MoeForCausalLM,
+    GraniteMoeConfig,
+    GraniteMoeForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     OlmoeConfig,
     OlmoeForCausalLM,
+    PhimoeConfig,
+    PhimoeForCausalLM,
     PreTrainedModel,
     Qwen2MoeConfig,
     Qwen2MoeForCausalLM,
@@ -66,6 +76,11 @@ def build(config, seed: int = 0) -> PreTrainedModel:
         "qwen3_moe": Qwen3MoeForCausalLM,
         "olmoe": OlmoeForCausalLM,
         "llama": LlamaForCausalLM,
+        "deepseek_v2": DeepseekV2ForCausalLM,
+        "deepseek_v3": DeepseekV3ForCausalLM,
+        "glm4_moe": Glm4MoeForCausalLM,
+        "phimoe": PhimoeForCausalLM,
+        "granitemoe": GraniteMoeForCausalLM,
     }
     model = classes[config.model_type](config).eval()
     with torch.no_grad():
@@ -135,6 +150,100 @@ def olmoe_config() -> OlmoeConfig:
         num_experts_per_tok=2,
         max_position_embeddings=256,
         pad_token_id=0,
+        eos_token_id=2,
+    )
+
+
+def deepseek_v2_config() -> DeepseekV2Config:
+    """Tiny DeepSeek-V2: MLA attention, one dense first layer, 8 experts in 4 groups (2 kept), a shared expert."""
+    return DeepseekV2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        moe_intermediate_size=16,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        q_lora_rank=None,
+        kv_lora_rank=16,
+        qk_nope_head_dim=8,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        n_routed_experts=8,
+        n_shared_experts=1,
+        num_experts_per_tok=2,
+        topk_method="group_limited_greedy",
+        n_group=4,
+        topk_group=2,
+        first_k_dense_replace=1,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        eos_token_id=2,
+    )
+
+
+def deepseek_v3_config(model_type: str = "deepseek_v3") -> DeepseekV3Config | Glm4MoeConfig:
+    """Tiny DeepSeek-V3 (or GLM-4.5 with ``glm4_moe``): sigmoid routing with a correction bias, 8 experts in 4
+    groups (2 kept), a shared expert, one dense first layer (DeepSeek-V3: MLA attention)."""
+    shared = {
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "moe_intermediate_size": 16,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "n_routed_experts": 8,
+        "n_shared_experts": 1,
+        "num_experts_per_tok": 2,
+        "n_group": 4,
+        "topk_group": 2,
+        "first_k_dense_replace": 1,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 2.5,
+        "max_position_embeddings": 256,
+        "pad_token_id": 0,
+        "eos_token_id": 2,
+    }
+    if model_type == "glm4_moe":
+        return Glm4MoeConfig(**shared, head_dim=8)
+    return DeepseekV3Config(
+        **shared, q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8, qk_rope_head_dim=4, v_head_dim=8
+    )
+
+
+def phimoe_config() -> PhimoeConfig:
+    """Tiny Phi-3.5-MoE (sparsemixer routing)."""
+    return PhimoeConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def granitemoe_config() -> GraniteMoeConfig:
+    """Tiny GraniteMoE."""
+    return GraniteMoeConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=24,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
         eos_token_id=2,
     )
 

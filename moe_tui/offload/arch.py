@@ -1,9 +1,10 @@
-"""Where a transformers-5 MoE model keeps its experts and routers, and how checkpoints name their tensors.
+"""Where a transformers-5 MoE model keeps its experts and routers.
 
-The engine supports the families whose MoE block holds a fused experts module called as
+The engine supports the families whose MoE block calls a fused experts module as
 ``experts(hidden_states, top_k_index, top_k_weights)`` with ``gate_up_proj`` [E, 2I, H] (gate rows first) and
-``down_proj`` [E, H, I], next to a router ``gate`` with a ``weight`` [E, H]: Mixtral, Qwen2-MoE, Qwen3-MoE and
-OLMoE. Everything else is refused with a :class:`~moe_tui.errors.UserError`.
+``down_proj`` [E, H, I]; each is one adapter in :mod:`moe_tui.offload.families` (Mixtral, Phi-3.5-MoE,
+Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V2, DeepSeek-V3, GLM-4.5, GraniteMoE). Everything else is refused with a
+:class:`~moe_tui.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -13,41 +14,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from moe_tui.errors import UserError
-
-
-@dataclass(frozen=True)
-class Family:
-    """Checkpoint naming of one model family in the original (one tensor per expert) layout."""
-
-    name: str
-    block: str  # attribute name of the MoE block in original checkpoints ("block_sparse_moe" or "mlp")
-    expert_names: tuple[str, str, str]  # gate, up, down projection names inside experts.E
-
-    def original_keys(self, decoder_index: int, expert: int) -> tuple[str, str, str]:
-        """Checkpoint keys of one expert's gate, up and down weights in the original layout."""
-        base = f"model.layers.{decoder_index}.{self.block}.experts.{expert}"
-        return tuple(f"{base}.{name}.weight" for name in self.expert_names)  # type: ignore[return-value]
-
-    @staticmethod
-    def fused_keys(decoder_index: int) -> tuple[str, str]:
-        """Checkpoint keys of one layer's fused ``gate_up_proj`` and ``down_proj`` (transformers-5 layout)."""
-        base = f"model.layers.{decoder_index}.mlp.experts"
-        return f"{base}.gate_up_proj", f"{base}.down_proj"
-
-    def checkpoint_name(self, model_key: str) -> str:
-        """The name a non-expert model parameter has in an original-layout checkpoint."""
-        if self.block != "mlp":
-            return model_key.replace(".mlp.", f".{self.block}.")
-        return model_key
-
-
-_QWEN_STYLE = ("gate_proj", "up_proj", "down_proj")
-FAMILIES: dict[str, Family] = {
-    "mixtral": Family("mixtral", "block_sparse_moe", ("w1", "w3", "w2")),
-    "qwen2_moe": Family("qwen2_moe", "mlp", _QWEN_STYLE),
-    "qwen3_moe": Family("qwen3_moe", "mlp", _QWEN_STYLE),
-    "olmoe": Family("olmoe", "mlp", _QWEN_STYLE),
-}
+from moe_tui.offload.families import FAMILIES, Family
 
 
 @dataclass(frozen=True)
@@ -85,10 +52,13 @@ class MoEModel:
 
 
 def family_of(config: object) -> Family:
-    """The supported family of a transformers config, or a UserError saying why the model cannot be offloaded."""
+    """The supported family of a transformers config (its settings checked), or a UserError saying why the model
+    cannot be offloaded."""
     model_type = getattr(config, "model_type", None)
     if model_type in FAMILIES:
-        return FAMILIES[model_type]
+        family = FAMILIES[model_type]
+        family.check(config)
+        return family
     experts = getattr(config, "num_local_experts", None) or getattr(config, "num_experts", None)
     if not experts:
         raise UserError(f"model type {model_type!r} is not a Mixture-of-Experts model: there are no experts to offload")
@@ -104,9 +74,9 @@ def find_moe(model: nn.Module) -> MoEModel:
         raise UserError(f"cannot find the decoder layers of this {family.name} model (expected model.model.layers)")
     layers: list[MoELayer] = []
     for decoder_index, layer in enumerate(decoder_layers):
-        block = getattr(layer, "mlp", None)
+        block = getattr(layer, family.layer_block, None)
         experts = getattr(block, "experts", None)
-        router = getattr(block, "gate", None)
+        router = getattr(block, family.router, None)
         if experts is None or router is None:
             continue
         _check_experts(experts, decoder_index)

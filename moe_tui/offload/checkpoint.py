@@ -122,39 +122,48 @@ class Checkpoint:
 
     # ----------------------------------------------------------------- experts
     def expert_layout(self, moe: MoEModel) -> str:
-        """``"fused"`` or ``"original"``, after checking that every expert tensor exists with the right shape."""
+        """``"fused"`` (transformers-5 names), ``"original-fused"`` (an original checkpoint's own fused tensors) or
+        ``"original"`` (one tensor per expert), after checking that every expert tensor exists with its shape."""
         first = moe.layers[0].decoder_index
-        fused = moe.family.fused_keys(first)[0] in self.shapes
-        original = moe.family.original_keys(first, 0)[0] in self.shapes
-        if not fused and not original:
-            raise UserError(
-                f"{self.directory} has no expert weights for MoE layer {first}: expected "
-                f"{moe.family.fused_keys(first)[0]} or {moe.family.original_keys(first, 0)[0]}"
-            )
-        layout = "fused" if fused else "original"
+        candidates = {
+            "fused": moe.family.fused_keys(first),
+            "original-fused": moe.family.original_fused_keys(first),
+            "original": moe.family.original_keys(first, 0),
+        }
+        layout = next((name for name, keys in candidates.items() if keys and keys[0] in self.shapes), None)
+        if layout is None:
+            expected = " or ".join(keys[0] for keys in candidates.values() if keys)
+            raise UserError(f"{self.directory} has no expert weights for MoE layer {first}: expected {expected}")
         e, i, h = moe.num_experts, moe.intermediate_size, moe.hidden_size
         for moe_layer in moe.layers:
-            if layout == "fused":
-                gate_up, down = moe.family.fused_keys(moe_layer.decoder_index)
+            if layout != "original":
+                gate_up, down = self._fused_keys(moe, layout, moe_layer.decoder_index)
                 self._expect(gate_up, (e, 2 * i, h))
                 self._expect(down, (e, h, i))
                 continue
             for expert in range(e):
-                for key, shape in zip(
-                    moe.family.original_keys(moe_layer.decoder_index, expert), moe.expert_shapes, strict=True
-                ):
+                keys = moe.family.original_keys(moe_layer.decoder_index, expert) or ()
+                for key, shape in zip(keys, moe.expert_shapes, strict=True):
                     self._expect(key, shape)
         return layout
 
     def expert(self, moe: MoEModel, layout: str, decoder_index: int, expert: int) -> tuple[Tensor, Tensor, Tensor]:
         """One expert's gate (I, H), up (I, H) and down (H, I) weights, read from the shards."""
-        if layout == "fused":
-            gate_up_key, down_key = moe.family.fused_keys(decoder_index)
+        if layout != "original":
+            gate_up_key, down_key = self._fused_keys(moe, layout, decoder_index)
             gate_up = self.row(gate_up_key, expert)
             i = moe.intermediate_size
             return gate_up[:i], gate_up[i:], self.row(down_key, expert)
-        gate, up, down = moe.family.original_keys(decoder_index, expert)
+        gate, up, down = moe.family.original_keys(decoder_index, expert) or ()
         return self.tensor(gate), self.tensor(up), self.tensor(down)
+
+    @staticmethod
+    def _fused_keys(moe: MoEModel, layout: str, decoder_index: int) -> tuple[str, str]:
+        keys = (
+            moe.family.fused_keys(decoder_index) if layout == "fused" else moe.family.original_fused_keys(decoder_index)
+        )
+        assert keys is not None  # the layout was found by these keys
+        return keys
 
     def _expect(self, key: str, shape: tuple[int, ...]) -> None:
         if key not in self.shapes:

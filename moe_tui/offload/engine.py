@@ -23,10 +23,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from moe_tui.offload.cache import LayerCache
+from moe_tui.offload.families.base import Choice
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.misses import MissCosts, host_can_compute, measure_costs
 from moe_tui.offload.routing import Routing
@@ -77,6 +77,7 @@ class Engine:
         store: ExpertStore,
         caches: list[LayerCache],
         routers: list[nn.Module],
+        choice: Choice,
         act_fn: nn.Module,
         fmt: ExpertFormat,
         mover: Mover,
@@ -89,6 +90,7 @@ class Engine:
         self.store = store
         self.caches = caches
         self.routers = routers
+        self.choice = choice  # the family's ranking of a router's experts (see moe_tui.offload.families)
         self.act_fn = act_fn
         self.act = act_fn.forward  # called without nn.Module's hook machinery: ~4 us per expert saved
         self.fmt = fmt
@@ -266,10 +268,10 @@ class Engine:
         return self.fmt.forward(views, inputs.to("cpu"), self.act).to(inputs.device, non_blocking=True)
 
     def _guess(self, layer: int, hidden: Tensor, depth: int) -> Tensor:
-        """The next layer's ``depth`` most likely experts for these tokens, from its router's logits."""
-        router = self.routers[layer]
-        logits = F.linear(hidden, router.weight, getattr(router, "bias", None))
-        scores = logits[0] if logits.shape[0] == 1 else torch.softmax(logits.float(), dim=-1).sum(dim=0)
+        """The next layer's ``depth`` most likely experts for these tokens, ranked as the family's router ranks
+        them (one token: its own ranking; several: summed over tokens after a softmax over each token's scores)."""
+        scores = self.choice(self.routers[layer], hidden)
+        scores = scores[0] if scores.shape[0] == 1 else torch.softmax(scores.float(), dim=-1).sum(dim=0)
         return torch.topk(scores, depth).indices
 
     def _prefetch(self, layer: int, guesses: list[int]) -> None:

@@ -66,6 +66,7 @@ class OffloadedModel:
             store=store,
             caches=self.caches,
             routers=[moe_layer.router for moe_layer in moe.layers],
+            choice=moe.family.choice,
             act_fn=_act_fn(moe),
             fmt=fmt,
             mover=make_mover(device),

@@ -1,0 +1,149 @@
+"""The newer families, offloaded: exact against transformers, with their own routing for prefetch guesses,
+from checkpoints in their original and fused layouts, and impossible configs refused before building."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from offload_models import (
+    VOCAB,
+    build,
+    deepseek_v2_config,
+    deepseek_v3_config,
+    granitemoe_config,
+    phimoe_config,
+    prompt,
+    save_fused,
+    save_original,
+    twin,
+)
+from test_offload import TOLERANCE, assert_same_generation, generate, record_routing, reference_lru
+from test_offload_loader import logits
+
+from moe_tui.errors import UserError
+from moe_tui.offload import OffloadConfig, load_offloaded, offload_model
+from moe_tui.offload.arch import find_moe
+
+FAMILIES = {
+    "deepseek_v2": deepseek_v2_config,
+    "deepseek_v3": deepseek_v3_config,
+    "glm4_moe": partial(deepseek_v3_config, "glm4_moe"),
+    "phimoe": phimoe_config,
+    "granitemoe": granitemoe_config,
+}
+
+
+def sharpen_routers(model) -> None:
+    """Larger router weights and correction biases, so that routing varies from token to token."""
+    with torch.no_grad():
+        for layer in find_moe(model).layers:
+            layer.router.weight.normal_(0.0, 0.5)
+            if hasattr(layer.router, "e_score_correction_bias"):
+                layer.router.e_score_correction_bias.normal_(0.0, 0.1)
+
+
+def family_twin(name: str, seed: int = 3):
+    reference, model = twin(FAMILIES[name](), seed=seed)
+    sharpen_routers(reference)
+    model.load_state_dict(reference.state_dict())
+    return reference, model
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_is_exact_at_every_cache_size_with_and_without_prefetch(name: str) -> None:
+    reference, model = family_twin(name)
+    ids = prompt(batch=2, length=6)
+    expected = generate(reference, ids, 5)
+    experts = find_moe(model).num_experts
+    om = offload_model(model, OffloadConfig(cache_size=experts, prefetch=0), progress=lambda *a: None)
+    for k in range(1, experts + 1):
+        for prefetch in (0, 1):
+            om.set_cache_size(k)
+            om.set_prefetch(prefetch)
+            assert_same_generation(expected, om, ids, new_tokens=5)
+    config = FAMILIES[name]()
+    dense = getattr(config, "first_k_dense_replace", 0)
+    assert len(om.caches) == config.num_hidden_layers - dense
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_left_padded_batch_matches_transformers(name: str) -> None:
+    reference, model = family_twin(name, seed=4)
+    om = offload_model(model, OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: None)
+    ids = prompt(batch=2, length=7)
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 0, 0
+    outputs = []
+    for m in (reference, om.model):
+        with torch.no_grad():
+            outputs.append(m.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_prefetch_guess_is_the_familys_own_selection(name: str) -> None:
+    _, model = family_twin(name, seed=5)
+    moe = find_moe(model)
+    generator = torch.Generator().manual_seed(0)
+    for layer in moe.layers:
+        hidden = torch.randn(16, moe.hidden_size, generator=generator)
+        _, _, selected = layer.router(hidden)
+        scores = moe.family.choice(layer.router, hidden)
+        for token in range(hidden.shape[0]):
+            guess = set(torch.topk(scores[token], moe.top_k).indices.tolist())
+            assert guess == set(selected[token].tolist())
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_live_hits_and_misses_equal_the_simulator(name: str) -> None:
+    _, model = family_twin(name, seed=6)
+    om = offload_model(model, OffloadConfig(cache_size=2, prefetch=0), progress=lambda *a: None)
+    routing = record_routing(om)
+    for seed in range(2):
+        generate(om.model, prompt(batch=1, length=5, seed=seed), new_tokens=6)
+    hits, misses, _ = reference_lru(routing, 2)
+    assert (om.stats()["hits"], om.stats()["misses"]) == (hits, misses) and misses > 0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_checkpoints_in_the_original_and_fused_layouts_load_exactly(name: str, tmp_path: Path) -> None:
+    reference, _ = family_twin(name, seed=7)
+    ids = prompt(batch=2, length=6)
+    expected = logits(reference, ids)
+    for writer, layout in ((save_original, "original"), (save_fused, "fused")):
+        directory = writer(reference, tmp_path / layout)
+        om = load_offloaded(directory, OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: None)
+        assert (logits(om.model, ids) - expected).abs().max().item() <= TOLERANCE
+        if layout == "original" and name == "granitemoe":
+            assert om.load_info["layout"] == "original-fused"  # input_linear / output_linear
+
+
+@pytest.mark.parametrize(
+    ("name", "changes", "message"),
+    [
+        ("deepseek_v3", {"num_experts_per_tok": 9}, "must be between 1 and the 8 experts"),
+        ("deepseek_v3", {"n_group": 0}, "n_group must be a whole number of groups >= 1"),
+        ("deepseek_v3", {"n_group": 3}, "n_group 3 does not divide the 8 experts"),
+        ("deepseek_v3", {"topk_group": 5}, "topk_group 5 must be between 1 and n_group 4"),
+        ("deepseek_v2", {"topk_group": 0}, "topk_group 0 must be between 1 and n_group 4"),
+        ("glm4_moe", {"n_group": 8}, "fewer than 2 experts a group"),
+        ("phimoe", {"num_experts_per_tok": 0}, "must be between 1 and the 4 experts"),
+        ("granitemoe", {"num_experts_per_tok": 5}, "must be between 1 and the 4 experts"),
+    ],
+)
+def test_impossible_configs_are_refused_before_anything_is_built(
+    name: str, changes: dict, message: str, tmp_path: Path
+) -> None:
+    data = FAMILIES[name]().to_dict()
+    data.update(changes)
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match=message):
+        load_offloaded(tmp_path, OffloadConfig())
+
+
+def test_vocab_is_shared_with_the_other_engine_tests() -> None:
+    assert build(phimoe_config()).config.vocab_size == VOCAB
