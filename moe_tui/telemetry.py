@@ -10,9 +10,10 @@ Trace schema (version 1), one JSON object per line:
 
 * first line, ``{"type": "header", "schema": 1, "model": str, "num_layers": int, "num_experts": int,
   "top_k": int, "cache_size": [int per layer], "policy": str, "prefetch": int, "expert_bytes": int,
-  "fast_tier": str, "slow_tier": str, "miss": str, "expert_format": str}``. ``num_layers`` counts MoE
-  layers; layer indices below are 0-based among them. ``miss`` (``copy``, ``host`` or ``auto``) and
-  ``expert_format`` (``bf16``, ``int4``, ``hqq2 (unfused)``, ...) are optional.
+  "fast_tier": str, "slow_tier": str, "miss": str, "expert_format": str, "shared_experts": int}``.
+  ``num_layers`` counts MoE layers; layer indices below are 0-based among them. ``miss`` (``copy``, ``host``
+  or ``auto``), ``expert_format`` (``bf16``, ``int4``, ``hqq2 (unfused)``, ...) and ``shared_experts``
+  (experts every token uses besides the routed ones) are optional.
 * ``{"type": "step", "step": int, "layer": int, "n_tokens": int, "experts": [int], "counts": [int],
   "weights": [float], "hits": [bool], "prefetch_hits": [bool], "prefetch_issued": [int],
   "slots": [int | null], "bytes_loaded": int, "load_s": float, "compute_s": float, "time": float,
@@ -72,6 +73,7 @@ class TraceHeader:
     slow_tier: str = "ram"
     miss: str = "copy"  # what a miss does: copy into a slot, compute on the host, or auto (the cost model)
     expert_format: str = ""  # the experts' format as bench and the panels name it ("int4", "hqq2 (unfused)")
+    shared_experts: int = 0  # experts every token uses besides the routed ones (resident, not offloaded)
 
     def __post_init__(self) -> None:
         if self.num_layers < 1 or self.num_experts < 1 or not 1 <= self.top_k <= self.num_experts:
@@ -623,6 +625,7 @@ def _parse_header(record: dict[str, Any], name: str, number: int) -> TraceHeader
             slow_tier=str(record.get("slow_tier", "ram")),
             miss=str(record.get("miss", "copy")),
             expert_format=str(record.get("expert_format", "")),
+            shared_experts=int(record.get("shared_experts", 0)),
         )
     except KeyError as error:
         raise TraceError(f"{name}, line {number}: header is missing field {error}") from None

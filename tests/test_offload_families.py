@@ -147,3 +147,11 @@ def test_impossible_configs_are_refused_before_anything_is_built(
 
 def test_vocab_is_shared_with_the_other_engine_tests() -> None:
     assert build(phimoe_config()).config.vocab_size == VOCAB
+
+
+def test_shared_experts_are_named_in_the_trace_header_apart_from_the_routed_ones() -> None:
+    from offload_models import qwen2_moe_config
+
+    for config, shared in ((deepseek_v3_config(), 1), (qwen2_moe_config(), 1), (phimoe_config(), 0)):
+        om = offload_model(build(config), OffloadConfig(cache_size=2), progress=lambda *a: None)
+        assert om.snapshot().header.shared_experts == shared

@@ -40,7 +40,10 @@ def test_heat_levels_cover_the_ramp() -> None:
         (6, 8, 40, 20, "rows"),
         (32, 8, 44, 18, "columns"),
         (32, 8, 120, 40, "detailed"),
-        (24, 60, 70, 20, "rows"),
+        (24, 60, 70, 20, "folded"),  # too many layers for the rows, too many experts for the transposed rows
+        (6, 60, 70, 20, "rows"),
+        (48, 128, 45, 20, "folded"),
+        (61, 256, 75, 44, "folded"),
     ],
 )
 def test_layout_follows_the_space(layers: int, experts: int, width: int, height: int, expected: str) -> None:
@@ -216,3 +219,70 @@ def test_pacer_rejects_impossible_rates() -> None:
 
     with pytest.raises(ValueError):
         FramePacer(max_hz=2, min_hz=5)
+
+
+# --- today's large shapes: 48-61 layers, 128-256 experts, top-8 -----------------------------------------------
+
+
+def big(layers: int = 61, experts: int = 256, shared: int = 1):
+    head = header(layers=layers, experts=experts, k=16, prefetch=8, top_k=8, shared=shared)
+    replay = Replay(head, synthetic_events(head, tokens=20))
+    replay.play()
+    return replay.snapshot()
+
+
+@pytest.mark.parametrize(("width", "height"), [(38, 20), (47, 44), (75, 44)])
+def test_a_folded_heatmap_keeps_every_layer_and_expert_inside_the_panel(width: int, height: int) -> None:
+    snapshot = big()
+    text = heatmap.render_heatmap(snapshot, COLOURS, width, height).plain
+    lines = text.splitlines()
+    assert "+1 shared" in lines[0]  # the shared expert, apart from the routed ones
+    assert all(len(line) <= width for line in lines[1:])
+    rows = [line for line in lines if line.startswith("L")]
+    covered = []
+    for row in rows:
+        first, _, last = row.split()[0][1:].partition("-")
+        covered += range(int(first), int(last or first) + 1)
+    assert covered == list(range(61))
+    per_expert = int(lines[1].split()[1])
+    assert {len(row.split()[1]) for row in rows} == {-(-256 // per_expert)}
+    assert heatmap.PICK not in "".join(rows)  # rows of several layers: no current picks, only heat
+    assert "picks/token" in lines[-1]
+
+
+def test_a_folded_heatmap_of_one_layer_per_row_marks_the_picks() -> None:
+    snapshot = big(layers=12, experts=128, shared=0)
+    text = heatmap.render_heatmap(snapshot, COLOURS, 40, 30).plain
+    rows = [line for line in text.splitlines() if line.startswith("L")]
+    per_expert = int(text.splitlines()[1].split()[1])
+    for state, row in zip(snapshot.layers, rows, strict=True):
+        cells = row.split()[1]
+        assert {i for i, c in enumerate(cells) if c == heatmap.PICK} == {e // per_expert for e in state.last_experts}
+
+
+def test_the_cache_panel_counts_slots_and_shows_the_worst_layers_when_they_do_not_fit() -> None:
+    snapshot = big()
+    text = cache.render_cache(snapshot, COLOURS, 38, 20).plain
+    lines = text.splitlines()
+    rows = [line for line in lines if line.startswith("L")]
+    assert len(rows) == 20 - 4 and "worst layers" in lines[1]
+    assert lines[-2].startswith(f"… {61 - len(rows)} more layers, hit ")
+    shown = {int(row.split()[0][1:]) for row in rows}
+    rates = {state.layer: state.counters.hit_rate for state in snapshot.layers}
+    assert max(rates[layer] for layer in shown) <= min(rates[layer] for layer in rates if layer not in shown)
+    for row in rows:
+        state = snapshot.layers[int(row.split()[0][1:])]
+        parts = row.split()
+        counted = sum(int(part[:-1]) for part in parts[2:] if part[-1] in "+!^~·" and part[:-1].isdigit())
+        counted += sum(int(parts[i - 1]) for i, part in enumerate(parts) if part == "idle")
+        assert parts[1] == "k=16" and counted == len(state.slots)
+
+
+def test_the_prefetch_panel_lists_the_layers_of_lowest_recall() -> None:
+    snapshot = big()
+    text = prefetch.render_prefetch(snapshot, COLOURS, 47, 20).plain
+    assert "lowest recall, 9 of 61 layers:" in text
+    listed = [int(line.split()[0][1:]) for line in text.splitlines() if line.startswith("L")]
+    recall = {state.layer: state.counters.prefetch_recall for state in snapshot.layers}
+    assert len(listed) == 9 and listed == sorted(listed)
+    assert max(recall[layer] for layer in listed) <= min(recall[layer] for layer in recall if layer not in listed)

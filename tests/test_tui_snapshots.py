@@ -63,3 +63,31 @@ def test_narrow_terminal_panels_view_60x20(snap_compare) -> None:
 
 def test_high_contrast_theme_100x30(snap_compare) -> None:
     assert snap_compare(replay_app(theme="moe-contrast"), terminal_size=(100, 30), run_before=settled)
+
+
+def big_replay_app(layers: int, experts: int, shared: int) -> MoeTuiApp:
+    """The dashboard on a synthetic trace of a large MoE shape (top-8, k=16, prefetch 8), paused at its end."""
+    head = header(layers=layers, experts=experts, k=16, prefetch=8, top_k=8, shared=shared)
+    events = synthetic_events(head, tokens=20)
+
+    def loader(options: LaunchOptions, progress) -> ReplayBackend:
+        replay = Replay(head, events)
+        replay.play()
+        replay.paused = True
+        return ReplayBackend(replay, f"synthetic {layers}x{experts} (replay)")
+
+    return MoeTuiApp(LaunchOptions(replay="synthetic.jsonl"), loader=loader, probe=FakeProbe())
+
+
+def test_qwen3_30b_shape_48x128_panels_view_80x24(snap_compare) -> None:
+    async def panels(pilot) -> None:
+        await settled(pilot, panels_shown=False)
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: pilot.app.main.redraws > 0)
+        await pilot.pause(0.3)
+
+    assert snap_compare(big_replay_app(48, 128, 0), terminal_size=(80, 24), run_before=panels)
+
+
+def test_deepseek_v3_shape_61x256_with_a_shared_expert_160x48(snap_compare) -> None:
+    assert snap_compare(big_replay_app(61, 256, 1), terminal_size=(160, 48), run_before=settled)

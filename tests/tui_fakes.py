@@ -25,13 +25,22 @@ TEXT = (
 WORDS = TEXT.split(" ")
 
 
-def header(layers: int = 6, experts: int = 8, k: int = 2, prefetch: int = 1, policy: str = "lru") -> TraceHeader:
-    """A Mixtral-like header (top-2) for synthetic traces."""
+def header(
+    layers: int = 6,
+    experts: int = 8,
+    k: int = 2,
+    prefetch: int = 1,
+    policy: str = "lru",
+    top_k: int = 2,
+    shared: int = 0,
+) -> TraceHeader:
+    """A Mixtral-like header (top-2) for synthetic traces; larger shapes with ``top_k`` and ``shared`` experts."""
     return TraceHeader(
-        model="synthetic-mixtral",
+        model="synthetic-mixtral" if experts == 8 else f"synthetic-{layers}x{experts}",
         num_layers=layers,
         num_experts=experts,
-        top_k=2,
+        top_k=top_k,
+        shared_experts=shared,
         cache_size=(k,) * layers,
         policy=policy,
         prefetch=prefetch,
@@ -50,7 +59,8 @@ class SyntheticRouter:
         self.sizes = list(head.cache_size)
         self.policy_name = head.policy
         self.prefetch = head.prefetch
-        self.favourites = [self.rng.sample(range(head.num_experts), 3) for _ in range(head.num_layers)]
+        favourites = max(3, 3 * head.top_k // 2)  # 3 for top-2 (the shipped snapshots), 12 for top-8
+        self.favourites = [self.rng.sample(range(head.num_experts), favourites) for _ in range(head.num_layers)]
         self.resident: list[list[int]] = [[] for _ in range(head.num_layers)]
         self.policies = [make_policy(head.policy) for _ in range(head.num_layers)]
         self.guesses: list[tuple[int, ...]] = [() for _ in range(head.num_layers)]

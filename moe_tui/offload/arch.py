@@ -43,6 +43,7 @@ class MoEModel:
     top_k: int
     hidden_size: int
     intermediate_size: int
+    shared_experts: int = 0  # experts every token uses besides the routed ones (part of the resident block)
 
     @property
     def expert_shapes(self) -> list[tuple[int, int]]:
@@ -95,7 +96,17 @@ def find_moe(model: nn.Module) -> MoEModel:
         top_k=int(model.config.num_experts_per_tok),
         hidden_size=int(hidden),
         intermediate_size=int(two_i) // 2,
+        shared_experts=_shared_experts(model.config, layers[0].block),
     )
+
+
+def _shared_experts(config: object, block: nn.Module) -> int:
+    """How many shared experts each MoE block runs for every token (DeepSeek's ``n_shared_experts``, Qwen2-MoE's
+    one ``shared_expert``)."""
+    count = getattr(config, "n_shared_experts", None)
+    if isinstance(count, int) and count > 0 and getattr(block, "shared_experts", None) is not None:
+        return count
+    return 1 if getattr(block, "shared_expert", None) is not None else 0
 
 
 def _check_experts(experts: nn.Module, decoder_index: int) -> None:

@@ -221,6 +221,7 @@ class OffloadedModel:
             slow_tier=self.store.kind,
             miss=self.config.miss,
             expert_format=self.format.label(),
+            shared_experts=self.moe.shared_experts,
         )
 
     def _begin_pass(self, module: nn.Module, args: tuple[Any, ...]) -> None:

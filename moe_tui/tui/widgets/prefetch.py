@@ -9,7 +9,7 @@ from rich.text import Text
 from moe_tui.telemetry import Counters, Snapshot
 from moe_tui.tui.widgets.colours import Colours
 from moe_tui.tui.widgets.panel import Panel, SnapshotView
-from moe_tui.tui.widgets.text import bar, percent, size
+from moe_tui.tui.widgets.text import MANY_LAYERS, bar, percent, size
 
 
 def describe_tiers(fast: str, slow: str) -> str:
@@ -27,7 +27,8 @@ def describe_tiers(fast: str, slow: str) -> str:
 
 
 def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: int) -> Text:
-    """The panel text: overall figures first, per-layer figures when the panel is tall enough."""
+    """The panel text: overall figures first, then per-layer figures in the rows left (every layer when they
+    fit, else the layers with the lowest recall)."""
     header = snapshot.header
     totals = snapshot.totals
     text = Text()
@@ -56,10 +57,18 @@ def render_prefetch(snapshot: Snapshot, colours: Colours, width: int, height: in
     if header.expert_format:
         text.append("\n")
         text.append_text(_compute_line(header.expert_format, header.miss, colours))
-    if header.prefetch and height >= len(snapshot.layers) + 7:
+    layers = snapshot.layers
+    shown = layers if height >= len(layers) + 7 else []
+    if not shown and len(layers) > MANY_LAYERS and height >= 12:  # a large model: its layers of lowest recall
+        ranked = sorted(layers, key=lambda state: state.counters.prefetch_recall)
+        worst = {state.layer for state in ranked[: height - 11]}
+        shown = [state for state in layers if state.layer in worst]
+    if header.prefetch and shown:
         text.append("\n")
+        if len(shown) < len(layers):
+            text.append(f"lowest recall, {len(shown)} of {len(layers)} layers:\n", style=colours.muted)
         text.append("       issued  used  prec  recall", style=colours.label)
-        for state in snapshot.layers:
+        for state in shown:
             counters = state.counters
             text.append("\n")
             text.append(f"L{state.layer:<5}", style=colours.label)

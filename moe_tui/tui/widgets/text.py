@@ -44,3 +44,13 @@ def size(value: float | None) -> str:
 def rate(value: float | None) -> str:
     """Bytes per second (``N/A`` when unknown)."""
     return "N/A" if value is None else f"{format_bytes(value)}/s"
+
+
+# Up to this many layers a panel lists every one (the dashboard scrolls); beyond it, panels fold or pick layers
+# to stay inside their height (48-61 layers of today's large MoE models).
+MANY_LAYERS = 16
+
+
+def fold(count: int, room: int) -> int:
+    """How many items one cell stands for so that ``count`` items fit in ``room`` cells (1 when they fit)."""
+    return max(1, -(-count // max(room, 1)))
