@@ -73,13 +73,13 @@ def main() -> None:
     for _ in range(200):  # warm-up: every selected expert is cached from here on
         engine_pass()
     views = [om.format.views(cache.slots[cache.slot_of[int(e)]]) for e in index[0]]
-    act = om.moe.layers[0].block.experts.act_fn
+    glu = om.moe.layers[0].block.experts.glu
 
     def plain_loop() -> float:
         start = time.perf_counter()
         out = torch.zeros_like(hidden)
         for j, expert_views in enumerate(views):
-            out += om.format.forward(expert_views, hidden, act) * weights[:, j : j + 1]
+            out += om.format.forward(expert_views, hidden, glu) * weights[:, j : j + 1]
         return time.perf_counter() - start
 
     results = {}

@@ -30,6 +30,13 @@ import torch.nn.functional as F
 from moe_tui.offload.formats import make_format
 
 OUT = Path(__file__).resolve().parent / "results"
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """Mixtral's gated unit."""
+    return F.silu(gate) * up
+
+
 SHAPES = {"mixtral": ("Mixtral-8x7B", 4096, 14336), "qwen3": ("Qwen3-30B-A3B", 2048, 768)}
 FORMATS = (  # (label, bits, fused)
     ("bf16", None, True),
@@ -87,7 +94,7 @@ def measure_shape(name: str, hidden: int, width: int, device: torch.device, runs
         row = {"shape": name, "format": label, "nbytes": fmt.nbytes, "pack_s": pack_s, "fused": fmt.fused}
         for tokens in (1, 8):
             x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
-            samples = timings(lambda x=x, fmt=fmt, views=views: fmt.forward(views, x, F.silu), device, runs)
+            samples = timings(lambda x=x, fmt=fmt, views=views: fmt.forward(views, x, swiglu), device, runs)
             row[f"median_s_{tokens}"] = statistics.median(samples)
         row["bound_s"] = fmt.nbytes / bandwidth
         rows.append(row)

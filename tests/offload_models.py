@@ -15,6 +15,8 @@ from transformers import (
     DeepseekV3ForCausalLM,
     Glm4MoeConfig,
     Glm4MoeForCausalLM,
+    GptOssConfig,
+    GptOssForCausalLM,
     GraniteMoeConfig,
     GraniteMoeForCausalLM,
     LlamaConfig,
@@ -81,6 +83,7 @@ def build(config, seed: int = 0) -> PreTrainedModel:
         "glm4_moe": Glm4MoeForCausalLM,
         "phimoe": PhimoeForCausalLM,
         "granitemoe": GraniteMoeForCausalLM,
+        "gpt_oss": GptOssForCausalLM,
     }
     model = classes[config.model_type](config).eval()
     with torch.no_grad():
@@ -244,6 +247,26 @@ def granitemoe_config() -> GraniteMoeConfig:
         max_position_embeddings=256,
         pad_token_id=0,
         bos_token_id=1,
+        eos_token_id=2,
+    )
+
+
+def gpt_oss_config() -> GptOssConfig:
+    """Tiny gpt-oss: biased experts with the clamped SwiGLU, attention sinks, sliding and full layers."""
+    return GptOssConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256,
+        pad_token_id=0,
         eos_token_id=2,
     )
 

@@ -313,7 +313,7 @@ def test_quantized_store_cache_entry_is_rebuilt_never_trusted(tmp_path: Path, va
 
 
 # ----------------------------------------------------------------------------------------------- pre-quantized
-@pytest.mark.parametrize("method", ["fp8 without a weight_block_size", "mxfp4", "gptq", "awq", "bitsandbytes", "x"])
+@pytest.mark.parametrize("method", ["fp8 without a weight_block_size", "hqq", "gptq", "awq", "bitsandbytes", "x"])
 def test_a_pre_quantized_checkpoint_is_refused_before_any_weight_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], method: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

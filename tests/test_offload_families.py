@@ -14,6 +14,7 @@ from offload_models import (
     build,
     deepseek_v2_config,
     deepseek_v3_config,
+    gpt_oss_config,
     granitemoe_config,
     phimoe_config,
     prompt,
@@ -34,14 +35,18 @@ FAMILIES = {
     "glm4_moe": partial(deepseek_v3_config, "glm4_moe"),
     "phimoe": phimoe_config,
     "granitemoe": granitemoe_config,
+    "gpt_oss": gpt_oss_config,
 }
 
 
 def sharpen_routers(model) -> None:
     """Larger router weights and correction biases, so that routing varies from token to token."""
+    moe = find_moe(model)
     with torch.no_grad():
-        for layer in find_moe(model).layers:
+        for layer in moe.layers:
             layer.router.weight.normal_(0.0, 0.5)
+            for name in moe.family.bias_names or ():  # gpt-oss: biases large enough to matter
+                getattr(layer.experts, name).normal_(0.0, 0.1)
             if hasattr(layer.router, "e_score_correction_bias"):
                 layer.router.e_score_correction_bias.normal_(0.0, 0.1)
 
@@ -155,3 +160,44 @@ def test_shared_experts_are_named_in_the_trace_header_apart_from_the_routed_ones
     for config, shared in ((deepseek_v3_config(), 1), (qwen2_moe_config(), 1), (phimoe_config(), 0)):
         om = offload_model(build(config), OffloadConfig(cache_size=2), progress=lambda *a: None)
         assert om.snapshot().header.shared_experts == shared
+
+
+def test_a_gpt_oss_checkpoint_with_mxfp4_experts_loads_dequantized(tmp_path: Path) -> None:
+    # The published layout: each layer's experts as FP4 pairs (``*_blocks``) and power-of-two exponents
+    # (``*_scales``); the reference model holds transformers' own dequantization of the same bytes.
+    from safetensors.torch import save_file
+    from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+    reference, _ = family_twin("gpt_oss", seed=8)
+    config = reference.config
+    generator = torch.Generator().manual_seed(0)
+    state = {key: value.detach().clone() for key, value in reference.state_dict().items()}
+    e, h, i = config.num_local_experts, config.hidden_size, config.intermediate_size
+    for layer in range(config.num_hidden_layers):
+        base = f"model.layers.{layer}.mlp.experts"
+        for name, rows, cols in (("gate_up_proj", 2 * i, h), ("down_proj", h, i)):
+            blocks = torch.randint(0, 256, (e, rows, cols // 32, 16), dtype=torch.uint8, generator=generator)
+            scales = torch.randint(122, 127, (e, rows, cols // 32), dtype=torch.uint8, generator=generator)
+            weights = convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16).float()
+            with torch.no_grad():
+                getattr(reference.model.layers[layer].mlp.experts, name).copy_(weights)
+            del state[f"{base}.{name}"]
+            state[f"{base}.{name}_blocks"], state[f"{base}.{name}_scales"] = blocks, scales
+    directory = tmp_path / "gpt-oss-mxfp4"
+    directory.mkdir()
+    config_data = config.to_dict()
+    config_data["quantization_config"] = {
+        "quant_method": "mxfp4",
+        "modules_to_not_convert": ["model.layers.*.self_attn"],
+    }
+    (directory / "config.json").write_text(json.dumps(config_data))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    om = load_offloaded(directory, OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: None)
+    ids = prompt(batch=2, length=6)
+    assert (logits(om.model, ids) - logits(reference, ids)).abs().max().item() <= TOLERANCE
+    assert om.load_info["layout"] == "fused"
+
+    del state["model.layers.1.mlp.experts.down_proj_scales"]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
+    with pytest.raises(UserError, match=r"the MXFP4 scales of model\.layers\.1\.mlp\.experts\.down_proj_blocks"):
+        load_offloaded(directory, OffloadConfig(cache_size=2), progress=lambda *a: None)

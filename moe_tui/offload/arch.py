@@ -80,13 +80,17 @@ def find_moe(model: nn.Module) -> MoEModel:
         router = getattr(block, family.router, None)
         if experts is None or router is None:
             continue
-        _check_experts(experts, decoder_index)
+        if not family.layout_ok(experts):
+            raise UserError(
+                f"the experts of decoder layer {decoder_index} ({type(experts).__name__}) are not in the fused "
+                f"gate_up_proj/down_proj layout this engine supports for {family.name}"
+            )
         layers.append(MoELayer(len(layers), decoder_index, block, router))
     if not layers:
         raise UserError(f"this {family.name} model has no MoE layers to offload")
-    num_experts, two_i, hidden = layers[0].experts.gate_up_proj.shape
+    num_experts, intermediate, hidden = family.dims(layers[0].experts)
     for moe in layers:
-        if tuple(moe.experts.gate_up_proj.shape) != (num_experts, two_i, hidden):
+        if family.dims(moe.experts) != (num_experts, intermediate, hidden):
             raise UserError(f"MoE layer {moe.decoder_index} has a different expert shape from layer 0")
     return MoEModel(
         family=family,
@@ -94,8 +98,8 @@ def find_moe(model: nn.Module) -> MoEModel:
         layers=tuple(layers),
         num_experts=int(num_experts),
         top_k=int(model.config.num_experts_per_tok),
-        hidden_size=int(hidden),
-        intermediate_size=int(two_i) // 2,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
         shared_experts=_shared_experts(model.config, layers[0].block),
     )
 
@@ -107,25 +111,3 @@ def _shared_experts(config: object, block: nn.Module) -> int:
     if isinstance(count, int) and count > 0 and getattr(block, "shared_experts", None) is not None:
         return count
     return 1 if getattr(block, "shared_expert", None) is not None else 0
-
-
-def _check_experts(experts: nn.Module, decoder_index: int) -> None:
-    """Refuse experts modules whose weights are not the fused, untransposed, bias-free gate/up + down layout."""
-    gate_up = getattr(experts, "gate_up_proj", None)
-    down = getattr(experts, "down_proj", None)
-    layout_ok = (
-        isinstance(gate_up, nn.Parameter)
-        and isinstance(down, nn.Parameter)
-        and gate_up.dim() == 3
-        and down.dim() == 3
-        and not getattr(experts, "is_transposed", False)
-        and not getattr(experts, "has_bias", False)
-        and getattr(experts, "is_concatenated", True)
-        and getattr(experts, "has_gate", True)
-        and hasattr(experts, "act_fn")
-    )
-    if not layout_ok:
-        raise UserError(
-            f"the experts of decoder layer {decoder_index} ({type(experts).__name__}) are not in the fused "
-            "gate_up_proj/down_proj layout this engine supports"
-        )

@@ -138,8 +138,7 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
 
     def read(layer: int, expert: int) -> tuple[Tensor, Tensor, Tensor]:
         experts = moe.layers[layer].experts
-        i = moe.intermediate_size
-        return experts.gate_up_proj[expert, :i], experts.gate_up_proj[expert, i:], experts.down_proj[expert]
+        return moe.family.split(experts.gate_up_proj[expert], experts.down_proj[expert])
 
     source = {"kind": "in-memory", "digest": _content_digest(moe)} if cfg.quant_cache_dir else {}
     name = str(getattr(model.config, "name_or_path", "") or model.config.model_type)
@@ -234,10 +233,16 @@ def finish_model(model: nn.Module, moe: MoEModel, cfg: OffloadConfig, plan: Plan
 
 def _replace_experts(moe: MoEModel, index: int) -> None:
     moe_layer = moe.layers[index]
-    if isinstance(moe_layer.block.experts, OffloadedExperts):
-        return
-    act_fn = moe_layer.block.experts.act_fn
-    moe_layer.block.experts = OffloadedExperts(index, moe.num_experts, act_fn)
+    if not isinstance(moe_layer.block.experts, OffloadedExperts):
+        moe_layer.block.experts = offloaded_experts(moe, index, moe_layer.block.experts)
+
+
+def offloaded_experts(moe: MoEModel, index: int, experts: nn.Module) -> OffloadedExperts:
+    """The module that replaces MoE layer ``index``'s ``experts``: the family's gated unit, and the experts'
+    biases (when the family has them) kept as resident parameters."""
+    family = moe.family
+    biases = {name: getattr(experts, name) for name in family.bias_names or ()}
+    return OffloadedExperts(index, moe.num_experts, family.glu(experts), biases, family.split_bias)
 
 
 def _store_description(fmt: ExpertFormat, source: dict[str, object]) -> dict[str, object]:

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from moe_tui.errors import UserError
@@ -25,15 +26,17 @@ from moe_tui.offload.arch import MoEModel
 
 INDEX_FILE = "model.safetensors.index.json"
 SCALE_SUFFIX = "_scale_inv"  # FP8 block scales: ``X.weight_scale_inv`` beside ``X.weight``
+MXFP4_SUFFIXES = ("_blocks", "_scales")  # gpt-oss: ``X_blocks`` (packed FP4 pairs) and ``X_scales`` (exponents)
 SINGLE_FILE = "model.safetensors"
 
 
 class Checkpoint:
     """The tensors of a checkpoint directory, opened lazily (use as a context manager)."""
 
-    def __init__(self, directory: Path, fp8_block: tuple[int, int] | None = None):
+    def __init__(self, directory: Path, fp8_block: tuple[int, int] | None = None, mxfp4: bool = False):
         self.directory = directory
         self.fp8_block = fp8_block
+        self.mxfp4_keys: set[str] = set()  # tensors stored as MXFP4 blocks and scales, read dequantized
         self._files = self._shard_files(directory)
         self._stack = ExitStack()
         self._handles: dict[str, Any] = {}
@@ -67,6 +70,8 @@ class Checkpoint:
                 self.close()
                 raise UserError(f"{directory / INDEX_FILE} lists {key} in {name}, but that file does not contain it")
         self._check_fp8_scales()
+        if mxfp4:
+            self._find_mxfp4()
 
     def __enter__(self) -> Checkpoint:
         return self
@@ -84,19 +89,49 @@ class Checkpoint:
         return [self.directory / name for name in sorted(self._handles)]
 
     def tensor(self, key: str) -> Tensor:
-        """One whole tensor (an FP8 one dequantized with its block scales, in float32)."""
+        """One whole tensor (an FP8 one dequantized with its block scales, in float32; an MXFP4 one in bf16)."""
+        if key in self.mxfp4_keys:
+            return self._mxfp4(key, slice(None))
         value = self._handles[self.shard_of[key]].get_tensor(key)
         if key in self.fp8_keys:
             return _dequantize_fp8(value, self.tensor(key + SCALE_SUFFIX), self.fp8_block or (1, 1))
         return value
 
     def row(self, key: str, index: int) -> Tensor:
-        """``tensor(key)[index]`` reading only that slice (dequantized when it is FP8)."""
+        """``tensor(key)[index]`` reading only that slice (dequantized when it is FP8 or MXFP4)."""
+        if key in self.mxfp4_keys:
+            return self._mxfp4(key, slice(index, index + 1))[0]
         value = self._handles[self.shard_of[key]].get_slice(key)[index]
         if key in self.fp8_keys:
             scale = self._handles[self.shard_of[key + SCALE_SUFFIX]].get_slice(key + SCALE_SUFFIX)[index]
             return _dequantize_fp8(value, scale, self.fp8_block or (1, 1))
         return value
+
+    def _find_mxfp4(self) -> None:
+        """Every ``X_blocks`` [E, R, G, 16] with its ``X_scales`` [E, R, G] is read as ``X`` [E, G * 32, R] (the
+        layout transformers' gpt-oss experts use); blocks without their scales are refused."""
+        blocks_suffix, scales_suffix = MXFP4_SUFFIXES
+        for key in [key for key in self.shapes if key.endswith(blocks_suffix)]:
+            name = key.removesuffix(blocks_suffix)
+            blocks, scales = self.shapes[key], self.shapes.get(name + scales_suffix)
+            if len(blocks) != 4 or scales != blocks[:3]:
+                self.close()
+                what = "is missing" if scales is None else f"has shape {list(scales)}, expected {list(blocks[:3])}"
+                raise UserError(
+                    f"checkpoint {self.directory}: the MXFP4 scales of {key} ({name}{scales_suffix}) {what}"
+                )
+            self.shapes[name] = (blocks[0], blocks[2] * blocks[3] * 2, blocks[1])
+            self.shard_of[name] = self.shard_of[key]
+            self.mxfp4_keys.add(name)
+
+    def _mxfp4(self, name: str, experts: slice) -> Tensor:
+        """Experts ``experts`` of the MXFP4 tensor ``name``, dequantized by transformers' own gpt-oss routine."""
+        from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+
+        blocks_suffix, scales_suffix = MXFP4_SUFFIXES
+        blocks = self._handles[self.shard_of[name + blocks_suffix]].get_slice(name + blocks_suffix)[experts]
+        scales = self._handles[self.shard_of[name + scales_suffix]].get_slice(name + scales_suffix)[experts]
+        return convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
 
     def _check_fp8_scales(self) -> None:
         """Every FP8 tensor needs its block scales (and a declared block size), or it would load as garbage."""
@@ -135,11 +170,12 @@ class Checkpoint:
             expected = " or ".join(keys[0] for keys in candidates.values() if keys)
             raise UserError(f"{self.directory} has no expert weights for MoE layer {first}: expected {expected}")
         e, i, h = moe.num_experts, moe.intermediate_size, moe.hidden_size
+        gate_up_shape, down_shape = moe.family.fused_shapes(e, i, h)
         for moe_layer in moe.layers:
             if layout != "original":
                 gate_up, down = self._fused_keys(moe, layout, moe_layer.decoder_index)
-                self._expect(gate_up, (e, 2 * i, h))
-                self._expect(down, (e, h, i))
+                self._expect(gate_up, gate_up_shape)
+                self._expect(down, down_shape)
                 continue
             for expert in range(e):
                 keys = moe.family.original_keys(moe_layer.decoder_index, expert) or ()
@@ -151,9 +187,7 @@ class Checkpoint:
         """One expert's gate (I, H), up (I, H) and down (H, I) weights, read from the shards."""
         if layout != "original":
             gate_up_key, down_key = self._fused_keys(moe, layout, decoder_index)
-            gate_up = self.row(gate_up_key, expert)
-            i = moe.intermediate_size
-            return gate_up[:i], gate_up[i:], self.row(down_key, expert)
+            return moe.family.split(self.row(gate_up_key, expert), self.row(down_key, expert))
         gate, up, down = moe.family.original_keys(decoder_index, expert) or ()
         return self.tensor(gate), self.tensor(up), self.tensor(down)
 

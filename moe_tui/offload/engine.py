@@ -26,7 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from moe_tui.offload.cache import LayerCache
-from moe_tui.offload.families.base import Choice
+from moe_tui.offload.experts import Biases
+from moe_tui.offload.families.base import Choice, GatedUnit
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.misses import MissCosts, host_can_compute, measure_costs
 from moe_tui.offload.routing import Routing
@@ -78,7 +79,7 @@ class Engine:
         caches: list[LayerCache],
         routers: list[nn.Module],
         choice: Choice,
-        act_fn: nn.Module,
+        glu: GatedUnit,
         fmt: ExpertFormat,
         mover: Mover,
         telemetry: Telemetry,
@@ -91,8 +92,7 @@ class Engine:
         self.caches = caches
         self.routers = routers
         self.choice = choice  # the family's ranking of a router's experts (see moe_tui.offload.families)
-        self.act_fn = act_fn
-        self.act = act_fn.forward  # called without nn.Module's hook machinery: ~4 us per expert saved
+        self.glu = glu  # the family's gated unit, e.g. act(gate) * up
         self.fmt = fmt
         self.mover = mover
         self.telemetry = telemetry
@@ -142,8 +142,11 @@ class Engine:
 
     # ----------------------------------------------------------------- one layer pass
     @torch.no_grad()
-    def run_layer(self, layer: int, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
-        """The experts' output for ``hidden`` (T, H) routed by ``top_k_index`` / ``top_k_weights`` (T, K)."""
+    def run_layer(
+        self, layer: int, hidden: Tensor, top_k_index: Tensor, top_k_weights: Tensor, biases: Biases | None = None
+    ) -> Tensor:
+        """The experts' output for ``hidden`` (T, H) routed by ``top_k_index`` / ``top_k_weights`` (T, K);
+        ``biases``: every expert's gate, up and down biases, for families that have them."""
         cache = self.caches[layer]
         record = self.record
         mover = self.mover
@@ -178,7 +181,7 @@ class Engine:
             self._prefetch(layer + 1, routing.guesses)
 
         # 4. compute, hits first, misses computed on the host last (their copies would have been the slowest)
-        fmt, act_fn = self.fmt, self.act
+        fmt, glu = self.fmt, self.glu
         single = routing.tokens == 1
         out = None if single else torch.zeros_like(hidden)
         outputs: dict[int, Tensor] = {}  # a single token's expert outputs, combined in one matmul at the end
@@ -187,9 +190,11 @@ class Engine:
                 inputs, rows, weights = hidden, None, None
             else:
                 inputs, rows, weights = routing.inputs(expert, hidden)
+            if biases is not None:
+                glu = _biased(self.glu, biases[0][expert], biases[1][expert])
             if host_computes and expert in on_host:
                 token = mover.begin(timer)
-                result = self._compute_on_host(layer, expert, inputs)
+                result = self._compute_on_host(layer, expert, inputs, glu)
                 mover.after_host_compute(timer, token)
             else:
                 slot = cache.slot_of.get(expert)
@@ -203,9 +208,11 @@ class Engine:
                 views = cache.views[slot]
                 if views is None:
                     views = cache.views[slot] = fmt.views(cache.slots[slot])
-                result = fmt.forward(views, inputs, act_fn)
+                result = fmt.forward(views, inputs, glu)
                 mover.after_compute(cache, slot, timer, token)
                 remaining.discard(expert)
+            if biases is not None:
+                result = result + biases[2][expert]
             if single:
                 outputs[expert] = result
             else:
@@ -255,17 +262,17 @@ class Engine:
         if not host_can_compute(self.fmt):
             return False
         if self.costs is None:
-            self.costs = measure_costs(self.fmt, self.store, self.caches[layer].device, self.act_fn)
+            self.costs = measure_costs(self.fmt, self.store, self.caches[layer].device, self.glu)
         accesses = self.layer_accesses[layer]
         reuse = self.layer_hits[layer] / accesses if accesses else self.caches[layer].capacity / self.num_experts
         return self.costs.host_is_cheaper(tokens, reuse)
 
-    def _compute_on_host(self, layer: int, expert: int, inputs: Tensor) -> Tensor:
+    def _compute_on_host(self, layer: int, expert: int, inputs: Tensor, glu: GatedUnit) -> Tensor:
         """One expert computed by the CPU straight from its store buffer (inputs and output move if need be)."""
         views = self.fmt.views(self.store.row(layer, expert))
         if inputs.device.type == "cpu":
-            return self.fmt.forward(views, inputs, self.act)
-        return self.fmt.forward(views, inputs.to("cpu"), self.act).to(inputs.device, non_blocking=True)
+            return self.fmt.forward(views, inputs, glu)
+        return self.fmt.forward(views, inputs.to("cpu"), glu).to(inputs.device, non_blocking=True)
 
     def _guess(self, layer: int, hidden: Tensor, depth: int) -> Tensor:
         """The next layer's ``depth`` most likely experts for these tokens, ranked as the family's router ranks
@@ -298,3 +305,12 @@ class Engine:
             cache.clear(slot)
             raise
         return self.store.nbytes
+
+
+def _biased(glu: GatedUnit, gate_bias: Tensor, up_bias: Tensor) -> GatedUnit:
+    """``glu`` applied to the gate and up projections with one expert's biases added."""
+
+    def unit(gate: Tensor, up: Tensor) -> Tensor:
+        return glu(gate + gate_bias.to(gate.device), up + up_bias.to(up.device))
+
+    return unit

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,13 +26,13 @@ from moe_tui.offload.build import (
     build_store,
     check_fast_tier,
     finish_model,
+    offloaded_experts,
     plan_offload,
     saved_store_usable,
     terminal_progress,
 )
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.config import OffloadConfig
-from moe_tui.offload.experts import OffloadedExperts
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
 
@@ -86,11 +87,19 @@ def read_model_config(directory: Path) -> object:
         raise UserError(f"cannot read the model config {path}: {reason}") from None
 
 
-def weights_quantization(config: object, directory: Path) -> tuple[int, int] | None:
-    """The FP8 block size of a checkpoint whose config declares block-scaled FP8 weights (read and dequantized
-    while loading), None for plain weights; any other pre-quantized checkpoint (MXFP4, GPTQ, AWQ,
-    bitsandbytes, ...) is refused: read as plain tensors its weights would load without their scales. Checked
-    before any weight is read."""
+@dataclass(frozen=True)
+class WeightsQuantization:
+    """How a checkpoint's weights are stored when not plainly: FP8 with block scales, or MXFP4 experts."""
+
+    fp8_block: tuple[int, int] | None = None
+    mxfp4: bool = False
+
+
+def weights_quantization(config: object, directory: Path) -> WeightsQuantization | None:
+    """How a checkpoint whose config declares pre-quantized weights is read (dequantized while loading): FP8 with
+    block scales (DeepSeek-V3 style) or MXFP4 experts (gpt-oss); None for plain weights. Any other method
+    (GPTQ, AWQ, bitsandbytes, HQQ, ...) is refused: read as plain tensors its weights would load without their
+    scales. Checked before any weight is read."""
     quantization = getattr(config, "quantization_config", None)
     if not quantization:
         return None
@@ -99,7 +108,9 @@ def weights_quantization(config: object, directory: Path) -> tuple[int, int] | N
     method = str(getattr(method, "value", method) or "an unnamed method")
     block = settings.get("weight_block_size")
     if method == "fp8" and isinstance(block, (list, tuple)) and len(block) == 2 and all(int(b) > 0 for b in block):
-        return int(block[0]), int(block[1])
+        return WeightsQuantization(fp8_block=(int(block[0]), int(block[1])))
+    if method == "mxfp4":
+        return WeightsQuantization(mxfp4=True)
     detail = "fp8 without a weight_block_size" if method == "fp8" else method
     raise UserError(
         f"{directory} holds weights pre-quantized with {detail} (quantization_config in config.json), which "
@@ -130,8 +141,8 @@ def load_offloaded(
     directory = resolve_model_dir(path_or_hub_id)
     config = read_model_config(directory)
     family_of(config)
-    fp8_block = weights_quantization(config, directory)
-    if fp8_block is not None:
+    quantized = weights_quantization(config, directory) or WeightsQuantization()
+    if hasattr(config, "quantization_config"):
         del config.quantization_config  # the model is built with ordinary layers; the loader dequantizes
     dtype = cfg.torch_dtype() or _config_dtype(config)
     with torch.device("meta"):
@@ -139,10 +150,10 @@ def load_offloaded(
     moe = find_moe(model)
     plan = plan_offload(cfg, moe, dtype, config)
     report("reading checkpoint", 0, 1)
-    with Checkpoint(directory, fp8_block) as checkpoint:
+    with Checkpoint(directory, quantized.fp8_block, quantized.mxfp4) as checkpoint:
         layout = checkpoint.expert_layout(moe)
         for moe_layer in moe.layers:
-            moe_layer.block.experts = OffloadedExperts(moe_layer.index, moe.num_experts, moe_layer.block.experts.act_fn)
+            moe_layer.block.experts = offloaded_experts(moe, moe_layer.index, moe_layer.block.experts)
         names = _resident_names(model, moe, checkpoint)
         report("reading checkpoint", 1, 1)
         resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.store import ExpertStore
 
@@ -62,7 +62,7 @@ def host_can_compute(fmt: ExpertFormat) -> bool:
     return fmt.layout in ("any", "cpu")
 
 
-def measure_costs(fmt: ExpertFormat, store: ExpertStore, device: torch.device, act_fn: nn.Module) -> MissCosts:
+def measure_costs(fmt: ExpertFormat, store: ExpertStore, device: torch.device, glu: GatedUnit) -> MissCosts:
     """Time one expert's copy into a scratch slot and its computation in both tiers (median of a few runs)."""
     row = store.row(0, 0)
     scratch = torch.empty(fmt.nbytes, dtype=torch.uint8, device=device)
@@ -89,7 +89,7 @@ def measure_costs(fmt: ExpertFormat, store: ExpertStore, device: torch.device, a
         t = {}
         for n in (few, many):
             x = torch.zeros(n, fmt.hidden, dtype=fmt.dtype, device=where)
-            t[n] = timed(lambda x=x: fmt.forward(views, x, act_fn))
+            t[n] = timed(lambda x=x: fmt.forward(views, x, glu))
         slope = max(t[many] - t[few], 0.0) / (many - few)
         return max(t[few] - slope * few, 0.0), slope
 

@@ -67,7 +67,7 @@ class OffloadedModel:
             caches=self.caches,
             routers=[moe_layer.router for moe_layer in moe.layers],
             choice=moe.family.choice,
-            act_fn=_act_fn(moe),
+            glu=moe.layers[0].block.experts.glu,
             fmt=fmt,
             mover=make_mover(device),
             telemetry=self.telemetry,
@@ -295,10 +295,6 @@ def _resized(cache: LayerCache, k: int, policy: str) -> LayerCache:
         new.slots[slot].copy_(cache.slots[cache.slot_of[expert]])
         new.assign(slot, expert)
     return new
-
-
-def _act_fn(moe: MoEModel) -> nn.Module:
-    return moe.layers[0].block.experts.act_fn
 
 
 def _open_trace(path: str | Path | None):

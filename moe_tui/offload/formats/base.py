@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from moe_tui.offload.families.base import GatedUnit
 
 Views = tuple[Tensor, ...]  # a buffer seen as the tensors its kernel reads (made once per slot)
 
@@ -18,7 +20,8 @@ def aligned(n: int) -> int:
 
 
 class ExpertFormat:
-    """One expert's buffer layout and its computation ``down(act(gate(x)) * up(x))``.
+    """One expert's buffer layout and its computation ``down(glu(gate(x), up(x)))``, ``glu`` being the family's
+    gated unit (usually ``act(gate) * up``).
 
     Subclasses set ``name`` (shown to users: ``bf16``, ``int4``, ``int8``, ``hqq2``), ``precision`` (the name
     :mod:`moe_tui.precision` counts bytes with), ``fused`` (the kernel reads the packed bytes directly),
@@ -77,7 +80,7 @@ class ExpertFormat:
         """The tensors the kernel reads from ``buffer`` (views, valid while the buffer lives)."""
         raise NotImplementedError
 
-    def forward(self, views: Views, x: Tensor, act_fn: nn.Module) -> Tensor:
+    def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """The expert's output for ``x`` (n, H) in the compute dtype."""
         raise NotImplementedError
 

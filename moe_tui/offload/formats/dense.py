@@ -6,8 +6,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
+from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import ExpertFormat, Views
 
 PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -36,11 +37,11 @@ class DenseFormat(ExpertFormat):
         split = 2 * self.intermediate * self.hidden
         return flat[:split].view(2 * self.intermediate, self.hidden), flat[split:].view(self.shapes[2])
 
-    def forward(self, views: Views, x: Tensor, act_fn: nn.Module) -> Tensor:
+    def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Two matmuls and the gated activation."""
         gate_up, down = views
         gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-        return F.linear(act_fn(gate) * up, down)
+        return F.linear(glu(gate, up), down)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The matrices themselves."""

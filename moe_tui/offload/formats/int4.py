@@ -14,9 +14,10 @@ both, so the buffer has the size of HQQ's 4-bit layout with 2-byte metadata.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from moe_tui.offload import quant
+from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views, aligned, region
 
 GROUP_SIZES = (32, 64, 128, 256)
@@ -99,11 +100,11 @@ class Int4Format(ExpertFormat):
             return torch.ops.aten._weight_int4pack_mm(x, packed, self.group_size, meta)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, self.group_size, meta)
 
-    def forward(self, views: Views, x: Tensor, act_fn: nn.Module) -> Tensor:
+    def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Two int4 kernel calls and the gated activation."""
         gate_up, down, gate_up_meta, down_meta = views
         gate, up = self._mm(x, gate_up, gate_up_meta).chunk(2, dim=-1)
-        return self._mm((act_fn(gate) * up).contiguous(), down, down_meta)
+        return self._mm((glu(gate, up)).contiguous(), down, down_meta)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding)."""

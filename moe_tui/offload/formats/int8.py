@@ -11,8 +11,9 @@ from __future__ import annotations
 import functools
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import ExpertFormat, Views, aligned, region
 
 
@@ -57,11 +58,11 @@ class Int8Format(ExpertFormat):
             views.append(region(buffer, self._offsets[2 + j], n * self.dtype.itemsize, self.dtype, (n,)))
         return tuple(views)
 
-    def forward(self, views: Views, x: Tensor, act_fn: nn.Module) -> Tensor:
+    def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Two int8 kernel calls and the gated activation."""
         gate_up, down, gate_up_scales, down_scales = views
         gate, up = torch.ops.aten._weight_int8pack_mm(x, gate_up, gate_up_scales).chunk(2, dim=-1)
-        return torch.ops.aten._weight_int8pack_mm((act_fn(gate) * up).contiguous(), down, down_scales)
+        return torch.ops.aten._weight_int8pack_mm((glu(gate, up)).contiguous(), down, down_scales)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """``q * s`` for both matrices, in the compute dtype."""
