@@ -201,3 +201,19 @@ def test_a_gpt_oss_checkpoint_with_mxfp4_experts_loads_dequantized(tmp_path: Pat
     save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
     with pytest.raises(UserError, match=r"the MXFP4 scales of model\.layers\.1\.mlp\.experts\.down_proj_blocks"):
         load_offloaded(directory, OffloadConfig(cache_size=2), progress=lambda *a: None)
+
+
+def test_gpt_oss_runs_in_every_expert_format_and_more_bits_come_closer() -> None:
+    reference, _ = family_twin("gpt_oss", seed=9)
+    ids = prompt(batch=2, length=6)
+    expected = logits(reference, ids)
+    errors = {}
+    for bits in (8, 4, 2):
+        _, model = family_twin("gpt_oss", seed=9)
+        om = offload_model(
+            model, OffloadConfig(cache_size=2, expert_bits=bits, group_size=16), progress=lambda *a: None
+        )
+        errors[bits] = (logits(om.model, ids) - expected).abs().max().item()
+        om.set_miss("host")  # computed on the host from the store: the same numbers
+        assert (logits(om.model, ids) - expected).abs().max().item() == pytest.approx(errors[bits], abs=1e-6)
+    assert errors[8] < errors[4] < errors[2]
