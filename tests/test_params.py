@@ -391,3 +391,50 @@ def test_json_document_for_mixtral():
 
 def tree_config(name: str):
     return load_config(CONFIGS / f"{name}.json")
+
+
+# --- any MoE transformers builds -------------------------------------------------------------------------------
+
+
+def _expected_active(config, experts_field: str, top_k_field: str) -> tuple[int, int]:
+    """Total and active parameters counted independently of the tree: every parameter, less the routed experts
+    a token does not use (each ``experts`` module holds E experts, top-k of them used)."""
+    from moe_tui.params.build import meta_model
+
+    model = meta_model(config)
+    total = sum(p.numel() for p in model.parameters())
+    routed = sum(p.numel() for name, p in model.named_parameters() if ".experts." in name)
+    experts, top_k = getattr(config, experts_field), getattr(config, top_k_field)
+    return total, total - routed * (experts - top_k) // experts
+
+
+@pytest.mark.parametrize(
+    ("make", "experts_field"),
+    [
+        ("JambaConfig", "num_local_experts"),  # MoE every other layer, Mamba and attention layers between
+        ("Qwen3NextConfig", "num_experts"),  # a family with no table entry, with a shared expert
+        ("Glm4MoeConfig", "n_routed_experts"),
+        ("GraniteMoeSharedConfig", "num_local_experts"),
+    ],
+)
+def test_any_moe_transformers_builds_gets_exact_active_parameters(make: str, experts_field: str) -> None:
+    import transformers
+
+    config = getattr(transformers, make)(num_hidden_layers=4)
+    tree = build_tree(config)
+    total, active = _expected_active(config, experts_field, "num_experts_per_tok")
+    assert (tree.total, tree.active) == (total, active)
+
+
+def test_experts_it_cannot_read_leave_active_parameters_underived_and_say_why() -> None:
+    from transformers import JetMoeConfig
+
+    tree = build_tree(JetMoeConfig(num_hidden_layers=2))
+    assert tree.active is None and "routed experts are stored where moe-tui does not read them" in tree.note
+
+
+def test_a_config_without_a_top_k_is_refused_in_one_line() -> None:
+    from transformers import DeepseekV2Config
+
+    with pytest.raises(UserError, match="num_experts_per_tok is None"):
+        build_tree(DeepseekV2Config(num_hidden_layers=2))

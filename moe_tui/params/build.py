@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from moe_tui.errors import UserError
 from moe_tui.params.config import one_line
-from moe_tui.params.families import Family, family_for, known_model_types
+from moe_tui.params.families import Family, family_for, generic_family, known_model_types
 from moe_tui.params.tree import ParamNode
 from moe_tui.precision import format_count
 
@@ -67,11 +67,22 @@ def meta_model(config: PretrainedConfig) -> nn.Module:
 def tree_from_model(model: nn.Module, config: PretrainedConfig | None = None) -> ParamNode:
     """The parameter tree of an already-built model (on any device); ``config`` defaults to ``model.config``."""
     config = config if config is not None else model.config
-    family = family_for(config.model_type)
+    family = family_for(config.model_type) or _generic(config, model)
     walker = _Walker(family, _top_k(config, family))
     layers_path = _find_layers_path(model)
     children = walker.flatten(model, "", layers_path.split(".") if layers_path else [])
     note = "" if family is not None else _unknown_note(config.model_type)
+    if family is None and generic_family(config) is not None:
+        note = (
+            "active parameters not derived: this model's routed experts are stored where moe-tui does not read "
+            "them (parallel linear modules outside an experts module, or experts inside attention); the total "
+            "is exact"
+        )
+    if family is not None and not family.model_types:
+        note = (
+            f"a model type moe-tui has no entry for, read as a MoE with routed experts: {family.experts_field} "
+            f"experts per layer, {family.top_k_field} of them per token"
+        )
     label = f"{type(model).__name__} ({family.name if family else config.model_type})"
     return ParamNode(
         name=type(model).__name__,
@@ -92,10 +103,33 @@ def _unknown_note(model_type: str) -> str:
     )
 
 
+def _generic(config: PretrainedConfig, model: nn.Module) -> Family | None:
+    """A generic MoE family when the config names an expert count and a top-k and every routed expert weight of
+    the model is inside a feed-forward block's ``experts`` module (the layouts the walker reads); None otherwise:
+    experts stored as parallel linear modules elsewhere, or inside attention, are not counted by guess."""
+    family = generic_family(config)
+    if family is None:
+        return None
+    experts = getattr(config, family.experts_field)
+    found = False
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        in_experts = "experts" in parts
+        if in_experts and any(part in ("self_attn", "self_attention", "attention", "attn") for part in parts):
+            return None
+        if param.dim() == 3 and param.shape[0] == experts and not in_experts:
+            return None
+        found = found or in_experts
+    return family if found else None
+
+
 def _top_k(config: PretrainedConfig, family: Family | None) -> int | None:
     if family is None or not family.is_moe:
         return None
-    return int(getattr(config, family.top_k_field))
+    value = getattr(config, family.top_k_field, None)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"the config's {family.top_k_field} is {value!r}: a {family.name} model needs a top-k >= 1")
+    return value
 
 
 def _find_layers_path(model: nn.Module) -> str:

@@ -65,6 +65,15 @@ FAMILIES: tuple[Family, ...] = (
         shared=("shared_experts",),
         attention_label="attention (MLA)",
     ),
+    Family(
+        "GLM-4.5",
+        ("glm4_moe",),
+        "n_routed_experts",
+        "num_experts_per_tok",
+        routers=("gate",),
+        shared=("shared_experts",),
+    ),
+    Family("GraniteMoE", ("granitemoe", "granitemoeshared"), "num_local_experts", "num_experts_per_tok", ("router",)),
     Family("Phi-3.5-MoE", ("phimoe",), "num_local_experts", "num_experts_per_tok", routers=("router",)),
     Family("gpt-oss", ("gpt_oss",), "num_local_experts", "num_experts_per_tok", routers=("router",)),
     Family("Llama", ("llama",)),
@@ -73,8 +82,10 @@ FAMILIES: tuple[Family, ...] = (
     Family("Qwen3", ("qwen3",)),
 )
 
-# Field names that other MoE families use for the expert count; only used to sanity-check configs.
+# Field names that other MoE families use for the expert count and for top-k: a model of a family not listed
+# above whose config has both, and whose modules hold routed ``experts``, is read as a generic MoE.
 EXPERT_COUNT_FIELDS = ("num_local_experts", "num_experts", "n_routed_experts")
+TOP_K_FIELDS = ("num_experts_per_tok", "moe_top_k", "num_selected_experts", "top_k", "moe_k")
 
 
 def family_for(model_type: str) -> Family | None:
@@ -83,6 +94,20 @@ def family_for(model_type: str) -> Family | None:
         if model_type in family.model_types:
             return family
     return None
+
+
+def generic_family(config: object) -> Family | None:
+    """A family for a MoE model moe-tui has no table entry for, from its config's expert-count and top-k fields
+    (None when it has not both, as whole numbers with 1 <= top-k <= experts): routers are the MoE blocks'
+    ``gate`` or ``router``, shared experts their children named ``shared...``."""
+    experts_field = next((f for f in EXPERT_COUNT_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    top_k_field = next((f for f in TOP_K_FIELDS if isinstance(getattr(config, f, None), int)), None)
+    if experts_field is None or top_k_field is None:
+        return None
+    if not 1 <= getattr(config, top_k_field) <= getattr(config, experts_field):
+        return None
+    name = f"{getattr(config, 'model_type', 'MoE')} (generic MoE)"
+    return Family(name, (), experts_field, top_k_field, routers=("gate", "router"), shared=("shared_experts",))
 
 
 def known_model_types() -> tuple[str, ...]:
