@@ -319,10 +319,12 @@ def test_dense_families_have_active_equal_total(model_type: str):
 
 
 UNKNOWN = {
-    "granitemoe": dict(
+    "jetmoe": dict(  # routed experts as parallel linear modules, and inside attention
         hidden_size=32,
         intermediate_size=48,
         num_hidden_layers=2,
+        num_key_value_heads=2,
+        kv_channels=8,
         vocab_size=64,
         num_local_experts=4,
         num_experts_per_tok=2,

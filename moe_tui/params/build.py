@@ -74,9 +74,9 @@ def tree_from_model(model: nn.Module, config: PretrainedConfig | None = None) ->
     note = "" if family is not None else _unknown_note(config.model_type)
     if family is None and generic_family(config) is not None:
         note = (
-            "active parameters not derived: this model's routed experts are stored where moe-tui does not read "
-            "them (parallel linear modules outside an experts module, or experts inside attention); the total "
-            "is exact"
+            f"active parameters not derived: this {config.model_type!r} model's routed experts are stored where "
+            "moe-tui does not read them (parallel linear modules outside an experts module, or experts inside "
+            "attention); the total is exact"
         )
     if family is not None and not family.model_types:
         note = (
