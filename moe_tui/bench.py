@@ -142,7 +142,7 @@ def _switch(value: str, key: str, text: str) -> bool:
 # ----------------------------------------------------------------------------------------------- model
 @dataclass(frozen=True)
 class SyntheticShape:
-    """A Mixtral shape for a model with random weights (``--synthetic``)."""
+    """The shape of a model with random weights (``--synthetic``) of any family the engine offloads."""
 
     layers: int = 4
     hidden: int = 1024
@@ -153,13 +153,61 @@ class SyntheticShape:
     kv_heads: int = 2
     vocab: int = 4096
     seed: int = 0
+    family: str = "mixtral"
 
     def describe(self) -> str:
         """One line naming the shape."""
         return (
-            f"synthetic Mixtral: {self.layers} layers, hidden {self.hidden}, intermediate {self.intermediate}, "
+            f"synthetic {self.family}: {self.layers} layers, hidden {self.hidden}, intermediate {self.intermediate}, "
             f"{self.experts} experts top-{self.top_k}, {self.heads} heads ({self.kv_heads} KV), vocab {self.vocab}"
         )
+
+    def config(self) -> Any:
+        """The transformers config of this shape in its family (family-specific settings chosen to fit: DeepSeek's
+        expert groups, a shared expert and a dense first layer; gpt-oss's sliding and full attention layers)."""
+        from transformers import AutoConfig
+
+        head_dim = self.hidden // self.heads
+        common = {
+            "vocab_size": self.vocab,
+            "hidden_size": self.hidden,
+            "num_hidden_layers": self.layers,
+            "num_attention_heads": self.heads,
+            "num_key_value_heads": self.kv_heads,
+            "num_experts_per_tok": self.top_k,
+            "max_position_embeddings": 4096,
+            "pad_token_id": 0,
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        }
+        groups = 8 if self.experts % 8 == 0 and self.experts >= 16 else 1
+        kept = min(groups, -(-self.top_k // (self.experts // groups)) + (1 if groups > 1 else 0))
+        grouped = {"n_routed_experts": self.experts, "n_group": groups, "topk_group": kept, "n_shared_experts": 1}
+        grouped |= {"moe_intermediate_size": self.intermediate, "intermediate_size": 2 * self.intermediate}
+        grouped |= {"first_k_dense_replace": 1 if self.layers > 1 else 0}
+        mla = {"kv_lora_rank": 4 * head_dim, "q_lora_rank": None, "qk_nope_head_dim": head_dim}
+        mla |= {"num_key_value_heads": self.heads}  # MLA keeps keys and values per head
+        mla |= {"qk_rope_head_dim": max(2, head_dim // 2), "v_head_dim": head_dim}
+        local = {"num_local_experts": self.experts, "intermediate_size": self.intermediate}
+        qwen = {"num_experts": self.experts, "moe_intermediate_size": self.intermediate, "head_dim": head_dim}
+        extra = {
+            "mixtral": local,
+            "phimoe": local,
+            "granitemoe": local,
+            "gpt_oss": local
+            | {"head_dim": head_dim, "layer_types": ["sliding_attention", "full_attention"] * self.layers},
+            "qwen3_moe": qwen | {"intermediate_size": 2 * self.intermediate},
+            "qwen2_moe": qwen
+            | {"intermediate_size": 2 * self.intermediate}
+            | {"shared_expert_intermediate_size": self.intermediate},
+            "olmoe": {"num_experts": self.experts, "intermediate_size": self.intermediate},
+            "deepseek_v2": grouped | mla | {"topk_method": "group_limited_greedy" if groups > 1 else "greedy"},
+            "deepseek_v3": grouped | mla,
+            "glm4_moe": grouped | {"head_dim": head_dim},
+        }[self.family]
+        if self.family == "gpt_oss":
+            extra["layer_types"] = extra["layer_types"][: self.layers]
+        return AutoConfig.for_model(self.family, **(common | extra))
 
 
 @dataclass
@@ -224,28 +272,19 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> B
 
 
 def write_synthetic(shape: SyntheticShape, directory: Path, dtype: str = "float32") -> BenchModel:
-    """Save a Mixtral of ``shape`` with random weights (fixed seed) to ``directory`` and open it."""
+    """Save a model of ``shape`` (its family) with random weights (fixed seed) to ``directory`` and open it."""
     import torch
-    from transformers import MixtralConfig, MixtralForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = MixtralConfig(
-        vocab_size=shape.vocab,
-        hidden_size=shape.hidden,
-        intermediate_size=shape.intermediate,
-        num_hidden_layers=shape.layers,
-        num_attention_heads=shape.heads,
-        num_key_value_heads=shape.kv_heads,
-        num_local_experts=shape.experts,
-        num_experts_per_tok=shape.top_k,
-        max_position_embeddings=4096,
-    )
+    config = shape.config()
     torch.manual_seed(shape.seed)
     # built in the target dtype: a Mixtral-sized layer in fp32 first would need twice the memory
-    model = MixtralForCausalLM._from_config(config, dtype=getattr(torch, dtype)).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype)).eval()
     model.save_pretrained(directory)
     del model
     gc.collect()
     opened = open_model(directory, dtype)
+    opened.tokenizer = None  # no tokenizer was saved (a family's default one would come up empty): byte ids
     opened.description = shape.describe() + f", {dtype}, random weights (seed {shape.seed})"
     return opened
 

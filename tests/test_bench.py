@@ -228,3 +228,29 @@ def test_quantized_stores_are_kept_across_runs_with_quant_cache(
     before = (entries[0] / "experts.bin").stat().st_mtime_ns
     run_json(argv, capsys)
     assert (entries[0] / "experts.bin").stat().st_mtime_ns == before  # reused, not written again
+
+
+@pytest.mark.parametrize(("family", "shared"), [("deepseek_v3", 1), ("gpt_oss", 0), ("qwen2_moe", 1), ("mixtral", 0)])
+def test_a_synthetic_model_of_any_family_is_benchmarked_and_recorded_for_replay(
+    family: str, shared: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from moe_tui.replay import Replay
+
+    trace = tmp_path / f"{family}.jsonl"
+    argv = ["bench", "--synthetic", "--family", family, "--layers", "3", "--experts", "16", "--top-k", "4"]
+    argv += ["--hidden", "64", "--intermediate", "32", "--heads", "4", "--kv-heads", "2", "--vocab", "128"]
+    argv += ["--config", "k=4,prefetch=2", "--tokens", "3", "--runs", "1", "--record", str(trace), "--json"]
+    assert cli.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["model"].startswith(f"synthetic {family}: 3 layers")
+    header, _ = read_trace(trace)
+    dense_first = 1 if family == "deepseek_v3" else 0  # DeepSeek-V3's first layer is dense
+    assert (header.num_layers, header.num_experts, header.top_k, header.shared_experts) == (
+        3 - dense_first, 16, 4, shared,
+    )  # fmt: skip
+    assert Replay.open(trace).header == header
+
+
+def test_an_unknown_synthetic_family_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--synthetic", "--family", "llama"]) == 2
+    assert "unknown --family 'llama'; choose from mixtral" in capsys.readouterr().err

@@ -13,7 +13,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", default=None, metavar="DIR", help="model directory (default: the bundled demo model)"
     )
     source.add_argument(
-        "--synthetic", action="store_true", help="a Mixtral with random weights, shaped by the flags below"
+        "--synthetic", action="store_true", help="a model with random weights, shaped by the flags below"
+    )
+    source.add_argument(
+        "--family",
+        default="mixtral",
+        metavar="NAME",
+        help="synthetic: the model family, any the engine offloads (mixtral, deepseek_v3, gpt_oss, ...; default "
+        "mixtral)",
     )
     source.add_argument("--layers", type=int, default=4, help="synthetic: decoder layers (default 4)")
     source.add_argument("--hidden", type=int, default=1024, help="synthetic: hidden size (default 1024)")
@@ -150,6 +157,10 @@ def _shape(args: argparse.Namespace):
             raise UserError(f"{flag} must be at least 1")
     if args.top_k > args.experts:
         raise UserError(f"--top-k {args.top_k} is more than --experts {args.experts}")
+    from moe_tui.offload.families import FAMILIES
+
+    if args.family not in FAMILIES:
+        raise UserError(f"unknown --family {args.family!r}; choose from {', '.join(FAMILIES)}")
     if args.hidden % args.heads or args.heads % args.kv_heads:
         raise UserError("--hidden must be a multiple of --heads, and --heads a multiple of --kv-heads")
     return SyntheticShape(
@@ -162,6 +173,7 @@ def _shape(args: argparse.Namespace):
         kv_heads=args.kv_heads,
         vocab=args.vocab,
         seed=args.seed,
+        family=args.family,
     )
 
 
