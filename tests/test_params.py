@@ -440,3 +440,13 @@ def test_a_config_without_a_top_k_is_refused_in_one_line() -> None:
 
     with pytest.raises(UserError, match="num_experts_per_tok is None"):
         build_tree(DeepseekV2Config(num_hidden_layers=2))
+
+
+def test_deepseek_v3_matches_its_published_size() -> None:
+    # DeepSeek-V3: "671B total parameters, of which 37B are activated for each token" (58 MoE layers of 256
+    # routed experts, top-8, one shared expert, three dense first layers; the multi-token-prediction module
+    # is not part of the causal LM).
+    tree = build_tree(load_config("deepseek-v3"))
+    assert round(tree.total / 1e9) == 671 and int(tree.active / 1e9) == 37
+    experts = tree.find_all("experts")
+    assert sum(node.copies // node.repeat for node in experts) == 58 and experts[0].repeat == 256
