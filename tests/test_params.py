@@ -319,16 +319,6 @@ def test_dense_families_have_active_equal_total(model_type: str):
 
 
 UNKNOWN = {
-    "jetmoe": dict(  # routed experts as parallel linear modules, and inside attention
-        hidden_size=32,
-        intermediate_size=48,
-        num_hidden_layers=2,
-        num_key_value_heads=2,
-        kv_channels=8,
-        vocab_size=64,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-    ),
     "gpt2": dict(n_embd=32, n_layer=2, n_head=4, vocab_size=64),
 }
 
@@ -428,10 +418,47 @@ def test_any_moe_transformers_builds_gets_exact_active_parameters(make: str, exp
     assert (tree.total, tree.active) == (total, active)
 
 
-def test_experts_it_cannot_read_leave_active_parameters_underived_and_say_why() -> None:
+def test_experts_as_parallel_linear_modules_and_inside_attention_are_counted_exactly() -> None:
+    # JetMoE: each MoE block keeps its experts as two [E, out, in] tensors beside a router, and its attention
+    # holds a mixture of attention experts built the same way.
     from transformers import JetMoeConfig
 
-    tree = build_tree(JetMoeConfig(num_hidden_layers=2))
+    config = JetMoeConfig(num_hidden_layers=2)
+    tree = build_tree(config)
+    model = meta_model(config)
+    experts, top_k = config.num_local_experts, config.num_experts_per_tok
+    routed = sum(p.numel() for p in model.parameters() if p.dim() == 3 and p.shape[0] == experts)
+    total = sum(p.numel() for p in model.parameters())
+    assert (tree.total, tree.active) == (total, total - routed * (experts - top_k) // experts)
+    attention = tree.find("attention")
+    assert "mixture of attention experts" in attention.label and attention.find("experts") is not None
+
+
+def test_routed_weights_it_cannot_read_leave_active_parameters_underived_and_say_why() -> None:
+    from torch import nn
+    from transformers import PretrainedConfig
+
+    class Block(nn.Module):  # [E, out, in] weights with no router beside them: which are used is unknown
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(4, 8, 8))
+
+    class Layer(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = nn.Module()
+            self.mlp.experts = nn.Linear(8, 8)
+            self.mlp.odd = Block()
+
+    class Toy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = nn.Module()
+            self.model.layers = nn.ModuleList([Layer()])
+
+    config = PretrainedConfig(num_experts=4, num_experts_per_tok=2)
+    config.model_type = "toy"
+    tree = tree_from_model(Toy(), config)
     assert tree.active is None and "routed experts are stored where moe-tui does not read them" in tree.note
 
 

@@ -68,7 +68,8 @@ def tree_from_model(model: nn.Module, config: PretrainedConfig | None = None) ->
     """The parameter tree of an already-built model (on any device); ``config`` defaults to ``model.config``."""
     config = config if config is not None else model.config
     family = family_for(config.model_type) or _generic(config, model)
-    walker = _Walker(family, _top_k(config, family))
+    count = getattr(config, family.experts_field, None) if family is not None and family.is_moe else None
+    walker = _Walker(family, _top_k(config, family), count if isinstance(count, int) else None)
     layers_path = _find_layers_path(model)
     children = walker.flatten(model, "", layers_path.split(".") if layers_path else [])
     note = "" if family is not None else _unknown_note(config.model_type)
@@ -110,17 +111,19 @@ def _generic(config: PretrainedConfig, model: nn.Module) -> Family | None:
     family = generic_family(config)
     if family is None:
         return None
+    walker = _Walker(family, getattr(config, family.top_k_field), getattr(config, family.experts_field))
+    readable = False
+    for _, module in model.named_modules():
+        children = dict(module.named_children())
+        if "experts" in children or walker._parallel_experts(module):
+            readable = True
     experts = getattr(config, family.experts_field)
-    found = False
     for name, param in model.named_parameters():
-        parts = name.split(".")
-        in_experts = "experts" in parts
-        if in_experts and any(part in ("self_attn", "self_attention", "attention", "attn") for part in parts):
-            return None
-        if param.dim() == 3 and param.shape[0] == experts and not in_experts:
-            return None
-        found = found or in_experts
-    return family if found else None
+        if param.dim() == 3 and param.shape[0] == experts:
+            owner = model.get_submodule(name.rsplit(".", 2)[0]) if name.count(".") >= 2 else model
+            if "experts" not in name.split(".") and not walker._parallel_experts(owner):
+                return None  # a routed weight where no router sits beside it: not counted by guess
+    return family if readable else None
 
 
 def _top_k(config: PretrainedConfig, family: Family | None) -> int | None:
@@ -148,9 +151,10 @@ def _find_layers_path(model: nn.Module) -> str:
 class _Walker:
     """Turns modules into nodes; knows the family (None: unknown) and the top-k of its routed experts."""
 
-    def __init__(self, family: Family | None, top_k: int | None) -> None:
+    def __init__(self, family: Family | None, top_k: int | None, experts: int | None = None) -> None:
         self.family = family
         self.top_k = top_k
+        self.experts = experts  # routed experts per MoE block (finds experts stored as parallel linear modules)
         self.seen: set[int] = set()
 
     def active(self, copies: int) -> int | None:
@@ -231,9 +235,9 @@ class _Walker:
         children = []
         for name, module in layer.named_children():
             child_path = f"{path}.{name}"
-            if name in ("self_attn", "attention", "attn"):
+            if name in ("self_attn", "self_attention", "attention", "attn"):
                 label = self.family.attention_label if self.family else "attention"
-                node = self.module_node(name, module, child_path, kind="attention", label=label)
+                node = self.attention_node(name, module, child_path, label)
             elif name in ("mlp", "block_sparse_moe", "feed_forward", "moe"):
                 node = self.feed_forward_node(name, module, child_path)
             elif "norm" in name:
@@ -252,9 +256,49 @@ class _Walker:
             children=tuple(children),
         )
 
+    def attention_node(self, name: str, module: nn.Module, path: str, label: str) -> ParamNode | None:
+        """Attention, with a mixture of attention experts inside it (JetMoE's MoA) split like a MoE block."""
+        inner = dict(module.named_children()).get("experts")
+        if inner is None or not self._parallel_experts(inner):
+            return self.module_node(name, module, path, kind="attention", label=label)
+        children = []
+        for child_name, child in module.named_children():
+            child_path = f"{path}.{child_name}"
+            if child is inner:
+                node = self.feed_forward_node(child_name, child, child_path)
+            else:
+                node = self.module_node(child_name, child, child_path, kind=_leaf_kind(child_name), label=child_name)
+            if node is not None:
+                children.append(node)
+        return ParamNode(
+            name=name,
+            kind="attention",
+            label=f"{label} (mixture of attention experts)",
+            path=path,
+            shapes=self.own_shapes(module),
+            active_copies=self.active(1),
+            children=tuple(children),
+        )
+
+    def _parallel_experts(self, module: nn.Module) -> list[tuple[str, nn.Module]]:
+        """The children of ``module`` that hold every expert of a layer as one 3-D tensor [E, out, in] (experts
+        stored as parallel linear modules), when ``module`` also has a router; [] otherwise."""
+        children = dict(module.named_children())
+        if self.experts is None or not any(name in children for name in ("gate", "router")):
+            return []
+        found = []
+        for name, child in children.items():
+            params = list(child.parameters())
+            if params and all(p.dim() == 3 and p.shape[0] == self.experts for p in params):
+                found.append((name, child))
+        return found
+
     def feed_forward_node(self, name: str, module: nn.Module, path: str) -> ParamNode | None:
         """A dense MLP, or a MoE block split into router, routed experts, shared experts and the rest."""
         experts = dict(module.named_children()).get("experts")
+        parallel = self._parallel_experts(module) if experts is None else []
+        if parallel:
+            return self._parallel_moe_node(name, module, path, parallel)
         if experts is None:
             return self.module_node(name, module, path, kind="mlp", label="MLP")
         routers = self.family.routers if self.family else ("gate", "router")
@@ -271,6 +315,48 @@ class _Walker:
                 node = self.module_node(child_name, child, child_path, kind="shared_experts", label=label)
             else:
                 node = self.module_node(child_name, child, child_path, kind="other", label=child_name)
+            if node is not None:
+                children.append(node)
+        return ParamNode(
+            name=name,
+            kind="moe",
+            label="MoE block",
+            path=path,
+            shapes=self.own_shapes(module),
+            active_copies=self.active(1),
+            children=tuple(children),
+        )
+
+    def _parallel_moe_node(
+        self, name: str, module: nn.Module, path: str, parallel: list[tuple[str, nn.Module]]
+    ) -> ParamNode:
+        """A MoE block whose experts are parallel linear modules: router, one routed-experts node, the rest."""
+        top_k = self.top_k if self.family is not None and self.family.is_moe else None
+        leaves = []
+        for child_name, child in parallel:
+            for param_name, param in child.named_parameters():
+                self.seen.add(id(param))
+                leaf_name = f"{child_name}.{param_name}"
+                leaves.append(_leaf(leaf_name, f"{path}.{leaf_name}", tuple(int(n) for n in param.shape[1:]), None))
+        count = int(self.experts or 0)
+        each = format_count(sum(leaf.own_params for leaf in leaves))
+        routed = ParamNode(
+            name="experts",
+            kind="experts",
+            label=f"routed experts ({count} x {each}, top-{top_k}, parallel linear modules)",
+            path=path,
+            copies=count,
+            active_copies=top_k,
+            repeat=count,
+            children=tuple(replace(leaf, copies=count, active_copies=top_k) for leaf in leaves),
+        )
+        children = [routed]
+        parallel_names = {child_name for child_name, _ in parallel}
+        for child_name, child in module.named_children():
+            if child_name in parallel_names:
+                continue
+            kind, label = ("router", "router") if child_name in ("gate", "router") else ("other", child_name)
+            node = self.module_node(child_name, child, f"{path}.{child_name}", kind=kind, label=label)
             if node is not None:
                 children.append(node)
         return ParamNode(
