@@ -94,7 +94,7 @@ def test_table_output(prompts: Path, capsys: pytest.CaptureFixture[str]) -> None
     argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--config", "k=1"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
-    assert "synthetic Mixtral: 2 layers, hidden 64" in out
+    assert "synthetic mixtral: 2 layers, hidden 64" in out
     assert "config  experts  decode tok/s  x first" in out and "\nk=1 " in out and " fp32 " in out
 
 
