@@ -430,7 +430,25 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
     conversation = OUT / "conversation-ttft.json"
     if conversation.is_file():
         lines += conversation_section(json.loads(conversation.read_text()))
+    panels = OUT / "panel-draw.json"
+    if panels.is_file():
+        lines += panels_section(json.loads(panels.read_text()))
     return "\n".join(lines)
+
+
+def panels_section(data: dict) -> list[str]:
+    """Section 12: the panels' drawing time at today's large MoE shapes."""
+    rows = [[row["shape"], row["size"], row["panel"], f"{row['median_ms']:.2f}"] for row in data["rows"]]
+    return [
+        "## 12. Panels at 128-256 experts and 48-61 layers",
+        "",
+        f"`python benchmarks/panel_draw.py --runs {data['runs']}` (a telemetry snapshot after a prefill and 40 "
+        "decode passes of skewed top-8 routing, k=16; each panel's render at the size it gets in an 80x24 and "
+        "a 160x48 terminal; median). Goal: at most 5 ms per panel.",
+        "",
+        table(["shape", "terminal", "panel", "ms"], rows),
+        "",
+    ]
 
 
 def fit_section(data: dict) -> list[str]:
