@@ -10,6 +10,7 @@ from tui_fakes import FakeProbe, header, synthetic_events
 from moe_tui.replay import Replay
 from moe_tui.system import HostSample, SystemSample
 from moe_tui.themes import DEFAULT_VARIABLES, load_themes
+from moe_tui.tui.backend import EngineBudget
 from moe_tui.tui.keys import KEYS, check_keymap, display_keys
 from moe_tui.tui.widgets import cache, heatmap, memory, prefetch, statusbar
 from moe_tui.tui.widgets.colours import Colours
@@ -137,7 +138,7 @@ def test_panels_name_the_expert_format_and_count_misses_computed_on_the_host() -
 
 
 def test_memory_panel_with_a_gpu_and_without_one() -> None:
-    budget = memory.EngineBudget("cuda:0", "pinned", 3 << 30, 40 << 30, 170 << 20)
+    budget = EngineBudget("cuda:0", "pinned", 3 << 30, 40 << 30, 170 << 20)
     text = memory.render_memory(FakeProbe().sample(), budget, COLOURS, 60).plain
     assert "GPU0 Fake GPU 16GB" in text
     assert "6.0 GiB / 16.0 GiB" in text and "util 37%" in text

@@ -15,7 +15,6 @@ from typing import Any, Protocol
 
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
-from moe_tui.tui.widgets.memory import EngineBudget
 
 Progress = Callable[[str, int, int], None]
 
@@ -76,6 +75,17 @@ class LaunchOptions:
         return str(quant_cache_dir())
 
 
+@dataclass(frozen=True)
+class EngineBudget:
+    """What the engine allocated up front: expert slots (fast tier) and the expert store (slow tier)."""
+
+    fast_tier: str
+    slow_tier: str
+    fast_tier_bytes: int
+    slow_tier_bytes: int
+    expert_bytes: int
+
+
 class Session(Protocol):
     """The part of :class:`moe_tui.chat.session.ChatSession` the dashboard uses."""
 
@@ -107,12 +117,18 @@ class Session(Protocol):
 
 
 class Backend:
-    """The interface the screens use; subclasses attach it to a model or to a trace."""
+    """The interface the screens use; subclasses attach it to a model or to a trace.
+
+    Capabilities are flags (``can_chat``: :meth:`generate` answers; ``can_tune``: the ``set_*`` methods
+    work; ``mode == "replay"``: :attr:`replay` and :meth:`run` play a trace); a method a backend cannot serve
+    raises :class:`UserError` saying so.
+    """
 
     mode = "none"
     can_chat = False
     can_tune = False
     notes: tuple[str, ...] = ()  # things the user should know about what was loaded (a cut-off trace, ...)
+    replay: Any = None  # the Replay being played (replay mode only)
 
     @property
     def name(self) -> str:
@@ -155,6 +171,20 @@ class Backend:
     def set_miss(self, mode: str) -> None:
         """Choose what a missed expert does (``copy``, ``host``, ``auto``) from the next forward pass."""
         raise UserError(self._cannot("change what a miss does"))
+
+    def generate(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        settings: Any,
+        on_text: Callable[[str], None],
+        stop_event: threading.Event,
+    ) -> Any:
+        """Stream one answer (blocking: run it in a worker thread)."""
+        raise UserError(self._cannot("answer"))
+
+    def run(self, stop: threading.Event, on_tokens: Callable[[list[TokenEvent]], None]) -> None:
+        """Play the trace until its end or ``stop`` (blocking)."""
+        raise UserError(self._cannot("play a trace"))
 
     def close(self) -> None:
         """Release what the backend holds."""

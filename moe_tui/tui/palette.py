@@ -134,13 +134,11 @@ def main_commands(screen: MainScreen) -> list[Command]:
 
 
 class MainCommands(Provider):
-    """Palette provider for the main screen."""
+    """Palette provider for the main screen: the screen hands over its commands (``palette_commands``)."""
 
     def _commands(self) -> list[Command]:
-        from moe_tui.tui.screens.main import MainScreen
-
-        screen = self.screen
-        return main_commands(screen) if isinstance(screen, MainScreen) else []
+        commands = getattr(self.screen, "palette_commands", None)
+        return commands() if commands is not None else []
 
     async def discover(self) -> Hits:
         """The commands shown before anything is typed."""
@@ -150,8 +148,6 @@ class MainCommands(Provider):
 
     async def search(self, query: str) -> Hits:
         """Commands matching ``query``; ``k N`` also offers that exact cache size."""
-        from moe_tui.tui.screens.main import MainScreen
-
         matcher = self.matcher(query)
         commands = self._commands()
         for command in commands:
@@ -160,7 +156,7 @@ class MainCommands(Provider):
                 yield Hit(score, matcher.highlight(command.title), command.run, help=command.help)
         found = _K_QUERY.match(query)
         screen = self.screen
-        if found and isinstance(screen, MainScreen) and screen.backend.can_tune:
+        if found and commands and getattr(screen, "backend", None) is not None and screen.backend.can_tune:
             k = int(found.group(1))
             title = f"Cache size: k = {k}"
             if all(command.title.removesuffix(CURRENT) != title for command in commands):  # not offered above

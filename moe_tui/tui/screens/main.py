@@ -15,7 +15,7 @@ import time
 import traceback
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual import on, work
 from textual.binding import BindingType
@@ -32,7 +32,7 @@ from moe_tui.telemetry import Snapshot, TokenEvent
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, NoBackend
 from moe_tui.tui.pacing import FramePacer
-from moe_tui.tui.palette import MainCommands
+from moe_tui.tui.palette import Command, MainCommands, main_commands
 from moe_tui.tui.widgets.cache import CachePanel
 from moe_tui.tui.widgets.chat import AnswerFeed, ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
@@ -42,6 +42,9 @@ from moe_tui.tui.widgets.panel import Panel
 from moe_tui.tui.widgets.params import ParamsPanel
 from moe_tui.tui.widgets.prefetch import PrefetchPanel
 from moe_tui.tui.widgets.statusbar import StatusBar
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 REFRESH_HZ = 10.0
 MIN_REFRESH_HZ = 2.0
@@ -149,6 +152,25 @@ class MainScreen(Screen):
         """The chat pane."""
         return self.query_one(ChatView)
 
+    def palette_commands(self) -> list[Command]:
+        """The command palette's entries for the screen's current state."""
+        return main_commands(self)
+
+    @property
+    def moe_app(self) -> MoeTuiApp:
+        """The app, with its settings and model loading."""
+        return cast("MoeTuiApp", self.app)
+
+    @property
+    def memory_panel(self) -> MemoryPanel:
+        """The Memory panel."""
+        return cast(MemoryPanel, self.panels["memory"])
+
+    @property
+    def params_panel(self) -> ParamsPanel:
+        """The Parameters panel."""
+        return cast(ParamsPanel, self.panels["params"])
+
     def on_resize(self, event: Resize) -> None:
         """Say so when the terminal is too small to be useful."""
         width, height = event.size
@@ -179,7 +201,7 @@ class MainScreen(Screen):
             self._say_loading()
         else:
             self.chat.set_status("no model loaded · ctrl+p → Load model… · earlier chats: f2")
-        self.panels["memory"].show_budget(backend.budget())  # type: ignore[attr-defined]
+        self.memory_panel.show_budget(backend.budget())
         self._show_params()
         self.refresh_panels()
 
@@ -203,7 +225,7 @@ class MainScreen(Screen):
         except Exception as error:  # a model family the breakdown does not know must not break the dashboard
             self.app.call_from_thread(self.panels["params"].show_note, f"no parameter breakdown: {error}")
             return
-        self.app.call_from_thread(self.panels["params"].show_tree, root, size_of, note)  # type: ignore[attr-defined]
+        self.app.call_from_thread(self.params_panel.show_tree, root, size_of, note)
 
     # ---------------------------------------------------------------- polling
     async def tick(self) -> None:
@@ -237,7 +259,7 @@ class MainScreen(Screen):
         if self.generating:
             activity = "generating… (esc stops)"
         elif self.backend.mode == "replay":
-            replay = self.backend.replay  # type: ignore[attr-defined]
+            replay = self.backend.replay
             state = "finished" if replay.finished else "paused" if replay.paused else "playing"
             activity = f"replay ×{replay.speed:g} {state}"
         elif self.loading_note:
@@ -275,7 +297,7 @@ class MainScreen(Screen):
     def on_system_sampled(self, message: SystemSampled) -> None:
         """Draw the sample, then schedule the next one."""
         if message.sample is not None:
-            self.panels["memory"].show_sample(message.sample)  # type: ignore[attr-defined]
+            self.memory_panel.show_sample(message.sample)
         elif message.error:
             self.notify(f"memory probe failed: {message.error}", severity="warning")
         self.set_timer(SAMPLE_INTERVAL_S, self._request_sample)
@@ -434,7 +456,7 @@ class MainScreen(Screen):
             feed.put(piece)
 
         try:
-            result = self.backend.generate(messages, settings, on_text, stop)  # type: ignore[attr-defined]
+            result = self.backend.generate(messages, settings, on_text, stop)
         except UserError as error:
             chat.post_message(ChatView.AnswerEnded(serial, f"error: {error}", failed=True))
             self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=str(error)))
@@ -627,7 +649,7 @@ class MainScreen(Screen):
 
         def apply(chosen: dict[str, Any] | None) -> None:
             if chosen is not None:
-                self.app.remember(generation=chosen)  # type: ignore[attr-defined]
+                self.moe_app.remember(generation=chosen)
                 self._apply_generation_defaults()
                 self.notify("generation settings saved")
 
@@ -638,7 +660,7 @@ class MainScreen(Screen):
         """The settings answers use: the user's choices, else the model's recommendations, else the defaults."""
         from moe_tui.chat.defaults import effective_generation
 
-        chosen = self.app.settings.generation.chosen()  # type: ignore[attr-defined]
+        chosen = self.moe_app.settings.generation.chosen()
         try:
             self.generation, self.generation_sources = effective_generation(chosen, self.backend.model_defaults())
         except UserError as error:  # the user's values and the model's do not go together
@@ -661,11 +683,11 @@ class MainScreen(Screen):
                 self.notify("stop the answer first (esc), then load the model", severity="warning")
             elif choice:
                 spec, options = choice
-                self.app.load_model(spec or None, options=options)  # type: ignore[attr-defined]
+                self.moe_app.load_model(spec or None, options=options)
 
         sample = self.probe.sample()
         gpu = next((g.memory_total for g in sample.gpus if g.memory_total), None)
-        entries = local_models(self.app.settings.recent_models)  # type: ignore[attr-defined]
+        entries = local_models(self.moe_app.settings.recent_models)
         self.app.push_screen(ModelPickerScreen(entries, sample.host.ram_total, gpu), load)
 
     # ---------------------------------------------------------- engine tuning
@@ -697,7 +719,7 @@ class MainScreen(Screen):
             self.notify(f"{type(error).__name__}: {error}", title="Not changed", severity="error")
             return
         self.notify(note)
-        self.panels["memory"].show_budget(self.backend.budget())  # type: ignore[attr-defined]
+        self.memory_panel.show_budget(self.backend.budget())
         self.refresh_panels()
 
     # ------------------------------------------------------------------ panels
@@ -803,7 +825,7 @@ class MainScreen(Screen):
         if not self.chat.display:
             hidden.append("chat")
         self.settings = replace(self.settings, panel_order=tuple(self._current_order()), hidden_panels=tuple(hidden))
-        self.app.remember(panel_order=self.settings.panel_order, hidden_panels=self.settings.hidden_panels)  # type: ignore[attr-defined]
+        self.moe_app.remember(panel_order=self.settings.panel_order, hidden_panels=self.settings.hidden_panels)
 
     def redraw_all(self) -> None:
         """Draw every panel again (the theme changed)."""
@@ -813,7 +835,7 @@ class MainScreen(Screen):
 
     # ------------------------------------------------------------------ replay
     def _start_replay(self) -> None:
-        replay = self.backend.replay  # type: ignore[attr-defined]
+        replay = self.backend.replay
         played = "".join(event.text for event in replay.events[: replay.position] if isinstance(event, TokenEvent))
         self._replay_stop.set()
         self._replay_stop = threading.Event()
@@ -832,7 +854,7 @@ class MainScreen(Screen):
             if text:
                 feed.put(text)
 
-        self.backend.run(stop, on_tokens)  # type: ignore[attr-defined]
+        self.backend.run(stop, on_tokens)
         if not stop.is_set():
             self.post_message(ReplayEnded())
 
@@ -843,20 +865,20 @@ class MainScreen(Screen):
 
     def action_replay_speed(self, factor: float) -> None:
         """Change the playback speed."""
-        replay = self.backend.replay  # type: ignore[attr-defined]
+        replay = self.backend.replay
         replay.speed = replay.speed * factor
         self._show_status(self.backend.snapshot())
 
     def action_replay_pause(self) -> None:
         """Pause or resume the playback."""
-        replay = self.backend.replay  # type: ignore[attr-defined]
+        replay = self.backend.replay
         replay.paused = not replay.paused
         self._show_status(self.backend.snapshot())
 
     def action_replay_restart(self) -> None:
         """Play the trace again from the start."""
         self._replay_stop.set()
-        self.backend.replay.restart()  # type: ignore[attr-defined]
+        self.backend.replay.restart()
         self._start_replay()
         self._show_status(self.backend.snapshot())
 

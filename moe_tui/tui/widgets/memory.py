@@ -3,26 +3,14 @@ and the engine's own fixed budget (expert slots in the fast tier, the expert sto
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from rich.text import Text
 from textual.widget import Widget
 
 from moe_tui.system import GpuSample, SystemSample
+from moe_tui.tui.backend import EngineBudget
 from moe_tui.tui.widgets.colours import Colours, colours_for
 from moe_tui.tui.widgets.panel import Panel
 from moe_tui.tui.widgets.text import bar, percent, rate, size
-
-
-@dataclass(frozen=True)
-class EngineBudget:
-    """What the engine allocated up front: expert slots (fast tier) and the expert store (slow tier)."""
-
-    fast_tier: str
-    slow_tier: str
-    fast_tier_bytes: int
-    slow_tier_bytes: int
-    expert_bytes: int
 
 
 def _share(used: int | None, total: int | None) -> float | None:
