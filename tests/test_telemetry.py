@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from moe_tui import telemetry as telemetry_module
+from moe_tui.telemetry import live as telemetry_module
 from moe_tui.telemetry import (
     ConfigEvent,
     LayerStep,
