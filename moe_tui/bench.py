@@ -623,18 +623,12 @@ class Result:
         }
 
 
-_COUNTERS = (
-    "hits", "misses", "host", "prefetch_issued", "prefetch_used", "bytes_loaded", "load_s", "compute_s", "tokens",
-)  # fmt: skip
-
-
 def _counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    delta = {key: after[key] - before[key] for key in _COUNTERS}
-    accesses = delta["hits"] + delta["misses"] + delta["host"]
-    needed = delta["misses"] + delta["host"] + delta["prefetch_used"]
-    delta["hit_rate"] = delta["hits"] / accesses if accesses else 0.0
-    delta["prefetch_recall"] = delta["prefetch_used"] / needed if needed else 0.0
-    return delta
+    """What an engine counted between two ``stats()`` readings, with its rates (telemetry's Counters)."""
+    from moe_tui.telemetry import Counters
+
+    delta = Counters.from_mapping(after) - Counters.from_mapping(before)
+    return {**asdict(delta), **delta.rates(), "tokens": after["tokens"] - before["tokens"]}
 
 
 @dataclass(frozen=True)

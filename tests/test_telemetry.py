@@ -9,9 +9,9 @@ from dataclasses import replace
 
 import pytest
 
-from moe_tui.telemetry import live as telemetry_module
 from moe_tui.telemetry import (
     ConfigEvent,
+    Counters,
     LayerStep,
     Telemetry,
     TokenEvent,
@@ -19,6 +19,7 @@ from moe_tui.telemetry import (
     TraceHeader,
     read_trace,
 )
+from moe_tui.telemetry import live as telemetry_module
 
 HEADER = TraceHeader(model="tiny", num_layers=2, num_experts=4, top_k=2, cache_size=(2, 2), policy="lru", prefetch=1)
 
@@ -241,3 +242,15 @@ def test_journal_keeps_the_last_passes_in_order(monkeypatch):
     assert [(e.step, e.layer if isinstance(e, LayerStep) else "token") for e in events] == expected
     telemetry.reset(HEADER)
     assert telemetry.journal()[1] == []
+
+
+def test_counters_subtract_to_what_happened_between_two_readings() -> None:
+    before = Counters(hits=3, misses=1, prefetch_issued=2, prefetch_used=1, bytes_loaded=10, host=0)
+    after = Counters(hits=9, misses=2, prefetch_issued=6, prefetch_used=4, bytes_loaded=40, host=1)
+    delta = after - before
+    assert (delta.hits, delta.misses, delta.host, delta.bytes_loaded) == (6, 1, 1, 30)
+    assert delta.hit_rate == 6 / 8 and delta.prefetch_recall == 3 / (1 + 1 + 3)
+    assert delta + before == after
+    stats = {"hits": 9, "misses": 2, "prefetch_issued": 6, "prefetch_used": 4, "bytes_loaded": 40, "host": 1}
+    assert Counters.from_mapping({**stats, "tokens": 7, "hit_rate": 0.5}) == after
+    assert Counters().rates() == {"hit_rate": 0.0, "prefetch_recall": 0.0, "prefetch_precision": 0.0}

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_tui.policies import LRUPolicy
+from moe_tui.sim.cache import simulate_layer
+from moe_tui.sim.passes import LayerPass
+from moe_tui.telemetry import Counters
 
 
 @dataclass(frozen=True)
@@ -59,37 +61,15 @@ def layer_routing(layer: int, logits: torch.Tensor, top_k: int) -> LayerRouting:
     return LayerRouting(layer, tuple(usage.tolist()), usage_entropy, router_entropy)
 
 
-def lru_hit_rate(choices: list[tuple[int, ...]], cache_size: int) -> tuple[int, int]:
-    """(hits, accesses) of a ``cache_size``-slot LRU cache serving one layer's expert choices token by token.
-
-    The experts of the current token are protected from eviction while it is being served, as in the engine.
-    """
-    policy = LRUPolicy()
-    resident: set[int] = set()
-    hits = accesses = 0
-    for experts in choices:
-        for expert in experts:
-            accesses += 1
-            if expert in resident:
-                hits += 1
-                policy.access(expert)
-                continue
-            if len(resident) >= cache_size:
-                victim = policy.victim(resident, protected=experts)
-                if victim is None:
-                    continue
-                resident.discard(victim)
-                policy.evict(victim)
-            resident.add(expert)
-            policy.insert(expert)
-    return hits, accesses
+def lru_counters(choices: list[tuple[int, ...]], cache_size: int) -> Counters:
+    """Hits and misses of a ``cache_size``-slot LRU cache serving one layer's expert choices token by token: the
+    cache simulator's model of a pass (a token's experts are never evicted while it is served)."""
+    return simulate_layer([LayerPass(experts=tuple(dict.fromkeys(c))) for c in choices], cache_size, "lru")
 
 
 def model_lru_hit_rate(layer_logits: list[torch.Tensor], top_k: int, cache_size: int) -> float:
     """LRU hit rate over all layers (each layer its own cache) for a token sequence's router logits."""
-    hits = accesses = 0
+    total = Counters()
     for logits in layer_logits:
-        layer_hits, layer_accesses = lru_hit_rate(top_k_choices(logits, top_k), cache_size)
-        hits += layer_hits
-        accesses += layer_accesses
-    return hits / accesses if accesses else 0.0
+        total = total + lru_counters(top_k_choices(logits, top_k), cache_size)
+    return total.hit_rate

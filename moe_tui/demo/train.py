@@ -410,7 +410,7 @@ def routing_report(model, items: list[Encoded], settings: Settings) -> dict:
     """Per-layer usage and router entropy, and the LRU hit rate at every cache size, over the validation chats."""
     import torch
 
-    from moe_tui.demo.routing import layer_routing, lru_hit_rate, router_logits, top_k_choices
+    from moe_tui.demo.routing import layer_routing, lru_counters, router_logits, top_k_choices
 
     per_layer: list[list] = [[] for _ in range(settings.num_layers)]
     hits = {k: [0, 0] for k in range(1, settings.num_experts + 1)}
@@ -420,9 +420,9 @@ def routing_report(model, items: list[Encoded], settings: Settings) -> dict:
             per_layer[layer].append(logits)
             choices = top_k_choices(logits, settings.top_k)
             for k in hits:
-                layer_hits, accesses = lru_hit_rate(choices, k)
-                hits[k][0] += layer_hits
-                hits[k][1] += accesses
+                counters = lru_counters(choices, k)
+                hits[k][0] += counters.hits
+                hits[k][1] += counters.accesses
     layers = [layer_routing(i, torch.cat(chunks), settings.top_k) for i, chunks in enumerate(per_layer)]
     return {
         "layers": [asdict(layer) for layer in layers],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from moe_tui.offload.misses import host_can_compute
 from moe_tui.offload.store import ExpertStore
 from moe_tui.offload.transfer import make_mover
 from moe_tui.policies import make_policy
-from moe_tui.telemetry import ConfigEvent, Snapshot, Telemetry, TraceEvent, TraceHeader
+from moe_tui.telemetry import ConfigEvent, Counters, Snapshot, Telemetry, TraceEvent, TraceHeader
 
 Progress = Callable[[str, int, int], None]
 
@@ -119,21 +120,20 @@ class OffloadedModel:
         positions that went through the model (prompt and generated, all batch rows) and ``steps`` forward passes.
         """
         tally = self.engine.tally
-        counters = self.telemetry.counters()
-        accesses = tally.hits + tally.misses + tally.host
-        needed = tally.misses + tally.host + tally.prefetch_used
+        timed = self.telemetry.counters()
+        counters = Counters(
+            hits=tally.hits,
+            misses=tally.misses,
+            host=tally.host,
+            prefetch_issued=tally.prefetch_issued,
+            prefetch_used=tally.prefetch_used,
+            bytes_loaded=tally.bytes_loaded,
+            load_s=timed.load_s,
+            compute_s=timed.compute_s,
+        )
         return {
-            "hits": tally.hits,
-            "misses": tally.misses,
-            "host": tally.host,
-            "hit_rate": tally.hits / accesses if accesses else 0.0,
-            "prefetch_issued": tally.prefetch_issued,
-            "prefetch_used": tally.prefetch_used,
-            "prefetch_recall": tally.prefetch_used / needed if needed else 0.0,
-            "prefetch_precision": tally.prefetch_used / tally.prefetch_issued if tally.prefetch_issued else 0.0,
-            "bytes_loaded": tally.bytes_loaded,
-            "load_s": counters.load_s,
-            "compute_s": counters.compute_s,
+            **asdict(counters),
+            **counters.rates(),
             "tokens": tally.tokens,
             "steps": tally.steps,
         }

@@ -52,6 +52,23 @@ class Counters:
         """Both counts added field by field (layers summed into a total)."""
         return Counters(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(Counters)})
 
+    def __sub__(self, other: Counters) -> Counters:
+        """What happened between two readings (``after - before``), field by field."""
+        return Counters(**{f.name: getattr(self, f.name) - getattr(other, f.name) for f in fields(Counters)})
+
+    @classmethod
+    def from_mapping(cls, values: dict) -> Counters:
+        """The counters among ``values`` (an engine's ``stats()``, say), ignoring other keys."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
+    def rates(self) -> dict[str, float]:
+        """The derived rates by name, for reports and JSON."""
+        return {
+            "hit_rate": self.hit_rate,
+            "prefetch_recall": self.prefetch_recall,
+            "prefetch_precision": self.prefetch_precision,
+        }
+
     def add(self, step: LayerStep) -> Counters:
         """These counters with one more layer step folded in."""
         return Counters(
