@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections import OrderedDict
 
 import pytest
 import torch
+from engine_checks import assert_same_generation, generate, record_routing, reference_lru, steps_of
 from offload_models import (
     build,
     llama_config,
@@ -21,7 +21,7 @@ from offload_models import (
 
 from moe_tui import fit
 from moe_tui.errors import UserError
-from moe_tui.offload import OffloadConfig, OffloadedModel, offload_model
+from moe_tui.offload import OffloadConfig, offload_model
 from moe_tui.offload import memory as offload_memory
 from moe_tui.precision import format_bytes
 from moe_tui.telemetry import LayerStep, read_trace
@@ -31,41 +31,6 @@ CUDA = pytest.param(
     marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
 )
 DEVICES = ["cpu", CUDA]
-TOLERANCE = 1e-5
-
-
-def generate(model, ids: torch.Tensor, new_tokens: int = 6, **kwargs):
-    """Greedy generation returning tokens and the logits of every step (prefill included)."""
-    with torch.no_grad():
-        out = model.generate(
-            ids.to(model.device),
-            attention_mask=torch.ones_like(ids).to(model.device),
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            output_logits=True,
-            return_dict_in_generate=True,
-            pad_token_id=0,
-            **kwargs,
-        )
-    return out.sequences.cpu(), torch.stack([step.cpu() for step in out.logits])
-
-
-def assert_same_generation(reference, om: OffloadedModel, ids: torch.Tensor, new_tokens: int = 6) -> None:
-    """Identical greedy tokens and logits within TOLERANCE at every step.
-
-    ``reference`` is a plain model or the (tokens, logits) it generated before (to run it only once).
-    """
-    ref_tokens, ref_logits = reference if isinstance(reference, tuple) else generate(reference, ids, new_tokens)
-    tokens, logits = generate(om.model, ids, new_tokens)
-    assert torch.equal(tokens, ref_tokens)
-    assert (logits - ref_logits).abs().max().item() <= TOLERANCE
-
-
-def steps_of(om: OffloadedModel) -> list[LayerStep]:
-    """Every LayerStep recorded so far (read back from the trace file)."""
-    _, events = read_trace(om.config.trace_path)
-    return [event for event in events if isinstance(event, LayerStep)]
 
 
 # ----------------------------------------------------------------------------------------------- exactness
@@ -150,52 +115,6 @@ def test_generate_uses_the_kv_cache_and_streamers() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- cache behaviour
-def reference_lru(routing: list[list[set[int]]], k: int) -> tuple[int, int, list[list[list[int]]]]:
-    """Independent LRU over recorded routing: per pass hits (ascending) then misses (ascending).
-
-    Returns hits, misses and, per pass and layer, the slot contents from least to most recently used.
-    """
-    layers = len(routing[0])
-    caches = [OrderedDict() for _ in range(layers)]
-    hits = misses = 0
-    contents = []
-    for passes in routing:
-        after = []
-        for layer, needed in enumerate(passes):
-            cache = caches[layer]
-            present = sorted(e for e in needed if e in cache)
-            absent = sorted(e for e in needed if e not in cache)
-            for expert in present:
-                cache.move_to_end(expert)
-                hits += 1
-            for expert in absent:
-                if len(cache) >= k:
-                    cache.popitem(last=False)
-                cache[expert] = True
-                misses += 1
-            after.append(list(cache))
-        contents.append(after)
-    return hits, misses, contents
-
-
-def record_routing(om: OffloadedModel) -> list[list[set[int]]]:
-    """Attach hooks to the routers that collect the set of experts each pass selects per MoE layer."""
-    routing: list[list[set[int]]] = []
-    layers = [moe_layer.router for moe_layer in om.moe.layers]
-
-    def hook(index):
-        def collect(module, args, output):
-            if index == 0:
-                routing.append([set() for _ in layers])
-            routing[-1][index].update(int(e) for e in output[2].reshape(-1).tolist())
-
-        return collect
-
-    for index, router in enumerate(layers):
-        router.register_forward_hook(hook(index))
-    return routing
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("k", [1, 2, 3])
 def test_hits_and_misses_equal_a_reference_lru_simulation(k: int, device: str, tmp_path) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_checks import TOLERANCE, assert_same_generation, generate, logits, record_routing, reference_lru
 from offload_models import (
     VOCAB,
     build,
@@ -22,8 +23,6 @@ from offload_models import (
     save_original,
     twin,
 )
-from test_offload import TOLERANCE, assert_same_generation, generate, record_routing, reference_lru
-from test_offload_loader import logits
 
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, load_offloaded, offload_model

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from engine_checks import hqq_dequantized
 from offload_models import build, mixtral_config, prompt
-from test_offload_quant import hqq_dequantized
 
 from moe_tui.offload import OffloadConfig, offload_model
 from moe_tui.offload.formats import DenseFormat, HqqFormat, Int4Format, Int8Format, fused_bits, make_format

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from engine_checks import TOLERANCE, logits
 from offload_models import build, llama_config, mixtral_config, prompt, qwen2_moe_config, save_fused, save_original
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -18,13 +19,6 @@ from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, load_offloaded
 from moe_tui.offload import loader as offload_loader
 from moe_tui.offload import memory as offload_memory
-
-TOLERANCE = 1e-5
-
-
-def logits(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model(ids.to(model.device)).logits.cpu()
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_checks import assert_same_generation, generate, steps_of
 from offload_models import build, mixtral_config, prompt, twin
-from test_offload import assert_same_generation, generate, steps_of
 
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, offload_model

@@ -4,37 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from engine_checks import hqq_dequantized
 from offload_models import build, mixtral_config, prompt, twin
 
 from moe_tui import precision
 from moe_tui.offload import OffloadConfig, offload_model
 from moe_tui.offload import quant as offload_quant
 from moe_tui.offload.formats import HqqFormat, make_format
-from moe_tui.offload.quant import pack_rows, quantize_matrix
+from moe_tui.offload.quant import pack_rows
 
 CUDA = pytest.param(
     "cuda",
     marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
 )
-
-
-def hqq_dequantized(weight: torch.Tensor, bits: int, group_size: int, fmt: HqqFormat) -> torch.Tensor:
-    """HQQ's own dequantization of ``weight`` with its scale and zero rounded to the 2-byte metadata dtype."""
-    from hqq.core.quantize import Quantizer
-
-    values, scale, zero = quantize_matrix(weight, bits, group_size)
-    meta = {
-        "nbits": bits,
-        "group_size": group_size,
-        "shape": weight.shape,
-        "axis": 1,
-        "packing": None,
-        "view_as_float": False,
-        "scale": scale.to(fmt.meta_dtype).to(fmt.dtype),
-        "zero": zero.to(fmt.meta_dtype).to(fmt.dtype),
-        "compute_dtype": fmt.dtype,
-    }
-    return Quantizer.dequantize(values.to(fmt.dtype), meta)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

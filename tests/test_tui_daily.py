@@ -3,9 +3,9 @@ deleting and searching conversations (Pilot, with a fake model and a real SQLite
 
 from __future__ import annotations
 
-from test_tui_app import main_screen, make_app, messages, run, send, wait_for
 from textual.pilot import Pilot
 from tui_fakes import FakeSession
+from tui_helpers import main_screen, make_app, messages, run, send, wait_for
 
 from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
 from moe_tui.tui.screens.main import MainScreen

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_tui_app import send, wait_for
 from textual.pilot import Pilot
 from textual.widgets import Static
 from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_trace
+from tui_helpers import send, wait_for
 
 from moe_tui import paths
 from moe_tui.system import Nvml, SystemProbe

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_tui_app import wait_for
 from textual.pilot import Pilot
 from tui_fakes import FakeProbe, FakeSession
+from tui_helpers import wait_for
 
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend

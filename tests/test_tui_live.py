@@ -6,10 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from test_tui_app import cache_slot_counts, palette, send, wait_for
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Tree
 from tui_fakes import FakeProbe
+from tui_helpers import cache_slot_counts, palette, send, wait_for
 
 from moe_tui import config, paths
 from moe_tui.tui.app import MoeTuiApp

@@ -7,8 +7,8 @@ deliberate change, and look at the SVGs in tests/__snapshots__ before committing
 
 from __future__ import annotations
 
-from test_tui_app import wait_for
 from tui_fakes import FakeProbe, header, synthetic_events
+from tui_helpers import wait_for
 
 from moe_tui.replay import Replay
 from moe_tui.tui.app import MoeTuiApp
