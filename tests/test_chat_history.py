@@ -357,3 +357,37 @@ def test_a_version_1_history_gets_its_search_index_on_opening(tmp_path: Path) ->
     connection.close()
     store = HistoryStore(path)
     assert [hit.conversation.title for hit in store.search("generators")] == ["old chat"]
+
+
+# --- an answer's life ------------------------------------------------------------------------------------------
+
+
+def test_an_answer_is_saved_from_its_question_to_its_last_piece(tmp_path: Path) -> None:
+    from moe_tui.chat.answer import Answer
+
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    answer, conversation = Answer.begin(store, None, "demo", "what is a slot?", [])
+    assert [(m.role, m.content) for m in store.messages(conversation)] == [
+        ("user", "what is a slot?"),
+        ("assistant", ""),
+    ]
+    answer.append("A place ")
+    answer.append("for an expert.")
+    assert store.messages(conversation)[-1].content == "A place for an expert." == answer.text
+    answer.end(failed=False)
+    again, same = Answer.begin(store, conversation, "demo", None, [])  # regenerate: no new question
+    again.end(failed=True)  # failed before any text: the empty answer goes
+    assert same == conversation and len(store.messages(conversation)) == 2
+
+
+def test_without_a_store_the_turns_are_kept_for_the_session() -> None:
+    from moe_tui.chat.answer import Answer
+
+    memory: list[dict[str, str]] = []
+    answer, conversation = Answer.begin(None, None, "demo", "hello?", memory)
+    answer.append("hi")
+    answer.end(failed=False)
+    assert conversation is None and memory == [
+        {"role": "user", "content": "hello?"},
+        {"role": "assistant", "content": "hi"},
+    ]

@@ -26,6 +26,7 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from moe_tui.chat.answer import Answer
 from moe_tui.errors import UserError
 from moe_tui.system import Probe, SystemSample
 from moe_tui.telemetry import Snapshot, TokenEvent
@@ -66,13 +67,12 @@ class SystemSampled(Message):
 
 
 class GenerationFinished(Message):
-    """The generation worker is done (``error`` is empty when it ended normally or was stopped)."""
+    """The generation worker is done with ``answer`` (``error`` is empty when it ended normally or was stopped)."""
 
-    def __init__(self, serial: int, message_id: int | None, text: str, error: str = "") -> None:
+    def __init__(self, serial: int, answer: Answer, error: str = "") -> None:
         super().__init__()
         self.serial = serial
-        self.message_id = message_id
-        self.text = text
+        self.answer = answer
         self.error = error
 
 
@@ -337,18 +337,11 @@ class MainScreen(Screen):
         history = self._conversation_messages()
         if question is not None:
             history.append({"role": "user", "content": question})
-        answer_id = None
-        if self.store is not None:
-            try:
-                if self.conversation_id is None:
-                    self.conversation_id = self.store.create_conversation(model=self.backend.name).id
-                if question is not None:
-                    self.store.add_message(self.conversation_id, "user", question)
-                answer_id = self.store.add_message(self.conversation_id, "assistant", "").id
-            except UserError as error:
-                self.notify(f"chat history: {error}; this answer will not be saved", severity="warning")
-        elif question is not None:
-            self._unsaved.append({"role": "user", "content": question})
+        answer, self.conversation_id = Answer.begin(
+            self.store, self.conversation_id, self.backend.name, question, self._unsaved
+        )
+        if answer.warning:
+            self.notify(answer.warning, severity="warning")
         self._serial += 1
         if question is not None:
             feed = await self.chat.begin_answer(question, self._serial)
@@ -358,7 +351,7 @@ class MainScreen(Screen):
         self.generating = True
         self._generation_idle.clear()
         self._show_status(self.backend.snapshot())
-        self._generate(feed, history, self.generation, answer_id, self._stop)
+        self._generate(feed, self.chat, history, self.generation, answer, self._stop)
 
     async def action_regenerate(self) -> None:
         """Answer the last question again, replacing its answer in the chat and the history."""
@@ -425,65 +418,52 @@ class MainScreen(Screen):
     def _generate(
         self,
         feed: AnswerFeed,
+        chat: ChatView,
         messages: list[dict[str, str]],
         settings: Any,
-        answer_id: int | None,
+        answer: Answer,
         stop: threading.Event,
     ) -> None:
+        """Generate one answer (in a worker thread), streaming it to the chat view and into the history; one
+        message back when it is done."""
+        error = ""
         try:
-            self._answer(feed, messages, settings, answer_id, stop)
+            error, note = self._answer(feed, messages, settings, answer, stop)
+            chat.post_message(ChatView.AnswerEnded(feed.serial, note, failed=bool(error)))
         finally:
             self._generation_idle.set()
+        self.post_message(GenerationFinished(feed.serial, answer, error=error))
 
     def _answer(
-        self,
-        feed: AnswerFeed,
-        messages: list[dict[str, str]],
-        settings: Any,
-        answer_id: int | None,
-        stop: threading.Event,
-    ) -> None:
-        """Generate one answer (in the worker thread), streaming it to the chat view and the history."""
-        chat = self.chat
-        serial = feed.serial
-        pieces: list[str] = []
-        store = self.store
+        self, feed: AnswerFeed, messages: list[dict[str, str]], settings: Any, answer: Answer, stop: threading.Event
+    ) -> tuple[str, str]:
+        """Run the backend's generation; returns the error ("" when none) and the note the chat shows."""
 
         def on_text(piece: str) -> None:
-            pieces.append(piece)
-            if store is not None and answer_id is not None:
-                store.append_to_message(answer_id, piece)
+            answer.append(piece)
             feed.put(piece)
 
         try:
             result = self.backend.generate(messages, settings, on_text, stop)
         except UserError as error:
-            chat.post_message(ChatView.AnswerEnded(serial, f"error: {error}", failed=True))
-            self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=str(error)))
-            return
+            return str(error), f"error: {error}"
         except Exception as error:  # shown in the app; the session stays usable for the next prompt
             detail = traceback.format_exception_only(type(error), error)[-1].strip()
-            chat.post_message(ChatView.AnswerEnded(serial, f"generation failed: {detail}", failed=True))
-            self.post_message(GenerationFinished(serial, answer_id, "".join(pieces), error=detail))
-            return
+            return detail, f"generation failed: {detail}"
         note = f"{result.tokens} tokens in {result.seconds:.1f} s · {result.tokens_per_s:.1f} tok/s"
         reused = getattr(result, "reused_tokens", 0)
         if reused:
             note += f" · {reused} of {result.prompt_tokens} prompt tokens from the kept cache"
         if result.stopped:
             note += " · stopped"
-        chat.post_message(ChatView.AnswerEnded(serial, note))
-        self.post_message(GenerationFinished(serial, answer_id, "".join(pieces)))
+        return "", note
 
     def on_generation_finished(self, message: GenerationFinished) -> None:
-        """Back to idle; report errors; forget an answer that never started."""
+        """Back to idle; close the answer in the history; report errors."""
         self.generating = False
-        if self.store is None and message.text:
-            self._unsaved.append({"role": "assistant", "content": message.text})
+        message.answer.end(failed=bool(message.error))
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error", timeout=8)
-            if not message.text and message.message_id is not None and self.store is not None:
-                self.store.delete_message(message.message_id)
         self._show_status(self.backend.snapshot())
         if self.query_one(ConversationList).display:
             self._refresh_conversations()
