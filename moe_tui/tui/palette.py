@@ -36,6 +36,13 @@ class Command:
 
 # Marks the setting in effect in a command title.
 CURRENT = " (current)"
+
+
+def cache_size_title(k: int) -> str:
+    """The palette's title for the command that sets cache size ``k``."""
+    return f"Cache size: k = {k}"
+
+
 MISS_COMMANDS = {
     "copy": "a missed expert is copied into a slot, then computed there",
     "host": "a missed expert is computed on the host from the store, without a copy",
@@ -55,7 +62,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
             mark = CURRENT if k == current_k else ""
             commands.append(
                 Command(
-                    f"Cache size: k = {k}{mark}",
+                    cache_size_title(k) + mark,
                     "expert slots per layer, from the next token",
                     partial(screen.set_cache_size, k),
                 )
@@ -158,6 +165,6 @@ class MainCommands(Provider):
         screen = self.screen
         if found and commands and getattr(screen, "backend", None) is not None and screen.backend.can_tune:
             k = int(found.group(1))
-            title = f"Cache size: k = {k}"
+            title = cache_size_title(k)
             if all(command.title.removesuffix(CURRENT) != title for command in commands):  # not offered above
                 yield Hit(1.0, title, partial(screen.set_cache_size, k), help="as typed")

@@ -22,6 +22,7 @@ from textual.binding import BindingType
 from textual.containers import Horizontal, VerticalScroll
 from textual.events import Resize
 from textual.message import Message
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
@@ -93,6 +94,10 @@ class MainScreen(Screen):
     ]
     VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-short"), (MIN_HEIGHT, "-tall")]
 
+    # What the status bar says besides the snapshot's figures; a change redraws it (watch_ methods below).
+    generating: reactive[bool] = reactive(False, init=False)
+    loading_note: reactive[str] = reactive("", init=False)
+
     def __init__(self, store: Any, probe: Probe, settings: Any, generation: Any) -> None:
         super().__init__(id="main")
         self.store = store
@@ -101,7 +106,6 @@ class MainScreen(Screen):
         self.generation = generation
         self.generation_sources: dict[str, str] = {}
         self.backend: Backend = NoBackend()
-        self.generating = False
         self.editing = False  # the prompt holds the last question, to replace it when sent
         self.conversation_id: int | None = None
         self.redraws = 0
@@ -111,7 +115,6 @@ class MainScreen(Screen):
         self._drawn_version = -1
         self._sampling = True
         self._unsaved: list[dict[str, str]] = []
-        self.loading_note = ""
         self._generation_idle = threading.Event()
         self._generation_idle.set()
         self.pacer = FramePacer(max_hz=REFRESH_HZ, min_hz=MIN_REFRESH_HZ, budget=UI_CPU_BUDGET)
@@ -178,7 +181,7 @@ class MainScreen(Screen):
             f"Terminal too small: {width}x{height}. moe-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}.\n"
             "Enlarge the window (or reduce the font size). ctrl+q quits."
         )
-        self._show_status(self.backend.snapshot())
+        self.refresh_status()
 
     # ---------------------------------------------------------------- backend
     def attach(self, backend: Backend) -> None:
@@ -273,9 +276,20 @@ class MainScreen(Screen):
     def show_loading(self, note: str) -> None:
         """Say in the status bar that (and how far) a model is loading ("" when done)."""
         self.loading_note = note
+        if self.is_mounted and note and not self.backend.can_chat:
+            self._say_loading()
+
+    def watch_generating(self) -> None:
+        """An answer started or ended: the status bar says so."""
+        self.refresh_status()
+
+    def watch_loading_note(self) -> None:
+        """Loading progressed: the status bar says how far."""
+        self.refresh_status()
+
+    def refresh_status(self) -> None:
+        """Redraw the status bar from the current snapshot and state."""
         if self.is_mounted:
-            if note and not self.backend.can_chat:
-                self._say_loading()
             self._show_status(self.backend.snapshot())
 
     def _say_loading(self) -> None:
@@ -350,7 +364,6 @@ class MainScreen(Screen):
         self._stop = threading.Event()
         self.generating = True
         self._generation_idle.clear()
-        self._show_status(self.backend.snapshot())
         self._generate(feed, self.chat, history, self.generation, answer, self._stop)
 
     async def action_regenerate(self) -> None:
@@ -464,7 +477,6 @@ class MainScreen(Screen):
         message.answer.end(failed=bool(message.error))
         if message.error:
             self.notify(message.error, title="Generation failed", severity="error", timeout=8)
-        self._show_status(self.backend.snapshot())
         if self.query_one(ConversationList).display:
             self._refresh_conversations()
 
@@ -841,26 +853,26 @@ class MainScreen(Screen):
     def on_replay_ended(self, message: ReplayEnded) -> None:
         """Say the trace is over."""
         self.notify("end of the trace · ctrl+r replays it")
-        self._show_status(self.backend.snapshot())
+        self.refresh_status()
 
     def action_replay_speed(self, factor: float) -> None:
         """Change the playback speed."""
         replay = self.backend.replay
         replay.speed = replay.speed * factor
-        self._show_status(self.backend.snapshot())
+        self.refresh_status()
 
     def action_replay_pause(self) -> None:
         """Pause or resume the playback."""
         replay = self.backend.replay
         replay.paused = not replay.paused
-        self._show_status(self.backend.snapshot())
+        self.refresh_status()
 
     def action_replay_restart(self) -> None:
         """Play the trace again from the start."""
         self._replay_stop.set()
         self.backend.replay.restart()
         self._start_replay()
-        self._show_status(self.backend.snapshot())
+        self.refresh_status()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """Replay keys only while replaying; stop only while generating (or a panel is maximised)."""
