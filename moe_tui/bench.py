@@ -104,7 +104,7 @@ def parse_spec(text: str, num_experts: int) -> Spec:
     if not 1 <= k <= num_experts:
         raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
     label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
-    from moe_tui.offload.config import MISS_MODES
+    from moe_tui.choices import MISS_MODES
 
     miss = values.get("miss", "copy").lower()
     if miss not in MISS_MODES:

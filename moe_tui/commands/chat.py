@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+from moe_tui import choices
 from moe_tui.errors import UserError
 
 
@@ -82,31 +83,33 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="experts per layer to prefetch from the next layer's router (0 = off)",
     )
-    parser.add_argument("--policy", choices=("lru", "lfu", "fifo"), help="cache eviction policy")
+    parser.add_argument("--policy", choices=choices.POLICY_NAMES, help="cache eviction policy")
     parser.add_argument(
         "--expert-bits",
         type=int,
-        choices=(2, 3, 4, 8),
+        choices=choices.EXPERT_BITS,
         metavar="B",
         help="HQQ bit width for experts (2, 3, 4, 8; default: unquantized)",
     )
     parser.add_argument(
-        "--attn-bits", type=int, choices=(4, 8), metavar="B", help="HQQ bit width for attention and other layers (4, 8)"
+        "--attn-bits",
+        type=int,
+        choices=choices.ATTN_BITS,
+        metavar="B",
+        help="HQQ bit width for attention and other layers (4, 8)",
     )
     parser.add_argument(
         "--miss",
-        choices=("copy", "host", "auto"),
+        choices=choices.MISS_MODES,
         help="a missed expert is copied into a slot, computed on the host from the store, or either by a measured "
         "cost model (default: copy)",
     )
     parser.add_argument(
         "--store",
-        choices=("ram", "mmap"),
+        choices=choices.STORES,
         help="where all experts live: host RAM (pinned with CUDA), or a memory-mapped file for stores larger than RAM",
     )
-    parser.add_argument(
-        "--dtype", choices=("bfloat16", "float16", "float32"), help="compute dtype (default: the checkpoint's own)"
-    )
+    parser.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="compute dtype (default: the checkpoint's own)")
     parser.add_argument("--group-size", type=_positive_int, metavar="G", help="HQQ group size (default 64)")
     parser.add_argument(
         "--quant-optimize",
@@ -131,7 +134,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device",
-        choices=("cuda", "cpu", "auto"),
+        choices=choices.DEVICES,
         default="auto",
         help="fast tier for the expert cache (default: auto)",
     )

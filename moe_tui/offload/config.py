@@ -7,14 +7,10 @@ from pathlib import Path
 
 import torch
 
+from moe_tui.choices import ATTN_BITS, DEVICES, EXPERT_BITS, MISS_MODES, STORES
 from moe_tui.errors import UserError
 from moe_tui.policies import POLICIES
 
-EXPERT_BITS = (2, 3, 4, 8)
-ATTN_BITS = (4, 8)
-DEVICES = ("cpu", "cuda", "auto")
-STORES = ("ram", "mmap")
-MISS_MODES = ("copy", "host", "auto")  # see moe_tui.offload.misses
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
