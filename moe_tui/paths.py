@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
 import platformdirs
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES_DIR = REPO_ROOT / "samples"
+# The samples and themes ship inside the package (``moe_tui/bundled/`` links to the repository's top-level
+# ``samples/`` and ``themes/``, and a wheel carries copies), so every kind of install finds them.
+BUNDLED = Path(str(files("moe_tui").joinpath("bundled")))
+SAMPLES_DIR = BUNDLED / "samples"
 CONFIGS_DIR = SAMPLES_DIR / "configs"
-THEMES_DIR = REPO_ROOT / "themes"
+THEMES_DIR = BUNDLED / "themes"
 DEMO_MODEL_DIR = SAMPLES_DIR / "demo-mixtral"
 
 APP_NAME = "moe-tui"

@@ -285,7 +285,7 @@ _WRITER = textwrap.dedent(
 
 def test_text_shown_before_sigkill_is_in_the_database(tmp_path: Path) -> None:
     path = tmp_path / "history.sqlite3"
-    env = {**os.environ, "PYTHONPATH": str(paths.REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     process = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     shown = []
     try:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from moe_tui import config, paths
+from moe_tui import config
 
-ENV = {**os.environ, "PYTHONPATH": str(paths.REPO_ROOT), "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent), "HF_HUB_OFFLINE": "1"}
 
 
 def kill_when_ready(script: str, args: list[str], delay_s: float, marker: str = "READY") -> None:
