@@ -1,0 +1,110 @@
+"""Inputs of a benchmark: the prompt file and the configurations to compare (``k=2,prefetch=1,...``)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from moe_tui.errors import UserError
+from moe_tui.paths import SAMPLES_DIR
+
+DEFAULT_PROMPTS = SAMPLES_DIR / "prompts" / "bench.txt"
+DEFAULT_COMPARE = ("resident", "k=E", "k=2", "k=2,prefetch=1", "k=4", "hf-offload")
+BASELINES = ("resident", "hf-offload")
+_SPEC_KEYS = {
+    "k", "prefetch", "policy", "bits", "attn-bits", "store", "miss", "fused", "optimize", "telemetry", "record",
+}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def load_prompts(path: str | os.PathLike[str]) -> list[str]:
+    """The prompts of a prompt file: one per line, blank lines and ``#`` comments skipped; UserError if none."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"prompt file {path} is not UTF-8 text") from None
+    except OSError as error:
+        raise UserError(f"cannot read prompt file {path}: {error.strerror or error}") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not prompts:
+        raise UserError(f"prompt file {path} holds no prompts (one per line; # starts a comment)")
+    return prompts
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One configuration to benchmark (see the module docstring for the text form)."""
+
+    label: str
+    kind: str  # "resident" | "hf-offload" | "engine"
+    cache_size: int = 0
+    prefetch: int = 0
+    policy: str = "lru"
+    expert_bits: int | None = None
+    attn_bits: int | None = None
+    store: str = "ram"
+    miss: str = "copy"
+    fused: bool = True
+    optimize: bool | None = None  # None: the engine's per-device default
+    telemetry: bool = True
+    record: bool = False
+    trace_path: Path | None = None  # where a recorded trace goes (record=on without it: a temporary file)
+
+
+def parse_spec(text: str, num_experts: int) -> Spec:
+    """Read one configuration (``resident``, ``hf-offload`` or ``k=...,key=value``); UserError when malformed."""
+    text = text.strip()
+    if text in BASELINES:
+        return Spec(label=text, kind=text)
+    values: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or key not in _SPEC_KEYS or not value:
+            raise UserError(
+                f"cannot read configuration {text!r}: write resident, hf-offload, or k=N[,prefetch=P][,policy=lru]"
+                "[,bits=B][,attn-bits=B][,store=ram|mmap][,miss=copy|host|auto][,fused=on|off][,optimize=on|off|auto]"
+                "[,telemetry=on|off][,record=on|off]"
+            )
+        values[key] = value
+    if "k" not in values:
+        raise UserError(f"configuration {text!r} needs k=N (slots per MoE layer, or k=E for all experts)")
+    k = num_experts if values["k"].upper() == "E" else _whole(values["k"], "k", text)
+    if not 1 <= k <= num_experts:
+        raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
+    label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
+    from moe_tui.choices import MISS_MODES
+
+    miss = values.get("miss", "copy").lower()
+    if miss not in MISS_MODES:
+        raise UserError(f"configuration {text!r}: miss must be copy, host or auto, not {miss!r}")
+    return Spec(
+        label=label,
+        kind="engine",
+        cache_size=k,
+        prefetch=_whole(values.get("prefetch", "0"), "prefetch", text),
+        policy=values.get("policy", "lru"),
+        expert_bits=_whole(values["bits"], "bits", text) if "bits" in values else None,
+        attn_bits=_whole(values["attn-bits"], "attn-bits", text) if "attn-bits" in values else None,
+        store=values.get("store", "ram"),
+        miss=miss,
+        fused=_switch(values.get("fused", "on"), "fused", text),
+        optimize=None if values.get("optimize", "auto") == "auto" else _switch(values["optimize"], "optimize", text),
+        telemetry=_switch(values.get("telemetry", "on"), "telemetry", text),
+        record=_switch(values.get("record", "off"), "record", text),
+    )
+
+
+def _whole(value: str, key: str, text: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"configuration {text!r}: {key} must be a whole number, not {value!r}") from None
+
+
+def _switch(value: str, key: str, text: str) -> bool:
+    if value.lower() not in ("on", "off"):
+        raise UserError(f"configuration {text!r}: {key} must be on or off, not {value!r}")
+    return value.lower() == "on"
