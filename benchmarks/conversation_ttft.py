@@ -35,7 +35,7 @@ def questions() -> list[str]:
 
 def conversation(session, keep_kv: bool, new_tokens: int) -> list[dict]:
     """Answer every question in one conversation; per turn: seconds to first text, prompt and reused tokens."""
-    from moe_tui.chat.session import GenerationSettings
+    from moe_tui.chat.generation import GenerationSettings
 
     session.keep_kv = keep_kv
     session.forget_conversation()

@@ -61,7 +61,8 @@ def main() -> None:
     from transformers import MixtralConfig, MixtralForCausalLM
 
     from moe_tui import fit
-    from moe_tui.chat.session import ChatSession, GenerationSettings
+    from moe_tui.chat.generation import GenerationSettings
+    from moe_tui.chat.session import ChatSession
     from moe_tui.demo.tokenizer import train_tokenizer
     from moe_tui.offload import OffloadConfig, offload_model
 

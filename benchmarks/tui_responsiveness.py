@@ -140,16 +140,15 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
 
     from moe_tui import config
-    from moe_tui.chat.session import ChatSession, GenerationSettings
+    from moe_tui.chat.generation import GenerationSettings
+    from moe_tui.chat.session import ChatSession
     from moe_tui.offload import OffloadConfig
     from moe_tui.tui.app import MoeTuiApp
     from moe_tui.tui.backend import LaunchOptions
 
     offload = {"cache_size": 2, "prefetch": 1, "device": "cpu"}
     settings = GenerationSettings(temperature=0.0, max_new_tokens=args.tokens)
-    config.save_settings(
-        config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=args.tokens))
-    )
+    config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": args.tokens}))
     session = ChatSession.load(None, OffloadConfig(**offload))
     headless_run(session, settings)  # warm-up
     app = MoeTuiApp(LaunchOptions(**offload))

@@ -27,11 +27,10 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import re
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,25 +39,10 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from moe_tui.chat.generation import check_choices
 from moe_tui.paths import user_config_dir
 
 SETTINGS_FILE = "settings.toml"
-
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    """The generation settings the user chose (the chat package's GenerationSettings fields); None is a value left
-    to the model's ``generation_config.json`` or moe-tui's default (see :mod:`moe_tui.chat.defaults`)."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_new_tokens: int | None = None
-    system_prompt: str | None = None
-    thinking: bool | None = None
-
-    def chosen(self) -> dict[str, Any]:
-        """The values the user set, by field name."""
-        return {key: value for key, value in asdict(self).items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -68,7 +52,9 @@ class Settings:
     theme: str = ""
     panel_order: tuple[str, ...] = ()
     hidden_panels: tuple[str, ...] = ()
-    generation: GenerationDefaults = GenerationDefaults()
+    # The generation settings the user chose, by GenerationSettings field name; the others follow the model's
+    # generation_config.json or moe-tui's default (see moe_tui.chat.defaults).
+    generation: dict[str, Any] = field(default_factory=dict)
     keymap: dict[str, str] = field(default_factory=dict)
     recent_models: tuple[str, ...] = ()  # model directories loaded before, newest first
 
@@ -173,35 +159,14 @@ def _names(layout: dict[str, Any], key: str, where: _Locator, problems: list[str
     return tuple(value)
 
 
-# Each generation setting (every field of GenerationDefaults): its type and the values it may take (the rule is
-# said in the message).
-_GENERATION_RULES: dict[str, tuple[type, Any, str]] = {
-    "temperature": (float, lambda v: 0.0 <= v <= 2.0, "a number from 0 to 2"),
-    "top_p": (float, lambda v: 0.0 < v <= 1.0, "a number above 0 and at most 1"),
-    "max_new_tokens": (int, lambda v: 1 <= v <= 1_000_000, "a whole number from 1 to 1000000"),
-    "system_prompt": (str, lambda v: True, "a string"),
-    "thinking": (bool, lambda v: True, "true or false"),
-}
-
-
-def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> GenerationDefaults:
-    defaults = GenerationDefaults()
-    values: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in _GENERATION_RULES:
+def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> dict[str, Any]:
+    chosen, refused = check_choices(table)
+    for key, why in refused.items():
+        if why == "unknown setting":
             problems.append(f"{where.line('generation', key)}unknown setting generation.{key} (ignored)")
-            continue
-        expected, allowed, rule = _GENERATION_RULES[key]
-        if expected is float and type(value) is int:
-            value = float(value)
-        ok = type(value) is expected and (expected is not float or math.isfinite(value)) and allowed(value)
-        if not ok:
-            problems.append(
-                f"{where.line('generation', key)}generation.{key} must be {rule} (using the model's or the default)"
-            )
-            continue
-        values[key] = value
-    return replace(defaults, **values)
+        else:
+            problems.append(f"{where.line('generation', key)}generation.{key} {why} (using the model's or the default)")
+    return chosen
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path | None:
@@ -243,7 +208,7 @@ def to_toml(settings: Settings) -> str:
         f"hidden = [{', '.join(_quote(name) for name in settings.hidden_panels)}]",
         "",
         "[generation]  # only what you chose; the rest follows the model's generation_config.json",
-        *(f"{key} = {_toml_value(value)}" for key, value in generation.chosen().items()),
+        *(f"{key} = {_toml_value(value)}" for key, value in generation.items()),
         "",
         "[keymap]",
         *(f"{_quote(key)} = {_quote(value)}" for key, value in sorted(settings.keymap.items())),

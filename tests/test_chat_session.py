@@ -20,9 +20,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import MixtralConfig, MixtralForCausalLM, PreTrainedTokenizerFast
 
 from moe_tui import fit, paths
+from moe_tui.chat.generation import GenerationSettings
 from moe_tui.chat.history import HistoryStore
 from moe_tui.chat.prompt import PLAIN_TEMPLATE, render_prompt, split_conversation
-from moe_tui.chat.session import ChatSession, GenerationResult, GenerationSettings, resolve_model
+from moe_tui.chat.session import ChatSession, GenerationResult, resolve_model
 from moe_tui.chat.streaming import IncrementalDecoder
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, OffloadedModel, offload_model

@@ -41,7 +41,7 @@ def test_ask_json_holds_the_text_and_the_engines_counters(capsys: pytest.Capture
 
 def test_ask_follows_the_models_generation_config_unless_told(capsys: pytest.CaptureFixture[str]) -> None:
     # The demo model recommends max_new_tokens 256 and sampling; saved settings and flags override it.
-    config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=5)))
+    config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": 5}))
     code, out, _ = run_cli(["ask", "Explain zip()", "--json"], capsys)
     assert code == 0 and json.loads(out)["tokens"] == 5
     code, out, _ = run_cli(["ask", "Explain zip()", "--json", "--max-new-tokens", "7"], capsys)

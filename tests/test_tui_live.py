@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
-    config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=12)))
+    config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": 12}))
     trace = tmp_path / "session.jsonl"
     options = LaunchOptions(cache_size=2, prefetch=1, device="cpu", record=str(trace))
     app = MoeTuiApp(options, loader=load_backend, probe=FakeProbe())
@@ -72,7 +72,7 @@ def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
 def test_out_of_memory_mid_answer_keeps_the_answer_and_the_app_usable() -> None:
     import torch
 
-    config.save_settings(config.Settings(generation=config.GenerationDefaults(temperature=0.0, max_new_tokens=24)))
+    config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": 24}))
     app = MoeTuiApp(LaunchOptions(cache_size=2, prefetch=1, device="cpu"), loader=load_backend, probe=FakeProbe())
 
     async def check(pilot: Pilot) -> None:

@@ -3,7 +3,7 @@
 For each setting, in order: the user's own choice (a flag, or saved in the settings file), else the model's
 ``generation_config.json`` (sampling values its authors recommend: ``do_sample``, ``temperature``, ``top_p``,
 ``max_new_tokens``), else moe-tui's default (the fields' defaults in
-:class:`~moe_tui.chat.session.GenerationSettings`). A model file that turns sampling off (``do_sample: false``)
+:class:`~moe_tui.chat.generation.GenerationSettings`). A model file that turns sampling off (``do_sample: false``)
 means greedy decoding, temperature 0.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from moe_tui.chat.session import GenerationSettings
+from moe_tui.chat.generation import GenerationSettings
 
 SOURCES = ("yours", "model", "default")
 
@@ -22,7 +22,7 @@ def user_generation_choices() -> dict[str, Any]:
     from moe_tui import config
 
     settings, _ = config.load_settings()
-    return settings.generation.chosen()
+    return dict(settings.generation)
 
 
 def effective_generation(chosen: dict[str, Any], model: dict[str, Any]) -> tuple[GenerationSettings, dict[str, str]]:

@@ -11,7 +11,6 @@ be imported by the UI at no cost.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,62 +19,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from moe_tui import paths
+from moe_tui.chat.generation import GenerationSettings
 from moe_tui.chat.kv import ConversationCache
 from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation, supports_thinking
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Telemetry, TokenEvent
 
-MAX_TEMPERATURE = 2.0
 DEMO_MODEL_NAME = "demo-mixtral"
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """How to sample an answer; checked on creation (:class:`UserError` names the bad value).
-
-    ``temperature`` 0 means greedy decoding (top_p is then ignored); otherwise tokens are sampled at that
-    temperature from the smallest set of tokens whose probability reaches ``top_p``.
-    """
-
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    system_prompt: str = ""
-    thinking: bool = True  # a thinking model reasons before it answers (where its template can turn that off)
-
-    def __post_init__(self) -> None:
-        if not _is_number(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise UserError(
-                f"temperature must be a number from 0 (greedy) to {MAX_TEMPERATURE:g}, not {self.temperature!r}"
-            )
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise UserError(f"top-p must be a number above 0 and at most 1, not {self.top_p!r}")
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise UserError(f"max new tokens must be a whole number of at least 1, not {self.max_new_tokens!r}")
-        if not isinstance(self.system_prompt, str):
-            raise UserError("the system prompt must be text")
-        if not isinstance(self.thinking, bool):
-            raise UserError(f"thinking must be on or off, not {self.thinking!r}")
-
-    @classmethod
-    def from_text(
-        cls, temperature: str, top_p: str, max_new_tokens: str, system_prompt: str = "", thinking: bool = True
-    ) -> GenerationSettings:
-        """Settings typed into a form: the numbers are parsed here, with the same clear errors."""
-        return cls(
-            temperature=_parse(temperature, float, "temperature"),
-            top_p=_parse(top_p, float, "top-p"),
-            max_new_tokens=_parse(max_new_tokens, int, "max new tokens"),
-            system_prompt=system_prompt,
-            thinking=thinking,
-        )
-
-    @property
-    def greedy(self) -> bool:
-        """Whether the answer is decoded greedily (temperature 0)."""
-        return self.temperature == 0
 
 
 @dataclass(frozen=True)
@@ -357,18 +309,6 @@ def _load_engine(directory: Path, offload_config: Any, progress: Progress | None
     from moe_tui.offload import load_offloaded
 
     return load_offloaded(str(directory), offload_config, progress=progress)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _parse(text: str, kind: type, label: str) -> Any:
-    try:
-        return kind(text.strip())
-    except ValueError:
-        expected = "a whole number" if kind is int else "a number"
-        raise UserError(f"{label} must be {expected}, not {text.strip()!r}") from None
 
 
 def _out_of_memory_device(error: BaseException) -> str | None:

@@ -155,7 +155,7 @@ class MoeTuiApp(App[int]):
         from moe_tui.chat.defaults import effective_generation
 
         try:
-            return effective_generation(self.settings.generation.chosen(), {})[0]
+            return effective_generation(self.settings.generation, {})[0]
         except UserError as error:
             warnings.append(f"settings: {error}; using the default generation settings")
             return effective_generation({}, {})[0]
@@ -260,8 +260,6 @@ class MoeTuiApp(App[int]):
 
     def remember(self, **changes: Any) -> None:
         """Update and save the settings file; a failed write is reported, never fatal."""
-        if "generation" in changes:  # the values the user chose (a dict; the rest follows the model)
-            changes["generation"] = config.GenerationDefaults(**changes["generation"])
         self.settings = replace(self.settings, **changes)
         try:
             kept = config.save_settings(self.settings)

@@ -652,7 +652,7 @@ class MainScreen(Screen):
         """The settings answers use: the user's choices, else the model's recommendations, else the defaults."""
         from moe_tui.chat.defaults import effective_generation
 
-        chosen = self.moe_app.settings.generation.chosen()
+        chosen = self.moe_app.settings.generation
         try:
             self.generation, self.generation_sources = effective_generation(chosen, self.backend.model_defaults())
         except UserError as error:  # the user's values and the model's do not go together

@@ -15,7 +15,7 @@ from textual.containers import Grid, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, Switch, TextArea
 
-from moe_tui.chat.session import GenerationSettings
+from moe_tui.chat.generation import GenerationSettings
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
 
