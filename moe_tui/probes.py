@@ -143,11 +143,11 @@ def dequant_bandwidth(
     """
     import torch
 
-    from moe_tui.offload.config import DTYPES
+    from moe_tui.engine_config import dtype_named
     from moe_tui.offload.formats import HqqFormat
 
     scale = math.sqrt(max(1.0, max(math.prod(s) for s in shapes) / DEQUANT_PROBE_ELEMENTS))
     small = [tuple(max(group_size, round(d / scale / group_size) * group_size) for d in s) for s in shapes]
-    fmt = HqqFormat(small, DTYPES[dtype], bits, group_size)
+    fmt = HqqFormat(small, dtype_named(dtype), bits, group_size)
     buffer = torch.zeros(fmt.nbytes, dtype=torch.uint8, device=device)  # random bytes would make denormals
     return fmt.nbytes / _best_seconds(lambda: fmt.dequantize(buffer), device == "cuda")

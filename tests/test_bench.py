@@ -43,7 +43,8 @@ def test_parse_spec() -> None:
     assert bench.parse_spec("resident", 8).kind == "resident"
     assert bench.parse_spec("hf-offload", 8).kind == "hf-offload"
     spec = bench.parse_spec("k=E,prefetch=1,policy=lfu,bits=4,telemetry=off", 8)
-    assert (spec.kind, spec.cache_size, spec.prefetch, spec.policy, spec.expert_bits, spec.telemetry) == (
+    engine = spec.engine
+    assert (spec.kind, engine.cache_size, engine.prefetch, engine.policy, engine.expert_bits, engine.telemetry) == (
         "engine", 8, 1, "lfu", 4, False,
     )  # fmt: skip
     assert spec.label == "k=8,prefetch=1,policy=lfu,bits=4,telemetry=off"

@@ -333,13 +333,13 @@ def test_cli_plan_spreads_slots_over_layers(
     from moe_tui.commands.chat import options_from_args
 
     options = options_from_args(cli.build_parser().parse_args(command[1:]))
-    assert (options.model, options.cache_size, options.prefetch, options.expert_bits) == (
+    assert (options.model, options.engine.cache_size, options.engine.prefetch, options.engine.expert_bits) == (
         str(tiny_config),
         [2, 4],
         0,
         None,
     )
-    assert options.device == "cuda"
+    assert options.engine.device == "cuda"
 
 
 def run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -209,7 +209,8 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         app.screen.query_one("#load-k").value = "3"
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(loaded) == 2 and main_screen(app).backend.can_chat)
-        assert (loaded[-1].model, loaded[-1].cache_size, loaded[-1].expert_bits, loaded[-1].prefetch) == (
+        chosen = loaded[-1].engine
+        assert (loaded[-1].model, chosen.cache_size, chosen.expert_bits, chosen.prefetch) == (
             None, 3, 4, 1,
         )  # fmt: skip
 

@@ -16,6 +16,7 @@ from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_tr
 from tui_helpers import send, wait_for
 
 from moe_tui import paths
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.system import Nvml, SystemProbe
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
@@ -104,7 +105,7 @@ def test_non_moe_model_is_refused_in_the_app(llama_dir: Path) -> None:
 
 
 def test_k_that_does_not_fit_the_model_is_refused_in_the_app() -> None:
-    app = real_app(LaunchOptions(cache_size=9))
+    app = real_app(LaunchOptions(engine=OffloadConfig(cache_size=9)))
 
     async def check(pilot: Pilot) -> None:
         assert "cache size 9 is out of range: choose 1..8" in error_text(app)
@@ -316,7 +317,7 @@ def test_chat_command_starts_and_closes_the_app(monkeypatch: pytest.MonkeyPatch)
     from moe_tui.cli import main
 
     assert main(["--theme", "moe-light", "-k", "3", "--prefetch", "0", "--record", "t.jsonl"]) == 0
-    assert started[0].cache_size == 3 and started[0].prefetch == 0 and started[0].record == "t.jsonl"
+    assert started[0].engine.cache_size == 3 and started[0].engine.prefetch == 0 and started[0].record == "t.jsonl"
     assert chat.options_from_args(chat_args(["--replay", "x.jsonl", "--speed", "4"])).replay_speed == 4.0
 
 

@@ -12,6 +12,7 @@ from tui_fakes import FakeProbe
 from tui_helpers import cache_slot_counts, palette, send, wait_for
 
 from moe_tui import config, paths
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
 from moe_tui.tui.widgets.chat import ChatView, MessageView
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
     config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": 12}))
     trace = tmp_path / "session.jsonl"
-    options = LaunchOptions(cache_size=2, prefetch=1, device="cpu", record=str(trace))
+    options = LaunchOptions(engine=OffloadConfig(cache_size=2, prefetch=1, device="cpu"), record=str(trace))
     app = MoeTuiApp(options, loader=load_backend, probe=FakeProbe())
 
     async def check(pilot: Pilot) -> None:
@@ -73,7 +74,11 @@ def test_out_of_memory_mid_answer_keeps_the_answer_and_the_app_usable() -> None:
     import torch
 
     config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": 24}))
-    app = MoeTuiApp(LaunchOptions(cache_size=2, prefetch=1, device="cpu"), loader=load_backend, probe=FakeProbe())
+    app = MoeTuiApp(
+        LaunchOptions(engine=OffloadConfig(cache_size=2, prefetch=1, device="cpu")),
+        loader=load_backend,
+        probe=FakeProbe(),
+    )
 
     async def check(pilot: Pilot) -> None:
         await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat, timeout=120)

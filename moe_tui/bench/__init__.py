@@ -10,7 +10,7 @@ A configuration is one of:
   optimize=auto,telemetry=on,record=off`` (``k=E`` means every expert; only ``k`` is required). ``miss`` is
   ``copy``, ``host`` or ``auto``; ``fused=off`` dequantizes 4/8-bit experts on every use (the unfused path);
   ``optimize=off`` quantizes with min-max rounding instead of HQQ's optimiser (``auto``: the optimiser on a
-  GPU only, see :class:`~moe_tui.offload.config.OffloadConfig`). Configurations of one run
+  GPU only, see :class:`~moe_tui.engine_config.OffloadConfig`). Configurations of one run
   that quantize alike share one quantized store (a temporary cache), so each format is quantized once.
 
 Every configuration generates greedily from the same token ids: one warm-up generation, then ``runs``

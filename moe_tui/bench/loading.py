@@ -6,7 +6,7 @@ import gc
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,26 +93,21 @@ def _load_hf_offload(spec: Spec, source: BenchModel, device: str, workdir: Path)
 
 
 def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path) -> Loaded:
-    from moe_tui.offload import OffloadConfig, load_offloaded
+    from moe_tui.offload import load_offloaded
 
     trace = spec.trace_path
     if spec.record and trace is None:
         trace = Path(tempfile.mkstemp(prefix="trace-", suffix=".jsonl", dir=workdir)[1])
-    config = OffloadConfig(
-        cache_size=spec.cache_size,
-        prefetch=spec.prefetch,
-        policy=spec.policy,
-        expert_bits=spec.expert_bits,
-        attn_bits=spec.attn_bits,
+    settings = spec.engine
+    if settings is None:
+        raise ValueError(f"{spec.label} is a baseline, not an engine configuration")
+    config = replace(
+        settings,
         device=device,
-        store=spec.store,
         dtype=source.dtype,
         trace_path=trace,
-        telemetry=spec.telemetry or trace is not None,
-        miss=spec.miss,
-        fused=spec.fused,
-        quant_optimize=spec.optimize,
-        quant_cache_dir=quant_cache if spec.expert_bits is not None else None,
+        telemetry=settings.telemetry or trace is not None,
+        quant_cache_dir=quant_cache if settings.expert_bits is not None else None,
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
     for note in engine.load_info.get("notes", ()):

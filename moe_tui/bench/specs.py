@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.paths import SAMPLES_DIR
 
@@ -35,26 +36,24 @@ def load_prompts(path: str | os.PathLike[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Spec:
-    """One configuration to benchmark (see the module docstring for the text form)."""
+    """One configuration to benchmark (see the module docstring for the text form). ``engine`` holds the
+    engine's settings for kind ``engine`` (the run fills in its device, dtype, trace file and quantized-store
+    directory); the baselines have none."""
 
     label: str
     kind: str  # "resident" | "hf-offload" | "engine"
-    cache_size: int = 0
-    prefetch: int = 0
-    policy: str = "lru"
-    expert_bits: int | None = None
-    attn_bits: int | None = None
-    store: str = "ram"
-    miss: str = "copy"
-    fused: bool = True
-    optimize: bool | None = None  # None: the engine's per-device default
-    telemetry: bool = True
+    engine: OffloadConfig | None = None
     record: bool = False
     trace_path: Path | None = None  # where a recorded trace goes (record=on without it: a temporary file)
 
 
 def parse_spec(text: str, num_experts: int) -> Spec:
-    """Read one configuration (``resident``, ``hf-offload`` or ``k=...,key=value``); UserError when malformed."""
+    """Read one configuration (``resident``, ``hf-offload`` or ``k=...,key=value``); UserError when malformed.
+
+    The keys are the engine's settings under short names (``bits`` is ``expert_bits``, ``optimize`` is
+    ``quant_optimize``), checked by :class:`~moe_tui.engine_config.OffloadConfig`; unlike ``chat``, prefetch is
+    off unless asked for, so ``k=2`` measures the cache alone.
+    """
     text = text.strip()
     if text in BASELINES:
         return Spec(label=text, kind=text)
@@ -75,26 +74,25 @@ def parse_spec(text: str, num_experts: int) -> Spec:
     if not 1 <= k <= num_experts:
         raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
     label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
-    from moe_tui.choices import MISS_MODES
-
-    miss = values.get("miss", "copy").lower()
-    if miss not in MISS_MODES:
-        raise UserError(f"configuration {text!r}: miss must be copy, host or auto, not {miss!r}")
-    return Spec(
-        label=label,
-        kind="engine",
-        cache_size=k,
-        prefetch=_whole(values.get("prefetch", "0"), "prefetch", text),
-        policy=values.get("policy", "lru"),
-        expert_bits=_whole(values["bits"], "bits", text) if "bits" in values else None,
-        attn_bits=_whole(values["attn-bits"], "attn-bits", text) if "attn-bits" in values else None,
-        store=values.get("store", "ram"),
-        miss=miss,
-        fused=_switch(values.get("fused", "on"), "fused", text),
-        optimize=None if values.get("optimize", "auto") == "auto" else _switch(values["optimize"], "optimize", text),
-        telemetry=_switch(values.get("telemetry", "on"), "telemetry", text),
-        record=_switch(values.get("record", "off"), "record", text),
-    )
+    optimize = values.get("optimize", "auto")
+    try:
+        engine = OffloadConfig(
+            cache_size=k,
+            prefetch=_whole(values.get("prefetch", "0"), "prefetch", text),
+            policy=values.get("policy", "lru"),
+            expert_bits=_whole(values["bits"], "bits", text) if "bits" in values else None,
+            attn_bits=_whole(values["attn-bits"], "attn-bits", text) if "attn-bits" in values else None,
+            store=values.get("store", "ram"),
+            miss=values.get("miss", "copy").lower(),
+            fused=_switch(values.get("fused", "on"), "fused", text),
+            quant_optimize=None if optimize == "auto" else _switch(optimize, "optimize", text),
+            telemetry=_switch(values.get("telemetry", "on"), "telemetry", text),
+        )
+    except UserError as error:
+        if str(error).startswith("configuration "):
+            raise
+        raise UserError(f"configuration {text!r}: {error}") from None
+    return Spec(label=label, kind="engine", engine=engine, record=_switch(values.get("record", "off"), "record", text))
 
 
 def _whole(value: str, key: str, text: str) -> int:

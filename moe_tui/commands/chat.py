@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from moe_tui import choices
+from moe_tui import engine_config
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 
 
@@ -83,33 +84,35 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="P",
         help="experts per layer to prefetch from the next layer's router (0 = off)",
     )
-    parser.add_argument("--policy", choices=choices.POLICY_NAMES, help="cache eviction policy")
+    parser.add_argument("--policy", choices=engine_config.POLICY_NAMES, help="cache eviction policy")
     parser.add_argument(
         "--expert-bits",
         type=int,
-        choices=choices.EXPERT_BITS,
+        choices=engine_config.EXPERT_BITS,
         metavar="B",
         help="HQQ bit width for experts (2, 3, 4, 8; default: unquantized)",
     )
     parser.add_argument(
         "--attn-bits",
         type=int,
-        choices=choices.ATTN_BITS,
+        choices=engine_config.ATTN_BITS,
         metavar="B",
         help="HQQ bit width for attention and other layers (4, 8)",
     )
     parser.add_argument(
         "--miss",
-        choices=choices.MISS_MODES,
+        choices=engine_config.MISS_MODES,
         help="a missed expert is copied into a slot, computed on the host from the store, or either by a measured "
         "cost model (default: copy)",
     )
     parser.add_argument(
         "--store",
-        choices=choices.STORES,
+        choices=engine_config.STORES,
         help="where all experts live: host RAM (pinned with CUDA), or a memory-mapped file for stores larger than RAM",
     )
-    parser.add_argument("--dtype", choices=choices.COMPUTE_DTYPES, help="compute dtype (default: the checkpoint's own)")
+    parser.add_argument(
+        "--dtype", choices=engine_config.COMPUTE_DTYPES, help="compute dtype (default: the checkpoint's own)"
+    )
     parser.add_argument("--group-size", type=_positive_int, metavar="G", help="HQQ group size (default 64)")
     parser.add_argument(
         "--quant-optimize",
@@ -134,7 +137,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--device",
-        choices=choices.DEVICES,
+        choices=engine_config.DEVICES,
         default="auto",
         help="fast tier for the expert cache (default: auto)",
     )
@@ -152,22 +155,25 @@ def options_from_args(args: argparse.Namespace):
         raise UserError("choose either --model or --replay (a replay needs no model)")
     if args.quant_cache and args.no_quant_cache:
         raise UserError("choose either --quant-cache DIR or --no-quant-cache")
+    chosen = {
+        "cache_size": args.cache_size,
+        "prefetch": args.prefetch,
+        "policy": args.policy,
+        "expert_bits": args.expert_bits,
+        "attn_bits": args.attn_bits,
+        "miss": args.miss,
+        "store": args.store,
+        "dtype": args.dtype,
+        "group_size": args.group_size,
+        "context": args.context,
+        "quant_optimize": None if args.quant_optimize is None else args.quant_optimize == "on",
+    }
+    engine = OffloadConfig(device=args.device, **{name: value for name, value in chosen.items() if value is not None})
     return LaunchOptions(
         model=args.model,
-        cache_size=args.cache_size,
-        prefetch=args.prefetch,
-        policy=args.policy,
-        expert_bits=args.expert_bits,
-        attn_bits=args.attn_bits,
-        miss=args.miss,
-        store=args.store,
-        dtype=args.dtype,
-        group_size=args.group_size,
-        context=args.context,
-        quant_optimize=None if args.quant_optimize is None else args.quant_optimize == "on",
+        engine=engine,
         quant_cache=args.quant_cache,
         no_quant_cache=args.no_quant_cache,
-        device=args.device,
         replay=replay,
         replay_speed=getattr(args, "speed", 1.0),
         record=record,

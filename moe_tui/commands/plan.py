@@ -179,10 +179,10 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
 
 def _fused_precisions(facts, device: str) -> frozenset[str]:
     """The expert precisions a fused kernel computes for this model on ``device`` (the engine's own choice)."""
-    from moe_tui.offload.config import DTYPES
+    from moe_tui.engine_config import dtype_named
     from moe_tui.offload.formats import fused_bits
 
-    fused = fused_bits(list(facts.expert_shapes), DTYPES[facts.dtype], device, 64)
+    fused = fused_bits(list(facts.expert_shapes), dtype_named(facts.dtype), device, 64)
     return frozenset(f"hqq{bits}" for bits in (2, 3, 4) if bits in fused)  # the expert widths the planner plans
 
 

@@ -8,8 +8,8 @@ om.stats(); om.snapshot(); om.memory()
 ```
 """
 
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.offload.build import offload_model
-from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.loader import load_offloaded
 from moe_tui.offload.model import OffloadedModel
 

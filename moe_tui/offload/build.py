@@ -20,10 +20,10 @@ import torch
 from torch import Tensor, nn
 
 from moe_tui import fit
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, find_moe
-from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.experts import OffloadedExperts
 from moe_tui.offload.formats import ExpertFormat, make_format
 from moe_tui.offload.model import OffloadedModel, Progress

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from moe_tui import precision
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, family_of, find_moe
@@ -32,7 +33,6 @@ from moe_tui.offload.build import (
     terminal_progress,
 )
 from moe_tui.offload.checkpoint import Checkpoint
-from moe_tui.offload.config import OffloadConfig
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
 

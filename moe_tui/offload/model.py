@@ -12,11 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from moe_tui.engine_config import OffloadConfig, check_cache_sizes
 from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel
 from moe_tui.offload.cache import LayerCache
-from moe_tui.offload.config import OffloadConfig, check_cache_sizes
 from moe_tui.offload.engine import Engine
 from moe_tui.offload.experts import OffloadedExperts
 from moe_tui.offload.formats import ExpertFormat

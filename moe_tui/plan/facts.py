@@ -98,11 +98,11 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
 
 def _workspace_bytes(shapes: list[tuple[int, ...]], dtype: str, expert_precision: str) -> int:
     """The engine's dequantization workspace for experts of ``shapes`` at ``expert_precision`` (no allocation)."""
-    from moe_tui.offload.config import DTYPES
+    from moe_tui.engine_config import dtype_named
     from moe_tui.offload.formats import HqqFormat
     from moe_tui.precision import HQQ_BITS
 
     bits = HQQ_BITS.get(expert_precision)
     if bits is None:
         return 0
-    return HqqFormat(list(shapes), DTYPES[dtype], bits).workspace_bytes
+    return HqqFormat(list(shapes), dtype_named(dtype), bits).workspace_bytes

@@ -161,10 +161,11 @@ class MoeTuiApp(App[int]):
             return effective_generation({}, {})[0]
 
     # ----------------------------------------------------------------- loading
-    def load_model(self, model: str | None, replay: str | None = None, options: dict[str, Any] | None = None) -> None:
-        """Load a model (or open a trace) in a worker behind the loading screen; ``options`` replace launch options
-        (cache size, expert bits, prefetch chosen in the model picker)."""
-        options = replace(self.options, model=model, replay=replay, **(options or {}))
+    def load_model(self, model: str | None, replay: str | None = None, engine: dict[str, Any] | None = None) -> None:
+        """Load a model (or open a trace) in a worker behind the loading screen; ``engine`` replaces engine
+        settings of the launch (cache size, expert bits, prefetch chosen in the model picker)."""
+        settings = replace(self.options.engine, **(engine or {}))
+        options = replace(self.options, model=model, replay=replay, engine=settings)
         what = f"trace {replay}" if replay else (model or "the demo model")
         if self.main is not None and self.main.backend.mode == "live":
             # one model at a time: the old one's store and slots are freed before the new one takes its memory

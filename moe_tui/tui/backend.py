@@ -9,64 +9,42 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
 
 Progress = Callable[[str, int, int], None]
 
 
+def _engine_default() -> OffloadConfig:
+    return OffloadConfig(device="auto")
+
+
 @dataclass(frozen=True)
 class LaunchOptions:
-    """What the command line asked for (None keeps the engine's default)."""
+    """What the command line asked for: the model (or a trace to replay), the engine's settings, and where
+    quantized stores and the session's trace are kept."""
 
     model: str | None = None
-    cache_size: int | list[int] | None = None
-    prefetch: int | None = None
-    policy: str | None = None
-    expert_bits: int | None = None
-    attn_bits: int | None = None
-    miss: str | None = None
-    store: str | None = None
-    dtype: str | None = None
-    group_size: int | None = None
-    context: int | None = None
-    quant_optimize: bool | None = None  # HQQ's optimiser (None: on with CUDA, off on a CPU)
+    engine: OffloadConfig = field(default_factory=_engine_default)
     quant_cache: str | None = None  # a directory for quantized stores (None: the user cache directory)
     no_quant_cache: bool = False  # quantize on every start, keep nothing on disk
-    device: str = "auto"
     replay: str | None = None
     replay_speed: float = 1.0
     record: str | None = None
 
-    def offload_config(self) -> Any:
-        """The engine's OffloadConfig for these options (imports torch; call from a worker)."""
-        from moe_tui.offload import OffloadConfig
-
-        chosen = {
-            "cache_size": self.cache_size,
-            "prefetch": self.prefetch,
-            "policy": self.policy,
-            "expert_bits": self.expert_bits,
-            "attn_bits": self.attn_bits,
-            "miss": self.miss,
-            "store": self.store,
-            "dtype": self.dtype,
-            "group_size": self.group_size,
-            "context": self.context,
-            "quant_optimize": self.quant_optimize,
-            "trace_path": self.record,
-            "quant_cache_dir": self.quant_cache_directory(),
-        }
-        return OffloadConfig(device=self.device, **{key: value for key, value in chosen.items() if value is not None})
+    def offload_config(self) -> OffloadConfig:
+        """The engine's settings with this launch's trace file and quantized-store directory filled in."""
+        return replace(self.engine, trace_path=self.record, quant_cache_dir=self.quant_cache_directory())
 
     def quant_cache_directory(self) -> str | None:
         """Where quantized stores are kept: ``--quant-cache``, else the user cache directory; None when the
         experts are not quantized or ``--no-quant-cache`` was given."""
-        if self.no_quant_cache or self.expert_bits is None:
+        if self.no_quant_cache or self.engine.expert_bits is None:
             return None
         if self.quant_cache is not None:
             return self.quant_cache

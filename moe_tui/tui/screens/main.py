@@ -674,8 +674,8 @@ class MainScreen(Screen):
             if choice and self.generating:
                 self.notify("stop the answer first (esc), then load the model", severity="warning")
             elif choice:
-                spec, options = choice
-                self.moe_app.load_model(spec or None, options=options)
+                spec, engine = choice
+                self.moe_app.load_model(spec or None, engine=engine)
 
         sample = self.probe.sample()
         gpu = next((g.memory_total for g in sample.gpus if g.memory_total), None)

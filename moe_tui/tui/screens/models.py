@@ -15,6 +15,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from moe_tui.catalog import ModelEntry, ModelReport, describe
+from moe_tui.engine_config import EXPERT_BITS, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
 
@@ -142,19 +143,20 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
 
 
 def load_options(k: str, bits: str, prefetch: str) -> dict[str, Any]:
-    """Launch options from the form's text; UserError naming a bad field."""
+    """The engine settings the form's text chooses, checked as the engine checks them; UserError naming a bad
+    field."""
     try:
         cache_size = int(k)
         prefetch_depth = int(prefetch)
     except ValueError:
         raise UserError("cache size and prefetch must be whole numbers") from None
-    if cache_size < 1 or prefetch_depth < 0:
-        raise UserError("cache size must be at least 1 and prefetch 0 or more")
     text = bits.strip().lower()
     if text in ("none", "", "-"):
         expert_bits = None
-    elif text in ("2", "3", "4", "8"):
+    elif text.isdigit() and int(text) in EXPERT_BITS:
         expert_bits = int(text)
     else:
         raise UserError(f"expert bits must be 2, 3, 4, 8 or none, not {bits!r}")
-    return {"cache_size": cache_size, "expert_bits": expert_bits, "prefetch": prefetch_depth}
+    chosen = {"cache_size": cache_size, "expert_bits": expert_bits, "prefetch": prefetch_depth}
+    OffloadConfig(**chosen)  # the engine's own checks, before the app leaves the form
+    return chosen

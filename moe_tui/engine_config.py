@@ -1,24 +1,47 @@
-"""Settings of the offloading engine, checked as soon as they are made (model-independent checks)."""
+"""The offloading engine's settings: the values each can take and the checked set of them, without torch.
+
+The command line (``chat``, ``ask``), the benchmark's specs (``k=2,prefetch=1``), the app's model picker and
+the Python API all make the same :class:`OffloadConfig`, so every setting has one name, one default and one
+check (model-independent checks here, as soon as a config is made; checks against a model's shape in
+:meth:`OffloadConfig.cache_sizes` and :meth:`OffloadConfig.check_prefetch`). torch is imported only by the two
+methods that answer in torch's terms, so the app can build a config on its UI thread at no cost.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from moe_tui.choices import ATTN_BITS, DEVICES, EXPERT_BITS, MISS_MODES, STORES
 from moe_tui.errors import UserError
 from moe_tui.policies import POLICIES
 
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
+if TYPE_CHECKING:
+    import torch
+
+POLICY_NAMES = tuple(POLICIES)
+EXPERT_BITS = (2, 3, 4, 8)
+ATTN_BITS = (4, 8)
+DEVICES = ("cpu", "cuda", "auto")
+STORES = ("ram", "mmap")
+MISS_MODES = ("copy", "host", "auto")  # see moe_tui.offload.misses
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
+# Each name a compute dtype may be given by, and the torch dtype it means.
+DTYPE_NAMES = {
+    "float32": "float32",
+    "fp32": "float32",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
 }
+
+
+def dtype_named(name: str) -> torch.dtype:
+    """The torch dtype a compute dtype's name (or alias: ``bf16``, ``fp16``, ``fp32``) means."""
+    import torch
+
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 @dataclass
@@ -87,17 +110,24 @@ class OffloadConfig:
         context = self.context
         if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
             raise UserError(f"context must be a whole number of tokens >= 1, got {self.context!r}")
-        if self.dtype is not None and not isinstance(self.dtype, torch.dtype) and self.dtype not in DTYPES:
-            raise UserError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        if isinstance(self.dtype, str) and self.dtype not in DTYPE_NAMES:
+            raise UserError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
+        if self.dtype is not None and not isinstance(self.dtype, str):
+            import torch  # only a caller already holding a torch dtype gets here
+
+            if not isinstance(self.dtype, torch.dtype):
+                raise UserError(f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPE_NAMES)}")
 
     def torch_dtype(self) -> torch.dtype | None:
         """The compute dtype as a torch dtype (None: keep the model's)."""
-        if self.dtype is None or isinstance(self.dtype, torch.dtype):
+        if self.dtype is None or not isinstance(self.dtype, str):
             return self.dtype
-        return DTYPES[self.dtype]
+        return dtype_named(self.dtype)
 
     def resolved_device(self) -> torch.device:
         """The fast-tier device; UserError when CUDA is asked for and absent."""
+        import torch
+
         if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
             return torch.device("cpu")
         if not torch.cuda.is_available():
