@@ -27,7 +27,7 @@ and :mod:`~moe_tui.bench.report` (the machine and the JSON report).
 from moe_tui.bench.loading import Loaded, load
 from moe_tui.bench.measure import PeakRSS, Result, Settings, run_configs, run_interleaved
 from moe_tui.bench.models import BenchModel, SyntheticShape, open_model, write_synthetic
-from moe_tui.bench.report import describe_machine, dumps, report, tiers_note
+from moe_tui.bench.report import BenchReport, Machine, describe_machine, dumps, format_report, report, tiers_note
 from moe_tui.bench.routing import ForcedRouting
 from moe_tui.bench.specs import DEFAULT_COMPARE, DEFAULT_PROMPTS, Spec, load_prompts, parse_spec
 
@@ -35,8 +35,10 @@ __all__ = [
     "DEFAULT_COMPARE",
     "DEFAULT_PROMPTS",
     "BenchModel",
+    "BenchReport",
     "ForcedRouting",
     "Loaded",
+    "Machine",
     "PeakRSS",
     "Result",
     "Settings",
@@ -44,6 +46,7 @@ __all__ = [
     "SyntheticShape",
     "describe_machine",
     "dumps",
+    "format_report",
     "load",
     "load_prompts",
     "open_model",

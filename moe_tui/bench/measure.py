@@ -15,6 +15,7 @@ from moe_tui.bench.loading import Loaded, load
 from moe_tui.bench.models import BenchModel
 from moe_tui.bench.routing import ForcedRouting
 from moe_tui.bench.specs import Spec
+from moe_tui.telemetry import Counters
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -112,7 +113,7 @@ class Result:
     label: str
     kind: str
     samples: list[Sample]
-    stats: dict[str, float] | None
+    stats: Counters | None  # what the engine counted over the measured runs (None for baselines)
     fast_tier_bytes: int
     slow_tier_bytes: int
     peak_rss_bytes: int
@@ -143,7 +144,7 @@ class Result:
         """An engine counter's growth per generated token (None for baselines)."""
         if self.stats is None:
             return None
-        return self.stats[key] / self.new_tokens
+        return getattr(self.stats, key) / self.new_tokens
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for ``--json``."""
@@ -155,7 +156,7 @@ class Result:
             "prefill_tokens_per_s": self.prefill_tps,
             "ttft_s": self.ttft_s,
             "samples": [{**asdict(s), "decode_tps": s.decode_tps} for s in self.samples],
-            "engine": self.stats,
+            "engine": None if self.stats is None else {**asdict(self.stats), **self.stats.rates()},
             "bytes_per_token": self.per_token("bytes_loaded"),
             "stall_s_per_token": self.per_token("load_s"),
             "host_per_token": self.per_token("host"),
@@ -166,12 +167,9 @@ class Result:
         }
 
 
-def _counter_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float]:
-    """What an engine counted between two ``stats()`` readings, with its rates (telemetry's Counters)."""
-    from moe_tui.telemetry import Counters
-
-    delta = Counters.from_mapping(after) - Counters.from_mapping(before)
-    return {**asdict(delta), **delta.rates(), "tokens": after["tokens"] - before["tokens"]}
+def _counter_delta(before: dict[str, Any], after: dict[str, Any]) -> Counters:
+    """What an engine counted between two ``stats()`` readings."""
+    return Counters.from_mapping(after) - Counters.from_mapping(before)
 
 
 @dataclass(frozen=True)

@@ -121,8 +121,8 @@ def run(args: argparse.Namespace) -> int:
             notes.append("configurations were loaded together and run in turn (--interleave): peak RSS is shared")
         else:
             results = bench.run_configs(source, specs, settings, routing=routing, progress=say)
-        data = bench.report(source, settings, results, notes)
-    print(bench.dumps(data) if args.json else format_report(data))
+        outcome = bench.report(source, settings, results, notes)
+    print(bench.dumps(outcome) if args.json else bench.format_report(outcome))
     return 0
 
 
@@ -189,64 +189,3 @@ def _routing(path: str | None, source) -> tuple:
     check_trace_shape(header, source.num_layers, source.num_experts, source.top_k, source.description)
     note = f"routing forced from {path}: prefetch guesses still come from the model's own routers"
     return ForcedRouting(header, events), [note]
-
-
-def format_report(data: dict) -> str:
-    """The benchmark as text: machine, model, settings, then one row per configuration."""
-    from moe_tui.precision import format_bytes
-    from moe_tui.sim.table import format_table, percent
-
-    machine = data["machine"]
-    gpu = f"{machine['gpu']} ({format_bytes(machine['gpu_bytes'])})" if machine["gpu"] else "no GPU"
-    settings = data["settings"]
-    lengths = data["prompt_tokens"]
-    lines = [
-        f"machine: {machine['cpu']}, {machine['cores']} cores, {format_bytes(machine['ram_bytes'])} RAM, {gpu}; "
-        f"torch {machine['torch']} ({machine['torch_threads']} threads), transformers {machine['transformers']}",
-        f"model: {data['model']}",
-        f"runs: {settings['prompts']} prompts ({min(lengths)}-{max(lengths)} tokens), {settings['new_tokens']} new "
-        f"tokens each, {settings['runs']} measured passes after a warm-up, greedy, batch 1, "
-        f"device {settings['device']}",
-        f"tiers: {data['tiers']}",
-        *(f"note: {note}" for note in data["notes"]),
-        "",
-    ]
-    headers = [
-        "config", "experts", "decode tok/s", "x first", "prefill tok/s", "TTFT ms", "hit rate", "host/token",
-        "prefetch used/issued", "recall", "moved/token", "stall ms/token", "fast tier", "slow tier", "peak RSS",
-    ]  # fmt: skip
-    rows = []
-    for entry in data["results"]:
-        engine = entry["engine"]
-        ratio = entry["decode_vs_first"]
-        stall = entry["stall_s_per_token"]
-        rows.append(
-            [
-                entry["label"],
-                entry.get("expert_format") or "-",
-                f"{entry['decode_tokens_per_s']:.2f}",
-                "-" if ratio is None else f"{ratio:.2f}x",
-                f"{entry['prefill_tokens_per_s']:.1f}",
-                f"{1000 * entry['ttft_s']:.0f}",
-                "-" if engine is None else percent(engine["hit_rate"]),
-                "-" if not entry.get("host_per_token") else f"{entry['host_per_token']:.1f}",
-                "-" if engine is None else f"{engine['prefetch_used']}/{engine['prefetch_issued']}",
-                "-" if engine is None or not engine["prefetch_issued"] else percent(engine["prefetch_recall"]),
-                "-" if entry["bytes_per_token"] is None else format_bytes(entry["bytes_per_token"]),
-                "-" if not stall else f"{1000 * stall:.1f}",
-                format_bytes(entry["fast_peak_bytes"] or entry["fast_tier_bytes"]),
-                format_bytes(entry["slow_tier_bytes"]) if entry["slow_tier_bytes"] else "-",
-                format_bytes(entry["peak_rss_bytes"]),
-            ]
-        )
-    lines.append(format_table(headers, rows))
-    lines.append(
-        "\nexperts: the engine's expert format (unfused: dequantized before every use); "
-        "decode tok/s: median over generations of (new tokens - 1) / time after the first new token; "
-        "host/token: missed experts computed on the host from the store per generated token; "
-        "x first: against the first configuration; moved/token: expert bytes copied per generated token "
-        "(prefill copies included); stall: time spent copying experts (0 when telemetry is off); fast tier: "
-        "weights and slots kept there (CUDA: peak allocated); slow tier: expert store (hf-offload: its offload "
-        "folder on disk); peak RSS: the whole process while the configuration ran."
-    )
-    return "\n".join(lines)
