@@ -1,8 +1,11 @@
-"""Eviction policies for a fixed set of cache slots, shared by the engine's expert cache and the cache lab.
+"""The slot model of one layer's expert cache, shared by the engine and the cache simulator (and so the lab,
+the planner and the demo's checks): which expert each slot holds, the eviction policy, prefetch marks.
 
-A policy only keeps bookkeeping about keys (expert ids); it owns no memory. The cache asks it which
+A policy only keeps bookkeeping about keys (expert ids); it owns no memory. :class:`SlotTable` asks it which
 resident key to evict and tells it about every insertion, access and eviction. ``protected`` keys (the
-experts the current layer still needs) are never chosen as victims.
+experts the current layer still needs) are never chosen as victims. The engine's
+:class:`~moe_tui.offload.cache.LayerCache` is a SlotTable with device memory behind its slots; the simulator
+replays traces through a bare one, so both count hits and misses by the same rules.
 """
 
 from __future__ import annotations
@@ -98,3 +101,56 @@ def make_policy(name: str) -> EvictionPolicy:
         return POLICIES[name.lower()]()
     except KeyError:
         raise ValueError(f"unknown cache policy {name!r}; choose from {', '.join(POLICIES)}") from None
+
+
+class SlotTable:
+    """``capacity`` slots of one MoE layer: which expert each holds, its policy, and which were prefetched."""
+
+    def __init__(self, capacity: int, policy: EvictionPolicy):
+        self.policy = policy
+        self.expert_in: list[int | None] = [None] * capacity
+        self.slot_of: dict[int, int] = {}
+        self.prefetched: set[int] = set()  # loaded by a prefetch and not used since
+
+    @property
+    def capacity(self) -> int:
+        """Number of slots (k)."""
+        return len(self.expert_in)
+
+    def victim(self, protected: Collection[int] = ()) -> int | None:
+        """A slot to load into: an empty one first, otherwise the policy's victim outside ``protected``; None
+        when every resident expert is protected."""
+        for index, expert in enumerate(self.expert_in):
+            if expert is None:
+                return index
+        expert = self.policy.victim(self.slot_of.keys(), protected)
+        return None if expert is None else self.slot_of[expert]
+
+    def assign(self, slot: int, expert: int) -> None:
+        """Record that ``expert`` now occupies ``slot`` (evicting its previous occupant)."""
+        self.clear(slot)
+        self.expert_in[slot] = expert
+        self.slot_of[expert] = slot
+        self.policy.insert(expert)
+
+    def clear(self, slot: int) -> None:
+        """Empty ``slot`` (its contents are no longer trusted or no longer wanted)."""
+        old = self.expert_in[slot]
+        if old is not None:
+            del self.slot_of[old]
+            self.policy.evict(old)
+            self.prefetched.discard(old)
+        self.expert_in[slot] = None
+
+    def use(self, expert: int) -> bool:
+        """Record a hit on a resident expert; True when a prefetch had brought it in (a prefetch hit)."""
+        self.policy.access(expert)
+        if expert in self.prefetched:
+            self.prefetched.discard(expert)
+            return True
+        return False
+
+    def eviction_order(self) -> tuple[int | None, ...]:
+        """Slot contents in eviction order, next victim first; empty slots (filled first) lead as None."""
+        empty = len(self.expert_in) - len(self.slot_of)
+        return (None,) * empty + tuple(self.policy.order(self.slot_of.keys()))

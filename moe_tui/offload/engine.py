@@ -160,9 +160,7 @@ class Engine:
         host_computes = bool(misses) and self.miss != "copy" and self._misses_on_host(layer, routing.tokens)
         copied, on_host = ([], misses) if host_computes else (misses, [])
         order = hits + copied + on_host
-        prefetch_hits = [e in cache.prefetched for e in hits]
-        for expert in hits:
-            cache.policy.access(expert)
+        prefetch_hits = [cache.use(expert) for expert in hits]
 
         timer = Timer(mover.cuda) if record else None
         mover.start_pass(timer)

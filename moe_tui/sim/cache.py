@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Collection, Sequence
 
-from moe_tui.policies import EvictionPolicy, make_policy
+from moe_tui.policies import SlotTable, make_policy
 from moe_tui.sim.passes import LayerPass
 from moe_tui.telemetry import Counters
 
@@ -52,26 +52,26 @@ def simulate_layer(
     expert size.
     """
     _check_cache_size(cache_size)
-    slots = _Slots(cache_size, make_policy(policy))
+    slots = SlotTable(cache_size, make_policy(policy))
     hits = misses = issued = used = host = 0
     for layer_pass in passes:
         counted = not decode_only or layer_pass.n_tokens == 1
         if prefetch:
-            started = slots.prefetch(layer_pass.prefetch)
-            issued += started * counted
+            issued += _prefetch(slots, layer_pass.prefetch) * counted
         experts = layer_pass.experts
         for index, expert in enumerate(experts):
-            if expert in slots.resident:
-                from_prefetch = slots.use(expert)
-                used += from_prefetch * counted
+            if expert in slots.slot_of:
+                used += slots.use(expert) * counted
                 hits += counted
                 continue
             if host_misses:
                 host += counted
                 continue
             misses += counted
-            if not slots.load(expert, experts) and not slots.load(expert, experts[index + 1 :]):
-                slots.load(expert, ())
+            # the pass's own experts stay while another can go; then those it has finished with; then any
+            for protected in (experts, experts[index + 1 :], ()):
+                if _load(slots, expert, protected):
+                    break
         slots.prefetched.clear()
     return Counters(hits=hits, misses=misses, prefetch_issued=issued, prefetch_used=used, host=host)
 
@@ -111,42 +111,21 @@ def _check_cache_size(cache_size: int) -> None:
         raise ValueError(f"cache size must be at least 1, not {cache_size}")
 
 
-class _Slots:
-    """The resident set of one layer's cache under an online policy, with the prefetched-but-unused marks."""
+def _load(slots: SlotTable, expert: int, protected: Collection[int]) -> bool:
+    """Bring ``expert`` into a slot, evicting the policy's victim if full; False when every slot is protected."""
+    slot = slots.victim(protected)
+    if slot is None:
+        return False
+    slots.assign(slot, expert)
+    return True
 
-    def __init__(self, cache_size: int, policy: EvictionPolicy):
-        self.cache_size = cache_size
-        self.policy = policy
-        self.resident: set[int] = set()
-        self.prefetched: set[int] = set()
 
-    def load(self, expert: int, protected: Collection[int]) -> bool:
-        """Bring ``expert`` into a slot, evicting the policy's victim if full; False when every slot is protected."""
-        if len(self.resident) >= self.cache_size:
-            victim = self.policy.victim(self.resident, protected)
-            if victim is None:
-                return False
-            self.resident.remove(victim)
-            self.prefetched.discard(victim)
-            self.policy.evict(victim)
-        self.resident.add(expert)
-        self.policy.insert(expert)
-        return True
-
-    def use(self, expert: int) -> int:
-        """Record a hit; returns 1 when a prefetch had brought the expert in (a prefetch hit), else 0."""
-        self.policy.access(expert)
-        if expert in self.prefetched:
-            self.prefetched.remove(expert)
-            return 1
-        return 0
-
-    def prefetch(self, guesses: Sequence[int]) -> int:
-        """Load the guesses not yet resident, never evicting another guess; returns the copies started."""
-        batch = set(guesses)
-        started = 0
-        for expert in dict.fromkeys(guesses):
-            if expert not in self.resident and self.load(expert, batch):
-                self.prefetched.add(expert)
-                started += 1
-        return started
+def _prefetch(slots: SlotTable, guesses: Sequence[int]) -> int:
+    """Load the guesses not yet resident, never evicting another guess; returns the copies started."""
+    batch = set(guesses)
+    started = 0
+    for expert in dict.fromkeys(guesses):
+        if expert not in slots.slot_of and _load(slots, expert, batch):
+            slots.prefetched.add(expert)
+            started += 1
+    return started
