@@ -10,8 +10,8 @@ Without a history store (one that could not be opened) the turns are kept in mem
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from moe_tui.chat.history import HistoryStore
 from moe_tui.errors import UserError
 
 Turn = dict[str, str]
@@ -21,7 +21,7 @@ Turn = dict[str, str]
 class Answer:
     """An answer being generated and saved (see the module docstring)."""
 
-    store: Any | None
+    store: HistoryStore | None
     message_id: int | None
     memory: list[Turn]  # the session's turns when there is no store
     pieces: list[str] = field(default_factory=list)
@@ -29,7 +29,12 @@ class Answer:
 
     @classmethod
     def begin(
-        cls, store: Any | None, conversation_id: int | None, model: str, question: str | None, memory: list[Turn]
+        cls,
+        store: HistoryStore | None,
+        conversation_id: int | None,
+        model: str,
+        question: str | None,
+        memory: list[Turn],
     ) -> tuple[Answer, int | None]:
         """Save ``question`` (None: answering the last one again) and an empty answer; returns the answer and the
         conversation's id (a new conversation when ``conversation_id`` is None)."""

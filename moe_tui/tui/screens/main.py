@@ -27,7 +27,11 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from moe_tui.chat.active import ActiveChat
 from moe_tui.chat.answer import Answer
+from moe_tui.chat.generation import GenerationSettings
+from moe_tui.chat.history import HistoryStore
+from moe_tui.config import Settings
 from moe_tui.errors import UserError
 from moe_tui.system import Probe, SystemSample
 from moe_tui.telemetry import Snapshot, TokenEvent
@@ -98,23 +102,24 @@ class MainScreen(Screen):
     generating: reactive[bool] = reactive(False, init=False)
     loading_note: reactive[str] = reactive("", init=False)
 
-    def __init__(self, store: Any, probe: Probe, settings: Any, generation: Any) -> None:
+    def __init__(
+        self, store: HistoryStore | None, probe: Probe, settings: Settings, generation: GenerationSettings
+    ) -> None:
         super().__init__(id="main")
         self.store = store
+        self.conversation = ActiveChat(store)
         self.probe = probe
         self.settings = settings
         self.generation = generation
         self.generation_sources: dict[str, str] = {}
         self.backend: Backend = NoBackend()
         self.editing = False  # the prompt holds the last question, to replace it when sent
-        self.conversation_id: int | None = None
         self.redraws = 0
         self._serial = 0
         self._stop = threading.Event()
         self._replay_stop = threading.Event()
         self._drawn_version = -1
         self._sampling = True
-        self._unsaved: list[dict[str, str]] = []
         self._generation_idle = threading.Event()
         self._generation_idle.set()
         self.pacer = FramePacer(max_hz=REFRESH_HZ, min_hz=MIN_REFRESH_HZ, budget=UI_CPU_BUDGET)
@@ -346,14 +351,17 @@ class MainScreen(Screen):
             return False
         return True
 
+    @property
+    def conversation_id(self) -> int | None:
+        """The open conversation's id in the history (None until its first question is saved)."""
+        return self.conversation.id
+
     async def _answer_next(self, question: str | None) -> None:
         """Ask ``question`` (saved first), or with None answer the conversation's last question again."""
-        history = self._conversation_messages()
+        history = self.conversation.turns()
         if question is not None:
             history.append({"role": "user", "content": question})
-        answer, self.conversation_id = Answer.begin(
-            self.store, self.conversation_id, self.backend.name, question, self._unsaved
-        )
+        answer = self.conversation.begin_answer(self.backend.name, question)
         if answer.warning:
             self.notify(answer.warning, severity="warning")
         self._serial += 1
@@ -378,7 +386,7 @@ class MainScreen(Screen):
         if self.generating:
             self.notify("still answering: press esc to stop first", severity="warning")
             return
-        question = next((m["content"] for m in reversed(self._conversation_messages()) if m["role"] == "user"), None)
+        question = self.conversation.last_question()
         if question is None:
             self.notify("no question to edit in this chat yet", severity="warning")
             return
@@ -391,41 +399,17 @@ class MainScreen(Screen):
 
     async def _drop_last_turn(self, keep_question: bool) -> bool:
         """Remove the last answer (and with ``keep_question`` False the question before it) from the history and
-        the screen; False (with a notice) when the chat has no question yet."""
-        messages = self.store.messages(self.conversation_id) if self._saved_chat() else None
-        turns = (
-            [(m.role, m.content) for m in messages]
-            if messages is not None
-            else [(m["role"], m["content"]) for m in self._unsaved]
-        )
-        last_question = max((i for i, (role, _) in enumerate(turns) if role == "user"), default=None)
-        if last_question is None:
+        the screen; False (with a notice) when the chat has no question yet or the history refused."""
+        try:
+            left = self.conversation.drop_last_turn(keep_question)
+        except UserError as error:
+            self.notify(f"chat history: {error}", severity="error")
+            return False
+        if left is None:
             self.notify("no question in this chat yet", severity="warning")
             return False
-        cut = last_question + 1 if keep_question else last_question
-        if messages is not None:
-            try:
-                for message in messages[cut:]:
-                    self.store.delete_message(message.id)
-            except UserError as error:
-                self.notify(f"chat history: {error}", severity="error")
-                return False
-        else:
-            del self._unsaved[cut:]
-        await self.chat.show_messages([(role, text) for role, text in turns[:cut] if text or role != "assistant"])
+        await self.chat.show_messages(left)
         return True
-
-    def _saved_chat(self) -> bool:
-        return self.store is not None and self.conversation_id is not None
-
-    def _conversation_messages(self) -> list[dict[str, str]]:
-        if self.store is None or self.conversation_id is None:
-            return list(self._unsaved)
-        return [
-            {"role": item.role, "content": item.content}
-            for item in self.store.messages(self.conversation_id)
-            if item.content or item.role != "assistant"
-        ]
 
     @work(thread=True, exclusive=True, group="generate", exit_on_error=False)
     def _generate(
@@ -433,7 +417,7 @@ class MainScreen(Screen):
         feed: AnswerFeed,
         chat: ChatView,
         messages: list[dict[str, str]],
-        settings: Any,
+        settings: GenerationSettings,
         answer: Answer,
         stop: threading.Event,
     ) -> None:
@@ -448,7 +432,12 @@ class MainScreen(Screen):
         self.post_message(GenerationFinished(feed.serial, answer, error=error))
 
     def _answer(
-        self, feed: AnswerFeed, messages: list[dict[str, str]], settings: Any, answer: Answer, stop: threading.Event
+        self,
+        feed: AnswerFeed,
+        messages: list[dict[str, str]],
+        settings: GenerationSettings,
+        answer: Answer,
+        stop: threading.Event,
     ) -> tuple[str, str]:
         """Run the backend's generation; returns the error ("" when none) and the note the chat shows."""
 
@@ -507,8 +496,7 @@ class MainScreen(Screen):
         """Start an empty conversation (stopping an answer in progress)."""
         self._stop.set()
         self.editing = False
-        self.conversation_id = None
-        self._unsaved = []
+        self.conversation.start_new()
         await self.chat.show_messages([])
         self.chat.set_status("new chat")
         self.query_one(PromptInput).focus()
@@ -591,7 +579,7 @@ class MainScreen(Screen):
             raise UserError("this chat is still being answered: stop the answer first (esc)")
         self.store.delete_conversation(conversation_id)
         if conversation_id == self.conversation_id:
-            self.conversation_id = None
+            self.conversation.start_new()
             self.call_later(self.chat.show_messages, [])
             self.chat.set_status("the open chat was deleted · a new chat starts here")
 
@@ -602,13 +590,11 @@ class MainScreen(Screen):
         self._stop.set()
         self.editing = False
         try:
-            messages = self.store.messages(conversation_id)
-            title = self.store.conversation(conversation_id).title
+            title, turns = self.conversation.open(conversation_id)
         except UserError as error:
             self.notify(str(error), severity="error")
             return
-        self.conversation_id = conversation_id
-        await self.chat.show_messages([(item.role, item.content) for item in messages])
+        await self.chat.show_messages(turns)
         self.chat.set_status(f"opened “{title}”")
 
     def action_export(self) -> None:
