@@ -11,11 +11,14 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
+
+if TYPE_CHECKING:
+    from moe_tui.replay import Replay
 
 Progress = Callable[[str, int, int], None]
 
@@ -106,7 +109,7 @@ class Backend:
     can_chat = False
     can_tune = False
     notes: tuple[str, ...] = ()  # things the user should know about what was loaded (a cut-off trace, ...)
-    replay: Any = None  # the Replay being played (replay mode only)
+    replay: Replay | None = None  # the trace being played (replay mode only)
 
     @property
     def name(self) -> str:
@@ -163,6 +166,10 @@ class Backend:
     def run(self, stop: threading.Event, on_tokens: Callable[[list[TokenEvent]], None]) -> None:
         """Play the trace until its end or ``stop`` (blocking)."""
         raise UserError(self._cannot("play a trace"))
+
+    def routing_trace(self) -> tuple[TraceHeader, list[TraceEvent], str] | None:
+        """The routing this backend can hand the cache lab, with what to call it (None: it has none)."""
+        return None
 
     def close(self) -> None:
         """Release what the backend holds."""
@@ -255,13 +262,15 @@ class LiveBackend(Backend):
         """Stream one answer (blocking: run it in a worker thread)."""
         return self.session.generate(messages, settings, on_text, stop_event)
 
-    def recording(self) -> tuple[TraceHeader, list[TraceEvent]]:
+    def routing_trace(self) -> tuple[TraceHeader, list[TraceEvent], str]:
         """This session's routing so far: the whole trace file with ``--record TRACE``, else the last
         ``JOURNAL_PASSES`` forward passes the engine keeps in memory (writing a trace file costs the generating
         thread a few percent of its speed, keeping the steps costs nothing measurable)."""
         if self.trace_path is not None:
-            return read_partial_trace(Path(self.trace_path))
-        return self.engine.journal()
+            header, events = read_partial_trace(Path(self.trace_path))
+        else:
+            header, events = self.engine.journal()
+        return header, events, "this session's trace"
 
     def close(self) -> None:
         """Release the engine (flushing the trace)."""
@@ -273,8 +282,8 @@ class ReplayBackend(Backend):
 
     mode = "replay"
 
-    def __init__(self, replay: Any, name: str):
-        self.replay = replay
+    def __init__(self, replay: Replay, name: str):
+        self.replay: Replay = replay
         self._name = name
         self.notes = tuple(getattr(replay, "notes", ()))
 
@@ -286,6 +295,10 @@ class ReplayBackend(Backend):
     def snapshot(self) -> Snapshot:
         """The replayed telemetry's snapshot."""
         return self.replay.snapshot()
+
+    def routing_trace(self) -> tuple[TraceHeader, list[TraceEvent], str]:
+        """The whole trace being replayed."""
+        return self.replay.header, list(self.replay.events), "the replayed trace"
 
     def budget(self) -> EngineBudget | None:
         """The recorded engine's budget, derived from the trace header."""

@@ -21,16 +21,13 @@ MIN_POLICY = "min"
 
 def trace_of(backend: Backend) -> tuple[TraceHeader, list[TraceEvent], str]:
     """The trace to study: the replayed one, else the live session's recording; UserError when there is none."""
-    if backend.mode == "replay":
-        replay = backend.replay  # type: ignore[attr-defined]
-        return replay.header, list(replay.events), "the replayed trace"
-    recording = getattr(backend, "recording", None)
-    if recording is None:
+    found = backend.routing_trace()
+    if found is None:
         raise UserError("no trace to study without a model: press o to open a trace file")
-    header, events = recording()
+    header, events, source = found
     if not any(isinstance(event, LayerStep) for event in events):
         raise UserError("nothing recorded yet: ask the model something first, or press o to open a trace file")
-    return header, events, "this session's trace"
+    return header, events, source
 
 
 def lab_rows(report: Any) -> tuple[list[str], list[list[str]]]:
