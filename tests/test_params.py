@@ -4,6 +4,7 @@ calculation from each config's numbers (architecture formulas written out here, 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -40,7 +41,7 @@ def expected_counts(raw: dict) -> dict[str, int]:
         attention = q + kv + heads * raw["v_head_dim"] * hidden
     else:
         attention = 2 * hidden * q_out + 2 * hidden * kv_out
-        if mt == "qwen2_moe":
+        if mt in ("qwen2_moe", "glm4_moe"):
             attention += q_out + 2 * kv_out  # q/k/v biases
         if mt in ("phimoe", "gpt_oss"):
             attention += q_out + 2 * kv_out + hidden  # q/k/v/o biases
@@ -60,7 +61,7 @@ def expected_counts(raw: dict) -> dict[str, int]:
     shared = 0
     if mt == "qwen2_moe":
         shared = 3 * hidden * raw["shared_expert_intermediate_size"] + hidden
-    if mt in ("deepseek_v2", "deepseek_v3"):
+    if mt in ("deepseek_v2", "deepseek_v3", "glm4_moe"):
         shared = 3 * hidden * raw["n_shared_experts"] * raw["moe_intermediate_size"]
     dense_layers = raw.get("first_k_dense_replace", 0) if experts_count else layers
     moe_layers = layers - dense_layers
@@ -230,11 +231,14 @@ def test_mixtral_expert_shapes_and_bytes():
 def test_routed_expert_bytes_is_tensors_bytes_of_the_shapes(path: Path, prec_name: str):
     config = load_config(path)
     shapes = expert_weight_shapes(config)
-    assert sum(a * b for a, b in shapes) == expected_counts(json.loads(path.read_text()))["one_expert"]
+    assert sum(math.prod(shape) for shape in shapes) == expected_counts(json.loads(path.read_text()))["one_expert"]
+    matrices = [shape for shape in shapes if len(shape) == 2]
+    vectors = [shape for shape in shapes if len(shape) == 1]  # gpt-oss's biases: 16-bit whatever the matrices
+    vector_precision = prec_name if prec_name in precision.FLOAT_BYTES else "bf16"
     for group_size in (32, 64, 128):
         assert routed_expert_bytes(config, prec_name, group_size) == precision.tensors_bytes(
-            shapes, prec_name, group_size
-        )
+            matrices, prec_name, group_size
+        ) + precision.tensors_bytes(vectors, vector_precision)
 
 
 def test_dense_model_has_no_routed_expert():
@@ -477,3 +481,27 @@ def test_deepseek_v3_matches_its_published_size() -> None:
     assert round(tree.total / 1e9) == 671 and int(tree.active / 1e9) == 37
     experts = tree.find_all("experts")
     assert sum(node.copies // node.repeat for node in experts) == 58 and experts[0].repeat == 256
+
+
+@pytest.mark.parametrize(
+    ("name", "total", "active_without_embedding", "digits"),
+    [
+        ("gpt-oss-20b", 20.91, 3.61, 2),  # OpenAI's model card: 20.91 B total, 3.61 B active
+        ("granite-3.1-3b-a800m", 3.3, 0.8, 1),  # IBM: 3.3 B total, 800 M active ("A800M")
+        ("glm-4.5-air", 106, 12, 0),  # Zhipu: 106 B total, 12 B active
+    ],
+)
+def test_vendor_figures_that_leave_the_embedding_out(
+    name: str, total: float, active_without_embedding: float, digits: int
+) -> None:
+    """These vendors count active parameters without the embedding lookup (a token reads one row of it); the
+    tree counts the whole matrix, as Mixtral's published 12.9 B does, so the two differ by exactly it. Cards
+    truncate or round to the digits they show."""
+    tree = build_tree(load_config(CONFIGS / f"{name}.json"))
+    embedding = tree.find("embeddings").total
+    shown = 10**digits
+    assert int(tree.total / 1e9 * shown) == round(total * shown) or round(tree.total / 1e9, digits) == total
+    without = (tree.active - embedding) / 1e9
+    assert int(without * shown) == round(active_without_embedding * shown) or round(without, digits) == (
+        active_without_embedding
+    )

@@ -346,3 +346,21 @@ def run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     """Run the CLI expecting success; its standard output."""
     assert cli.main(argv) == 0
     return capsys.readouterr().out
+
+
+MOE_CONFIGS = sorted(
+    path.stem
+    for path in (Path(__file__).resolve().parent.parent / "samples" / "configs").glob("*.json")
+    if "llama" not in path.stem
+)
+
+
+@pytest.mark.parametrize("name", MOE_CONFIGS)
+def test_every_bundled_moe_config_can_be_planned(name: str) -> None:
+    """The planner's facts use the matrices the store packs (gpt-oss's expert biases stay resident), so the
+    dequantization workspace is the engine's own figure for every bundled family."""
+    facts = plan.model_facts(load_config(name), name=name)
+    assert facts.expert_shapes and all(len(shape) == 2 for shape in facts.expert_shapes)
+    assert facts.workspace_bytes["hqq2"] > 0 and facts.workspace_bytes[facts.dtype] == 0
+    machine = plan.Machine(host_bytes=1 << 50, fast_bytes=1 << 50)
+    assert plan.candidates(facts, machine, plan.uniform_copy_model(facts))

@@ -74,7 +74,8 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         + row * len(embeddings)
     )
     precisions = {dtype, "hqq8", "hqq4", "hqq3", "hqq2"}
-    shapes = [tuple(shape) for shape in expert_weight_shapes(config)]
+    # the matrices the expert store packs (gpt-oss's bias vectors stay resident beside the router)
+    shapes = [tuple(shape) for shape in expert_weight_shapes(config) if len(shape) == 2]
     costs = TokenCosts.of(config, FLOAT_BYTES[dtype], min(min(shape) for shape in shapes))
     return ModelFacts(
         name=label,
