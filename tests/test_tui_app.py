@@ -272,7 +272,7 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
 
     async def check(pilot: Pilot) -> None:
         screen = main_screen(app)
-        order = [panel.PANEL_ID for panel in screen._panels_in_order()]
+        order = [panel.PANEL_ID for panel in screen.dashboard.in_order()]
         assert order == ["heatmap", "cache", "prefetch", "memory", "params"]
         await pilot.press("alt+1")
         assert not screen.panels["heatmap"].display
@@ -280,7 +280,7 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
         assert screen.panels["heatmap"].display
         screen.panels["cache"].focus()
         await pilot.press("left_square_bracket")
-        assert [panel.PANEL_ID for panel in screen._panels_in_order()][:2] == ["cache", "heatmap"]
+        assert [panel.PANEL_ID for panel in screen.dashboard.in_order()][:2] == ["cache", "heatmap"]
         await pilot.press("f11")
         assert screen.maximized is screen.panels["cache"]
         await pilot.press("escape")
@@ -296,7 +296,7 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
 
     async def check_layout(pilot: Pilot) -> None:
         screen = main_screen(again)
-        assert [panel.PANEL_ID for panel in screen._panels_in_order()][:2] == ["cache", "heatmap"]
+        assert [panel.PANEL_ID for panel in screen.dashboard.in_order()][:2] == ["cache", "heatmap"]
         assert not screen.panels["cache"].display
 
     run(check_layout, again)

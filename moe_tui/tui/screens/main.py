@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual import on, work
 from textual.binding import BindingType
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal
 from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
@@ -39,14 +39,12 @@ from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, NoBackend
 from moe_tui.tui.pacing import FramePacer
 from moe_tui.tui.palette import Command, MainCommands, main_commands
-from moe_tui.tui.widgets.cache import CachePanel
 from moe_tui.tui.widgets.chat import AnswerFeed, ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
-from moe_tui.tui.widgets.heatmap import HeatmapPanel
+from moe_tui.tui.widgets.dashboard import Dashboard
 from moe_tui.tui.widgets.memory import MemoryPanel
 from moe_tui.tui.widgets.panel import Panel
 from moe_tui.tui.widgets.params import ParamsPanel
-from moe_tui.tui.widgets.prefetch import PrefetchPanel
 from moe_tui.tui.widgets.statusbar import StatusBar
 
 if TYPE_CHECKING:
@@ -58,8 +56,6 @@ UI_CPU_BUDGET = 0.05  # share of one core the UI thread may use for drawing befo
 PROMPT_HINT = "Ask something… (ctrl+j or alt+enter sends)"
 SAMPLE_INTERVAL_S = 1.0
 MIN_WIDTH, MIN_HEIGHT = 60, 20
-PANEL_CLASSES: tuple[type[Panel], ...] = (HeatmapPanel, CachePanel, PrefetchPanel, MemoryPanel, ParamsPanel)
-PANEL_IDS = tuple(panel.PANEL_ID for panel in PANEL_CLASSES)
 
 
 class SystemSampled(Message):
@@ -123,7 +119,8 @@ class MainScreen(Screen):
         self._generation_idle = threading.Event()
         self._generation_idle.set()
         self.pacer = FramePacer(max_hz=REFRESH_HZ, min_hz=MIN_REFRESH_HZ, budget=UI_CPU_BUDGET)
-        self.panels: dict[str, Panel] = {cls.PANEL_ID: cls() for cls in PANEL_CLASSES}
+        self.dashboard = Dashboard(settings.panel_order, settings.hidden_panels)
+        self.panels: dict[str, Panel] = self.dashboard.panels
 
     # ----------------------------------------------------------------- layout
     def compose(self):
@@ -133,20 +130,11 @@ class MainScreen(Screen):
         with Horizontal(id="body"):
             yield ConversationList(id="conversations")
             yield ChatView(id="chat")
-            with VerticalScroll(id="dashboard", can_focus=False):
-                for panel_id in self._panel_order():
-                    yield self.panels[panel_id]
+            yield self.dashboard
         yield Footer()
-
-    def _panel_order(self) -> list[str]:
-        saved = [panel_id for panel_id in self.settings.panel_order if panel_id in self.panels]
-        return saved + [panel_id for panel_id in PANEL_IDS if panel_id not in saved]
 
     def on_mount(self) -> None:
         """Apply the saved layout, start polling and sampling."""
-        for panel_id in self.settings.hidden_panels:
-            if panel_id in self.panels:
-                self.panels[panel_id].display = False
         if "chat" in self.settings.hidden_panels:
             self.chat.display = False
         self.query_one(ConversationList).display = False
@@ -249,7 +237,7 @@ class MainScreen(Screen):
         snapshot = self.backend.snapshot()
         if snapshot is None:
             return
-        dashboard_shown = bool(self.query_one("#dashboard").display)
+        dashboard_shown = bool(self.dashboard.display)
         for panel in self.panels.values():
             if self._visible(panel, dashboard_shown) and panel.show(snapshot):
                 self.redraws += 1
@@ -703,10 +691,7 @@ class MainScreen(Screen):
     # ------------------------------------------------------------------ panels
     def panel_titles(self) -> dict[str, str]:
         """Panel ids and titles, chat included, in display order."""
-        return {"chat": "Chat", **{panel_id: self.panels[panel_id].TITLE for panel_id in self._current_order()}}
-
-    def _current_order(self) -> list[str]:
-        return [child.PANEL_ID for child in self.query_one("#dashboard").children if isinstance(child, Panel)]
+        return {"chat": "Chat", **{panel.PANEL_ID: panel.TITLE for panel in self.dashboard.in_order()}}
 
     def panel_shown(self, panel_id: str) -> bool:
         """Whether a panel (or the chat) is shown."""
@@ -717,11 +702,11 @@ class MainScreen(Screen):
         """Show or hide a panel (or the chat pane)."""
         widget: Widget = self.chat if panel_id == "chat" else self.panels[panel_id]
         widget.display = not widget.display
-        if not self.chat.display and not any(panel.display for panel in self.panels.values()):
+        if not self.chat.display and not self.dashboard.any_shown():
             widget.display = True
             self.notify("at least one pane stays visible", severity="warning")
             return
-        self.query_one("#dashboard").display = any(panel.display for panel in self.panels.values())
+        self.dashboard.display = self.dashboard.any_shown()
         if widget.display and isinstance(widget, Panel):
             snapshot = self.backend.snapshot()
             if snapshot is not None:
@@ -764,19 +749,8 @@ class MainScreen(Screen):
         if isinstance(self.maximized, Panel) and snapshot is not None:
             self.maximized.show(snapshot)
 
-    @on(Panel.MoveRequested)
-    def _on_move(self, message: Panel.MoveRequested) -> None:
-        dashboard = self.query_one("#dashboard")
-        order = [child for child in dashboard.children if isinstance(child, Panel)]
-        index = order.index(message.panel)
-        target = index + message.delta
-        if not 0 <= target < len(order):
-            return
-        if message.delta < 0:
-            dashboard.move_child(message.panel, before=order[target])
-        else:
-            dashboard.move_child(message.panel, after=order[target])
-        message.panel.focus()
+    @on(Dashboard.Rearranged)
+    def _on_rearranged(self) -> None:
         self._remember_layout()
 
     @on(Panel.HideRequested)
@@ -788,21 +762,18 @@ class MainScreen(Screen):
         if self.has_class("-narrow"):
             self.toggle_class("show-panels")
         if self.focused is not None and self.chat in self.focused.ancestors_with_self:
-            first = next((panel for panel in self._panels_in_order() if panel.display), None)
+            first = next((panel for panel in self.dashboard.in_order() if panel.display), None)
             if first is not None:
                 self.call_after_refresh(first.focus)
         else:
             target = self.query_one(PromptInput) if self.backend.can_chat else self.chat.log_view
             self.call_after_refresh(target.focus)
 
-    def _panels_in_order(self) -> list[Panel]:
-        return [child for child in self.query_one("#dashboard").children if isinstance(child, Panel)]
-
     def _remember_layout(self) -> None:
-        hidden = [panel_id for panel_id, panel in self.panels.items() if not panel.display]
+        hidden = self.dashboard.hidden()
         if not self.chat.display:
             hidden.append("chat")
-        self.settings = replace(self.settings, panel_order=tuple(self._current_order()), hidden_panels=tuple(hidden))
+        self.settings = replace(self.settings, panel_order=tuple(self.dashboard.order()), hidden_panels=tuple(hidden))
         self.moe_app.remember(panel_order=self.settings.panel_order, hidden_panels=self.settings.hidden_panels)
 
     def redraw_all(self) -> None:
