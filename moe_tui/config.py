@@ -1,4 +1,4 @@
-"""The user's settings file: remembered theme, panel layout, generation settings and key overrides.
+"""The user's settings file: remembered theme, panel layout, generation and engine settings, key overrides.
 
 It lives at ``moe_tui.paths.user_config_dir() / "settings.toml"``::
 
@@ -12,6 +12,10 @@ It lives at ``moe_tui.paths.user_config_dir() / "settings.toml"``::
     [generation]        # only the values you chose; the others follow the model's generation_config.json
     temperature = 0.2
     thinking = false
+
+    [engine]            # defaults for `chat` and `ask` (OffloadConfig's field names); their flags win
+    expert_bits = 4
+    cache_size = 3
 
     [keymap]            # binding id = key(s), comma separated; ids are listed on the help screen (F1)
     "chat.stop" = "ctrl+x"
@@ -40,6 +44,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from moe_tui.chat.generation import check_choices
+from moe_tui.engine_config import check_saved_choices
 from moe_tui.paths import user_config_dir
 
 SETTINGS_FILE = "settings.toml"
@@ -55,6 +60,8 @@ class Settings:
     # The generation settings the user chose, by GenerationSettings field name; the others follow the model's
     # generation_config.json or moe-tui's default (see moe_tui.chat.defaults).
     generation: dict[str, Any] = field(default_factory=dict)
+    # Engine settings for chat and ask when no flag gives them, by OffloadConfig field name (see SAVED_FIELDS).
+    engine: dict[str, Any] = field(default_factory=dict)
     keymap: dict[str, str] = field(default_factory=dict)
     recent_models: tuple[str, ...] = ()  # model directories loaded before, newest first
 
@@ -103,7 +110,7 @@ class _Locator:
         return ""
 
 
-_TABLES = ("layout", "generation", "keymap")
+_TABLES = ("layout", "generation", "engine", "keymap")
 _TOP_KEYS = ("theme", "recent_models", *_TABLES)
 RECENT_MODELS = 10
 
@@ -139,6 +146,7 @@ def _from_dict(data: dict[str, Any], where: _Locator, problems: list[str]) -> Se
         panel_order=_names(layout, "order", where, problems),
         hidden_panels=_names(layout, "hidden", where, problems),
         generation=_generation(tables["generation"], where, problems),
+        engine=_engine(tables["engine"], where, problems),
         keymap=keymap,
         recent_models=_recent(data.get("recent_models", []), where, problems),
     )
@@ -166,6 +174,16 @@ def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> 
             problems.append(f"{where.line('generation', key)}unknown setting generation.{key} (ignored)")
         else:
             problems.append(f"{where.line('generation', key)}generation.{key} {why} (using the model's or the default)")
+    return chosen
+
+
+def _engine(table: dict[str, Any], where: _Locator, problems: list[str]) -> dict[str, Any]:
+    chosen, refused = check_saved_choices(table)
+    for key, why in refused.items():
+        if why == "unknown setting":
+            problems.append(f"{where.line('engine', key)}unknown setting engine.{key} (ignored)")
+        else:
+            problems.append(f"{where.line('engine', key)}engine.{key}: {why} (using the default)")
     return chosen
 
 
@@ -210,6 +228,9 @@ def to_toml(settings: Settings) -> str:
         "[generation]  # only what you chose; the rest follows the model's generation_config.json",
         *(f"{key} = {_toml_value(value)}" for key, value in generation.items()),
         "",
+        "[engine]  # defaults for chat and ask (cache_size, expert_bits, prefetch, ...); their flags win",
+        *(f"{key} = {_toml_value(value)}" for key, value in settings.engine.items()),
+        "",
         "[keymap]",
         *(f"{_quote(key)} = {_quote(value)}" for key, value in sorted(settings.keymap.items())),
     ]
@@ -217,11 +238,13 @@ def to_toml(settings: Settings) -> str:
 
 
 def _toml_value(value: Any) -> str:
-    """A generation setting as TOML: a boolean, a number or a string."""
+    """A generation or engine setting as TOML: a boolean, a number, a string or a list of whole numbers."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
         return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return _quote(value)
 
 

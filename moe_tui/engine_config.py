@@ -9,9 +9,10 @@ methods that answer in torch's terms, so the app can build a config on its UI th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from moe_tui.errors import UserError
 from moe_tui.policies import POLICIES
@@ -107,6 +108,11 @@ class OffloadConfig:
             raise UserError(f"unknown expert store {self.store!r}; choose from {', '.join(STORES)}")
         if self.miss not in MISS_MODES:
             raise UserError(f"unknown miss mode {self.miss!r}; choose from {', '.join(MISS_MODES)}")
+        for name in ("telemetry", "fused"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be on or off (true or false), got {getattr(self, name)!r}")
+        if self.quant_optimize is not None and not isinstance(self.quant_optimize, bool):
+            raise UserError(f"quant_optimize must be true, false or left out, got {self.quant_optimize!r}")
         context = self.context
         if context is not None and (isinstance(context, bool) or not isinstance(context, int) or context < 1):
             raise UserError(f"context must be a whole number of tokens >= 1, got {self.context!r}")
@@ -153,3 +159,28 @@ def check_cache_sizes(cache_size: int | list[int] | tuple[int, ...], num_layers:
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= num_experts:
             raise UserError(f"cache size {k!r} is out of range: choose 1..{num_experts} (experts per layer)")
     return sizes
+
+
+# The settings a user may keep in the settings file's [engine] table (defaults for chat and ask; flags win).
+SAVED_FIELDS = (
+    "cache_size", "prefetch", "policy", "expert_bits", "attn_bits", "group_size", "device", "store", "dtype",
+    "miss", "quant_optimize", "context",
+)  # fmt: skip
+
+
+def check_saved_choices(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The saved engine settings that are settings and pass :class:`OffloadConfig`'s own checks, and for each
+    one left out, why (an unknown name, or the check's message)."""
+    kept: dict[str, Any] = {}
+    problems: dict[str, str] = {}
+    for name, value in values.items():
+        if name not in SAVED_FIELDS:
+            problems[name] = "unknown setting"
+            continue
+        try:
+            OffloadConfig(**{name: value})
+        except UserError as error:
+            problems[name] = str(error)
+            continue
+        kept[name] = value
+    return kept, problems

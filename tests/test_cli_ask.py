@@ -48,6 +48,14 @@ def test_ask_follows_the_models_generation_config_unless_told(capsys: pytest.Cap
     assert json.loads(out)["tokens"] == 7
 
 
+def test_ask_uses_the_engine_settings_saved_in_the_settings_file(capsys: pytest.CaptureFixture[str]) -> None:
+    config.save_settings(config.Settings(generation={"temperature": 0.0}, engine={"prefetch": 0, "policy": "fifo"}))
+    code, out, _ = run_cli(["ask", "Explain zip()", "--json", "--max-new-tokens", "4"], capsys)
+    assert code == 0 and json.loads(out)["counters"]["prefetch_issued"] == 0  # chat's default would prefetch 1
+    code, out, _ = run_cli(["ask", "Explain zip()", "--json", "--max-new-tokens", "4", "--prefetch", "1"], capsys)
+    assert json.loads(out)["counters"]["prefetch_issued"] > 0  # the flag wins
+
+
 @pytest.mark.parametrize(
     ("argv", "stdin", "message"),
     [

@@ -31,6 +31,15 @@ def test_chat_flags_reach_the_engine_settings(tmp_path: Path) -> None:
     assert config.quant_cache_dir == str(tmp_path / "q")
 
 
+def test_the_settings_files_engine_table_gives_defaults_that_flags_override() -> None:
+    saved = {"expert_bits": 4, "cache_size": 3, "device": "cpu"}
+    engine = options_from_args(parse(), saved).engine
+    assert (engine.expert_bits, engine.cache_size, engine.device, engine.prefetch) == (4, 3, "cpu", 1)
+    engine = options_from_args(parse("-k", "2", "--device", "auto"), saved).engine
+    assert (engine.expert_bits, engine.cache_size, engine.device) == (4, 2, "auto")
+    assert options_from_args(parse()).engine.device == "auto"  # neither the file nor a flag: auto
+
+
 def test_quantized_stores_are_kept_in_the_user_cache_unless_told_otherwise() -> None:
     assert options_from_args(parse("--expert-bits", "2")).offload_config().quant_cache_dir == str(
         paths.quant_cache_dir()

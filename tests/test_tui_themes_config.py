@@ -73,6 +73,7 @@ def test_settings_round_trip(tmp_path: Path) -> None:
         panel_order=("cache", "heatmap"),
         hidden_panels=("params",),
         generation={"temperature": 0.2, "top_p": 1.0, "max_new_tokens": 64, "system_prompt": 'say "hi"\n'},
+        engine={"cache_size": [3, 2, 2], "expert_bits": 4, "quant_optimize": False, "store": "mmap"},
         keymap={"chat.stop": "ctrl+x", "app.help": "f1,question_mark"},
     )
     path = tmp_path / "settings.toml"
@@ -133,3 +134,12 @@ def test_only_the_broken_values_fall_back_and_a_save_keeps_the_users_file(tmp_pa
     assert config.load_settings(path) == (settings, "")
     assert config.save_settings(settings, path) is None  # a clean file is not copied again
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["settings.toml", kept.name])
+
+
+def test_engine_settings_are_checked_by_the_engines_own_rules(tmp_path: Path) -> None:
+    path = tmp_path / "settings.toml"
+    path.write_text("[engine]\nexpert_bits = 4\ncache_size = 0\nprefetch = 1\nsize = 3\n")
+    settings, warning = config.load_settings(path)
+    assert settings.engine == {"expert_bits": 4, "prefetch": 1}
+    assert "line 3: engine.cache_size: cache size must be a whole number >= 1" in warning
+    assert "line 5: unknown setting engine.size (ignored)" in warning

@@ -17,14 +17,6 @@ from moe_tui.chat.generation import GenerationSettings
 SOURCES = ("yours", "model", "default")
 
 
-def user_generation_choices() -> dict[str, Any]:
-    """The generation settings saved in the user's settings file (only those they chose)."""
-    from moe_tui import config
-
-    settings, _ = config.load_settings()
-    return dict(settings.generation)
-
-
 def effective_generation(chosen: dict[str, Any], model: dict[str, Any]) -> tuple[GenerationSettings, dict[str, str]]:
     """The settings from the user's ``chosen`` values, the ``model``'s and moe-tui's defaults, and each field's
     source (``yours``, ``model`` or ``default``). Values that do not make valid settings together raise

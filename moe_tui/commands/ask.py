@@ -47,15 +47,19 @@ def read_question(text: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Load the model, answer the question, print the answer (or the JSON)."""
-    from moe_tui.chat.defaults import effective_generation, user_generation_choices
+    from moe_tui import config
+    from moe_tui.chat.defaults import effective_generation
     from moe_tui.chat.session import ChatSession
     from moe_tui.commands.chat import options_from_args
 
     question = read_question(args.question)
-    options = options_from_args(args)
+    saved, warning = config.load_settings()
+    if warning:
+        print(f"moe-tui: note: {warning}", file=sys.stderr)
+    options = options_from_args(args, saved.engine)
     session = ChatSession.load(options.model, options.offload_config())
     try:
-        chosen = user_generation_choices()
+        chosen = dict(saved.generation)
         flags = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
         flags["system_prompt"] = args.system
         chosen.update({key: value for key, value in flags.items() if value is not None})

@@ -8,9 +8,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from moe_tui import engine_config
 from moe_tui.engine_config import OffloadConfig
@@ -138,14 +139,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         choices=engine_config.DEVICES,
-        default="auto",
         help="fast tier for the expert cache (default: auto)",
     )
 
 
-def options_from_args(args: argparse.Namespace):
-    """The app's launch options from parsed arguments (``ask``'s too: it has no replay or recording);
-    contradictory ones raise UserError."""
+def options_from_args(args: argparse.Namespace, saved: Mapping[str, Any] | None = None):
+    """The app's launch options from parsed arguments (``ask``'s too: it has no replay or recording), over the
+    engine settings ``saved`` in the settings file; contradictory ones raise UserError."""
     from moe_tui.tui.backend import LaunchOptions
 
     replay, record = getattr(args, "replay", None), getattr(args, "record", None)
@@ -167,8 +167,10 @@ def options_from_args(args: argparse.Namespace):
         "group_size": args.group_size,
         "context": args.context,
         "quant_optimize": None if args.quant_optimize is None else args.quant_optimize == "on",
+        "device": args.device,
     }
-    engine = OffloadConfig(device=args.device, **{name: value for name, value in chosen.items() if value is not None})
+    flags = {name: value for name, value in chosen.items() if value is not None}
+    engine = OffloadConfig(**{"device": "auto", **(saved or {}), **flags})
     return LaunchOptions(
         model=args.model,
         engine=engine,
@@ -182,7 +184,10 @@ def options_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Start the dashboard; returns when the user quits."""
-    options = options_from_args(args)
+    from moe_tui import config
+
+    settings, _ = config.load_settings()  # the app shows the file's problems once it is on screen
+    options = options_from_args(args, settings.engine)
     if not sys.stdout.isatty():
         raise UserError("the dashboard needs an interactive terminal (stdout is not a TTY)")
     if options.replay == "-":
