@@ -215,9 +215,9 @@ def deepseek_v3_config(model_type: str = "deepseek_v3") -> DeepseekV3Config | Gl
     )
 
 
-def phimoe_config() -> PhimoeConfig:
-    """Tiny Phi-3.5-MoE (sparsemixer routing)."""
-    return PhimoeConfig(
+def _four_local_experts(config_class):
+    """A tiny two-layer config of a family whose experts are ``num_local_experts``, top-2 of 4."""
+    return config_class(
         vocab_size=VOCAB,
         hidden_size=32,
         intermediate_size=24,
@@ -231,24 +231,16 @@ def phimoe_config() -> PhimoeConfig:
         bos_token_id=1,
         eos_token_id=2,
     )
+
+
+def phimoe_config() -> PhimoeConfig:
+    """Tiny Phi-3.5-MoE (sparsemixer routing)."""
+    return _four_local_experts(PhimoeConfig)
 
 
 def granitemoe_config() -> GraniteMoeConfig:
     """Tiny GraniteMoE."""
-    return GraniteMoeConfig(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=24,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=256,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-    )
+    return _four_local_experts(GraniteMoeConfig)
 
 
 def gpt_oss_config() -> GptOssConfig:

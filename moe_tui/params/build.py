@@ -317,15 +317,7 @@ class _Walker:
                 node = self.module_node(child_name, child, child_path, kind="other", label=child_name)
             if node is not None:
                 children.append(node)
-        return ParamNode(
-            name=name,
-            kind="moe",
-            label="MoE block",
-            path=path,
-            shapes=self.own_shapes(module),
-            active_copies=self.active(1),
-            children=tuple(children),
-        )
+        return self._moe_block(name, module, path, children)
 
     def _parallel_moe_node(
         self, name: str, module: nn.Module, path: str, parallel: list[tuple[str, nn.Module]]
@@ -359,6 +351,10 @@ class _Walker:
             node = self.module_node(child_name, child, f"{path}.{child_name}", kind=kind, label=label)
             if node is not None:
                 children.append(node)
+        return self._moe_block(name, module, path, children)
+
+    def _moe_block(self, name: str, module: nn.Module, path: str, children: list[ParamNode]) -> ParamNode:
+        """The MoE block's node: its own parameters (if any) and the children read from it."""
         return ParamNode(
             name=name,
             kind="moe",
