@@ -461,13 +461,28 @@ def test_more_fast_tier_memory_than_free_is_refused_naming_a_k_that_fits(monkeyp
     assert f"{format_bytes(need(4) - need(2) - 100)} short" in str(refused.value)
     assert "KV cache for 256 tokens" in str(refused.value)  # the model's own limit, below the default 4096
     om = offload_model(build(config), OffloadConfig(cache_size=1))
-    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 3 * 2 * nbytes + 100)
-    with pytest.raises(UserError, match="cache size 2 would fit"):
+    answering = fit.fast_tier_need(0, 0, 0, costs, 256, "cpu").total  # the KV cache, activations and margin
+    # Growing to k allocates the new slots before freeing the old: 3 * (k - 1) + k experts at the peak.
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: answering + 5 * nbytes + 100)
+    with pytest.raises(UserError, match="cache size 2 would fit") as refused:
         om.set_cache_size(4)
+    assert "beside what answering needs (KV cache for 256 tokens" in str(refused.value)
     assert om.cache_sizes == [1, 1, 1]
+    # The slots alone would fit, but not beside what the conversation was promised.
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 5 * nbytes + 100)
+    with pytest.raises(UserError, match="cache size 1 would fit"):
+        om.set_cache_size(2)
     monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 10)
     with pytest.raises(UserError, match="nothing smaller fits either"):
         offload_model(build(config), OffloadConfig(cache_size=1))
+
+
+def test_shrinking_the_cache_is_never_refused_for_memory(monkeypatch) -> None:
+    om = offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=3))
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 0)
+    om.set_cache_size(2)
+    om.set_cache_size(2, layer=1)
+    assert om.cache_sizes == [2, 2, 2]
 
 
 def test_a_refusal_offers_a_shorter_context_or_fewer_expert_bits(monkeypatch) -> None:

@@ -47,6 +47,12 @@ class Plan:
     costs: fit.TokenCosts
     group_size: int  # HQQ group size asked for (what a smaller bit width would use)
 
+    @property
+    def conversation(self) -> fit.FastTierNeed:
+        """What the fit check keeps free for answering: the KV cache at the context, a prefill chunk's
+        activations and the margin (growing the cache later must leave them free too)."""
+        return fit.fast_tier_need(0, 0, 0, self.costs, self.context, self.device.type)
+
 
 def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype, config: object) -> Plan:
     """Check the settings against the model (its transformers ``config``) and decide the layout (UserError on
@@ -144,7 +150,7 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
     name = str(getattr(model.config, "name_or_path", "") or model.config.model_type)
     store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=True, model=name)
     finish_model(model, moe, cfg, plan, report)
-    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
+    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info, plan.conversation)
 
 
 def build_store(

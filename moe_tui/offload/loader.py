@@ -148,7 +148,7 @@ def load_offloaded(
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     moe = find_moe(model)
-    plan = plan_offload(cfg, moe, dtype, config)
+    plan = plan_offload(cfg, moe, dtype, model.config)
     report("reading checkpoint", 0, 1)
     with Checkpoint(directory, quantized.fp8_block, quantized.mxfp4) as checkpoint:
         layout = checkpoint.expert_layout(moe)
@@ -172,7 +172,7 @@ def load_offloaded(
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
     info.update({"directory": str(directory), "layout": layout, "predicted_host_bytes": predicted_host_bytes})
     name = model_label(path_or_hub_id, directory)
-    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info)
+    return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info, plan.conversation)
 
 
 def _config_dtype(config: object) -> torch.dtype:

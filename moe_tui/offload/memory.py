@@ -9,6 +9,7 @@ import psutil
 import torch
 
 from moe_tui.errors import UserError
+from moe_tui.fit import FastTierNeed
 from moe_tui.precision import format_bytes
 
 
@@ -20,22 +21,36 @@ def free_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def check_growth(device: torch.device, old: list[int], new: list[int], expert_bytes: int) -> None:
+def check_growth(
+    device: torch.device, old: list[int], new: list[int], expert_bytes: int, conversation: FastTierNeed | None = None
+) -> None:
     """Refuse growing the caches from ``old`` to ``new`` slots per layer when the new slots would not fit.
 
     Resizing a layer allocates its new slots before freeing the old ones, so the peak is the growth of all
-    layers plus the largest new layer.
+    layers plus the largest new layer. ``conversation`` is what the load's fit check kept free for answering
+    (the KV cache at the chosen context, a prefill chunk's activations, the margin): the new slots must leave
+    it free too. Part of the KV cache may already be allocated, so this errs on the side of refusing.
     """
+    peak = _growth_peak(old, new, expert_bytes)
+    if not peak:
+        return  # shrinking or keeping allocates nothing
     available = free_bytes(device)
-    if _growth_peak(old, new, expert_bytes) <= available:
+    kept = conversation.total if conversation else 0
+    if peak + kept <= available:
         return
-    fitting = next(
-        k for k in range(max(new), 0, -1) if _growth_peak(old, [k] * len(old), expert_bytes) <= available or k == 1
-    )
+    # The smallest current size allocates nothing, so some k always fits.
+    fitting = next(k for k in range(max(new), 0, -1) if _growth_fits(old, k, expert_bytes, kept, available))
+    needed = format_bytes(peak)
+    beside = f" beside what answering needs ({conversation.parts()})" if conversation else ""
     raise UserError(
-        f"growing the expert cache needs {format_bytes(_growth_peak(old, new, expert_bytes))} more "
-        f"{device.type} memory but only {format_bytes(available)} is free; cache size {fitting} would fit"
+        f"growing the expert cache needs {needed} more {device.type} memory{beside} but only "
+        f"{format_bytes(available)} is free; cache size {fitting} would fit"
     )
+
+
+def _growth_fits(old: list[int], k: int, expert_bytes: int, kept: int, available: int) -> bool:
+    peak = _growth_peak(old, [k] * len(old), expert_bytes)
+    return not peak or peak + kept <= available
 
 
 def _growth_peak(old: list[int], new: list[int], expert_bytes: int) -> int:

@@ -14,6 +14,7 @@ from torch import nn
 
 from moe_tui.engine_config import OffloadConfig, check_cache_sizes
 from moe_tui.errors import UserError
+from moe_tui.fit import FastTierNeed
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel
 from moe_tui.offload.cache import LayerCache
@@ -46,6 +47,7 @@ class OffloadedModel:
         device: torch.device,
         name: str,
         load_info: dict[str, Any] | None = None,
+        conversation: FastTierNeed | None = None,
     ):
         self.model = model
         self.moe = moe
@@ -55,6 +57,7 @@ class OffloadedModel:
         self.device = device
         self.name = name
         self.load_info = dict(load_info or {})
+        self.conversation = conversation  # what the fit check kept free for answering; growth keeps it free
         sizes = check_cache_sizes(cfg.cache_size, len(moe.layers), moe.num_experts)
         self._policy = cfg.policy
         self.caches = [
@@ -170,7 +173,7 @@ class OffloadedModel:
         else:
             sizes[layer] = k
         sizes = check_cache_sizes(sizes, num_layers, self.moe.num_experts)
-        memory.check_growth(self.device, self.cache_sizes, sizes, self.format.nbytes)
+        memory.check_growth(self.device, self.cache_sizes, sizes, self.format.nbytes, self.conversation)
         self._change(cache_size=sizes)
 
     def set_policy(self, name: str) -> None:
