@@ -1,12 +1,14 @@
-"""Does the fit check's estimate of an answer's memory hold at Mixtral-8x7B's shapes?
+"""Does the fit check's estimate of an answer's memory hold at real shapes?
 
-Builds a 2-layer Mixtral-8x7B-shaped model (random bf16 weights, the real hidden, expert and vocabulary sizes),
-offloads it on the CPU (k=2, unquantized), then answers prompts of several lengths through the chat session
-(which prefills in chunks of ``moe_tui.fit.PREFILL_CHUNK`` tokens) while a thread samples the process's RSS
-every 2 ms. For each prompt it reports the RSS the answer added at its peak next to what the fit check counts
-for it (the KV cache of prompt + answer plus one chunk's activations and the logits), median of ``--runs``::
+Builds a 2-layer model shaped like Mixtral-8x7B (SDPA attention) or gpt-oss-20b (eager attention, which writes
+out its score matrices) with random bf16 weights and the real hidden, expert and vocabulary sizes, offloads it
+on the CPU (k=2, unquantized), then answers prompts of several lengths through the chat session (which
+prefills in chunks of ``moe_tui.fit.PREFILL_CHUNK`` tokens) while a thread samples the process's RSS every
+2 ms. For each prompt it reports the RSS the answer added at its peak next to what the fit check counts for it
+(the KV cache of prompt + answer plus one chunk's activations and the logits), median of ``--runs``::
 
     python benchmarks/fit_check.py --runs 3 --json benchmarks/results/fit-check.json
+    python benchmarks/fit_check.py --model gpt-oss-20b --runs 3 --json benchmarks/results/fit-check-gpt-oss.json
 """
 
 from __future__ import annotations
@@ -16,10 +18,48 @@ import json
 import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import torch
+from transformers import AutoModelForCausalLM, GptOssConfig, MixtralConfig, PretrainedConfig
+
+
+def mixtral_8x7b() -> PretrainedConfig:
+    """Two layers of Mixtral-8x7B."""
+    return MixtralConfig(
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=2,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        max_position_embeddings=32768,
+    )
+
+
+def gpt_oss_20b() -> PretrainedConfig:
+    """Two layers of gpt-oss-20b (one sliding, one full attention; transformers runs its attention eagerly)."""
+    return GptOssConfig(
+        vocab_size=201088,
+        hidden_size=2880,
+        intermediate_size=2880,
+        num_hidden_layers=2,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        head_dim=64,
+        num_local_experts=32,
+        num_experts_per_tok=4,
+        sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=131072,
+    )
+
+
+SHAPES = {"mixtral-8x7b": mixtral_8x7b, "gpt-oss-20b": gpt_oss_20b}
 
 
 class PeakRss:
@@ -53,12 +93,11 @@ class PeakRss:
 def main() -> None:
     """Measure and print (and optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="mixtral-8x7b")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-
-    from transformers import MixtralConfig, MixtralForCausalLM
 
     from moe_tui import fit
     from moe_tui.chat.generation import GenerationSettings
@@ -67,25 +106,15 @@ def main() -> None:
     from moe_tui.offload import OffloadConfig, offload_model
 
     torch.manual_seed(0)
-    config = MixtralConfig(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=2,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        num_local_experts=8,
-        num_experts_per_tok=2,
-        max_position_embeddings=32768,
-    )
+    config = SHAPES[args.model]()
     torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: fp32 first would need twice the RAM
-    model = MixtralForCausalLM(config).eval()
+    model = AutoModelForCausalLM.from_config(config).eval()
     torch.set_default_dtype(torch.float32)
     engine = offload_model(model, OffloadConfig(cache_size=2, prefetch=0), progress=lambda *a: None)
     tokenizer = train_tokenizer(["experts route tokens " * 50], vocab_size=300, model_max_length=32768)
-    session = ChatSession(engine, tokenizer, "mixtral-2-layers")
+    session = ChatSession(engine, tokenizer, f"{args.model}-2-layers")
     session.keep_kv = False  # every run prefills its whole prompt
-    costs = fit.TokenCosts.of(config, 2, 14336)
+    costs = fit.TokenCosts.of(model.config, 2, config.intermediate_size)
     settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
     rows = []
     for words in (60, 400, 900):
@@ -98,14 +127,20 @@ def main() -> None:
             tokens = result.prompt_tokens + result.tokens
         counted = fit.fast_tier_need(0, 0, 0, costs, tokens, "cpu")
         answer = counted.kv_cache + counted.activations
-        rows.append({"tokens": tokens, "measured": statistics.median(grown), "counted": answer})
+        row = {"tokens": tokens, "measured": statistics.median(grown), "counted": answer}
+        if costs.score_bytes_per_pair:  # what the count would be if it left eager attention's scores out
+            fused = fit.fast_tier_need(0, 0, 0, replace(costs, score_bytes_per_pair=0), tokens, "cpu")
+            row["counted_without_scores"] = fused.kv_cache + fused.activations
+        rows.append(row)
         print(
             f"{tokens:5d} tokens: answer added {statistics.median(grown) / 2**20:7.1f} MiB at its peak; the fit "
             f"counts {answer / 2**20:7.1f} MiB (KV {counted.kv_cache / 2**20:.1f} + activations "
             f"{counted.activations / 2**20:.1f}); ratio {statistics.median(grown) / answer:.2f}"
         )
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "margin_cpu": fit.MARGIN["cpu"]}, indent=1))
+        attention = model.config._attn_implementation
+        report = {"model": args.model, "attention": attention, "rows": rows, "margin_cpu": fit.MARGIN["cpu"]}
+        args.json.write_text(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

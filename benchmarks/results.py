@@ -424,9 +424,9 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         lines += checkpoint_section(json.loads(checkpoint.read_text()))
     for path in sorted(OUT.glob("cuda-*.json")):
         lines += cuda_section(json.loads(path.read_text()), path.name)
-    fit_check = OUT / "fit-check.json"
-    if fit_check.is_file():
-        lines += fit_section(json.loads(fit_check.read_text()))
+    fit_checks = [json.loads(path.read_text()) for path in sorted(OUT.glob("fit-check*.json"))]
+    if fit_checks:
+        lines += fit_section(fit_checks)
     conversation = OUT / "conversation-ttft.json"
     if conversation.is_file():
         lines += conversation_section(json.loads(conversation.read_text()))
@@ -451,28 +451,35 @@ def panels_section(data: dict) -> list[str]:
     ]
 
 
-def fit_section(data: dict) -> list[str]:
-    """Section 10: what an answer adds to memory against what the fit check counts for it."""
-    rows = [
-        [
-            str(row["tokens"]),
-            gib(row["measured"]),
-            gib(row["counted"]),
-            f"{row['measured'] / row['counted']:.2f}",
-        ]
-        for row in data["rows"]
-    ]
-    return [
+def fit_section(reports: list[dict]) -> list[str]:
+    """Section 10: what an answer adds to memory against what the fit check counts for it, per model shape."""
+    lines = [
         "## 10. An answer's memory against the fit check",
         "",
-        "`python benchmarks/fit_check.py --runs 3` (two Mixtral-8x7B-shaped layers in bf16, k=2, on the CPU; "
-        "prompts prefilled in 512-token chunks; RSS sampled every 2 ms during the answer, median of 3; counted: "
-        "the KV cache of prompt and answer plus one chunk's activations and the logits, as `chat` checks them "
-        f"before loading, besides a {gib(data['margin_cpu'])} margin).",
-        "",
-        table(["tokens", "RSS added (peak)", "counted", "measured / counted"], rows),
+        "`python benchmarks/fit_check.py --model NAME --runs 3` (two layers of the model's real shapes in bf16, "
+        "k=2, on the CPU; prompts prefilled in 512-token chunks; RSS sampled every 2 ms during the answer, median "
+        "of 3; counted: the KV cache of prompt and answer plus one chunk's activations (with eager attention, "
+        "its score matrices against the whole context) and the logits, as `chat` checks them before loading, "
+        f"besides a {gib(reports[0]['margin_cpu'])} margin).",
         "",
     ]
+    for data in sorted(reports, key=lambda report: report.get("model", "mixtral-8x7b") != "mixtral-8x7b"):
+        eager = data.get("attention") == "eager"
+        header = ["tokens", "RSS added (peak)", "counted", "measured / counted"]
+        if eager:
+            header += ["counted without the scores", "measured / that"]
+        rows = []
+        for row in data["rows"]:
+            cells = [str(row["tokens"]), gib(row["measured"]), gib(row["counted"])]
+            cells.append(f"{row['measured'] / row['counted']:.2f}")
+            if eager:
+                without = row["counted_without_scores"]
+                cells += [gib(without), f"{row['measured'] / without:.2f}"]
+            rows.append(cells)
+        model = data.get("model", "mixtral-8x7b")
+        attention = data.get("attention", "sdpa")
+        lines += [f"{model} ({attention} attention):", "", table(header, rows), ""]
+    return lines
 
 
 def conversation_section(data: dict) -> list[str]:

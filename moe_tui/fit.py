@@ -16,7 +16,11 @@ up the same parts:
 
 The activation figure is an upper estimate per token: residual stream and norms (6 hidden vectors), the
 attention projections, one expert's (or dense MLP's) intermediate activations for every token of the chunk,
-and float32 router scores and accumulators.
+and float32 router scores and accumulators. A model that computes attention eagerly (gpt-oss: transformers has
+no fused kernel for its attention sinks) also writes out every head's scores for the chunk against the whole
+context: the scores, their masked copy and the probabilities at the compute dtype, and one float32 copy
+(transformers' eager attention takes its softmax in float32, or in the scores' dtype with sinks); fused
+attention (SDPA, flash) never holds them.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class TokenCosts:
     kv_bytes_per_token: int
     activation_bytes_per_token: int
     logits_bytes: int
+    score_bytes_per_pair: int = 0  # eager attention's scores per (chunk token, context token), all heads
 
     @classmethod
     def of(cls, config: object, dtype_bytes: int, expert_intermediate: int) -> TokenCosts:
@@ -63,7 +68,23 @@ class TokenCosts:
             kv_bytes_per_token=int(config.num_hidden_layers) * kv_per_layer * dtype_bytes,
             activation_bytes_per_token=per_token,
             logits_bytes=2 * FLOAT32 * int(getattr(config, "vocab_size", 0) or 0),
+            score_bytes_per_pair=heads * (3 * dtype_bytes + FLOAT32) if attends_eagerly(config) else 0,
         )
+
+
+def attends_eagerly(config: object) -> bool:
+    """Whether the model ``config`` describes computes attention eagerly, writing out its score matrices: the
+    implementation a built model chose, else what transformers picks for its class (eager when the class
+    supports no fused kernel)."""
+    chosen = getattr(config, "_attn_implementation", None)
+    if chosen:
+        return chosen == "eager"
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+    model_class = getattr(transformers, name, None) if isinstance(name, str) else None
+    return model_class is not None and not model_class._supports_sdpa
 
 
 @dataclass(frozen=True)
@@ -115,7 +136,10 @@ def fast_tier_need(
         slots=slots,
         workspace=workspace,
         kv_cache=costs.kv_bytes_per_token * context,
-        activations=min(PREFILL_CHUNK, context) * costs.activation_bytes_per_token + costs.logits_bytes,
+        activations=(
+            min(PREFILL_CHUNK, context) * (costs.activation_bytes_per_token + context * costs.score_bytes_per_pair)
+            + costs.logits_bytes
+        ),
         margin=MARGIN.get(device_type, MARGIN["cpu"]),
         context=context,
         store=store,

@@ -24,6 +24,7 @@ from offload_models import (
     twin,
 )
 
+from moe_tui import fit
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, load_offloaded, offload_model
 from moe_tui.offload.arch import find_moe
@@ -200,6 +201,17 @@ def test_a_gpt_oss_checkpoint_with_mxfp4_experts_loads_dequantized(tmp_path: Pat
     save_file({k: v.contiguous() for k, v in state.items()}, str(directory / "model.safetensors"))
     with pytest.raises(UserError, match=r"the MXFP4 scales of model\.layers\.1\.mlp\.experts\.down_proj_blocks"):
         load_offloaded(directory, OffloadConfig(cache_size=2), progress=lambda *a: None)
+
+
+def test_the_fit_check_counts_gpt_oss_eager_attention_scores() -> None:
+    _, model = family_twin("gpt_oss")
+    assert model.config._attn_implementation == "eager"  # its attention sinks have no fused kernel
+    costs = fit.TokenCosts.of(model.config, 4, model.config.intermediate_size)
+    heads = model.config.num_attention_heads
+    assert costs.score_bytes_per_pair == heads * (3 * 4 + 4)  # three float32 copies and the float32 softmax
+    om = offload_model(model, OffloadConfig(cache_size=2, context=64), progress=lambda *a: None)
+    chunk_scores = 64 * 64 * costs.score_bytes_per_pair
+    assert om.conversation.activations == 64 * costs.activation_bytes_per_token + chunk_scores + costs.logits_bytes
 
 
 def test_gpt_oss_runs_in_every_expert_format_and_more_bits_come_closer() -> None:

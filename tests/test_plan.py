@@ -97,7 +97,25 @@ def test_memory_sums() -> None:
     with_activations = replace(facts, activation_bytes_per_token=3, logits_bytes=7)
     need = plan.fast_tier_need(with_activations, "hqq2", "bf16", k=3, context=1000, device="cuda")
     assert need.activations == fit.PREFILL_CHUNK * 3 + 7 and need.margin == fit.MARGIN["cuda"]
+    eager = replace(with_activations, score_bytes_per_pair=5)  # a chunk's scores against the whole context
+    need = plan.fast_tier_need(eager, "hqq2", "bf16", k=3, context=1000, device="cuda")
+    assert need.activations == fit.PREFILL_CHUNK * (3 + 1000 * 5) + 7
+    assert plan.fast_tier_need(eager, "hqq2", "bf16", k=3, context=100).activations == 100 * (3 + 100 * 5) + 7
     assert plan.store_bytes(facts, "hqq4") == 2 * 4 * 400
+
+
+def test_eager_attention_counts_its_score_matrices() -> None:
+    gpt_oss = load_config("gpt-oss-20b")  # transformers has no fused kernel for its attention sinks
+    assert fit.attends_eagerly(gpt_oss) and not fit.attends_eagerly(load_config("mixtral-8x7b"))
+    facts = plan.model_facts(gpt_oss, name="gpt-oss-20b")
+    # every head's scores, masked scores and probabilities in bf16, and one float32 copy
+    assert facts.score_bytes_per_pair == 64 * (3 * 2 + 4)
+    need = plan.fast_tier_need(facts, "hqq4", "hqq4", k=1, context=4096)
+    assert need.activations > fit.PREFILL_CHUNK * 4096 * 64 * 2 * 3
+    mixtral = load_config("mixtral-8x7b")
+    assert plan.model_facts(mixtral).score_bytes_per_pair == 0
+    mixtral._attn_implementation = "eager"  # what a model built with attn_implementation="eager" holds
+    assert fit.TokenCosts.of(mixtral, 2, 14336).score_bytes_per_pair == 32 * (3 * 2 + 4)
 
 
 def test_estimate_on_cpu_adds_copies_to_compute() -> None:

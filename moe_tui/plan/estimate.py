@@ -127,7 +127,9 @@ def fast_tier_need(
     a prefill chunk's activations and the margin of ``device``."""
     slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
     workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
-    costs = TokenCosts(facts.kv_bytes_per_token, facts.activation_bytes_per_token, facts.logits_bytes)
+    costs = TokenCosts(
+        facts.kv_bytes_per_token, facts.activation_bytes_per_token, facts.logits_bytes, facts.score_bytes_per_pair
+    )
     return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, costs, context, device)
 
 

@@ -40,6 +40,7 @@ class ModelFacts:
     workspace_bytes: dict[str, int] = field(default_factory=dict)
     activation_bytes_per_token: int = 0  # one prefill token's activations (see moe_tui.fit)
     logits_bytes: int = 0
+    score_bytes_per_pair: int = 0  # eager attention's scores per (chunk token, context token) (see moe_tui.fit)
     decoder_layers: int = 0  # all decoder layers, MoE or dense (0: as many as MoE layers)
     rest_active_bytes: int = 0  # of dense_active_bytes, what is never quantized (embedding row, norms, routers, head)
     expert_shapes: tuple[tuple[int, ...], ...] = ()  # one routed expert's tensors, in the engine's packing order
@@ -90,6 +91,7 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         workspace_bytes={p: _workspace_bytes(shapes, dtype, p) for p in precisions},
         activation_bytes_per_token=costs.activation_bytes_per_token,
         logits_bytes=costs.logits_bytes,
+        score_bytes_per_pair=costs.score_bytes_per_pair,
         decoder_layers=config.num_hidden_layers,
         rest_active_bytes=rest_active,
         expert_shapes=tuple(shapes),
