@@ -19,7 +19,10 @@ Steps, each reported as passed, failed or skipped (with the reason):
    expert store's registered (``cudaHostRegister``) layers: the store must be page-locked, take its exact size
    (process RSS growth against the store's bytes; PyTorch's pinned allocator reserving nothing) and copy as
    fast as PyTorch's own pinned memory.
-6. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
+6. ``fit``: the fit check against the GPU memory an answer really takes: two layers each of Mixtral-8x7B (SDPA
+   attention) and gpt-oss-20b (eager attention) at k=2, a ~3500-token answer; PyTorch's peak reserved memory
+   plus what CUDA holds outside it must stay within the count ``chat`` checks before loading.
+7. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
    4 bits, then decode tokens/s at k=8, k=2 and k=2 with prefetch, in bf16 and at 4 bits, with the measured
    hit rate and the bound that copies at that hit rate put on tokens/s.
 
@@ -48,7 +51,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "results"
-sys.path.insert(0, str(HERE))  # expert_kernels.py beside this file
+sys.path.insert(0, str(HERE))  # expert_kernels.py and fit_check.py beside this file
 
 DELAY_CYCLES = 2_000_000  # about 1 ms of GPU clock per injected sleep
 
@@ -273,6 +276,68 @@ def store_registration(target: torch.Tensor) -> dict:
     }
 
 
+# ----------------------------------------------------------------------------------------------- 6. fit
+def step_fit(quick: bool) -> dict:
+    """The fit check's count against the GPU memory a long answer really takes, at two real shapes.
+
+    After loading, what CUDA holds outside PyTorch's allocator (its context, library handles) is measured once;
+    the answer's peak is PyTorch's peak reserved memory plus that. It must not exceed what ``chat`` counts
+    before loading (weights, slots, workspace, KV cache and activations for the answer's tokens, the margin).
+    """
+    if not cuda():
+        raise Skipped("no CUDA device: on a CPU this is `python benchmarks/fit_check.py`")
+    import gc
+
+    from fit_check import answering_session, question, shaped_model
+
+    from moe_tui import fit
+    from moe_tui.chat.generation import GenerationSettings
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    words = 200 if quick else 900
+    result: dict = {"passed": True, "margin": fit.MARGIN["cuda"], "models": []}
+    for name in ("mixtral-8x7b", "gpt-oss-20b"):
+        engine = offload_model(
+            shaped_model(name), OffloadConfig(cache_size=2, prefetch=0, device="cuda"), progress=lambda *a: None
+        )
+        session = answering_session(engine, name)
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info()
+        outside = total - free - torch.cuda.memory_reserved()
+        torch.cuda.reset_peak_memory_stats()
+        settings = GenerationSettings(temperature=0, max_new_tokens=8)
+        answer = session.generate(question(words), settings, lambda _: None)
+        torch.cuda.synchronize()
+        tokens = answer.prompt_tokens + answer.tokens
+        memory = engine.memory()
+        config = engine.model.config
+        costs = fit.TokenCosts.of(config, 2, config.intermediate_size)
+        counted = fit.fast_tier_need(
+            memory["resident_bytes"], memory["slot_bytes"], memory["workspace_bytes"], costs, tokens, "cuda"
+        )
+        peak = torch.cuda.max_memory_reserved() + outside
+        row = {
+            "model": name,
+            "attention": config._attn_implementation,
+            "tokens": tokens,
+            "outside_allocator": outside,
+            "peak_allocated": torch.cuda.max_memory_allocated(),
+            "peak": peak,
+            "counted": counted.total,
+            "counted_parts": counted.parts(),
+            "fits": peak <= counted.total,
+        }
+        result["models"].append(row)
+        result["passed"] = result["passed"] and row["fits"]
+        print(f"  {name}: peak {peak / 2**30:.2f} GiB, counted {counted.total / 2**30:.2f} GiB", flush=True)
+        engine.close()
+        del engine, session
+        gc.collect()
+        torch.cuda.empty_cache()
+    return result
+
+
 # ----------------------------------------------------------------------------------------------- 6. mixtral
 def mixtral_layers(layers: int):
     """A Mixtral-8x7B-shaped model of ``layers`` decoder layers with random bf16 weights, on the CPU."""
@@ -370,6 +435,7 @@ def main() -> int:
         "syncs": lambda: step_syncs(args.quick),
         "kernels": lambda: step_kernels(args.quick),
         "transfer": lambda: step_transfer(args.quick),
+        "fit": lambda: step_fit(args.quick),
         "mixtral": lambda: step_mixtral(args.quick, steps.get("transfer", {}).get("pinned_gbps")),
     }
     for name, work in plan.items():

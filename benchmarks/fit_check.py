@@ -90,6 +90,32 @@ class PeakRss:
         return self.peak - self.start
 
 
+def shaped_model(name: str):
+    """Two layers of the model ``name`` (a key of ``SHAPES``) with random bf16 weights, on the CPU."""
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: fp32 first would need twice the RAM
+    try:
+        return AutoModelForCausalLM.from_config(SHAPES[name]()).eval()
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def answering_session(engine, name: str):
+    """A chat session on ``engine`` with a small trained tokenizer, prefilling every prompt whole."""
+    from moe_tui.chat.session import ChatSession
+    from moe_tui.demo.tokenizer import train_tokenizer
+
+    tokenizer = train_tokenizer(["experts route tokens " * 50], vocab_size=300, model_max_length=32768)
+    session = ChatSession(engine, tokenizer, f"{name}-2-layers")
+    session.keep_kv = False  # every run prefills its whole prompt
+    return session
+
+
+def question(words: int) -> list[dict]:
+    """A one-message conversation of ``words`` words (900 words: about 3500 tokens with that tokenizer)."""
+    return [{"role": "user", "content": " ".join(f"w{i % 97}" for i in range(words))}]
+
+
 def main() -> None:
     """Measure and print (and optionally write JSON)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -101,28 +127,19 @@ def main() -> None:
 
     from moe_tui import fit
     from moe_tui.chat.generation import GenerationSettings
-    from moe_tui.chat.session import ChatSession
-    from moe_tui.demo.tokenizer import train_tokenizer
     from moe_tui.offload import OffloadConfig, offload_model
 
-    torch.manual_seed(0)
-    config = SHAPES[args.model]()
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16 directly: fp32 first would need twice the RAM
-    model = AutoModelForCausalLM.from_config(config).eval()
-    torch.set_default_dtype(torch.float32)
+    model = shaped_model(args.model)
     engine = offload_model(model, OffloadConfig(cache_size=2, prefetch=0), progress=lambda *a: None)
-    tokenizer = train_tokenizer(["experts route tokens " * 50], vocab_size=300, model_max_length=32768)
-    session = ChatSession(engine, tokenizer, f"{args.model}-2-layers")
-    session.keep_kv = False  # every run prefills its whole prompt
-    costs = fit.TokenCosts.of(model.config, 2, config.intermediate_size)
+    session = answering_session(engine, args.model)
+    costs = fit.TokenCosts.of(model.config, 2, model.config.intermediate_size)
     settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
     rows = []
     for words in (60, 400, 900):
-        question = [{"role": "user", "content": " ".join(f"w{i % 97}" for i in range(words))}]
         grown, tokens = [], 0
         for _ in range(args.runs):
             with PeakRss() as peak:
-                result = session.generate(question, settings, lambda _: None)
+                result = session.generate(question(words), settings, lambda _: None)
             grown.append(peak.grown)
             tokens = result.prompt_tokens + result.tokens
         counted = fit.fast_tier_need(0, 0, 0, costs, tokens, "cpu")

@@ -556,6 +556,12 @@ def cuda_section(data: dict, name: str) -> list[str]:
                     f"{report['store_rss_growth'] / report['store_bytes']:.3f}x its size, pinned allocator "
                     f"{report['store_pinned_allocator_bytes']} B"
                 )
+        if step == "fit" and "models" in report:
+            detail = "; ".join(
+                f"{m['model']} ({m['attention']}, {m['tokens']} tokens): peak {gib(m['peak'])} of {gib(m['counted'])} "
+                f"counted, {gib(m['outside_allocator'])} outside PyTorch's allocator (margin {gib(report['margin'])})"
+                for m in report["models"]
+            )
         if step == "kernels" and "rows" in report:
             int4 = [r for r in report["rows"] if r["format"] == "int4"]
             detail = ", ".join(
