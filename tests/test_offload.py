@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 
 import pytest
@@ -483,6 +484,53 @@ def test_shrinking_the_cache_is_never_refused_for_memory(monkeypatch) -> None:
     om.set_cache_size(2)
     om.set_cache_size(2, layer=1)
     assert om.cache_sizes == [2, 2, 2]
+
+
+def test_a_cpu_engine_asks_glibc_once_to_return_large_frees(monkeypatch) -> None:
+    calls = []
+
+    class RecordingLibc:
+        def malloc_trim(self, pad: int) -> int:
+            calls.append(("malloc_trim", pad))
+            return 1
+
+        def mallopt(self, parameter: int, value: int) -> int:
+            calls.append(("mallopt", parameter, value))
+            return 1
+
+    monkeypatch.setattr(offload_memory, "_glibc", RecordingLibc)
+    offload_memory.return_large_frees.cache_clear()
+    try:
+        offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1))
+        offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=2))
+        assert calls == [("malloc_trim", 0), ("mallopt", -3, 1 << 20)]  # M_MMAP_THRESHOLD, once per process
+        offload_memory.return_large_frees.cache_clear()
+        monkeypatch.setattr(offload_memory, "_glibc", lambda: None)  # musl, macOS, Windows: nothing to set
+        assert offload_memory.return_large_frees() is False
+    finally:
+        offload_memory.return_large_frees.cache_clear()
+
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks")]
+    _fields_ += [(name, ctypes.c_size_t) for name in ("fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+@pytest.mark.skipif(
+    not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="glibc 2.33 or later reports its mmapped blocks"
+)
+def test_after_it_a_freed_megabyte_block_goes_straight_back_to_the_system() -> None:
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.free.argtypes = [ctypes.c_void_p]
+    libc.mallinfo2.restype = MallInfo2
+    assert offload_memory.return_large_frees()
+    libc.free(libc.malloc(16 << 20))  # by default this would raise glibc's threshold to 16 MiB
+    before = libc.mallinfo2().hblkhd
+    block = libc.malloc(2 << 20)  # glibc would keep up to 32 MiB blocks in its heap by default
+    assert libc.mallinfo2().hblkhd >= before + (2 << 20)  # its own mapping, unmapped when freed
+    libc.free(block)
+    assert libc.mallinfo2().hblkhd == before
 
 
 def test_a_refusal_offers_a_shorter_context_or_fewer_expert_bits(monkeypatch) -> None:
