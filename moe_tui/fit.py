@@ -20,7 +20,9 @@ and float32 router scores and accumulators. A model that computes attention eage
 no fused kernel for its attention sinks) also writes out every head's scores for the chunk against the whole
 context: the scores, their masked copy and the probabilities at the compute dtype, and one float32 copy
 (transformers' eager attention takes its softmax in float32, or in the scores' dtype with sinks); fused
-attention (SDPA, flash) never holds them.
+attention (SDPA, flash) never holds them. Appending a chunk to a layer's KV cache copies it (transformers'
+dynamic cache concatenates), so for a moment one layer's keys and values exist twice: one layer's KV cache at
+the context is counted with the activations.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TokenCosts:
     activation_bytes_per_token: int
     logits_bytes: int
     score_bytes_per_pair: int = 0  # eager attention's scores per (chunk token, context token), all heads
+    kv_layer_bytes_per_token: int = 0  # one decoder layer's keys and values (appending copies them)
 
     @classmethod
     def of(cls, config: object, dtype_bytes: int, expert_intermediate: int) -> TokenCosts:
@@ -69,6 +72,7 @@ class TokenCosts:
             activation_bytes_per_token=per_token,
             logits_bytes=2 * FLOAT32 * int(getattr(config, "vocab_size", 0) or 0),
             score_bytes_per_pair=heads * (3 * dtype_bytes + FLOAT32) if attends_eagerly(config) else 0,
+            kv_layer_bytes_per_token=kv_per_layer * dtype_bytes,
         )
 
 
@@ -138,6 +142,7 @@ def fast_tier_need(
         kv_cache=costs.kv_bytes_per_token * context,
         activations=(
             min(PREFILL_CHUNK, context) * (costs.activation_bytes_per_token + context * costs.score_bytes_per_pair)
+            + context * costs.kv_layer_bytes_per_token
             + costs.logits_bytes
         ),
         margin=MARGIN.get(device_type, MARGIN["cpu"]),

@@ -78,6 +78,7 @@ def test_model_facts_of_mixtral_8x7b() -> None:
     assert facts.expert_bytes["hqq4"] == routed_expert_bytes(config, "hqq4")
     assert facts.expert_bytes["bf16"] == 3 * 14336 * 4096 * 2
     assert facts.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2
+    assert facts.kv_layer_bytes_per_token == 2 * 8 * 128 * 2
     # Everything outside the experts: embeddings + lm_head (2 x 32000 x 4096) + attention + routers + norms.
     attention = 32 * (2 * 4096 * 4096 + 2 * 1024 * 4096)
     rest = 2 * 32000 * 4096 + 32 * 8 * 4096 + (2 * 32 + 1) * 4096
@@ -101,6 +102,8 @@ def test_memory_sums() -> None:
     need = plan.fast_tier_need(eager, "hqq2", "bf16", k=3, context=1000, device="cuda")
     assert need.activations == fit.PREFILL_CHUNK * (3 + 1000 * 5) + 7
     assert plan.fast_tier_need(eager, "hqq2", "bf16", k=3, context=100).activations == 100 * (3 + 100 * 5) + 7
+    appending = replace(with_activations, kv_layer_bytes_per_token=2)  # one layer's KV exists twice for a moment
+    assert plan.fast_tier_need(appending, "hqq2", "bf16", k=3, context=1000).activations == 512 * 3 + 1000 * 2 + 7
     assert plan.store_bytes(facts, "hqq4") == 2 * 4 * 400
 
 
@@ -309,7 +312,7 @@ def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
 def test_cli_plan_nothing_fits(capsys: pytest.CaptureFixture[str]) -> None:
     err = error_of(["plan", "mixtral-8x7b", "--vram", "2GiB", "--ram", "64GiB"], capsys)
     assert "even k=1 at 2 bits (4-bit attention) needs 4.8 GiB of fast-tier memory" in err
-    assert "KV cache for 4096 tokens 512.0 MiB, activations 100.3 MiB, margin 1.0 GiB" in err
+    assert "KV cache for 4096 tokens 512.0 MiB, activations 116.3 MiB, margin 1.0 GiB" in err
     assert "you have 2.0 GiB" in err
 
 

@@ -128,7 +128,11 @@ def fast_tier_need(
     slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
     workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
     costs = TokenCosts(
-        facts.kv_bytes_per_token, facts.activation_bytes_per_token, facts.logits_bytes, facts.score_bytes_per_pair
+        facts.kv_bytes_per_token,
+        facts.activation_bytes_per_token,
+        facts.logits_bytes,
+        facts.score_bytes_per_pair,
+        facts.kv_layer_bytes_per_token,
     )
     return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, costs, context, device)
 

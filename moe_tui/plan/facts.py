@@ -41,6 +41,7 @@ class ModelFacts:
     activation_bytes_per_token: int = 0  # one prefill token's activations (see moe_tui.fit)
     logits_bytes: int = 0
     score_bytes_per_pair: int = 0  # eager attention's scores per (chunk token, context token) (see moe_tui.fit)
+    kv_layer_bytes_per_token: int = 0  # one decoder layer's keys and values (see moe_tui.fit)
     decoder_layers: int = 0  # all decoder layers, MoE or dense (0: as many as MoE layers)
     rest_active_bytes: int = 0  # of dense_active_bytes, what is never quantized (embedding row, norms, routers, head)
     expert_shapes: tuple[tuple[int, ...], ...] = ()  # one routed expert's tensors, in the engine's packing order
@@ -92,6 +93,7 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         activation_bytes_per_token=costs.activation_bytes_per_token,
         logits_bytes=costs.logits_bytes,
         score_bytes_per_pair=costs.score_bytes_per_pair,
+        kv_layer_bytes_per_token=costs.kv_layer_bytes_per_token,
         decoder_layers=config.num_hidden_layers,
         rest_active_bytes=rest_active,
         expert_shapes=tuple(shapes),
