@@ -5,17 +5,23 @@ out its score matrices) with random bf16 weights and the real hidden, expert and
 on the CPU (k=2, unquantized), then answers prompts of several lengths through the chat session (which
 prefills in chunks of ``moe_tui.fit.PREFILL_CHUNK`` tokens) while a thread samples the process's RSS every
 2 ms. For each prompt it reports the RSS the answer added at its peak next to what the fit check counts for it
-(the KV cache of prompt + answer plus one chunk's activations and the logits), median of ``--runs``::
+(the KV cache of prompt + answer plus one chunk's activations and the logits), the highest of ``--runs``.
+
+Before each run the C library is asked to hand freed memory back (glibc's ``malloc_trim``): without it the
+memory an earlier answer freed but the process kept would be reused unseen, and the growth would understate
+what an answer needs (by 5x at Mixtral's shapes)::
 
     python benchmarks/fit_check.py --runs 3 --json benchmarks/results/fit-check.json
     python benchmarks/fit_check.py --model gpt-oss-20b --runs 3 --json benchmarks/results/fit-check-gpt-oss.json
+    python benchmarks/fit_check.py --glibc-default --runs 3 --json benchmarks/results/fit-check-glibc-default.json
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
-import statistics
 import threading
 import time
 from dataclasses import replace
@@ -62,10 +68,24 @@ def gpt_oss_20b() -> PretrainedConfig:
 SHAPES = {"mixtral-8x7b": mixtral_8x7b, "gpt-oss-20b": gpt_oss_20b}
 
 
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+    return library if hasattr(library, "malloc_trim") else None
+
+
+GLIBC = _glibc()
+
+
 class PeakRss:
-    """The highest RSS seen while the block runs (sampled every 2 ms), above the RSS at its start."""
+    """The highest RSS seen while the block runs (sampled every 2 ms), above the RSS at its start (after handing
+    the memory the process freed but kept back to the system, where the C library is glibc)."""
 
     def __enter__(self) -> PeakRss:
+        if GLIBC is not None:
+            GLIBC.malloc_trim(0)
         self.process = psutil.Process()
         self.start = self.process.memory_info().rss
         self.peak = self.start
@@ -123,17 +143,25 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=8)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc keeping freed blocks (what the engine changes with memory.return_large_frees), to compare",
+    )
     args = parser.parse_args()
 
     from moe_tui import fit
     from moe_tui.chat.generation import GenerationSettings
-    from moe_tui.offload import OffloadConfig, offload_model
+    from moe_tui.offload import OffloadConfig, memory, offload_model
 
+    if args.glibc_default:
+        memory.return_large_frees = lambda: False
     model = shaped_model(args.model)
     engine = offload_model(model, OffloadConfig(cache_size=2, prefetch=0), progress=lambda *a: None)
     session = answering_session(engine, args.model)
     costs = fit.TokenCosts.of(model.config, 2, model.config.intermediate_size)
     settings = GenerationSettings(temperature=0, max_new_tokens=args.new_tokens)
+    session.generate(question(20), settings, lambda _: None)  # first writes into the slots' pages: not the answer's
     rows = []
     for words in (60, 400, 900):
         grown, tokens = [], 0
@@ -144,19 +172,20 @@ def main() -> None:
             tokens = result.prompt_tokens + result.tokens
         counted = fit.fast_tier_need(0, 0, 0, costs, tokens, "cpu")
         answer = counted.kv_cache + counted.activations
-        row = {"tokens": tokens, "measured": statistics.median(grown), "counted": answer}
+        row = {"tokens": tokens, "measured": max(grown), "counted": answer}
         if costs.score_bytes_per_pair:  # what the count would be if it left eager attention's scores out
             fused = fit.fast_tier_need(0, 0, 0, replace(costs, score_bytes_per_pair=0), tokens, "cpu")
             row["counted_without_scores"] = fused.kv_cache + fused.activations
         rows.append(row)
         print(
-            f"{tokens:5d} tokens: answer added {statistics.median(grown) / 2**20:7.1f} MiB at its peak; the fit "
+            f"{tokens:5d} tokens: answer added {max(grown) / 2**20:7.1f} MiB at its peak; the fit "
             f"counts {answer / 2**20:7.1f} MiB (KV {counted.kv_cache / 2**20:.1f} + activations "
-            f"{counted.activations / 2**20:.1f}); ratio {statistics.median(grown) / answer:.2f}"
+            f"{counted.activations / 2**20:.1f}); ratio {max(grown) / answer:.2f}"
         )
     if args.json:
         attention = model.config._attn_implementation
         report = {"model": args.model, "attention": attention, "rows": rows, "margin_cpu": fit.MARGIN["cpu"]}
+        report["glibc"] = "default" if args.glibc_default else "large frees returned"
         args.json.write_text(json.dumps(report, indent=1))
 
 
