@@ -4,6 +4,9 @@ Run on a machine with an NVIDIA GPU (under 8 minutes on one H100/H200)::
 
     HF_HUB_OFFLINE=1 python benchmarks/cuda_check.py
 
+On the lent GPU machine, which cannot download anything, ``sh scripts/device_wheels.sh`` first (here): it puts
+the wheels that machine lacks into ``.whl/`` and prints the command that installs them there and runs this.
+
 Steps, each reported as passed, failed or skipped (with the reason):
 
 1. ``tests``: the test suite's CUDA tests (``pytest -m cuda``).
