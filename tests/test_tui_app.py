@@ -222,14 +222,12 @@ def test_changing_k_from_the_palette_shows_k_slots_per_layer() -> None:
         screen = main_screen(app)
         await send(pilot, "warm up")
         await wait_for(pilot, lambda: not screen.generating and screen.backend.snapshot().tokens == 3)
-        await pilot.pause(0.2)
-        assert cache_slot_counts(app) == [2, 2, 2, 2]
+        await wait_for(pilot, lambda: cache_slot_counts(app) == [2, 2, 2, 2])  # drawn at the next poll
         await palette(pilot, "k 3")
         assert session.engine.router.sizes == [3, 3, 3, 3]
         await send(pilot, "again")
         await wait_for(pilot, lambda: not screen.generating and screen.backend.snapshot().tokens == 6)
-        await pilot.pause(0.2)
-        assert cache_slot_counts(app) == [3, 3, 3, 3]
+        await wait_for(pilot, lambda: cache_slot_counts(app) == [3, 3, 3, 3])
         assert "k=3" in str(app.screen.query_one("#status").render())
 
     run(check, app)
@@ -346,8 +344,7 @@ def test_panels_redraw_only_when_the_snapshot_changes() -> None:
         await pilot.pause(0.5)
         assert screen.redraws == before, "an idle engine causes no redraws"
         session.engine.forward()
-        await pilot.pause(0.3)
-        assert screen.redraws > before
+        await wait_for(pilot, lambda: screen.redraws > before)  # the next poll sees the new snapshot
 
     run(check, app)
 
