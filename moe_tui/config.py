@@ -145,8 +145,8 @@ def _from_dict(data: dict[str, Any], where: _Locator, problems: list[str]) -> Se
         theme=theme,
         panel_order=_names(layout, "order", where, problems),
         hidden_panels=_names(layout, "hidden", where, problems),
-        generation=_generation(tables["generation"], where, problems),
-        engine=_engine(tables["engine"], where, problems),
+        generation=_checked("generation", tables["generation"], where, problems),
+        engine=_checked("engine", tables["engine"], where, problems),
         keymap=keymap,
         recent_models=_recent(data.get("recent_models", []), where, problems),
     )
@@ -167,23 +167,21 @@ def _names(layout: dict[str, Any], key: str, where: _Locator, problems: list[str
     return tuple(value)
 
 
-def _generation(table: dict[str, Any], where: _Locator, problems: list[str]) -> dict[str, Any]:
-    chosen, refused = check_choices(table)
-    for key, why in refused.items():
-        if why == "unknown setting":
-            problems.append(f"{where.line('generation', key)}unknown setting generation.{key} (ignored)")
-        else:
-            problems.append(f"{where.line('generation', key)}generation.{key} {why} (using the model's or the default)")
-    return chosen
+# Each checked table: the check of its values, how a refusal joins the setting's name, and what is used instead.
+_TABLE_CHECKS = {
+    "generation": (check_choices, " ", "using the model's or the default"),
+    "engine": (check_saved_choices, ": ", "using the default"),
+}
 
 
-def _engine(table: dict[str, Any], where: _Locator, problems: list[str]) -> dict[str, Any]:
-    chosen, refused = check_saved_choices(table)
+def _checked(name: str, table: dict[str, Any], where: _Locator, problems: list[str]) -> dict[str, Any]:
+    check, joiner, instead = _TABLE_CHECKS[name]
+    chosen, refused = check(table)
     for key, why in refused.items():
         if why == "unknown setting":
-            problems.append(f"{where.line('engine', key)}unknown setting engine.{key} (ignored)")
+            problems.append(f"{where.line(name, key)}unknown setting {name}.{key} (ignored)")
         else:
-            problems.append(f"{where.line('engine', key)}engine.{key}: {why} (using the default)")
+            problems.append(f"{where.line(name, key)}{name}.{key}{joiner}{why} ({instead})")
     return chosen
 
 

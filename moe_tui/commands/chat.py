@@ -155,20 +155,8 @@ def options_from_args(args: argparse.Namespace, saved: Mapping[str, Any] | None 
         raise UserError("choose either --model or --replay (a replay needs no model)")
     if args.quant_cache and args.no_quant_cache:
         raise UserError("choose either --quant-cache DIR or --no-quant-cache")
-    chosen = {
-        "cache_size": args.cache_size,
-        "prefetch": args.prefetch,
-        "policy": args.policy,
-        "expert_bits": args.expert_bits,
-        "attn_bits": args.attn_bits,
-        "miss": args.miss,
-        "store": args.store,
-        "dtype": args.dtype,
-        "group_size": args.group_size,
-        "context": args.context,
-        "quant_optimize": None if args.quant_optimize is None else args.quant_optimize == "on",
-        "device": args.device,
-    }
+    chosen = {name: getattr(args, name) for name in engine_config.SAVED_FIELDS}  # each flag has the field's name
+    chosen["quant_optimize"] = None if args.quant_optimize is None else args.quant_optimize == "on"
     flags = {name: value for name, value in chosen.items() if value is not None}
     engine = OffloadConfig(**{"device": "auto", **(saved or {}), **flags})
     return LaunchOptions(
