@@ -36,9 +36,9 @@ def test_the_suggestion_is_the_most_faithful_precision_where_top_k_experts_fit()
     suggestion = catalog.suggest(mixtral, 64 * GIB, 24 * GIB)
     assert suggestion is not None and (suggestion.expert_bits, suggestion.cache_size) == (8, 3)
     facts = plan.model_facts(mixtral)
-    need = plan.fast_tier_bytes(facts, "hqq8", facts.dtype, 3, fit.DEFAULT_CONTEXT, device="cuda")
+    need = plan.fast_tier_need(facts, "hqq8", facts.dtype, 3, fit.DEFAULT_CONTEXT, device="cuda").total
     assert suggestion.fast_bytes == need <= 24 * GIB
-    assert plan.fast_tier_bytes(facts, "hqq8", facts.dtype, 4, fit.DEFAULT_CONTEXT, device="cuda") > 24 * GIB
+    assert plan.fast_tier_need(facts, "hqq8", facts.dtype, 4, fit.DEFAULT_CONTEXT, device="cuda").total > 24 * GIB
     # 10 GiB holds top-2 experts per layer only at 2 bits; 8 GiB nowhere, so the most faithful that fits at all.
     assert (
         catalog.suggest(mixtral, 64 * GIB, 10 * GIB).expert_bits,

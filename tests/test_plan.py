@@ -94,7 +94,8 @@ def test_model_facts_of_mixtral_8x7b() -> None:
 def test_memory_sums() -> None:
     facts = facts_by_hand()
     margin = fit.MARGIN["cpu"]
-    assert plan.fast_tier_bytes(facts, "hqq2", "bf16", k=3, context=100) == 10_000 + 3 * 2 * 250 + 100 * 10 + margin
+    need = plan.fast_tier_need(facts, "hqq2", "bf16", k=3, context=100)
+    assert need.total == 10_000 + 3 * 2 * 250 + 100 * 10 + margin
     with_activations = replace(facts, activation_bytes_per_token=3, logits_bytes=7)
     need = plan.fast_tier_need(with_activations, "hqq2", "bf16", k=3, context=1000, device="cuda")
     assert need.activations == fit.PREFILL_CHUNK * 3 + 7 and need.margin == fit.MARGIN["cuda"]
@@ -184,7 +185,7 @@ def test_uniform_copy_model() -> None:
 def test_nothing_fits_names_the_smallest_need() -> None:
     facts = facts_by_hand()
     machine = plan.Machine(host_bytes=10**9, fast_bytes=1000)
-    least = plan.fast_tier_bytes(facts, "hqq2", "hqq4", 1, machine.context, device="cuda")
+    least = plan.fast_tier_need(facts, "hqq2", "hqq4", 1, machine.context, device="cuda").total
     message = plan.nothing_fits_message(facts, machine)
     assert "even k=1 at 2 bits" in message and f"needs {format_bytes(least)}" in message
     assert "KV cache for 4096 tokens 40.0 KiB, margin 1.0 GiB" in message
@@ -341,7 +342,7 @@ def test_cli_plan_spreads_slots_over_layers(
                 )
         telemetry.close()
     facts = plan.model_facts(load_config(tiny_config))
-    room = plan.fast_tier_bytes(facts, "fp32", "fp32", 0, 256, device="cuda") + 6 * facts.expert_bytes["fp32"]
+    room = plan.fast_tier_need(facts, "fp32", "fp32", 0, 256, device="cuda").total + 6 * facts.expert_bytes["fp32"]
     argv = ["plan", str(tiny_config), "--vram", f"{room}B", "--ram", "1GiB", "--context", "256", "--trace", str(trace)]
     argv += ["--bandwidth", "10", "--compute-bandwidth", "100", "--overhead-ms", "0", "--json", "--all"]
     data = json.loads(run_ok(argv, capsys))

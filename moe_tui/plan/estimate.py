@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from moe_tui import fit
-from moe_tui.fit import FastTierNeed, TokenCosts
+from moe_tui.fit import FastTierNeed
 from moe_tui.plan.copies import CopyModel, spread_slots
 from moe_tui.plan.facts import ModelFacts
 from moe_tui.precision import format_bytes, precision_for_bits
@@ -92,9 +92,9 @@ def per_layer_candidate(
 ) -> Candidate | None:
     """The configuration that spends every slot the budget allows, spread over layers by their trace
     replays; None when it misses no less than the best uniform k or not even k=1 fits."""
-    base = fast_tier_bytes(
+    base = fast_tier_need(
         facts, expert_precision, attn_precision, 0, machine.context, fused=machine.fused, device=machine.device
-    )
+    ).total
     if machine.fast_bytes is not None:
         room = machine.fast_bytes - base
     else:
@@ -127,28 +127,7 @@ def fast_tier_need(
     a prefill chunk's activations and the margin of ``device``."""
     slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
     workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
-    costs = TokenCosts(
-        facts.kv_bytes_per_token,
-        facts.activation_bytes_per_token,
-        facts.logits_bytes,
-        facts.score_bytes_per_pair,
-        facts.kv_layer_bytes_per_token,
-    )
-    return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, costs, context, device)
-
-
-def fast_tier_bytes(
-    facts: ModelFacts,
-    expert_precision: str,
-    attn_precision: str,
-    k: int,
-    context: int,
-    layer_sizes: Sequence[int] = (),
-    fused: Collection[str] = (),
-    device: str = "cpu",
-) -> int:
-    """The total of :func:`fast_tier_need`."""
-    return fast_tier_need(facts, expert_precision, attn_precision, k, context, layer_sizes, fused, device).total
+    return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, facts.costs, context, device)
 
 
 def store_bytes(facts: ModelFacts, expert_precision: str) -> int:
@@ -168,9 +147,9 @@ def estimate(
 ) -> Candidate:
     """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
     misses, prefetched, hit_rate = copies
-    fast = fast_tier_bytes(
+    fast = fast_tier_need(
         facts, expert_precision, attn_precision, k, machine.context, layer_sizes, machine.fused, machine.device
-    )
+    ).total
     memory = Candidate(
         expert_precision=expert_precision,
         attn_precision=attn_precision,

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from moe_tui.errors import UserError
 from moe_tui.fit import TokenCosts
 from moe_tui.precision import FLOAT_BYTES
-
-if TYPE_CHECKING:
-    pass
-
 
 QUANTIZED_KINDS = ("attention", "mlp", "shared_experts")
 DTYPE_NAMES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -46,6 +42,11 @@ class ModelFacts:
     rest_active_bytes: int = 0  # of dense_active_bytes, what is never quantized (embedding row, norms, routers, head)
     expert_shapes: tuple[tuple[int, ...], ...] = ()  # one routed expert's tensors, in the engine's packing order
     context_limit: int | None = None  # the most tokens the model reads (max_position_embeddings)
+
+    @property
+    def costs(self) -> TokenCosts:
+        """The per-token costs above (one field each, so ``plan --json`` lists them), as the fit check takes them."""
+        return TokenCosts(**{cost.name: getattr(self, cost.name) for cost in fields(TokenCosts)})
 
 
 def model_facts(config: Any, name: str | None = None) -> ModelFacts:
@@ -88,12 +89,8 @@ def model_facts(config: Any, name: str | None = None) -> ModelFacts:
         expert_bytes={p: routed_expert_bytes(config, p) for p in precisions},
         dense_bytes={p: rest + sum(n.bytes(p) for n in quantized) for p in precisions},
         dense_active_bytes={p: rest_active + sum(n.active_bytes(p) or 0 for n in quantized) for p in precisions},
-        kv_bytes_per_token=costs.kv_bytes_per_token,
         workspace_bytes={p: _workspace_bytes(shapes, dtype, p) for p in precisions},
-        activation_bytes_per_token=costs.activation_bytes_per_token,
-        logits_bytes=costs.logits_bytes,
-        score_bytes_per_pair=costs.score_bytes_per_pair,
-        kv_layer_bytes_per_token=costs.kv_layer_bytes_per_token,
+        **asdict(costs),
         decoder_layers=config.num_hidden_layers,
         rest_active_bytes=rest_active,
         expert_shapes=tuple(shapes),
