@@ -19,8 +19,6 @@ what an answer needs (by 5x at Mixtral's shapes)::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import json
 import threading
 import time
@@ -30,6 +28,8 @@ from pathlib import Path
 import psutil
 import torch
 from transformers import AutoModelForCausalLM, GptOssConfig, MixtralConfig, PretrainedConfig
+
+from moe_tui.offload import memory
 
 
 def mixtral_8x7b() -> PretrainedConfig:
@@ -68,24 +68,12 @@ def gpt_oss_20b() -> PretrainedConfig:
 SHAPES = {"mixtral-8x7b": mixtral_8x7b, "gpt-oss-20b": gpt_oss_20b}
 
 
-def _glibc() -> ctypes.CDLL | None:
-    try:
-        library = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-    return library if hasattr(library, "malloc_trim") else None
-
-
-GLIBC = _glibc()
-
-
 class PeakRss:
     """The highest RSS seen while the block runs (sampled every 2 ms), above the RSS at its start (after handing
     the memory the process freed but kept back to the system, where the C library is glibc)."""
 
     def __enter__(self) -> PeakRss:
-        if GLIBC is not None:
-            GLIBC.malloc_trim(0)
+        memory.hand_back_freed()
         self.process = psutil.Process()
         self.start = self.process.memory_info().rss
         self.peak = self.start
@@ -152,7 +140,7 @@ def main() -> None:
 
     from moe_tui import fit
     from moe_tui.chat.generation import GenerationSettings
-    from moe_tui.offload import OffloadConfig, memory, offload_model
+    from moe_tui.offload import OffloadConfig, offload_model
 
     if args.glibc_default:
         memory.return_large_frees = lambda: False

@@ -13,7 +13,6 @@ not (issue 10's closing note)::
 from __future__ import annotations
 
 import argparse
-import ctypes
 import random
 
 import psutil
@@ -28,22 +27,21 @@ def main() -> None:
     args = parser.parse_args()
 
     from moe_tui.chat.generation import GenerationSettings
-    from moe_tui.offload import OffloadConfig, offload_model
+    from moe_tui.offload import OffloadConfig, memory, offload_model
 
     engine = offload_model(
         shaped_model("mixtral-8x7b"), OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: None
     )
     session = answering_session(engine, "mixtral-8x7b")
     settings = GenerationSettings(temperature=0, max_new_tokens=4)
-    libc = ctypes.CDLL("libc.so.6") if args.trim else None
     process = psutil.Process()
     session.generate(question(20), settings, lambda _: None)
     start = process.memory_info().rss
     words = random.Random(0)
     for answer in range(1, args.answers + 1):
         session.generate(question(words.randint(10, 250)), settings, lambda _: None)
-        if libc is not None:
-            libc.malloc_trim(0)
+        if args.trim:
+            memory.hand_back_freed()
         if answer % 5 == 0:
             grown = (process.memory_info().rss - start) / 2**20
             print(f"after {answer:3d} answers: RSS {grown:5.0f} MiB above the start", flush=True)

@@ -51,8 +51,16 @@ def return_large_frees() -> bool:
     library = _glibc()
     if library is None:
         return False
-    library.malloc_trim(0)  # what was kept until now goes back too
+    hand_back_freed()  # what was kept until now goes back too
     return bool(library.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK))
+
+
+def hand_back_freed() -> None:
+    """Have glibc give the system the memory this process freed but kept for reuse (``malloc_trim``); other C
+    libraries are left as they are."""
+    library = _glibc()
+    if library is not None:
+        library.malloc_trim(0)
 
 
 def check_growth(
