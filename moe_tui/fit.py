@@ -12,7 +12,8 @@ up the same parts:
   chunks of that size, so a long prompt never needs more) plus one position's logits;
 * ``margin``: what the process needs beyond tensors: ``MARGIN["cuda"]`` covers the CUDA context (the planner
   counts a GPU's whole memory), cuBLAS workspaces and the caching allocator's fragmentation; ``MARGIN["cpu"]``
-  the interpreter's, the libraries' and the C allocator's own growth.
+  the interpreter's, the libraries' and the C allocator's own growth, among them oneDNN's compiled CPU matmul
+  kernels, which the engine bounds to about 32 MiB (``offload.memory.bound_kernel_caches``).
 
 The activation figure is an estimate: per token, the residual stream and norms (6 hidden vectors), the attention
 projections, one expert's (or dense MLP's) intermediate activations for every token of the chunk, and float32

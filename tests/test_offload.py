@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import subprocess
 import sys
 
@@ -550,6 +551,54 @@ def test_after_it_a_freed_megabyte_block_goes_straight_back_to_the_system(settin
         assert mapped >= 2 << 20 and left == 0  # its own mapping (with its header), gone when freed
     else:
         assert mapped == 0  # kept in the heap, where freeing it would not give it back
+
+
+def test_loading_bounds_onednn_kernel_caches_unless_the_user_sized_them(monkeypatch) -> None:
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.setenv("LRU_CACHE_CAPACITY", "8")
+    offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == str(offload_memory.KERNEL_CACHE_ENTRIES)
+    assert os.environ["LRU_CACHE_CAPACITY"] == "8"  # the user's own size wins
+
+
+KERNEL_CACHE_CHECK = """
+import sys
+from moe_tui.offload import memory
+if sys.argv[1] == "engine":
+    memory.bound_kernel_caches()  # before torch's first matmul, as a load does
+memory.return_large_frees()
+import psutil, torch
+weight = torch.randn(1024, 512, dtype=torch.bfloat16)
+tokens = torch.randn(400, 512, dtype=torch.bfloat16)
+torch.nn.functional.linear(tokens[:1], weight)
+before = psutil.Process().memory_info().rss
+for count in range(2, 302):  # as many token counts as experts see over a long chat
+    torch.nn.functional.linear(tokens[:count], weight)
+print((psutil.Process().memory_info().rss - before) / 2**20)
+"""
+
+
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="oneDNN computes no bf16 matmul on this CPU"
+)
+@pytest.mark.parametrize("setting", ["engine", "oneDNN default"])
+def test_matmuls_of_many_shapes_hold_a_bounded_amount_of_compiled_kernels(setting: str) -> None:
+    # A fresh interpreter: both caches take their size at the process's first bf16 matmul. It starts without
+    # the sizes that engines loaded by earlier tests put into this process's environment.
+    unsized = {name: value for name, value in os.environ.items() if name not in offload_memory.KERNEL_CACHE_VARIABLES}
+    done = subprocess.run(
+        [sys.executable, "-c", KERNEL_CACHE_CHECK, setting],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+        env=unsized,
+    )
+    grown_mib = float(done.stdout)
+    if setting == "engine":
+        assert grown_mib < 2 * offload_memory.KERNEL_CACHE_ENTRIES  # about 1 MiB a cached shape
+    else:
+        assert grown_mib > 3 * offload_memory.KERNEL_CACHE_ENTRIES  # a kernel kept for each of 300 shapes
 
 
 def test_a_refusal_offers_a_shorter_context_or_fewer_expert_bits(monkeypatch) -> None:

@@ -86,6 +86,7 @@ def check_fast_tier(
     the closest configurations that fit: a smaller k, a shorter context, fewer expert bits.
     """
     shared = plan.device.type == "cpu"
+    memory.bound_kernel_caches()  # CPU matmuls (the fast tier's, or misses computed on the host) at a bounded cost
     if shared:
         memory.return_large_frees()  # so that the process's RSS follows what it holds, which is what is counted
     available = memory.free_bytes(plan.device)
