@@ -433,7 +433,37 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
     panels = OUT / "panel-draw.json"
     if panels.is_file():
         lines += panels_section(json.loads(panels.read_text()))
+    sessions = [json.loads(path.read_text()) for path in sorted(OUT.glob("session-rss*.json"))]
+    if sessions:
+        lines += session_section(sessions)
     return "\n".join(lines)
+
+
+def session_section(reports: list[dict]) -> list[str]:
+    """Section 13: a long CPU chat's memory with oneDNN's kernel caches bounded and at their default size."""
+    reports = sorted(reports, key=lambda report: report["kernel_cache_entries"] == "default")
+    entries = [report["kernel_cache_entries"] for report in reports]
+    names = ["default caches (1024)" if entry == "default" else f"caches of {entry}" for entry in entries]
+    header = ["answers"] + [cell for name in names for cell in (f"RSS added, {name}", "s per answer")]
+    rows = []
+    for same_point in zip(*(report["rows"] for report in reports), strict=True):
+        cells = [str(same_point[0]["answers"])]
+        for row in same_point:
+            cells += [gib(row["rss_added_mib"] * 2**20), f"{row['median_s']:.2f}"]
+        rows.append(cells)
+    medians = ", ".join(f"{report['median_s']:.2f} s with {name}" for report, name in zip(reports, names, strict=True))
+    return [
+        "## 13. A long chat's memory on a CPU",
+        "",
+        "`python benchmarks/session_rss.py --answers N [--unbounded]` (two Mixtral-8x7B-shaped layers in bf16, "
+        "k=2, prefetch 1, on the CPU; the same answers of 10-250 random words, 4 new tokens each; RSS above its "
+        "size after a warm-up answer, and the median time of the last 5 answers). oneDNN compiles and keeps a "
+        "matmul kernel for every shape it meets, and every expert sees a different token count; the engine bounds "
+        f"both of its caches (`memory.bound_kernel_caches`). Median answer: {medians}.",
+        "",
+        table(header, rows),
+        "",
+    ]
 
 
 def panels_section(data: dict) -> list[str]:
