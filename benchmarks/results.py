@@ -487,11 +487,11 @@ def fit_section(reports: list[dict]) -> list[str]:
         "## 10. An answer's memory against the fit check",
         "",
         "`python benchmarks/fit_check.py --model NAME --runs 3` (two layers of the model's real shapes in bf16, "
-        "k=2, on the CPU; prompts prefilled in 512-token chunks; RSS sampled every 2 ms during the answer after "
-        "glibc handed back what the process had freed, the highest of 3; counted: the KV cache of prompt and "
-        "answer plus one chunk's activations (with eager attention, its score matrices against the whole "
-        "context) and the logits, as `chat` checks them before loading, besides a "
-        f"{gib(reports[0]['margin_cpu'])} margin).",
+        "k=2, on the CPU, oneDNN's kernel caches bounded as the engine sets them (section 13); prompts prefilled "
+        "in 512-token chunks; RSS sampled every 2 ms during the answer after glibc handed back what the process "
+        "had freed, the highest of 3; counted: the KV cache of prompt and answer plus one chunk's activations "
+        "(with eager attention, its score matrices against the whole context) and the logits, as `chat` checks "
+        f"them before loading, besides a {gib(reports[0]['margin_cpu'])} margin).",
         "",
     ]
 

@@ -23,8 +23,9 @@ scores, their masked copy and the probabilities at the compute dtype, and one fl
 attention takes its softmax in float32, or in the scores' dtype with sinks); fused attention (SDPA, flash) never
 holds them. Appending a chunk to a layer's KV cache copies it (transformers' dynamic cache concatenates), so for
 a moment one layer's keys and values exist twice: one layer's KV cache at the context is counted with the
-activations. Measured on a CPU (``benchmarks/fit_check.py``), an answer's peak was 0.99-1.09x the KV cache and
-activations counted for it at Mixtral-8x7B's shapes and 0.61-0.94x at gpt-oss-20b's; the margin takes the rest.
+activations. Measured on a CPU (``benchmarks/fit_check.py``, oneDNN's kernel caches bounded as the engine sets
+them), an answer's peak was 0.79-0.87x the KV cache and activations counted for it at Mixtral-8x7B's shapes and
+0.59-0.80x at gpt-oss-20b's.
 """
 
 from __future__ import annotations
