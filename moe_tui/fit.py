@@ -6,8 +6,8 @@ up the same parts:
 * ``weights``: the resident, non-expert weights (attention, embeddings, norms, routers, shared experts);
 * ``slots``: k expert slots per MoE layer at the expert format's packed size;
 * ``workspace``: the dequantization workspace of an unfused quantized format (one expert at compute dtype);
-* ``kv_cache``: keys and values of every decoder layer for ``context`` tokens (MLA models cache the
-  decompressed per-head keys and values, as transformers' implementation does);
+* ``kv_cache``: keys and values of every decoder layer for ``context`` tokens rounded up to whole blocks of
+  ``KV_BLOCK`` (MLA models cache the decompressed per-head keys and values, as transformers' implementation does);
 * ``activations``: the hidden states of one prefill chunk of ``PREFILL_CHUNK`` tokens (answers prefill in
   chunks of that size, so a long prompt never needs more) plus one position's logits;
 * ``margin``: what the process needs beyond tensors: ``MARGIN["cuda"]`` covers the CUDA context (the planner
@@ -21,10 +21,11 @@ router scores and accumulators. A model that computes attention eagerly (gpt-oss
 kernel for its attention sinks) also writes out every head's scores for the chunk against the whole context: the
 scores, their masked copy and the probabilities at the compute dtype, and one float32 copy (transformers' eager
 attention takes its softmax in float32, or in the scores' dtype with sinks); fused attention (SDPA, flash) never
-holds them. Appending a chunk to a layer's KV cache copies it (transformers' dynamic cache concatenates), so for
-a moment one layer's keys and values exist twice: one layer's KV cache at the context is counted with the
-activations. Measured on a CPU (``benchmarks/fit_check.py``, oneDNN's kernel caches bounded as the engine sets
-them), an answer's peak was 0.79-0.87x the KV cache and activations counted for it at Mixtral-8x7B's shapes and
+holds them. A layer's KV cache that outgrows its blocks is copied into a larger buffer
+(:mod:`moe_tui.chat.kv_blocks`; transformers' own dynamic cache copies on every append), so for a moment one
+layer's keys and values exist twice: one layer's KV cache at the context is counted with the activations.
+Measured on a CPU (``benchmarks/fit_check.py``, oneDNN's kernel caches bounded as the engine sets them), an
+answer's peak was 0.79-0.87x the KV cache and activations counted for it at Mixtral-8x7B's shapes and
 0.59-0.80x at gpt-oss-20b's.
 """
 
@@ -37,6 +38,7 @@ from moe_tui.errors import UserError
 from moe_tui.precision import format_bytes
 
 PREFILL_CHUNK = 512
+KV_BLOCK = 256  # the chat's KV cache grows by this many tokens at a time (moe_tui.chat.kv_blocks)
 DEFAULT_CONTEXT = 4096
 MARGIN = {"cuda": 1024**3, "cpu": 256 * 1024**2}
 FLOAT32 = 4
@@ -137,15 +139,16 @@ def fast_tier_need(
     store: int = 0,
 ) -> FastTierNeed:
     """What the fast tier must hold: ``slots`` is the bytes of every slot of every layer together, ``store`` the
-    expert store's when it lives in the same memory."""
+    expert store's when it lives in the same memory. The KV cache is counted in whole blocks of ``KV_BLOCK``."""
+    blocks = -(-context // KV_BLOCK) * KV_BLOCK
     return FastTierNeed(
         weights=weights,
         slots=slots,
         workspace=workspace,
-        kv_cache=costs.kv_bytes_per_token * context,
+        kv_cache=costs.kv_bytes_per_token * blocks,
         activations=(
             min(PREFILL_CHUNK, context) * (costs.activation_bytes_per_token + context * costs.score_bytes_per_pair)
-            + context * costs.kv_layer_bytes_per_token
+            + blocks * costs.kv_layer_bytes_per_token
             + costs.logits_bytes
         ),
         margin=MARGIN.get(device_type, MARGIN["cpu"]),

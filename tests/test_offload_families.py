@@ -211,7 +211,7 @@ def test_the_fit_check_counts_gpt_oss_eager_attention_scores() -> None:
     assert costs.score_bytes_per_pair == heads * (3 * 4 + 4)  # three float32 copies and the float32 softmax
     om = offload_model(model, OffloadConfig(cache_size=2, context=64), progress=lambda *a: None)
     chunk_scores = 64 * 64 * costs.score_bytes_per_pair
-    appended = 64 * costs.kv_layer_bytes_per_token  # a layer's keys and values while a chunk is appended
+    appended = fit.KV_BLOCK * costs.kv_layer_bytes_per_token  # a layer's KV (one block) while it is copied
     expected = 64 * costs.activation_bytes_per_token + chunk_scores + appended + costs.logits_bytes
     assert om.conversation.activations == expected
 

@@ -60,8 +60,10 @@ class _Clock:
 
 
 def generate_once(loaded: Loaded, ids: list[int], new_tokens: int) -> Sample:
-    """Greedily generate exactly ``new_tokens`` tokens after ``ids`` and time it."""
+    """Greedily generate exactly ``new_tokens`` tokens after ``ids`` and time it (with the chat's KV cache)."""
     import torch
+
+    from moe_tui.chat.kv_blocks import new_cache
 
     input_ids = torch.tensor([ids], device=loaded.device)
     clock = _Clock(loaded.on_token)
@@ -75,6 +77,7 @@ def generate_once(loaded: Loaded, ids: list[int], new_tokens: int) -> Sample:
             do_sample=False,
             streamer=clock,
             pad_token_id=0,
+            cache=new_cache(loaded.model),
         )
         if loaded.device == "cuda":
             torch.cuda.synchronize()

@@ -139,6 +139,7 @@ class ChatSession:
     ) -> GenerationResult:
         import torch
 
+        from moe_tui.chat.kv_blocks import new_cache
         from moe_tui.chat.streaming import StopOnEvent, TokenStreamer
 
         model = self.engine.model
@@ -160,6 +161,8 @@ class ChatSession:
         streamer = TokenStreamer(self.tokenizer, on_token)
         stop = StopOnEvent(stop_event)
         cache, reused = self._kv.take(prompt_ids) if self.keep_kv else (None, 0)
+        if cache is None:
+            cache = new_cache(model)
         try:
             output = model.generate(
                 input_ids=input_ids,
