@@ -436,7 +436,36 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
     sessions = [json.loads(path.read_text()) for path in sorted(OUT.glob("session-rss*.json"))]
     if sessions:
         lines += session_section(sessions)
+    growth = OUT / "kv-growth.json"
+    if growth.is_file():
+        lines += kv_growth_section(json.loads(growth.read_text()))
     return "\n".join(lines)
+
+
+def kv_growth_section(data: dict) -> list[str]:
+    """Section 14: a decoded token's time with transformers' KV cache and with the chat's block-growing one."""
+    rows = [
+        [
+            str(row["context"]),
+            f"{row['transformers_ms']:.1f}",
+            f"{row['blocks_ms']:.1f}",
+            f"{row['transformers_ms'] / row['blocks_ms']:.2f}x",
+        ]
+        for row in data["rows"]
+    ]
+    return [
+        "## 14. Appending to the KV cache",
+        "",
+        f"`python benchmarks/kv_growth.py --runs {data['runs']}` (two Mixtral-8x7B-shaped layers in bf16, k=2, "
+        f"prefetch 1, 4-bit experts, misses computed on the host, {data['threads']} threads; both caches filled "
+        f"with the same random keys and values to the context, then {data['tokens']} tokens decoded; median per "
+        "token, the two alternating in one process). transformers' cache copies every layer's keys and values "
+        "for each token; the chat's (`moe_tui.chat.kv_blocks`) writes them in place and copies once per "
+        f"{data['block']}-token block.",
+        "",
+        table(["context", "transformers' cache (ms/token)", "blocks (ms/token)", "speed-up"], rows),
+        "",
+    ]
 
 
 def session_section(reports: list[dict]) -> list[str]:
