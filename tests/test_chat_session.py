@@ -463,7 +463,11 @@ def test_a_prompt_prefilled_in_chunks_answers_as_one_prefilled_whole(
     assert len(passes) == math.ceil(whole.prompt_tokens / 7) + whole.tokens - 1  # chunks, then one per token
 
 
-def test_the_next_turn_reuses_the_conversations_kv_cache_and_answers_the_same(tokenizer: Any) -> None:
+@pytest.mark.parametrize("block", [fit.KV_BLOCK, 3])  # 3: the kept cache is cropped and grown across blocks
+def test_the_next_turn_reuses_the_conversations_kv_cache_and_answers_the_same(
+    tokenizer: Any, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fit, "KV_BLOCK", block)
     settings = GenerationSettings(temperature=0, max_new_tokens=10)
     kept = chat_session(tokenizer)
     first = kept.generate(QUESTION, settings, lambda _: None)
