@@ -25,8 +25,8 @@ holds them. A layer's KV cache that outgrows its blocks is copied into a larger 
 (:mod:`moe_tui.chat.kv_blocks`; transformers' own dynamic cache copies on every append), so for a moment one
 layer's keys and values exist twice: one layer's KV cache at the context is counted with the activations.
 Measured on a CPU (``benchmarks/fit_check.py``, oneDNN's kernel caches bounded as the engine sets them), an
-answer's peak was 0.79-0.87x the KV cache and activations counted for it at Mixtral-8x7B's shapes and
-0.59-0.80x at gpt-oss-20b's.
+answer's peak was 0.75-0.90x the KV cache and activations counted for it at Mixtral-8x7B's shapes and
+0.59-0.84x at gpt-oss-20b's.
 """
 
 from __future__ import annotations
