@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from offload_models import build, gpt_oss_config, mixtral_config
+from offload_models import (
+    build,
+    deepseek_v2_config,
+    deepseek_v3_config,
+    gpt_oss_config,
+    granitemoe_config,
+    mixtral_config,
+    olmoe_config,
+    phimoe_config,
+    qwen2_moe_config,
+    qwen3_moe_config,
+)
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+from transformers.cache_utils import DynamicLayer
 
 from moe_tui import fit
 from moe_tui.chat.kv_blocks import BlockKVLayer, new_cache
@@ -67,9 +78,22 @@ def test_keys_replaced_from_outside_start_new_buffers_from_them() -> None:
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
 
 
-@pytest.mark.parametrize("family", ["mixtral", "gpt-oss"])
+FAMILIES = {
+    "mixtral": mixtral_config,
+    "gpt-oss": gpt_oss_config,  # eager attention with sinks; sliding-window and full layers
+    "qwen2-moe": qwen2_moe_config,
+    "qwen3-moe": qwen3_moe_config,
+    "olmoe": olmoe_config,
+    "deepseek-v2": deepseek_v2_config,
+    "deepseek-v3": deepseek_v3_config,  # MLA: keys and values of different head sizes
+    "phimoe": phimoe_config,
+    "granitemoe": granitemoe_config,
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_generation_with_the_block_cache_matches_transformers_own_cache(family: str) -> None:
-    config = mixtral_config() if family == "mixtral" else gpt_oss_config()
+    config = FAMILIES[family]()
     model = build(config).eval()
     prompt = torch.randint(3, config.vocab_size, (1, 7), generator=torch.Generator().manual_seed(0))
     settings = {"max_new_tokens": 20, "min_new_tokens": 20, "do_sample": False, "pad_token_id": 0}
@@ -79,9 +103,9 @@ def test_generation_with_the_block_cache_matches_transformers_own_cache(family: 
     theirs = model.generate(prompt, **settings)
     assert torch.equal(ours.sequences, theirs.sequences)
     assert all(torch.equal(a, b) for a, b in zip(ours.logits, theirs.logits, strict=True))
-    kinds = {type(layer) for layer in cache.layers}
-    # gpt-oss alternates sliding-window and full layers: the sliding ones stay transformers'
-    assert kinds == ({BlockKVLayer} if family == "mixtral" else {BlockKVLayer, DynamicSlidingWindowLayer})
+    # only transformers' plain layers are replaced; sliding-window and other kinds stay as they were
+    plain = [type(layer) for layer in theirs.cache.layers]
+    assert [type(layer) for layer in cache.layers] == [BlockKVLayer if kind is DynamicLayer else kind for kind in plain]
     full = next(layer for layer in cache.layers if isinstance(layer, BlockKVLayer))
     assert full._key_buffer.shape[-2] == 28  # 7 + 20 - 1 tokens held, in blocks of 4
 
