@@ -129,6 +129,11 @@ class FastTierNeed:
         return ", ".join(f"{name} {format_bytes(value)}" for name, value in named if value)
 
 
+def kv_block_tokens(tokens: int) -> int:
+    """The tokens a layer's KV cache makes room for to hold ``tokens``: whole blocks of ``KV_BLOCK``."""
+    return -(-tokens // KV_BLOCK) * KV_BLOCK
+
+
 def fast_tier_need(
     weights: int,
     slots: int,
@@ -140,7 +145,7 @@ def fast_tier_need(
 ) -> FastTierNeed:
     """What the fast tier must hold: ``slots`` is the bytes of every slot of every layer together, ``store`` the
     expert store's when it lives in the same memory. The KV cache is counted in whole blocks of ``KV_BLOCK``."""
-    blocks = -(-context // KV_BLOCK) * KV_BLOCK
+    blocks = kv_block_tokens(context)
     return FastTierNeed(
         weights=weights,
         slots=slots,

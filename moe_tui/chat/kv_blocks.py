@@ -68,7 +68,7 @@ class BlockKVLayer(DynamicLayer):
 
     def _grow(self, held: int, total: int, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """New buffers for ``total`` tokens rounded up to whole blocks, holding the tokens already there."""
-        capacity = -(-total // fit.KV_BLOCK) * fit.KV_BLOCK
+        capacity = fit.kv_block_tokens(total)  # what the fit check counts
         keys = key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1]))
         values = value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1]))
         if held:
