@@ -35,13 +35,11 @@ def main() -> None:
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file (for results.py)")
     args = parser.parse_args()
-    from moe_tui.offload.memory import KERNEL_CACHE_VARIABLES
-
-    if args.unbounded:  # before the engine sets them, and before torch's first matmul reads them
-        os.environ.update(dict.fromkeys(KERNEL_CACHE_VARIABLES, "1024"))
-
     from moe_tui.chat.generation import GenerationSettings
     from moe_tui.offload import OffloadConfig, memory, offload_model
+
+    if args.unbounded:  # before the engine sets them, and before torch's first matmul reads them
+        os.environ.update(dict.fromkeys(memory.KERNEL_CACHE_VARIABLES, "1024"))
 
     engine = offload_model(
         shaped_model("mixtral-8x7b"), OffloadConfig(cache_size=2, prefetch=1), progress=lambda *a: None
@@ -67,7 +65,7 @@ def main() -> None:
             rows.append({"answers": answer, "rss_added_mib": grown, "median_s": took})
     print(f"median answer {statistics.median(seconds):.2f} s")
     if args.json:
-        caches = "default" if args.unbounded else os.environ.get(KERNEL_CACHE_VARIABLES[0], "default")
+        caches = "default" if args.unbounded else os.environ.get(memory.KERNEL_CACHE_VARIABLES[0], "default")
         report = {"kernel_cache_entries": caches, "trim": args.trim, "median_s": statistics.median(seconds)}
         args.json.write_text(json.dumps({**report, "rows": rows}, indent=1))
 

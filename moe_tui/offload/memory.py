@@ -35,7 +35,7 @@ def bound_kernel_caches() -> None:
 
     PyTorch computes bf16 and fp16 matmuls on a CPU with oneDNN, which compiles a kernel for every shape it meets
     and keeps it, with its descriptor in a second cache (ideep's), about 1 MiB a shape. Every expert sees a
-    different number of tokens, so every answer brings new shapes: a long chat's RSS grew 474 MiB over 80
+    different number of tokens, so every answer brings new shapes: a long chat's RSS grew 464 MiB over 80
     answers at Mixtral-8x7B's shapes and would only have stopped at both caches' default of 1024 entries.
     Bounded, the caches hold about ``KERNEL_CACHE_ENTRIES`` MiB, inside the fit check's CPU margin; a kernel
     compiled again costs about half a millisecond. Both caches read their size when first used, so this only
