@@ -20,6 +20,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from moe_tui import fit
+from moe_tui.chat.kv import cache_bytes
 from moe_tui.chat.kv_blocks import BlockKVLayer, new_cache
 
 
@@ -48,6 +49,19 @@ def test_a_layer_writes_in_place_until_its_block_fills_and_holds_what_concatenat
     assert [capacity for _, capacity in buffers] == [4, 4, 8, 12, 12]
     assert buffers[0][0] == buffers[1][0] and buffers[3][0] == buffers[4][0]
     assert layer.get_seq_length() == reference.get_seq_length() == 12
+
+
+def test_cache_bytes_counts_whole_block_buffers_and_each_storage_once() -> None:
+    cache = DynamicCache()
+    cache.layers = [BlockKVLayer(), DynamicLayer()]
+    assert cache_bytes(None) == cache_bytes(cache) == 0  # nothing allocated yet
+    for layer in cache.layers:
+        layer.update(*states(5, 0))
+    per_token = 2 * 2 * 3 * 4  # keys and values, 2 heads of 3 float32 each
+    # the block layer's 5 tokens sit in two blocks of 4; the plain layer holds exactly 5
+    assert cache_bytes(cache) == per_token * 8 + per_token * 5
+    cache.layers[1].crop(-2)  # a view of the same storage: still counted once, at its full size
+    assert cache_bytes(cache) == per_token * 8 + per_token * 5
 
 
 def test_cropping_then_appending_overwrites_what_was_dropped() -> None:

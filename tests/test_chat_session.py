@@ -486,6 +486,29 @@ def test_the_next_turn_reuses_the_conversations_kv_cache_and_answers_the_same(
     assert third.text == fresh.generate(other, settings, lambda _: None).text
 
 
+def test_the_session_reports_the_kv_cache_it_holds_while_answering_and_after(
+    tokenizer: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fit, "KV_BLOCK", 4)
+    chat = chat_session(tokenizer)
+    assert chat.kv_bytes == 0
+    config = chat.engine.model.config
+    head_size = config.hidden_size // config.num_attention_heads
+    # keys and values, per token, of all layers (float32)
+    per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_size * 4
+    seen = []
+    settings = GenerationSettings(temperature=0, max_new_tokens=8)
+    result = chat.generate(QUESTION, settings, lambda _: seen.append(chat.kv_bytes))
+    held = result.prompt_tokens + result.tokens - 1  # the last token's keys and values were never computed
+    assert chat.kv_bytes == per_token * fit.kv_block_tokens(held)
+    assert seen and min(seen) > 0 and max(seen) <= chat.kv_bytes  # the answer's own cache, while it grew
+    chat.forget_conversation()
+    assert chat.kv_bytes == 0
+    chat.keep_kv = False
+    chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=3), lambda _: None)
+    assert chat.kv_bytes == 0  # nothing kept once the answer is done
+
+
 def test_a_failed_answer_never_leaves_its_cache_for_the_next(
     chat: ChatSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -481,6 +481,26 @@ def test_more_fast_tier_memory_than_free_is_refused_naming_a_k_that_fits(monkeyp
         offload_model(build(config), OffloadConfig(cache_size=1))
 
 
+def test_growing_mid_conversation_counts_the_kv_cache_already_held_as_allocated(monkeypatch) -> None:
+    config = mixtral_config(experts=4)
+    nbytes = 3 * 48 * 40 * 4
+    om = offload_model(build(config), OffloadConfig(cache_size=1))
+    promised = om.conversation
+    # The conversation holds its whole KV cache: free memory is that much lower than at the load.
+    # Growing 1 -> 2 slots peaks at 3 new experts plus a layer of 2.
+    free = promised.total - promised.kv_cache + 5 * nbytes + 100
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: free)
+    with pytest.raises(UserError, match="cache size 1 would fit"):
+        om.set_cache_size(2)  # told nothing, the whole KV cache still counts as to come
+    om.set_cache_size(2, kv_held=promised.kv_cache)
+    assert om.cache_sizes == [2, 2, 2]
+    # What is held counts only up to the KV cache that was promised: more held is not more room.
+    monkeypatch.setattr(offload_memory, "free_bytes", lambda device: free - promised.kv_cache)
+    with pytest.raises(UserError, match="KV cache already allocated\\) but only") as refused:
+        om.set_cache_size(3, kv_held=2 * promised.kv_cache)
+    assert f"{format_bytes(promised.kv_cache)} of the KV cache already allocated" in str(refused.value)
+
+
 def test_shrinking_the_cache_is_never_refused_for_memory(monkeypatch) -> None:
     om = offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=3))
     monkeypatch.setattr(offload_memory, "free_bytes", lambda device: 0)

@@ -11,7 +11,7 @@ from pathlib import Path
 from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input
-from tui_fakes import FakeSession, header
+from tui_fakes import KV_BYTES_PER_WORD, FakeSession, header
 from tui_helpers import cache_slot_counts, main_screen, make_app, messages, palette, run, send, type_text, wait_for
 
 from moe_tui import config
@@ -225,6 +225,8 @@ def test_changing_k_from_the_palette_shows_k_slots_per_layer() -> None:
         await wait_for(pilot, lambda: cache_slot_counts(app) == [2, 2, 2, 2])  # drawn at the next poll
         await palette(pilot, "k 3")
         assert session.engine.router.sizes == [3, 3, 3, 3]
+        # The engine's memory check hears how much KV cache the conversation already holds.
+        assert session.engine.kv_held == session.kv_bytes == 3 * KV_BYTES_PER_WORD
         await send(pilot, "again")
         await wait_for(pilot, lambda: not screen.generating and screen.backend.snapshot().tokens == 6)
         await wait_for(pilot, lambda: cache_slot_counts(app) == [3, 3, 3, 3])

@@ -200,6 +200,7 @@ class FakeEngine:
         self.last_step = 0
         self.model = None
         self.config = None
+        self.kv_held = 0  # what the last set_cache_size was told the conversation's KV cache holds
 
     def forward(self, n_tokens: int = 1) -> None:
         """One forward pass."""
@@ -225,8 +226,9 @@ class FakeEngine:
             "expert_bytes": self.header.expert_bytes,
         }
 
-    def set_cache_size(self, k: int, layer: int | None = None) -> None:
-        """Resize every layer; out-of-range k is refused like the engine does."""
+    def set_cache_size(self, k: int, layer: int | None = None, kv_held: int = 0) -> None:
+        """Resize every layer; out-of-range k is refused like the engine does. Remembers ``kv_held``."""
+        self.kv_held = kv_held
         if not 1 <= k <= self.header.num_experts:
             raise UserError(f"cache size {k} is out of range: choose 1..{self.header.num_experts} (experts per layer)")
         self.router.configure(cache_size=k)
@@ -279,6 +281,9 @@ class FakeResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+KV_BYTES_PER_WORD = 4096
+
+
 class FakeSession:
     """A chat session that answers with words from :data:`WORDS`, one forward pass per word."""
 
@@ -294,6 +299,7 @@ class FakeSession:
         self.prompts: list[list[dict[str, str]]] = []
         self.started = threading.Event()
         self.closed = False
+        self.kv_bytes = 0  # KV_BYTES_PER_WORD for each word of the last answer, like a kept KV cache
 
     def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
         """Stream ``words`` words (or fewer when stopped)."""
@@ -321,6 +327,7 @@ class FakeSession:
             pieces.append(piece)
             on_text(piece)
         stopped = stop_event is not None and stop_event.is_set()
+        self.kv_bytes = KV_BYTES_PER_WORD * len(pieces)
         return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped)
 
     def close(self) -> None:

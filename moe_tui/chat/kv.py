@@ -8,6 +8,9 @@ new question; another conversation, a new system prompt, trimmed history or a te
 answer differently share less, and the cache is cropped to what is still exact (nothing, when the first token
 differs). A cache whose layers cannot be cropped exactly (sliding-window layers past their window, recurrent
 states) is never reused.
+
+The bytes a cache holds (:func:`cache_bytes`) let the engine tell the KV cache it promised a conversation from
+the part already allocated, when the cache is resized mid-conversation.
 """
 
 from __future__ import annotations
@@ -51,6 +54,29 @@ class ConversationCache:
         length = cache.get_seq_length() if cache is not None else 0
         self._cache, self._ids = (cache, list(sequence[:length])) if length else (None, [])
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the held cache's tensors occupy (0 when none is held)."""
+        return cache_bytes(self._cache)
+
     def clear(self) -> None:
         """Forget the cache (its memory goes with it)."""
         self._cache, self._ids = None, []
+
+
+def cache_bytes(cache: Any) -> int:
+    """Bytes the tensors of a transformers cache's layers occupy, each storage once: a block layer's keys are
+    views of a buffer, so the whole buffer counts. 0 for None or a cache without layers.
+
+    Safe to call from another thread while the cache grows (it may miss the newest allocation).
+    """
+    import torch  # imported here: the session module (and so this one) loads without torch
+
+    storages: dict[int, int] = {}
+    for layer in list(getattr(cache, "layers", None) or ()):
+        for value in list(vars(layer).values()):
+            if isinstance(value, torch.Tensor) and value.device.type != "meta":
+                storage = value.untyped_storage()
+                storages[storage.data_ptr()] = storage.nbytes()
+    storages.pop(0, None)  # empty tensors have no memory
+    return sum(storages.values())

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 from moe_tui import paths
 from moe_tui.chat.generation import GenerationSettings
-from moe_tui.chat.kv import ConversationCache
+from moe_tui.chat.kv import ConversationCache, cache_bytes
 from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation, supports_thinking
 from moe_tui.errors import UserError
 from moe_tui.telemetry import Telemetry, TokenEvent
@@ -78,6 +78,7 @@ class ChatSession:
         self.directory: Path | None = None  # where the model was loaded from (None: built in memory)
         self.keep_kv = True  # reuse the previous answer's KV cache for the prefix a new prompt shares with it
         self._kv = ConversationCache()
+        self._answering: Any = None  # the KV cache of the answer being generated, while there is one
 
     @classmethod
     def load(cls, model: str | Path | None, offload_config: Any, progress: Progress | None = None) -> ChatSession:
@@ -99,6 +100,13 @@ class ChatSession:
     def busy(self) -> bool:
         """Whether a generation is running right now."""
         return self._busy.locked()
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache the session holds now: the answer being generated's, else the one kept for the next
+        turn (0 when neither). Safe to read from another thread."""
+        answering = self._answering
+        return cache_bytes(answering) if answering is not None else self._kv.nbytes
 
     def generate(
         self,
@@ -163,6 +171,7 @@ class ChatSession:
         cache, reused = self._kv.take(prompt_ids) if self.keep_kv else (None, 0)
         if cache is None:
             cache = new_cache(model)
+        self._answering = cache
         try:
             output = model.generate(
                 input_ids=input_ids,
@@ -173,6 +182,7 @@ class ChatSession:
                 cache=cache,
             )
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
+            self._answering = None
             del cache  # half written by the failed pass: never reused
             device = _out_of_memory_device(error)
             if device is None:
@@ -182,6 +192,8 @@ class ChatSession:
             if streamer.tail:
                 on_text(streamer.tail)  # the answer so far, to its last character
             raise UserError(self._out_of_memory_message(device, streamer.tokens)) from None
+        finally:
+            self._answering = None
         if self.keep_kv:
             self._kv.keep(output.cache, output.sequences[0].tolist())
         if streamer.tail:

@@ -84,26 +84,36 @@ def hand_back_freed() -> None:
 
 
 def check_growth(
-    device: torch.device, old: list[int], new: list[int], expert_bytes: int, conversation: FastTierNeed | None = None
+    device: torch.device,
+    old: list[int],
+    new: list[int],
+    expert_bytes: int,
+    conversation: FastTierNeed | None = None,
+    kv_held: int = 0,
 ) -> None:
     """Refuse growing the caches from ``old`` to ``new`` slots per layer when the new slots would not fit.
 
     Resizing a layer allocates its new slots before freeing the old ones, so the peak is the growth of all
     layers plus the largest new layer. ``conversation`` is what the load's fit check kept free for answering
     (the KV cache at the chosen context, a prefill chunk's activations, the margin): the new slots must leave
-    it free too. Part of the KV cache may already be allocated, so this errs on the side of refusing.
+    it free too, less ``kv_held``, the bytes of KV cache the conversation already holds (allocated, so no
+    longer free). Without it the whole KV cache counts as still to come, which errs on the side of refusing.
     """
     peak = _growth_peak(old, new, expert_bytes)
     if not peak:
         return  # shrinking or keeping allocates nothing
     available = free_bytes(device)
-    kept = conversation.total if conversation else 0
+    held = min(max(kv_held, 0), conversation.kv_cache) if conversation else 0
+    kept = conversation.total - held if conversation else 0
     if peak + kept <= available:
         return
     # The smallest current size allocates nothing, so some k always fits.
     fitting = next(k for k in range(max(new), 0, -1) if _growth_fits(old, k, expert_bytes, kept, available))
     needed = format_bytes(peak)
-    beside = f" beside what answering needs ({conversation.parts()})" if conversation else ""
+    beside = ""
+    if conversation:
+        allocated = f"; {format_bytes(held)} of the KV cache already allocated" if held else ""
+        beside = f" beside what answering needs ({conversation.parts()}{allocated})"
     raise UserError(
         f"growing the expert cache needs {needed} more {device.type} memory{beside} but only "
         f"{format_bytes(available)} is free; cache size {fitting} would fit"

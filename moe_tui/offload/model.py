@@ -158,10 +158,12 @@ class OffloadedModel:
             "cache_size": self.cache_sizes,
         }
 
-    def set_cache_size(self, k: int, layer: int | None = None) -> None:
+    def set_cache_size(self, k: int, layer: int | None = None, kv_held: int = 0) -> None:
         """Use ``k`` slots in one MoE layer (or all); applies before the next forward pass.
 
-        Growing allocates new slots: refused (UserError naming a k that fits) when the fast tier lacks the memory.
+        Growing allocates new slots: refused (UserError naming a k that fits) when the fast tier lacks the memory
+        beside what answering was promised. ``kv_held`` is the bytes of KV cache the conversation already holds
+        (a chat session's ``kv_bytes``), which that promise no longer needs free.
         """
         sizes = self._pending.get("cache_size", self.cache_sizes)
         sizes = list(sizes)
@@ -173,7 +175,7 @@ class OffloadedModel:
         else:
             sizes[layer] = k
         sizes = check_cache_sizes(sizes, num_layers, self.moe.num_experts)
-        memory.check_growth(self.device, self.cache_sizes, sizes, self.format.nbytes, self.conversation)
+        memory.check_growth(self.device, self.cache_sizes, sizes, self.format.nbytes, self.conversation, kv_held)
         self._change(cache_size=sizes)
 
     def set_policy(self, name: str) -> None:

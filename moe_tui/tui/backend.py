@@ -73,6 +73,11 @@ class Session(Protocol):
     engine: Any
     model_name: str
 
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes of KV cache the conversation holds now (the engine's growth check counts them as allocated)."""
+        ...
+
     def generate(
         self,
         messages: Sequence[Mapping[str, Any]],
@@ -237,8 +242,9 @@ class LiveBackend(Backend):
         return self.session.can_think
 
     def set_cache_size(self, k: int) -> None:
-        """Resize every layer's cache (the engine checks k against the model and free memory)."""
-        self.engine.set_cache_size(k)
+        """Resize every layer's cache (the engine checks k against the model and the memory free beside the
+        conversation's KV cache, counting what of it the session already holds)."""
+        self.engine.set_cache_size(k, kv_held=self.session.kv_bytes)
 
     def set_policy(self, policy: str) -> None:
         """Switch the eviction policy."""
