@@ -498,12 +498,15 @@ def test_the_session_reports_the_kv_cache_it_holds_while_answering_and_after(
     per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * head_size * 4
     seen = []
     settings = GenerationSettings(temperature=0, max_new_tokens=8)
-    result = chat.generate(QUESTION, settings, lambda _: seen.append(chat.kv_bytes))
+    result = chat.generate(QUESTION, settings, lambda _: seen.append((chat.kv_bytes, chat.kv_tokens)))
     held = result.prompt_tokens + result.tokens - 1  # the last token's keys and values were never computed
+    assert chat.kv_tokens == held
     assert chat.kv_bytes == per_token * fit.kv_block_tokens(held)
-    assert seen and min(seen) > 0 and max(seen) <= chat.kv_bytes  # the answer's own cache, while it grew
+    bytes_seen, tokens_seen = zip(*seen, strict=True)  # the answer's own cache, while it grew
+    assert result.prompt_tokens <= min(tokens_seen) and max(tokens_seen) <= held
+    assert min(bytes_seen) > 0 and max(bytes_seen) <= chat.kv_bytes
     chat.forget_conversation()
-    assert chat.kv_bytes == 0
+    assert chat.kv_bytes == chat.kv_tokens == 0
     chat.keep_kv = False
     chat.generate(QUESTION, GenerationSettings(temperature=0, max_new_tokens=3), lambda _: None)
     assert chat.kv_bytes == 0  # nothing kept once the answer is done

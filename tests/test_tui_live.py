@@ -46,6 +46,11 @@ def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
         assert backend.snapshot().tokens >= 2
         budget = screen.panels["memory"].query_one(MemoryView).budget
         assert budget is not None and budget.expert_bytes == backend.engine.memory()["expert_bytes"]
+        # the kept KV cache, read again with each memory sample (one may have been read mid-answer)
+        view = screen.panels["memory"].query_one(MemoryView)
+        await wait_for(pilot, lambda: view.budget.kv_tokens == backend.session.kv_tokens > 0, timeout=5)
+        assert view.budget.kv_bytes == backend.session.kv_bytes > 0
+        assert view.budget.context == 512  # the demo model's limit
         tree = screen.panels["params"].query_one(Tree)
         await wait_for(pilot, lambda: tree.display)
         assert "Mixtral" in str(tree.root.label)

@@ -144,6 +144,10 @@ def test_memory_panel_with_a_gpu_and_without_one() -> None:
     assert "6.0 GiB / 16.0 GiB" in text and "util 37%" in text
     assert "this process 5.0 GiB (4.0 GiB allocated)" in text
     assert "engine slots 3.0 GiB in cuda:0" in text and "store 40.0 GiB in pinned" in text
+    assert "KV cache" not in text  # not known (a replay)
+    talking = replace(budget, kv_bytes=48 << 20, kv_tokens=380, context=4096)
+    text = memory.render_memory(FakeProbe().sample(), talking, COLOURS, 60).plain
+    assert "KV cache 48.0 MiB · 380/4096 tokens" in text
     no_gpu = memory.render_memory(FakeProbe(gpu=False).sample(), None, COLOURS, 60).plain
     assert "no NVIDIA GPU" in no_gpu and "showing host memory only" in no_gpu
     assert "RAM" in no_gpu and "RSS 3.0 GiB" in no_gpu and "GPU0" not in no_gpu

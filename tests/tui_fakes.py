@@ -300,6 +300,7 @@ class FakeSession:
         self.started = threading.Event()
         self.closed = False
         self.kv_bytes = 0  # KV_BYTES_PER_WORD for each word of the last answer, like a kept KV cache
+        self.kv_tokens = 0
 
     def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
         """Stream ``words`` words (or fewer when stopped)."""
@@ -327,7 +328,8 @@ class FakeSession:
             pieces.append(piece)
             on_text(piece)
         stopped = stop_event is not None and stop_event.is_set()
-        self.kv_bytes = KV_BYTES_PER_WORD * len(pieces)
+        self.kv_tokens = len(pieces)
+        self.kv_bytes = KV_BYTES_PER_WORD * self.kv_tokens
         return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped)
 
     def close(self) -> None:

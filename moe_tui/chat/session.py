@@ -108,6 +108,13 @@ class ChatSession:
         answering = self._answering
         return cache_bytes(answering) if answering is not None else self._kv.nbytes
 
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens whose keys and values the session holds now (the answer being generated's, else the kept
+        cache's). Safe to read from another thread."""
+        answering = self._answering
+        return answering.get_seq_length() if answering is not None else self._kv.tokens
+
     def generate(
         self,
         messages: Sequence[ChatMessage],

@@ -142,7 +142,8 @@ class OffloadedModel:
         }
 
     def memory(self) -> dict[str, Any]:
-        """Where the experts live and how many bytes each tier holds for them."""
+        """Where the experts live, how many bytes each tier holds for them, and the ``context`` (tokens) the load's
+        fit check kept room for."""
         slot_bytes = sum(cache.allocated_bytes for cache in self.caches)
         resident = sum(t.numel() * t.element_size() for t in self.model.parameters())
         resident += sum(t.numel() * t.element_size() for t in self.model.buffers())
@@ -156,6 +157,7 @@ class OffloadedModel:
             "expert_bytes": self.format.nbytes,
             "resident_bytes": resident,
             "cache_size": self.cache_sizes,
+            "context": self.conversation.context if self.conversation else 0,
         }
 
     def set_cache_size(self, k: int, layer: int | None = None, kv_held: int = 0) -> None:

@@ -58,13 +58,17 @@ class LaunchOptions:
 
 @dataclass(frozen=True)
 class EngineBudget:
-    """What the engine allocated up front: expert slots (fast tier) and the expert store (slow tier)."""
+    """What the engine allocated up front (expert slots in the fast tier, the expert store in the slow tier) and
+    the conversation's KV cache: its bytes and tokens now, against the context the load kept room for."""
 
     fast_tier: str
     slow_tier: str
     fast_tier_bytes: int
     slow_tier_bytes: int
     expert_bytes: int
+    kv_bytes: int | None = None  # KV cache the conversation holds now (None: not known, as in a replay)
+    kv_tokens: int = 0  # the tokens it holds
+    context: int = 0  # the tokens the load kept room for
 
 
 class Session(Protocol):
@@ -76,6 +80,11 @@ class Session(Protocol):
     @property
     def kv_bytes(self) -> int:
         """Bytes of KV cache the conversation holds now (the engine's growth check counts them as allocated)."""
+        ...
+
+    @property
+    def kv_tokens(self) -> int:
+        """Tokens whose keys and values the conversation holds now."""
         ...
 
     def generate(
@@ -210,7 +219,7 @@ class LiveBackend(Backend):
         return self.engine.snapshot()
 
     def budget(self) -> EngineBudget | None:
-        """The engine's slots and store, from ``memory()``."""
+        """The engine's slots and store, from ``memory()``, and the KV cache the session holds."""
         memory = self.engine.memory()
         try:
             return EngineBudget(
@@ -219,6 +228,9 @@ class LiveBackend(Backend):
                 fast_tier_bytes=int(memory["fast_tier_bytes"]),
                 slow_tier_bytes=int(memory["slow_tier_bytes"]),
                 expert_bytes=int(memory["expert_bytes"]),
+                kv_bytes=self.session.kv_bytes,
+                kv_tokens=self.session.kv_tokens,
+                context=int(memory.get("context") or 0),
             )
         except (KeyError, TypeError, ValueError):
             return None

@@ -4,7 +4,8 @@ Data flow: the generation worker (a thread) streams text to the chat view with `
 to the history store as it arrives; the engine folds routing events into its telemetry; a 10 Hz timer here
 polls the telemetry's versioned snapshot and hands it to the visible panels, which redraw only when the
 version changed. System memory is sampled in a thread worker once a second, the next sample being asked for
-only after the last one was drawn.
+only after the last one was drawn; the engine's budget is read again with it (the KV cache grows with
+the conversation).
 """
 
 from __future__ import annotations
@@ -305,6 +306,7 @@ class MainScreen(Screen):
         """Draw the sample, then schedule the next one."""
         if message.sample is not None:
             self.memory_panel.show_sample(message.sample)
+            self.memory_panel.show_budget(self.backend.budget())  # the KV cache grows with the conversation
         elif message.error:
             self.notify(f"memory probe failed: {message.error}", severity="warning")
         self.set_timer(SAMPLE_INTERVAL_S, self._request_sample)

@@ -1,5 +1,6 @@
 """Memory: each NVIDIA GPU (VRAM, utilisation, PCIe, this process's share), host RAM and this process's RSS,
-and the engine's own fixed budget (expert slots in the fast tier, the expert store in the slow tier)."""
+the engine's own fixed budget (expert slots in the fast tier, the expert store in the slow tier) and the
+conversation's KV cache (its size, and its tokens against the context the load kept room for)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def render_memory(sample: SystemSample | None, budget: EngineBudget | None, colo
         text.append("\n       ")
         text.append(f"store {size(budget.slow_tier_bytes)}", style=colours.label)
         text.append(f" in {budget.slow_tier}", style=colours.muted)
+        if budget.kv_bytes is not None:
+            text.append("\n       ")
+            text.append(f"KV cache {size(budget.kv_bytes)}", style=colours.label)
+            context = f"/{budget.context}" if budget.context else ""
+            text.append(f" · {budget.kv_tokens}{context} tokens", style=colours.muted)
     return text
 
 
