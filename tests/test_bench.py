@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from moe_tui import bench, cli
+from moe_tui import bench, cli, paths
 from moe_tui.errors import UserError
 from moe_tui.telemetry import TokenEvent, read_trace
 
@@ -50,14 +50,27 @@ def test_parse_spec() -> None:
     assert spec.label == "k=8,prefetch=1,policy=lfu,bits=4,telemetry=off"
 
 
+def test_parse_spec_takes_a_k_per_layer_and_a_group_size() -> None:
+    spec = bench.parse_spec("k=3,2,2,1,prefetch=1,bits=4,group=128", 8, group_size=32)
+    engine = spec.engine
+    assert (engine.cache_size, engine.prefetch, engine.group_size) == ([3, 2, 2, 1], 1, 128)
+    assert spec.label == "k=3,2,2,1,prefetch=1,bits=4,group=128"
+    assert bench.parse_spec("k=2,bits=2", 8, group_size=32).engine.group_size == 32  # the run's --group-size
+    assert bench.parse_spec("k=2,bits=2", 8).engine.group_size == 64
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("prefetch=1", "needs k=N"),
         ("k=9", "k must be 1..8"),
+        ("k=2,9", "k must be 1..8"),
         ("k=two", "k must be a whole number"),
         ("k=2,colour=red", "cannot read configuration"),
+        ("k=2,prefetch=1,3", "cannot read configuration"),  # a bare number continues k's list only
         ("k=2,telemetry=maybe", "telemetry must be on or off"),
+        ("k=2,bits=4,group=12", "group size must be a positive multiple of 8"),
+        ("k=2,prefetch=1,prefetch=2", "sets prefetch twice"),
     ],
 )
 def test_parse_spec_rejects(text: str, message: str) -> None:
@@ -229,6 +242,31 @@ def test_quantized_stores_are_kept_across_runs_with_quant_cache(
     before = (entries[0] / "experts.bin").stat().st_mtime_ns
     run_json(argv, capsys)
     assert (entries[0] / "experts.bin").stat().st_mtime_ns == before  # reused, not written again
+
+
+def test_quantized_stores_of_a_model_directory_go_to_the_user_cache_unless_told_not_to(
+    tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shape = bench.SyntheticShape(layers=2, hidden=64, intermediate=96, heads=4, vocab=128)
+    model = bench.write_synthetic(shape, tmp_path / "m", "float32")
+    argv = ["bench", "--model", str(model.directory), "--tokens", "2", "--runs", "1", "--prompts", str(prompts)]
+    argv += ["--json", "--config", "k=1,bits=2,optimize=off"]
+    run_json([*argv, "--no-quant-cache"], capsys)
+    assert not paths.quant_cache_dir().exists()
+    run_json(argv, capsys)  # chat's cache, so a checkpoint quantized by either is quantized once
+    entries = [p for p in paths.quant_cache_dir().iterdir() if (p / "store.json").is_file()]
+    assert len(entries) == 1
+    assert cli.main(argv) == 0
+    assert f"k=1,bits=2,optimize=off: reused the quantized store in {entries[0]}" in capsys.readouterr().err
+    # A synthetic model is written anew for every run: its stores are kept only with --quant-cache.
+    run_json(["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json", "--config",
+              "k=1,bits=2,optimize=off"], capsys)  # fmt: skip
+    assert list(paths.quant_cache_dir().iterdir()) == [entries[0]]
+
+
+def test_quant_cache_and_no_quant_cache_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--quant-cache", "x", "--no-quant-cache"]) == 2
+    assert "choose either --quant-cache DIR or --no-quant-cache" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("family", "shared"), [("deepseek_v3", 1), ("gpt_oss", 0), ("qwen2_moe", 1), ("mixtral", 0)])

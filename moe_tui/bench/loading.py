@@ -110,7 +110,10 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, qua
         quant_cache_dir=quant_cache if settings.expert_bits is not None else None,
     )
     engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
-    for note in engine.load_info.get("notes", ()):
+    notes = list(engine.load_info.get("notes", ()))
+    if engine.load_info.get("store") == "reused":
+        notes.append(f"{spec.label}: reused the quantized store in {engine.load_info['store_dir']} (no quantizing)")
+    for note in notes:
         print(f"moe-tui: note: {note}", file=sys.stderr)
     memory = engine.memory()
     on_token = None

@@ -1,4 +1,9 @@
-"""Inputs of a benchmark: the prompt file and the configurations to compare (``k=2,prefetch=1,...``)."""
+"""Inputs of a benchmark: the prompt file and the configurations to compare (``k=2,prefetch=1,...``).
+
+A configuration is ``resident``, ``hf-offload`` or the engine's settings as ``key=value`` pairs joined by commas;
+``k`` may be one number per MoE layer, its list continuing after the comma (``k=3,2,2,2,prefetch=1``), so that
+the list ``moe-tui plan --trace`` prints can be pasted after ``k=``.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,13 @@ DEFAULT_PROMPTS = SAMPLES_DIR / "prompts" / "bench.txt"
 DEFAULT_COMPARE = ("resident", "k=E", "k=2", "k=2,prefetch=1", "k=4", "hf-offload")
 BASELINES = ("resident", "hf-offload")
 _SPEC_KEYS = {
-    "k", "prefetch", "policy", "bits", "attn-bits", "store", "miss", "fused", "optimize", "telemetry", "record",
+    "k", "prefetch", "policy", "bits", "attn-bits", "group", "store", "miss", "fused", "optimize", "telemetry",
+    "record",
 }  # fmt: skip
+SPEC_FORM = (
+    "k=N[,prefetch=P][,policy=lru][,bits=B][,attn-bits=B][,group=G][,store=ram|mmap][,miss=copy|host|auto]"
+    "[,fused=on|off][,optimize=on|off|auto][,telemetry=on|off][,record=on|off] (k=3,2,2,...: one k per MoE layer)"
+)
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -47,41 +57,34 @@ class Spec:
     trace_path: Path | None = None  # where a recorded trace goes (record=on without it: a temporary file)
 
 
-def parse_spec(text: str, num_experts: int) -> Spec:
+def parse_spec(text: str, num_experts: int, group_size: int = 64) -> Spec:
     """Read one configuration (``resident``, ``hf-offload`` or ``k=...,key=value``); UserError when malformed.
 
-    The keys are the engine's settings under short names (``bits`` is ``expert_bits``, ``optimize`` is
-    ``quant_optimize``), checked by :class:`~moe_tui.engine_config.OffloadConfig`; unlike ``chat``, prefetch is
-    off unless asked for, so ``k=2`` measures the cache alone.
+    The keys are the engine's settings under short names (``bits`` is ``expert_bits``, ``group`` is
+    ``group_size``, ``optimize`` is ``quant_optimize``), checked by :class:`~moe_tui.engine_config.OffloadConfig`;
+    ``group_size`` is the group size of a configuration that names none. Unlike ``chat``, prefetch is off unless
+    asked for, so ``k=2`` measures the cache alone.
     """
     text = text.strip()
     if text in BASELINES:
         return Spec(label=text, kind=text)
-    values: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, value = part.partition("=")
-        key, value = key.strip().lower(), value.strip()
-        if not sep or key not in _SPEC_KEYS or not value:
-            raise UserError(
-                f"cannot read configuration {text!r}: write resident, hf-offload, or k=N[,prefetch=P][,policy=lru]"
-                "[,bits=B][,attn-bits=B][,store=ram|mmap][,miss=copy|host|auto][,fused=on|off][,optimize=on|off|auto]"
-                "[,telemetry=on|off][,record=on|off]"
-            )
-        values[key] = value
+    values = _pairs(text)
     if "k" not in values:
         raise UserError(f"configuration {text!r} needs k=N (slots per MoE layer, or k=E for all experts)")
-    k = num_experts if values["k"].upper() == "E" else _whole(values["k"], "k", text)
-    if not 1 <= k <= num_experts:
+    every = values["k"].upper() == "E"
+    sizes = [num_experts] if every else [_whole(k, "k", text) for k in values["k"].split(",")]
+    if not all(1 <= k <= num_experts for k in sizes):
         raise UserError(f"configuration {text!r}: k must be 1..{num_experts} (this model's experts per layer)")
-    label = text.replace("k=E", f"k={num_experts}") if values["k"].upper() == "E" else text
+    label = text.replace("k=E", f"k={num_experts}") if every else text
     optimize = values.get("optimize", "auto")
     try:
         engine = OffloadConfig(
-            cache_size=k,
+            cache_size=sizes[0] if len(sizes) == 1 else sizes,
             prefetch=_whole(values.get("prefetch", "0"), "prefetch", text),
             policy=values.get("policy", "lru"),
             expert_bits=_whole(values["bits"], "bits", text) if "bits" in values else None,
             attn_bits=_whole(values["attn-bits"], "attn-bits", text) if "attn-bits" in values else None,
+            group_size=_whole(values["group"], "group", text) if "group" in values else group_size,
             store=values.get("store", "ram"),
             miss=values.get("miss", "copy").lower(),
             fused=_switch(values.get("fused", "on"), "fused", text),
@@ -93,6 +96,25 @@ def parse_spec(text: str, num_experts: int) -> Spec:
             raise
         raise UserError(f"configuration {text!r}: {error}") from None
     return Spec(label=label, kind="engine", engine=engine, record=_switch(values.get("record", "off"), "record", text))
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """The ``key=value`` pairs of an engine configuration; bare numbers after ``k=`` extend its list."""
+    values: dict[str, str] = {}
+    key = ""
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if not sep and key == "k" and name.isdigit():
+            values["k"] += f",{name}"
+            continue
+        if not sep or name not in _SPEC_KEYS or not value:
+            raise UserError(f"cannot read configuration {text!r}: write resident, hf-offload, or {SPEC_FORM}")
+        if name in values:
+            raise UserError(f"configuration {text!r} sets {name} twice")
+        key = name
+        values[name] = value
+    return values
 
 
 def _whole(value: str, key: str, text: str) -> int:

@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="SPEC",
         help="several configurations, ratios against the first (no SPEC: resident k=E k=2 k=2,prefetch=1 k=4 "
-        "hf-offload). SPEC: resident | hf-offload | k=N[,prefetch=P,policy=lru,bits=B,attn-bits=B,store=ram|mmap,"
-        "miss=copy|host|auto,fused=on|off,optimize=on|off|auto,telemetry=on|off,record=on|off]",
+        "hf-offload). SPEC: resident | hf-offload | k=N[,prefetch=P,policy=lru,bits=B,attn-bits=B,group=G,"
+        "store=ram|mmap,miss=copy|host|auto,fused=on|off,optimize=on|off|auto,telemetry=on|off,record=on|off]; "
+        "k=3,2,2,...: one k per MoE layer",
     )
     runs.add_argument("--interleave", action="store_true", help="load all configurations at once and alternate them")
     runs.add_argument("--prompts", default=None, metavar="FILE", help="prompt file (default samples/prompts/bench.txt)")
@@ -58,11 +59,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     runs.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     runs.add_argument("--record", default=None, metavar="TRACE", help="write the first engine configuration's trace")
     runs.add_argument(
+        "--group-size",
+        type=int,
+        default=64,
+        metavar="G",
+        help="HQQ group size of quantized configurations that name none (group=G) (default 64)",
+    )
+    runs.add_argument(
         "--quant-cache",
         default=None,
         metavar="DIR",
-        help="keep quantized expert stores here across runs (default: quantize once per run, keep nothing)",
+        help="keep quantized expert stores here (default: the user cache directory, shared with chat; for "
+        "--synthetic, only for this run)",
     )
+    runs.add_argument("--no-quant-cache", action="store_true", help="quantize once per run and keep nothing on disk")
     runs.add_argument("--json", action="store_true", help="print the results as JSON")
 
 
@@ -80,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 2 (decode speed is measured after the first new token)")
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
+    if args.quant_cache and args.no_quant_cache:
+        raise UserError("choose either --quant-cache DIR or --no-quant-cache")
     if args.threads is not None:
         if args.threads < 1:
             raise UserError("--threads must be at least 1")
@@ -102,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"the bundled demo model is missing ({directory}); pass --model DIR or --synthetic")
             source = bench.open_model(directory, args.dtype)
         texts = (args.compare or list(bench.DEFAULT_COMPARE)) if args.compare is not None else [args.config]
-        specs = [bench.parse_spec(text, source.num_experts) for text in texts]
+        specs = [bench.parse_spec(text, source.num_experts, args.group_size) for text in texts]
         if args.record:
             engines = [i for i, spec in enumerate(specs) if spec.kind == "engine"]
             if not engines:
@@ -114,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
             new_tokens=args.tokens,
             runs=args.runs,
             device=device,
-            quant_cache=args.quant_cache,
+            quant_cache=_quant_cache(args),
         )
         say = (lambda message: None) if args.json else (lambda message: print(f"... {message}", file=sys.stderr))
         if args.interleave:
@@ -127,6 +139,19 @@ def run(args: argparse.Namespace) -> int:
         outcome = bench.report(source, settings, results, notes)
     print(bench.dumps(outcome) if args.json else bench.format_report(outcome))
     return 0
+
+
+def _quant_cache(args: argparse.Namespace) -> str | None:
+    """Where quantized stores are kept: ``--quant-cache``, else the user cache directory that ``chat`` uses, so a
+    checkpoint quantized by either is not quantized again; None (this run only) with ``--no-quant-cache`` or for
+    a synthetic model, which is written anew for every run and would only fill the cache."""
+    if args.no_quant_cache or (args.synthetic and args.quant_cache is None):
+        return None
+    if args.quant_cache is not None:
+        return args.quant_cache
+    from moe_tui.paths import quant_cache_dir
+
+    return str(quant_cache_dir())
 
 
 def _device(choice: str) -> str:
