@@ -419,27 +419,27 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         lines += real_shapes_section(data["real-shapes"], command("real-shapes"), meta)
     if KERNELS in data:
         lines += kernels_section(data[KERNELS], meta)
-    checkpoint = OUT / "real-checkpoint.json"
-    if checkpoint.is_file():
-        lines += checkpoint_section(json.loads(checkpoint.read_text()))
+    for checkpoint in saved("real-checkpoint.json"):
+        lines += checkpoint_section(checkpoint)
     for path in sorted(OUT.glob("cuda-*.json")):
         lines += cuda_section(json.loads(path.read_text()), path.name)
-    fit_checks = [json.loads(path.read_text()) for path in sorted(OUT.glob("fit-check*.json"))]
-    if fit_checks:
+    if fit_checks := saved("fit-check*.json"):
         lines += fit_section(fit_checks)
-    conversation = OUT / "conversation-ttft.json"
-    if conversation.is_file():
-        lines += conversation_section(json.loads(conversation.read_text()))
-    panels = OUT / "panel-draw.json"
-    if panels.is_file():
-        lines += panels_section(json.loads(panels.read_text()))
-    sessions = [json.loads(path.read_text()) for path in sorted(OUT.glob("session-rss*.json"))]
-    if sessions:
+    for conversation in saved("conversation-ttft.json"):
+        lines += conversation_section(conversation)
+    for panels in saved("panel-draw.json"):
+        lines += panels_section(panels)
+    if sessions := saved("session-rss*.json"):
         lines += session_section(sessions)
-    growth = OUT / "kv-growth.json"
-    if growth.is_file():
-        lines += kv_growth_section(json.loads(growth.read_text()))
+    for growth in saved("kv-growth.json"):
+        lines += kv_growth_section(growth)
     return "\n".join(lines)
+
+
+def saved(pattern: str) -> list[dict]:
+    """The results a benchmark script saved under ``OUT`` in files matching ``pattern``, in name order (none when
+    it has not been run)."""
+    return [json.loads(path.read_text()) for path in sorted(OUT.glob(pattern))]
 
 
 def kv_growth_section(data: dict) -> list[str]:
