@@ -264,6 +264,18 @@ def test_quantized_stores_of_a_model_directory_go_to_the_user_cache_unless_told_
     assert list(paths.quant_cache_dir().iterdir()) == [entries[0]]
 
 
+def test_an_engine_configuration_reports_its_loading_stages_to_the_terminal_progress(
+    prompts: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from moe_tui.offload import build
+
+    stages: set[str] = set()
+    monkeypatch.setattr(build, "terminal_progress", lambda: lambda stage, done, total: stages.add(stage))
+    argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json"]
+    run_json([*argv, "--config", "k=1,bits=2,optimize=off"], capsys)
+    assert "quantizing experts to 2 bits" in stages
+
+
 def test_quant_cache_and_no_quant_cache_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--quant-cache", "x", "--no-quant-cache"]) == 2
     assert "choose either --quant-cache DIR or --no-quant-cache" in capsys.readouterr().err

@@ -38,8 +38,9 @@ class Loaded:
 
 
 def load(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path | None = None) -> Loaded:
-    """Load ``spec`` from ``source`` on ``device`` (``cpu`` or ``cuda``), quietly (no progress bars); quantized
-    stores are kept in ``quant_cache`` (default: ``workdir``, so only for this run)."""
+    """Load ``spec`` from ``source`` on ``device`` (``cpu`` or ``cuda``); quantized stores are kept in
+    ``quant_cache`` (default: ``workdir``, so only for this run). Only the engine's own stages (reading shards,
+    quantizing) draw progress bars, on stderr when it is a terminal: quantizing a real checkpoint takes minutes."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -94,6 +95,7 @@ def _load_hf_offload(spec: Spec, source: BenchModel, device: str, workdir: Path)
 
 def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path) -> Loaded:
     from moe_tui.offload import load_offloaded
+    from moe_tui.offload.build import terminal_progress
 
     trace = spec.trace_path
     if spec.record and trace is None:
@@ -109,7 +111,7 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, qua
         telemetry=settings.telemetry or trace is not None,
         quant_cache_dir=quant_cache if settings.expert_bits is not None else None,
     )
-    engine = load_offloaded(source.directory, config, progress=lambda stage, done, total: None)
+    engine = load_offloaded(source.directory, config, progress=terminal_progress())
     notes = list(engine.load_info.get("notes", ()))
     if engine.load_info.get("store") == "reused":
         notes.append(f"{spec.label}: reused the quantized store in {engine.load_info['store_dir']} (no quantizing)")
