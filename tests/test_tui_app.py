@@ -235,6 +235,28 @@ def test_changing_k_from_the_palette_shows_k_slots_per_layer() -> None:
     run(check, app)
 
 
+def test_the_answers_note_says_when_the_earliest_messages_were_left_out_to_fit_the_context() -> None:
+    session = FakeSession(words=2)
+    session.fits = 3  # a question with one exchange before it
+    app, _ = make_app(session)
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        status = screen.query_one("#chat-status")
+        notes = []
+        for turn, question in enumerate(("first", "second", "third"), start=1):
+            await send(pilot, question)
+            await wait_for(pilot, lambda turn=turn: len(session.prompts) == turn and not screen.generating)
+            await wait_for(pilot, lambda: "tok/s" in str(status.render()))
+            notes.append(str(status.render()))
+            status.update("")
+        assert [len(prompt) for prompt in session.prompts] == [1, 3, 5]
+        assert "left out" not in notes[0] and "left out" not in notes[1]
+        assert "tok/s · context full, earliest 2 messages left out" in notes[2]
+
+    run(check, app)
+
+
 def test_k_that_does_not_fit_is_refused_in_the_app() -> None:
     app, session = make_app()
 

@@ -274,6 +274,9 @@ class FakeResult:
     tokens: int
     seconds: float
     stopped: bool
+    prompt_tokens: int = 0
+    dropped_turns: int = 0
+    reused_tokens: int = 0
 
     @property
     def tokens_per_s(self) -> float:
@@ -301,10 +304,12 @@ class FakeSession:
         self.closed = False
         self.kv_bytes = 0  # KV_BYTES_PER_WORD for each word of the last answer, like a kept KV cache
         self.kv_tokens = 0
+        self.fits: int | None = None  # the most messages a prompt holds; older ones are left out, as a full context
 
     def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
         """Stream ``words`` words (or fewer when stopped)."""
         self.prompts.append([dict(message) for message in messages])
+        left_out = max(len(messages) - self.fits, 0) if self.fits else 0
         if self.fail:
             raise UserError(self.fail)
         start = time.perf_counter()
@@ -316,7 +321,7 @@ class FakeSession:
                 pieces.append(self.reply[offset : offset + 7])
                 self.engine.forward()
                 on_text(pieces[-1])
-            return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, False)
+            return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, False, 8, left_out)
         for index in range(self.words):
             if stop_event is not None and stop_event.is_set():
                 break
@@ -330,7 +335,7 @@ class FakeSession:
         stopped = stop_event is not None and stop_event.is_set()
         self.kv_tokens = len(pieces)
         self.kv_bytes = KV_BYTES_PER_WORD * self.kv_tokens
-        return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped)
+        return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped, 8, left_out)
 
     def close(self) -> None:
         """Remember that the app released the session."""

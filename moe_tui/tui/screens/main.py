@@ -443,6 +443,9 @@ class MainScreen(Screen):
             detail = traceback.format_exception_only(type(error), error)[-1].strip()
             return detail, f"generation failed: {detail}"
         note = f"{result.tokens} tokens in {result.seconds:.1f} s · {result.tokens_per_s:.1f} tok/s"
+        left_out = getattr(result, "dropped_turns", 0)
+        if left_out:  # said early: the note is one line, cut at the chat's width
+            note += f" · context full, earliest {left_out} message{'s' if left_out > 1 else ''} left out"
         reused = getattr(result, "reused_tokens", 0)
         if reused:
             note += f" · {reused} of {result.prompt_tokens} prompt tokens from the kept cache"
