@@ -191,12 +191,24 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
     assert "not a model directory" in error_of(["bench", "--model", str(tmp_path), "--prompts", str(prompts)], capsys)
     argv = ["bench", *TINY, "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
     assert "cannot read configuration" in error_of([*argv, "--compare", "k=2", "turbo"], capsys)
+    # what only loading can check names the configuration it belongs to
+    assert "configuration 'k=3,2,2': cache size has 3 entries but the model has 2 MoE layers" in error_of(
+        [*argv, "--json", "--compare", "k=2", "k=3,2,2"], capsys
+    )
     other = tmp_path / "other.jsonl"
     other.write_text(
         json.dumps({"type": "header", "schema": 1, "model": "x", "num_layers": 3, "num_experts": 8, "top_k": 2,
                     "cache_size": [2, 2, 2]}) + "\n"
     )  # fmt: skip
     assert "3 MoE layers x 8 experts" in error_of([*argv, "--routing", str(other)], capsys)
+
+
+def test_configurations_are_checked_before_a_synthetic_model_is_written(
+    prompts: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench, "write_synthetic", lambda *args, **kwargs: pytest.fail("the model was written"))
+    argv = ["bench", *TINY, "--prompts", str(prompts), "--compare", "k=2", "k=2,bits=5"]
+    assert "configuration 'k=2,bits=5'" in error_of(argv, capsys)
 
 
 class FakeTokenizer:

@@ -12,6 +12,7 @@ from typing import Any
 
 from moe_tui.bench.models import BenchModel
 from moe_tui.bench.specs import Spec
+from moe_tui.errors import UserError
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -40,18 +41,22 @@ class Loaded:
 def load(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path | None = None) -> Loaded:
     """Load ``spec`` from ``source`` on ``device`` (``cpu`` or ``cuda``); quantized stores are kept in
     ``quant_cache`` (default: ``workdir``, so only for this run). Only the engine's own stages (reading shards,
-    quantizing) draw progress bars, on stderr when it is a terminal: quantizing a real checkpoint takes minutes."""
+    quantizing) draw progress bars, on stderr when it is a terminal: quantizing a real checkpoint takes minutes.
+    A configuration the engine refuses raises UserError naming it."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     cuda_before = _cuda_allocated(device)
-    if spec.kind == "resident":
-        loaded = _load_resident(spec, source, device)
-    elif spec.kind == "hf-offload":
-        loaded = _load_hf_offload(spec, source, device, workdir)
-    else:
-        loaded = _load_engine(spec, source, device, workdir, quant_cache or workdir / "quantized")
+    try:
+        if spec.kind == "resident":
+            loaded = _load_resident(spec, source, device)
+        elif spec.kind == "hf-offload":
+            loaded = _load_hf_offload(spec, source, device, workdir)
+        else:
+            loaded = _load_engine(spec, source, device, workdir, quant_cache or workdir / "quantized")
+    except UserError as error:  # which of the configurations could not be loaded
+        raise UserError(f"configuration {spec.label!r}: {error}") from None
     if device == "cuda":
         loaded.fast_tier_bytes = _cuda_allocated(device) - cuda_before
     return loaded

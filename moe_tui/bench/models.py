@@ -144,10 +144,13 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> B
 
 
 def write_synthetic(shape: SyntheticShape, directory: Path, dtype: str = "float32") -> BenchModel:
-    """Save a model of ``shape`` (its family) with random weights (fixed seed) to ``directory`` and open it."""
+    """Save a model of ``shape`` (its family) with random weights (fixed seed) to ``directory`` and open it
+    (without transformers' progress bars, which bench keeps off stderr)."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     config = shape.config()
     torch.manual_seed(shape.seed)
     # built in the target dtype: a Mixtral-sized layer in fp32 first would need twice the memory

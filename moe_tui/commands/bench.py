@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moe_tui.bench import Spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,7 +83,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Check the input, run the configurations, print a table or JSON; bad input raises UserError (exit 2)."""
     import tempfile
-    from dataclasses import replace
     from pathlib import Path
 
     from moe_tui import bench
@@ -107,19 +110,15 @@ def run(args: argparse.Namespace) -> int:
         if args.synthetic:
             if args.model:
                 raise UserError("give either --model or --synthetic, not both")
-            source = bench.write_synthetic(_shape(args), Path(scratch), args.dtype or "float32")
+            shape = _shape(args)
+            specs = _specs(args, shape.experts)  # checked first: the model is gigabytes at real shapes
+            source = bench.write_synthetic(shape, Path(scratch), args.dtype or "float32")
         else:
             directory = Path(args.model) if args.model else DEMO_MODEL_DIR
             if not args.model and not (directory / "config.json").is_file():
                 raise UserError(f"the bundled demo model is missing ({directory}); pass --model DIR or --synthetic")
             source = bench.open_model(directory, args.dtype)
-        texts = (args.compare or list(bench.DEFAULT_COMPARE)) if args.compare is not None else [args.config]
-        specs = [bench.parse_spec(text, source.num_experts, args.group_size) for text in texts]
-        if args.record:
-            engines = [i for i, spec in enumerate(specs) if spec.kind == "engine"]
-            if not engines:
-                raise UserError("--record needs an engine configuration (k=...) to record")
-            specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
+            specs = _specs(args, source.num_experts)
         routing, notes = _routing(args.routing, source)
         settings = bench.Settings(
             prompts=[source.encode(p) for p in prompts],
@@ -139,6 +138,24 @@ def run(args: argparse.Namespace) -> int:
         outcome = bench.report(source, settings, results, notes)
     print(bench.dumps(outcome) if args.json else bench.format_report(outcome))
     return 0
+
+
+def _specs(args: argparse.Namespace, num_experts: int) -> list[Spec]:
+    """The configurations to run (``--config`` or ``--compare``), the first engine one recording with ``--record``."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from moe_tui import bench
+    from moe_tui.errors import UserError
+
+    texts = (args.compare or list(bench.DEFAULT_COMPARE)) if args.compare is not None else [args.config]
+    specs = [bench.parse_spec(text, num_experts, args.group_size) for text in texts]
+    if args.record:
+        engines = [i for i, spec in enumerate(specs) if spec.kind == "engine"]
+        if not engines:
+            raise UserError("--record needs an engine configuration (k=...) to record")
+        specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
+    return specs
 
 
 def _quant_cache(args: argparse.Namespace) -> str | None:
