@@ -91,6 +91,11 @@ def test_cache_command_lists_sizes_and_removes_entries(capsys: pytest.CaptureFix
     assert cli.main(["cache"]) == 0
     table = capsys.readouterr().out
     assert name in table and "incomplete" in table
+    assert cli.main(["cache", "--remove", "half-written"]) == 0
+    capsys.readouterr()
+    assert cli.main(["cache"]) == 0
+    table = capsys.readouterr().out
+    assert "incomplete" not in table and not any(line.endswith(" ") for line in table.splitlines())
 
     assert cli.main(["cache", "--remove", "nothing-here"]) == 2
     assert "no cache entry named nothing-here" in capsys.readouterr().err

@@ -111,10 +111,11 @@ def format_entries(root: Path, entries: list[CacheEntry]) -> str:
 
     if not entries:
         return f"no quantized stores in {root}"
-    rows = [
-        [e.name, e.model, e.format, format_bytes(e.bytes), e.written, "" if e.complete else "incomplete"]
-        for e in entries
-    ]
+    headers = ["entry", "model", "format", "size", "written"]
+    rows = [[e.name, e.model, e.format, format_bytes(e.bytes), e.written] for e in entries]
+    if not all(e.complete for e in entries):  # a column of its own only when some entry is incomplete
+        headers.append("")
+        rows = [[*row, "" if e.complete else "incomplete"] for row, e in zip(rows, entries, strict=True)]
     total = format_bytes(sum(e.bytes for e in entries))
-    table = format_table(["entry", "model", "format", "size", "written", ""], rows)
+    table = format_table(headers, rows)
     return f"quantized stores in {root} ({total}):\n\n{table}\n\nremove with: moe-tui cache --remove NAME (or --clear)"
