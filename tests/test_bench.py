@@ -188,7 +188,8 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
     empty.write_text("\n")
     assert "holds no prompts" in error_of(["bench", *TINY, "--prompts", str(empty)], capsys)
     assert "--tokens must be at least 2" in error_of(["bench", *TINY, "--tokens", "1"], capsys)
-    assert "not a model directory" in error_of(["bench", "--model", str(tmp_path), "--prompts", str(prompts)], capsys)
+    assert "no config.json" in error_of(["bench", "--model", str(tmp_path), "--prompts", str(prompts)], capsys)
+    assert "nor a model in the local Hugging Face cache" in error_of(["bench", "--model", "acme/absent"], capsys)
     argv = ["bench", *TINY, "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
     assert "cannot read configuration" in error_of([*argv, "--compare", "k=2", "turbo"], capsys)
     # what only loading can check names the configuration it belongs to
@@ -286,6 +287,22 @@ def test_an_engine_configuration_reports_its_loading_stages_to_the_terminal_prog
     argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json"]
     run_json([*argv, "--config", "k=1,bits=2,optimize=off"], capsys)
     assert "quantizing experts to 2 bits" in stages
+
+
+def test_a_hub_id_in_the_local_cache_is_benchmarked_as_chat_would_open_it(
+    tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import huggingface_hub.constants
+
+    repo = Path(huggingface_hub.constants.HF_HUB_CACHE) / "models--acme--bench-moe"
+    bench.write_synthetic(bench.SyntheticShape(layers=2, hidden=64, intermediate=96, heads=4, vocab=128),
+                          repo / "snapshots" / "0123abcd")  # fmt: skip
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    argv = ["bench", "--model", "acme/bench-moe", "--tokens", "2", "--runs", "1", "--prompts", str(prompts)]
+    data = run_json([*argv, "--config", "k=1", "--json"], capsys)
+    assert data["model"].startswith("acme/bench-moe (mixtral, 2 layers, 8 experts top-2")
+    assert data["results"][0]["engine"]["hits"] + data["results"][0]["engine"]["misses"] > 0
 
 
 def test_quant_cache_and_no_quant_cache_together_are_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -287,6 +287,7 @@ def test_cli_plan_table_and_json(tiny_config: Path, capsys: pytest.CaptureFixtur
     assert "2 MoE layers x 4 experts, top-2, fp32" in out
     assert "transfer bandwidth: 10.0 GB/s (given)" in out and "max(C, P) + M on CUDA" in out
     assert f"1. moe-tui chat --model {tiny_config} --cache-size" in out
+    assert f"to measure them side by side:\n  moe-tui bench --model {tiny_config} --device cuda --compare k=" in out
     assert cli.main([*argv, "--json", "--all"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["fitting"] == len(data["configurations"]) > 0
@@ -362,6 +363,14 @@ def test_cli_plan_spreads_slots_over_layers(
         None,
     )
     assert options.engine.device == "cuda"
+    # bench reads the same configuration from the plan's bench line
+    bench_line = shlex.split(data["bench_command"])
+    assert bench_line[:6] == ["moe-tui", "bench", "--model", str(tiny_config), "--device", "cuda"]
+    assert fp32[0]["bench"] in bench_line[bench_line.index("--compare") + 1 :]
+    from moe_tui.bench import parse_spec
+
+    engine = parse_spec(fp32[0]["bench"], 4).engine
+    assert (engine.cache_size, engine.prefetch, engine.expert_bits) == ([2, 4], 0, None)
 
 
 def run_ok(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

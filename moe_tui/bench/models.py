@@ -111,8 +111,9 @@ class BenchModel:
         return self.tokenizer.decode([token]) if self.tokenizer is not None else f"<{token}>"
 
 
-def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> BenchModel:
-    """A model directory to benchmark; UserError when it is not a MoE checkpoint the engine supports."""
+def open_model(directory: str | os.PathLike[str], dtype: str | None = None, name: str | None = None) -> BenchModel:
+    """A model directory to benchmark, described by ``name`` (default: the directory's name); UserError when it is
+    not a MoE checkpoint the engine supports."""
     from transformers import AutoTokenizer
 
     from moe_tui.offload.arch import family_of
@@ -132,7 +133,7 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None) -> B
     own = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     return BenchModel(
         directory=path,
-        description=f"{path.name} ({config.model_type}, {config.num_hidden_layers} layers, {experts} experts "
+        description=f"{name or path.name} ({config.model_type}, {config.num_hidden_layers} layers, {experts} experts "
         f"top-{config.num_experts_per_tok}, hidden {config.hidden_size})",
         num_layers=config.num_hidden_layers,
         num_experts=experts,

@@ -14,7 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``bench`` subcommand."""
     source = parser.add_argument_group("model")
     source.add_argument(
-        "--model", default=None, metavar="DIR", help="model directory (default: the bundled demo model)"
+        "--model",
+        default=None,
+        metavar="PATH_OR_HUB_ID",
+        help="a model directory, or a hub id already in the local Hugging Face cache (default: the bundled demo model)",
     )
     source.add_argument(
         "--synthetic", action="store_true", help="a model with random weights, shaped by the flags below"
@@ -87,7 +90,6 @@ def run(args: argparse.Namespace) -> int:
 
     from moe_tui import bench
     from moe_tui.errors import UserError
-    from moe_tui.paths import DEMO_MODEL_DIR
 
     if args.tokens < 2:
         raise UserError("--tokens must be at least 2 (decode speed is measured after the first new token)")
@@ -114,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
             specs = _specs(args, shape.experts)  # checked first: the model is gigabytes at real shapes
             source = bench.write_synthetic(shape, Path(scratch), args.dtype or "float32")
         else:
-            directory = Path(args.model) if args.model else DEMO_MODEL_DIR
-            if not args.model and not (directory / "config.json").is_file():
-                raise UserError(f"the bundled demo model is missing ({directory}); pass --model DIR or --synthetic")
-            source = bench.open_model(directory, args.dtype)
+            from moe_tui.chat.session import resolve_model
+
+            directory, name = resolve_model(args.model)  # as chat reads --model: a directory or a cached hub id
+            source = bench.open_model(directory, args.dtype, name)
             specs = _specs(args, source.num_experts)
         routing, notes = _routing(args.routing, source)
         settings = bench.Settings(

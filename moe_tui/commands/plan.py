@@ -265,10 +265,12 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
     lines.append(format_table(headers, rows, left=2))
     lines.append("\nto run a configuration (rows in order):")
     lines += [f"  {number}. {chat_command(c, facts.name, machine)}" for number, c in enumerate(shown, start=1)]
+    if shown:
+        lines.append(f"to measure them side by side:\n  {bench_command(shown, facts.name, machine)}")
     if _is_bundled_config(facts.name):
         lines.append(
-            f"  ({facts.name} is a config bundled with moe-tui, not a checkpoint: give chat the model's directory "
-            "or hub id instead)"
+            f"  ({facts.name} is a config bundled with moe-tui, not a checkpoint: give chat and bench the model's "
+            "directory instead)"
         )
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
@@ -306,6 +308,26 @@ def chat_command(candidate, model: str, machine) -> str:
     return shlex.join(parts)
 
 
+def bench_spec(candidate) -> str:
+    """``candidate`` as a ``moe-tui bench`` configuration (``k=3,2,2,prefetch=1,bits=4``)."""
+    from moe_tui.precision import HQQ_BITS
+
+    k = ",".join(map(str, candidate.layer_sizes)) if candidate.layer_sizes else str(candidate.cache_size)
+    spec = f"k={k},prefetch={candidate.prefetch}"
+    for key, precision in (("bits", candidate.expert_precision), ("attn-bits", candidate.attn_precision)):
+        if precision in HQQ_BITS:
+            spec += f",{key}={HQQ_BITS[precision]}"
+    return spec
+
+
+def bench_command(candidates, model: str, machine) -> str:
+    """The ``moe-tui bench`` line that measures ``candidates`` one after another (ratios against the first)."""
+    import shlex
+
+    specs = [bench_spec(candidate) for candidate in candidates]
+    return shlex.join(["moe-tui", "bench", "--model", model, "--device", machine.device, "--compare", *specs])
+
+
 def _expert_text(precision: str, machine) -> str:
     """The expert precision, marked "unfused" when the engine dequantizes it before every use."""
     from moe_tui.precision import HQQ_BITS
@@ -337,5 +359,8 @@ def _as_json(facts, machine, sources, routing, shown, fitting: int) -> dict:
         "routing": routing,
         "formula": FORMULA,
         "fitting": fitting,
-        "configurations": [{**c.to_dict(), "command": chat_command(c, facts.name, machine)} for c in shown],
+        "configurations": [
+            {**c.to_dict(), "command": chat_command(c, facts.name, machine), "bench": bench_spec(c)} for c in shown
+        ],
+        "bench_command": bench_command(shown, facts.name, machine) if shown else None,
     }
