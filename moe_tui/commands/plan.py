@@ -270,7 +270,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
     if _is_bundled_config(facts.name):
         lines.append(
             f"  ({facts.name} is a config bundled with moe-tui, not a checkpoint: give chat and bench the model's "
-            "directory instead)"
+            "directory or hub id instead)"
         )
     scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
@@ -297,27 +297,32 @@ def chat_command(candidate, model: str, machine) -> str:
     """The ``moe-tui chat`` line that runs ``candidate`` (per-layer cache sizes as a comma list)."""
     import shlex
 
-    from moe_tui.precision import HQQ_BITS
-
-    k = ",".join(map(str, candidate.layer_sizes)) if candidate.layer_sizes else str(candidate.cache_size)
-    parts = ["moe-tui", "chat", "--model", model, "--cache-size", k, "--prefetch", str(candidate.prefetch)]
-    for flag, precision in (("--expert-bits", candidate.expert_precision), ("--attn-bits", candidate.attn_precision)):
-        if precision in HQQ_BITS:
-            parts += [flag, str(HQQ_BITS[precision])]
+    parts = ["moe-tui", "chat", "--model", model, "--cache-size", _cache_size(candidate)]
+    parts += ["--prefetch", str(candidate.prefetch)]
+    for which, bits in _quantized_bits(candidate).items():
+        parts += [f"--{which}-bits", str(bits)]
     parts += ["--context", str(machine.context), "--device", machine.device]
     return shlex.join(parts)
 
 
 def bench_spec(candidate) -> str:
     """``candidate`` as a ``moe-tui bench`` configuration (``k=3,2,2,prefetch=1,bits=4``)."""
+    names = {"expert": "bits", "attn": "attn-bits"}
+    spec = f"k={_cache_size(candidate)},prefetch={candidate.prefetch}"
+    return spec + "".join(f",{names[which]}={bits}" for which, bits in _quantized_bits(candidate).items())
+
+
+def _cache_size(candidate) -> str:
+    """k, or one k per MoE layer as a comma list (as chat's --cache-size and bench's k= read it)."""
+    return ",".join(map(str, candidate.layer_sizes)) if candidate.layer_sizes else str(candidate.cache_size)
+
+
+def _quantized_bits(candidate) -> dict[str, int]:
+    """The HQQ bit widths of the quantized parts (``expert``, ``attn``); a part kept unquantized is left out."""
     from moe_tui.precision import HQQ_BITS
 
-    k = ",".join(map(str, candidate.layer_sizes)) if candidate.layer_sizes else str(candidate.cache_size)
-    spec = f"k={k},prefetch={candidate.prefetch}"
-    for key, precision in (("bits", candidate.expert_precision), ("attn-bits", candidate.attn_precision)):
-        if precision in HQQ_BITS:
-            spec += f",{key}={HQQ_BITS[precision]}"
-    return spec
+    parts = {"expert": candidate.expert_precision, "attn": candidate.attn_precision}
+    return {which: HQQ_BITS[precision] for which, precision in parts.items() if precision in HQQ_BITS}
 
 
 def bench_command(candidates, model: str, machine) -> str:
