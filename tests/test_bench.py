@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -192,9 +193,9 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
     assert "nor a model in the local Hugging Face cache" in error_of(["bench", "--model", "acme/absent"], capsys)
     argv = ["bench", *TINY, "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
     assert "cannot read configuration" in error_of([*argv, "--compare", "k=2", "turbo"], capsys)
-    # what only loading can check names the configuration it belongs to
-    assert "configuration 'k=3,2,2': cache size has 3 entries but the model has 2 MoE layers" in error_of(
-        [*argv, "--json", "--compare", "k=2", "k=3,2,2"], capsys
+    # checked against the model before any configuration runs (no "... loading" line before the error)
+    assert "configuration 'k=3,2,2' gives 3 cache sizes but the model has 2 MoE layers" in error_of(
+        [*argv, "--compare", "k=2", "k=3,2,2"], capsys
     )
     other = tmp_path / "other.jsonl"
     other.write_text(
@@ -202,6 +203,16 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
                     "cache_size": [2, 2, 2]}) + "\n"
     )  # fmt: skip
     assert "3 MoE layers x 8 experts" in error_of([*argv, "--routing", str(other)], capsys)
+
+
+def test_a_k_list_counts_only_the_moe_layers(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from moe_tui.offload.loader import count_moe_layers
+
+    shape = bench.SyntheticShape(layers=3, hidden=64, intermediate=32, experts=8, heads=4, vocab=128)
+    model = bench.write_synthetic(replace(shape, family="deepseek_v3"), tmp_path / "ds", "float32")
+    assert count_moe_layers(model.directory) == 2  # DeepSeek-V3's first layer is dense
+    argv = ["bench", "--model", str(model.directory), "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
+    assert run_json([*argv, "--json", "--config", "k=2,3"], capsys)["results"][0]["label"] == "k=2,3"
 
 
 def test_configurations_are_checked_before_a_synthetic_model_is_written(

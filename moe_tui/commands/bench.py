@@ -7,6 +7,8 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from moe_tui.bench import Spec
 
 
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             directory, name = resolve_model(args.model)  # as chat reads --model: a directory or a cached hub id
             source = bench.open_model(directory, args.dtype, name)
             specs = _specs(args, source.num_experts)
+        _check_layer_lists(specs, source.directory)
         routing, notes = _routing(args.routing, source)
         settings = bench.Settings(
             prompts=[source.encode(p) for p in prompts],
@@ -158,6 +161,24 @@ def _specs(args: argparse.Namespace, num_experts: int) -> list[Spec]:
             raise UserError("--record needs an engine configuration (k=...) to record")
         specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
     return specs
+
+
+def _check_layer_lists(specs: list[Spec], directory: Path) -> None:
+    """Refuse a configuration whose k list does not give one k per MoE layer, before any configuration runs (the
+    engine would refuse it only when its turn comes, maybe after hours of the others)."""
+    from moe_tui.errors import UserError
+    from moe_tui.offload.loader import count_moe_layers
+
+    lists = [spec for spec in specs if spec.engine is not None and isinstance(spec.engine.cache_size, list)]
+    if not lists:
+        return
+    layers = count_moe_layers(directory)
+    for spec in lists:
+        if len(spec.engine.cache_size) != layers:
+            raise UserError(
+                f"configuration {spec.label!r} gives {len(spec.engine.cache_size)} cache sizes but the model has "
+                f"{layers} MoE layers (one k per MoE layer, or a single k for all)"
+            )
 
 
 def _quant_cache(args: argparse.Namespace) -> str | None:

@@ -135,19 +135,11 @@ def load_offloaded(
     ``progress(stage, done, total)`` is called per stage ("reading checkpoint", "loading weights",
     "quantizing experts to N bits" / "packing experts", ...); with None a bar is drawn on a terminal's stderr.
     """
-    from transformers import AutoModelForCausalLM, GenerationConfig
+    from transformers import GenerationConfig
 
     report = progress or terminal_progress()
     directory = resolve_model_dir(path_or_hub_id)
-    config = read_model_config(directory)
-    family_of(config)
-    quantized = weights_quantization(config, directory) or WeightsQuantization()
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config  # the model is built with ordinary layers; the loader dequantizes
-    dtype = cfg.torch_dtype() or _config_dtype(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    moe = find_moe(model)
+    model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
     plan = plan_offload(cfg, moe, dtype, model.config)
     report("reading checkpoint", 0, 1)
     with Checkpoint(directory, quantized.fp8_block, quantized.mxfp4) as checkpoint:
@@ -173,6 +165,30 @@ def load_offloaded(
     info.update({"directory": str(directory), "layout": layout, "predicted_host_bytes": predicted_host_bytes})
     name = model_label(path_or_hub_id, directory)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info, plan.conversation)
+
+
+def count_moe_layers(directory: Path) -> int:
+    """How many MoE layers the engine finds in the checkpoint in ``directory`` (the length a per-layer cache size
+    list must have), from its config alone; UserError for a model the engine cannot offload."""
+    return len(_meta_model(directory, None)[1].layers)
+
+
+def _meta_model(
+    directory: Path, dtype: torch.dtype | None
+) -> tuple[nn.Module, MoEModel, WeightsQuantization, torch.dtype]:
+    """The checkpoint's model built on the meta device, its MoE layers, how its weights are quantized and the dtype
+    it was built in (``dtype``, default the config's); the config is checked first."""
+    from transformers import AutoModelForCausalLM
+
+    config = read_model_config(directory)
+    family_of(config)
+    quantized = weights_quantization(config, directory) or WeightsQuantization()
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the model is built with ordinary layers; the loader dequantizes
+    dtype = dtype or _config_dtype(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model, find_moe(model), quantized, dtype
 
 
 def _config_dtype(config: object) -> torch.dtype:
