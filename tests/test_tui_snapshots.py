@@ -7,6 +7,8 @@ deliberate change, and look at the SVGs in tests/__snapshots__ before committing
 
 from __future__ import annotations
 
+import time
+
 from tui_fakes import FakeProbe, header, synthetic_events
 from tui_helpers import wait_for
 
@@ -51,11 +53,24 @@ def test_main_screen_160x48(snap_compare) -> None:
     assert snap_compare(replay_app(), terminal_size=(160, 48), run_before=settled)
 
 
+async def steady(pilot, value, still: float = 0.3, timeout: float = 10.0) -> None:
+    """Wait until ``value()`` has stayed the same for ``still`` seconds (a scroll that settles on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() - since < still:
+        assert time.monotonic() < deadline, "timed out waiting for the screen to settle"
+        await pilot.pause(0.05)
+        if (now := value()) != last:
+            last, since = now, time.monotonic()
+
+
 def test_narrow_terminal_panels_view_60x20(snap_compare) -> None:
     async def panels(pilot) -> None:
         await settled(pilot, panels_shown=False)
         await pilot.press("f6")
         await wait_for(pilot, lambda: pilot.app.main.redraws > 0)
+        dashboard = pilot.app.main.dashboard  # focusing a panel scrolls the panels column; its scrollbar is drawn
+        await steady(pilot, lambda: (dashboard.scroll_y, dashboard.max_scroll_y, dashboard.virtual_size))
         await pilot.pause(0.3)
 
     assert snap_compare(replay_app(), terminal_size=(60, 20), run_before=panels)
