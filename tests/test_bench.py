@@ -194,7 +194,7 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
     argv = ["bench", *TINY, "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
     assert "cannot read configuration" in error_of([*argv, "--compare", "k=2", "turbo"], capsys)
     # checked against the model before any configuration runs (no "... loading" line before the error)
-    assert "configuration 'k=3,2,2' gives 3 cache sizes but the model has 2 MoE layers" in error_of(
+    assert "configuration 'k=3,2,2': cache size has 3 entries but the model has 2 MoE layers" in error_of(
         [*argv, "--compare", "k=2", "k=3,2,2"], capsys
     )
     other = tmp_path / "other.jsonl"

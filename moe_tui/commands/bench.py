@@ -7,9 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
-    from moe_tui.bench import Spec
+    from moe_tui.bench import BenchModel, Spec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             directory, name = resolve_model(args.model)  # as chat reads --model: a directory or a cached hub id
             source = bench.open_model(directory, args.dtype, name)
             specs = _specs(args, source.num_experts)
-        _check_layer_lists(specs, source.directory)
+        _check_layer_lists(specs, source)
         routing, notes = _routing(args.routing, source)
         settings = bench.Settings(
             prompts=[source.encode(p) for p in prompts],
@@ -163,22 +161,21 @@ def _specs(args: argparse.Namespace, num_experts: int) -> list[Spec]:
     return specs
 
 
-def _check_layer_lists(specs: list[Spec], directory: Path) -> None:
-    """Refuse a configuration whose k list does not give one k per MoE layer, before any configuration runs (the
-    engine would refuse it only when its turn comes, maybe after hours of the others)."""
+def _check_layer_lists(specs: list[Spec], source: BenchModel) -> None:
+    """Check every per-layer k list against the model's MoE layers before any configuration runs, with the
+    engine's own check (which would otherwise refuse it only at that configuration's turn, maybe after hours)."""
     from moe_tui.errors import UserError
     from moe_tui.offload.loader import count_moe_layers
 
     lists = [spec for spec in specs if spec.engine is not None and isinstance(spec.engine.cache_size, list)]
     if not lists:
         return
-    layers = count_moe_layers(directory)
+    layers = count_moe_layers(source.directory)
     for spec in lists:
-        if len(spec.engine.cache_size) != layers:
-            raise UserError(
-                f"configuration {spec.label!r} gives {len(spec.engine.cache_size)} cache sizes but the model has "
-                f"{layers} MoE layers (one k per MoE layer, or a single k for all)"
-            )
+        try:
+            spec.engine.cache_sizes(layers, source.num_experts)
+        except UserError as error:
+            raise UserError(f"configuration {spec.label!r}: {error}") from None
 
 
 def _quant_cache(args: argparse.Namespace) -> str | None:
