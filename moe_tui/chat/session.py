@@ -189,7 +189,7 @@ class ChatSession:
                 cache=cache,
             )
         except (torch.OutOfMemoryError, MemoryError, RuntimeError) as error:
-            self._answering = None
+            self._answering = None  # before the finally below: the last reference must go before freeing memory
             del cache  # half written by the failed pass: never reused
             device = _out_of_memory_device(error)
             if device is None:
