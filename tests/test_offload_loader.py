@@ -74,9 +74,14 @@ def test_mmap_store_and_saved_quantized_store(mixtral, tmp_path: Path, monkeypat
     quantized = logits(first.model, ids)
     assert 0 < (quantized - expected).abs().max().item() < 0.5
     monkeypatch.setattr("moe_tui.offload.quant.quantize_matrix", lambda *a, **k: pytest.fail("quantized again"))
-    second = load_offloaded(directory, OffloadConfig(**settings))
+    stages: list[tuple[str, int, int]] = []
+    second = load_offloaded(directory, OffloadConfig(**settings), progress=lambda *a: stages.append(a))
     assert second.load_info["store"] == "reused"
     assert torch.equal(logits(second.model, ids), quantized)
+    layers = len(second.moe.layers)  # a mapped store reads nothing: its stage is done at once
+    assert [a for a in stages if a[0] == "loading saved expert store"] == [
+        ("loading saved expert store", layers, layers)
+    ]
     ram = load_offloaded(directory, OffloadConfig(**{**settings, "store": "ram"}))
     assert ram.load_info["store"] == "reused" and torch.equal(logits(ram.model, ids), quantized)
 

@@ -115,15 +115,21 @@ def test_quantized_attention_uses_hqq_linear_and_stays_close() -> None:
 def test_saved_quantized_store_is_reused_without_quantizing(tmp_path, monkeypatch) -> None:
     config = mixtral_config()
     settings = {"cache_size": 2, "expert_bits": 4, "group_size": 16, "quant_cache_dir": tmp_path / "q"}
-    first = offload_model(build(config, seed=23), OffloadConfig(**settings))
+    saving: list[tuple[str, int, int]] = []
+    first = offload_model(build(config, seed=23), OffloadConfig(**settings), progress=lambda *a: saving.append(a))
     assert first.load_info["store"] == "built"
+    # the bar of each stage that moves bytes follows it layer by layer (a real store is tens of GiB)
+    assert [a for a in saving if a[0] == "saving expert store"] == [("saving expert store", d, 3) for d in range(4)]
 
     def refuse(*args, **kwargs):
         raise AssertionError("quantized again although the store was saved")
 
     monkeypatch.setattr(offload_quant, "quantize_matrix", refuse)
-    second = offload_model(build(config, seed=23), OffloadConfig(**settings))
+    loading: list[tuple[str, int, int]] = []
+    second = offload_model(build(config, seed=23), OffloadConfig(**settings), progress=lambda *a: loading.append(a))
     assert second.load_info["store"] == "reused"
+    stage = "loading saved expert store"
+    assert [a for a in loading if a[0] == stage] == [(stage, d, 3) for d in range(4)]
     assert second.load_info["store_dir"] == first.load_info["store_dir"]
     for layer in range(3):
         for expert in range(4):

@@ -178,12 +178,22 @@ def build_store(
     description = _store_description(fmt, source)
     notes: list[str] = []
     if cache_dir is not None:
-        store, reason = ExpertStore.open_saved(cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description)
+        loading = "loading saved expert store"
+        started: list[int] = []
+
+        def loaded(done: int, total: int) -> None:
+            started.append(total)
+            report(loading, done, total)
+
+        store, reason = ExpertStore.open_saved(
+            cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description, loaded
+        )
         if store is not None:
-            report("loading saved expert store", 1, 1)
             for moe_layer in moe.layers:
                 _replace_experts(moe, moe_layer.index)
             return store, {"store": "reused", "store_dir": str(cache_dir), "notes": notes}
+        if started:  # the read failed part-way: that stage is over
+            report(loading, started[-1], started[-1])
         if reason:
             notes.append(f"the saved quantized store in {cache_dir} is {reason}: discarded, quantizing again")
     path = None
@@ -213,15 +223,15 @@ def build_store(
             _replace_experts(moe, moe_layer.index)
     info: dict[str, object] = {"store": "built", "notes": notes}
     if cache_dir is not None:
-        report("saving expert store", 0, 1)
+        saving = "saving expert store"
         try:
-            store.save(cache_dir, description, model)
+            store.save(cache_dir, description, model, lambda done, total: report(saving, done, total))
             info["store_dir"] = str(cache_dir)
         except OSError as error:  # a full disk or a directory that cannot be written: the store still works
             notes.append(_not_kept(cache_dir, error))
             with contextlib.suppress(OSError):
                 ExpertStore.discard(cache_dir)
-        report("saving expert store", 1, 1)
+            report(saving, layers, layers)  # that stage is over
     return store, info
 
 

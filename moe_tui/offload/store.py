@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,6 +32,7 @@ from torch import Tensor
 STORE_FILE = "experts.bin"
 META_FILE = "store.json"
 STORE_KINDS = ("ram", "pinned", "mmap")
+LayerProgress = Callable[[int, int], None]  # (layers done, layers in all)
 
 
 class ExpertStore:
@@ -76,11 +78,15 @@ class ExpertStore:
         start = expert * self.nbytes
         return self._layers[layer][start : start + self.nbytes]
 
-    def save(self, directory: Path, description: dict[str, object], model: str = "") -> None:
+    def save(
+        self, directory: Path, description: dict[str, object], model: str = "", progress: LayerProgress | None = None
+    ) -> None:
         """Write the store to ``directory`` so that a kill at any moment leaves no store that looks valid and is
         not: the old description goes first, the data is written to a partial file, synced and renamed, and the
         new description (also synced and renamed) comes last. ``model`` names the model for listings (``moe-tui
-        cache``); it is not part of what a reuse must match."""
+        cache``); it is not part of what a reuse must match. ``progress(done, total)`` follows the layers written
+        (an mmap store's are on disk already: it reports them all at once)."""
+        report = progress or (lambda done, total: None)
         directory.mkdir(parents=True, exist_ok=True)
         _remove(directory / META_FILE)
         target = directory / STORE_FILE
@@ -91,11 +97,14 @@ class ExpertStore:
                 os.fsync(handle.fileno())
             os.replace(self.path, target)
             self.path = target
+            report(self.num_layers, self.num_layers)
         else:
             partial = directory / (STORE_FILE + ".partial")
             with open(partial, "wb") as handle:
-                for layer in self._layers:
+                report(0, self.num_layers)
+                for done, layer in enumerate(self._layers, start=1):
                     handle.write(memoryview(layer.numpy()))
+                    report(done, self.num_layers)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(partial, target)
@@ -110,13 +119,23 @@ class ExpertStore:
 
     @classmethod
     def open_saved(
-        cls, directory: Path, num_layers: int, num_experts: int, nbytes: int, kind: str, description: dict[str, object]
+        cls,
+        directory: Path,
+        num_layers: int,
+        num_experts: int,
+        nbytes: int,
+        kind: str,
+        description: dict[str, object],
+        progress: LayerProgress | None = None,
     ) -> tuple[ExpertStore | None, str]:
         """Reopen a store saved with the same shape and description.
 
         Returns the store and "", or None and why the directory's entry cannot be used ("" when there is none):
         an entry that is incomplete, unreadable, corrupt or from another format version is never trusted.
+        ``progress(done, total)`` follows the layers read into memory, from the moment the entry passed its
+        checks (an mmap store maps its file and reads nothing: it reports every layer at once).
         """
+        report = progress or (lambda done, total: None)
         if not directory.exists():
             return None, ""
         problem = cls.saved_problem(directory, num_layers, num_experts, nbytes, description)
@@ -135,13 +154,16 @@ class ExpertStore:
         if kind == "mmap":
             mapped = _map_file(data_path, num_layers * num_experts * nbytes, create=False)
             store._layers = list(mapped.view(num_layers, -1))
+            report(num_layers, num_layers)
             return store, ""
         store._allocate()
         try:
             with open(data_path, "rb") as handle:
-                for layer in store._layers:
+                report(0, num_layers)
+                for done, layer in enumerate(store._layers, start=1):
                     if handle.readinto(memoryview(layer.numpy())) != layer.numel():
                         return None, "truncated"
+                    report(done, num_layers)
         except OSError as error:
             return None, f"unreadable ({error.strerror or error})"
         return store, ""
