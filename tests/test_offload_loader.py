@@ -86,6 +86,26 @@ def test_mmap_store_and_saved_quantized_store(mixtral, tmp_path: Path, monkeypat
     assert ram.load_info["store"] == "reused" and torch.equal(logits(ram.model, ids), quantized)
 
 
+def test_the_predicted_host_memory_counts_what_a_cpu_run_allocates_after_loading(mixtral, tmp_path: Path) -> None:
+    """On a CPU the slots and an unfused format's dequantization workspace are host memory too; they are allocated
+    once quantizing's temporaries are gone, so the peak is the larger of the two, not their sum."""
+    model, _ = mixtral
+    directory = save_fused(model, tmp_path / "ckpt")
+    settings = OffloadConfig(cache_size=2, device="cpu", expert_bits=2, group_size=16, quant_cache_dir=tmp_path / "q")
+    first = load_offloaded(directory, settings)
+    second = load_offloaded(directory, settings)
+    assert (first.load_info["store"], second.load_info["store"]) == ("built", "reused")
+    with safe_open(str(directory / "model.safetensors"), "pt") as handle:
+        resident = sum(handle.get_tensor(k).nbytes for k in handle.keys() if ".experts." not in k)  # noqa: SIM118
+    memory = second.memory()
+    assert memory["workspace_bytes"] > 0  # 2 bits compute through HQQ's unpacking
+    running = sum(memory["cache_size"]) * memory["expert_bytes"] + memory["workspace_bytes"]
+    base = resident + memory["slow_tier_bytes"]
+    assert second.load_info["predicted_host_bytes"] == base + running
+    transient = second.format.pack_transient_bytes
+    assert first.load_info["predicted_host_bytes"] == base + max(transient, running)
+
+
 def test_a_model_with_dense_layers_and_shared_experts_loads(tmp_path: Path) -> None:
     model = build(qwen2_moe_config(), seed=32)
     ids = prompt(batch=1, length=6)

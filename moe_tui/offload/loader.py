@@ -221,7 +221,9 @@ def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> 
 def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int, reuse: bool) -> int:
     """Refuse before loading when the fast tier, or host RAM for the resident weights (read there first), the
     expert store and quantizing's temporaries (none when a saved store is reused), is too small; returns the host
-    bytes the load is expected to take (the figure checked)."""
+    bytes the load and its first tokens are expected to take at their peak. On a CPU that includes the fast
+    tier's slots and dequantization workspace, which are allocated after quantizing's temporaries are freed:
+    the larger of the two counts (the fit check, cautious, counts both)."""
 
     def host_bytes(fmt: ExpertFormat, store_kind: str) -> int:
         store = 0 if store_kind == "mmap" else fmt.nbytes * len(moe.layers) * moe.num_experts
@@ -231,7 +233,9 @@ def _check_memory(plan: Plan, moe: MoEModel, resident_bytes: int, reuse: bool) -
     check_fast_tier(plan, moe, resident_bytes, host_bytes)
     needed = host_bytes(plan.format, plan.store_kind) + resident_bytes
     if on_cpu:
-        return needed + sum(plan.sizes) * plan.format.nbytes
+        transient = 0 if reuse else plan.format.pack_transient_bytes
+        running = sum(plan.sizes) * plan.format.nbytes + plan.format.workspace_bytes
+        return needed - transient + max(transient, running)
     available = memory.free_bytes(torch.device("cpu"))
     if needed > available:
         hint = "; --store mmap keeps the experts in a file instead" if plan.store_kind != "mmap" else ""
