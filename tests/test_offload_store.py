@@ -12,6 +12,7 @@ import mmap
 import pytest
 import torch
 
+from moe_tui.offload import store as store_module
 from moe_tui.offload.store import ExpertStore
 
 
@@ -89,3 +90,49 @@ def test_a_pinned_store_is_page_locked_without_pytorchs_pinned_allocator() -> No
     assert store.row(1, 2).is_pinned()
     assert torch.cuda.host_memory_stats().get("reserved_bytes.all.current", 0) == before
     store.close()
+
+
+def _filled(layers: int, experts: int, nbytes: int, seed: int = 0) -> ExpertStore:
+    store = ExpertStore(layers, experts, nbytes)
+    generator = torch.Generator().manual_seed(seed)
+    for layer in range(layers):
+        for expert in range(experts):
+            store.row(layer, expert).copy_(torch.randint(0, 256, (nbytes,), dtype=torch.uint8, generator=generator))
+    return store
+
+
+def test_a_saved_store_read_back_in_chunks_by_several_threads_is_byte_for_byte_the_same(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "READ_CHUNK", 1000)  # layers of 3 x 777 bytes: chunks that cross experts
+    monkeypatch.setattr(store_module, "READ_THREADS", 4)
+    monkeypatch.setattr(store_module.os, "cpu_count", lambda: 4)
+    saved = _filled(5, 3, 777)
+    description = {"version": 1}
+    saved.save(tmp_path / "entry", description)
+    reports: list[tuple[int, int]] = []
+    store, problem = ExpertStore.open_saved(
+        tmp_path / "entry", 5, 3, 777, "ram", description, lambda done, total: reports.append((done, total))
+    )
+    assert problem == "" and store is not None
+    for layer in range(5):
+        for expert in range(3):
+            assert torch.equal(store.row(layer, expert), saved.row(layer, expert))
+    assert reports == [(done, 5) for done in range(6)]  # a bar that starts at 0 and counts whole layers
+
+
+def test_a_store_file_that_ends_early_is_truncated_and_one_that_cannot_be_read_is_unreadable(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "READ_CHUNK", 1000)
+    description = {"version": 1}
+    _filled(4, 2, 900).save(tmp_path / "entry", description)
+    data = tmp_path / "entry" / store_module.STORE_FILE
+    # it passed the size check, then lost its end (another process rewrote it): never trusted
+    monkeypatch.setattr(ExpertStore, "saved_problem", staticmethod(lambda *args: ""))
+    data.write_bytes(data.read_bytes()[:-1])
+    assert ExpertStore.open_saved(tmp_path / "entry", 4, 2, 900, "ram", description) == (None, "truncated")
+    data.unlink()
+    data.mkdir()  # a directory where the data file was: the read fails
+    store, problem = ExpertStore.open_saved(tmp_path / "entry", 4, 2, 900, "ram", description)
+    assert store is None and problem.startswith("unreadable (")
