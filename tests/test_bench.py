@@ -294,7 +294,18 @@ def test_an_engine_configuration_reports_its_loading_stages_to_the_terminal_prog
     from moe_tui.offload import build
 
     stages: set[str] = set()
-    monkeypatch.setattr(build, "terminal_progress", lambda: lambda stage, done, total: stages.add(stage))
+
+    class Recorded:  # stands in for the terminal's bars
+        def __enter__(self) -> Recorded:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def __call__(self, stage: str, done: int, total: int) -> None:
+            stages.add(stage)
+
+    monkeypatch.setattr(build, "TerminalProgress", Recorded)
     argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json"]
     run_json([*argv, "--config", "k=1,bits=2,optimize=off"], capsys)
     assert "quantizing experts to 2 bits" in stages

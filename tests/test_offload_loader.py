@@ -203,6 +203,25 @@ def test_missing_non_expert_tensor(checkpoint: Path, no_heavy_work) -> None:
         load_offloaded(checkpoint, OffloadConfig())
 
 
+def test_a_refusal_after_the_bars_started_takes_them_off_the_live_display_first(
+    checkpoint: Path, no_heavy_work, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a terminal, the error line the CLI prints next must come under the bars, not be drawn over by them."""
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    monkeypatch.setattr("sys.stderr", screen)
+    rewrite(checkpoint / "model.safetensors", lambda t: t.pop("model.norm.weight"))
+    with pytest.raises(UserError, match=re.escape("missing the tensor model.norm.weight")):
+        load_offloaded(checkpoint, OffloadConfig())
+    assert "reading checkpoint" in screen.getvalue()  # its bar was drawn, unfinished
+    assert screen.getvalue().rstrip().endswith("\x1b[?25h")  # and the live display ended: the cursor is back
+
+
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
 def test_corrupted_safetensors(checkpoint: Path, damage: str, no_heavy_work) -> None:
     path = checkpoint / "model.safetensors"

@@ -171,14 +171,14 @@ def test_quantized_experts_and_attention_on_cuda_stay_close() -> None:
 def test_headless_progress_draws_a_bar_per_stage_with_time_left_on_a_terminal_only() -> None:
     import io
 
-    from moe_tui.offload.build import terminal_progress
+    from moe_tui.offload.build import TerminalProgress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
             return True
 
     screen = Terminal()
-    report = terminal_progress(screen)
+    report = TerminalProgress(screen)
     report("reading checkpoint", 0, 1)
     report("reading checkpoint", 1, 1)
     for done in range(5):
@@ -188,5 +188,5 @@ def test_headless_progress_draws_a_bar_per_stage_with_time_left_on_a_terminal_on
     assert "4/4" in text and "left" in text
     assert text.rstrip().endswith("\x1b[?25h")  # the cursor is given back when every stage is done
     pipe = io.StringIO()
-    terminal_progress(pipe)("quantizing experts to 4 bits", 1, 4)
+    TerminalProgress(pipe)("quantizing experts to 4 bits", 1, 4)
     assert pipe.getvalue() == ""

@@ -133,7 +133,11 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
 
     The experts' weights go into the slow-tier store (quantized with HQQ when ``cfg.expert_bits`` is set)
     and each MoE block's ``experts`` module is replaced; the rest of the model moves to the fast tier.
+    ``progress`` as for :func:`moe_tui.offload.load_offloaded`.
     """
+    if progress is None:
+        with TerminalProgress() as bars:
+            return offload_model(model, cfg, bars)
     if not isinstance(model, nn.Module):
         raise UserError(f"expected a transformers model, got {type(model).__name__}")
     moe = find_moe(model)
@@ -143,7 +147,6 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
     resident = sum(p.numel() for p in model.parameters() if id(p) not in expert_params) * plan.dtype.itemsize
     # Already in this memory when the tiers are one: the resident weights, and the experts the store replaces.
     check_fast_tier(plan, moe, resident if plan.device != first.device else 0, lambda fmt, kind: 0)
-    report = progress or terminal_progress()
 
     def read(layer: int, expert: int) -> tuple[Tensor, Tensor, Tensor]:
         experts = moe.layers[layer].experts
@@ -151,8 +154,8 @@ def offload_model(model: nn.Module, cfg: OffloadConfig, progress: Progress | Non
 
     source = {"kind": "in-memory", "digest": _content_digest(moe)} if cfg.quant_cache_dir else {}
     name = str(getattr(model.config, "name_or_path", "") or model.config.model_type)
-    store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=True, model=name)
-    finish_model(model, moe, cfg, plan, report)
+    store, info = build_store(cfg, moe, plan, read, source, progress, replace_as_packed=True, model=name)
+    finish_model(model, moe, cfg, plan, progress)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info, plan.conversation)
 
 
@@ -298,38 +301,55 @@ def _content_digest(moe: MoEModel) -> str:
     return digest.hexdigest()
 
 
-def terminal_progress(stream: TextIO | None = None) -> Progress:
-    """A progress callback drawing one bar per stage on stderr (done/total, elapsed, time left) when it is a
-    terminal, silent otherwise."""
-    stream = stream or sys.stderr
-    if not stream.isatty():
-        return lambda stage, done, total: None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.progress import Progress as Bars
+class TerminalProgress:
+    """A progress callback drawing one bar per stage on a terminal's stderr (done/total, elapsed, time left),
+    silent when stderr is not a terminal. Used as a context manager, or with :meth:`stop`, its bars leave the
+    live display when loading stops, an error included, so that the error printed next stands under them."""
 
-    bars = Bars(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-        console=Console(file=stream, force_terminal=True),
-        auto_refresh=False,
-    )
-    tasks: dict[str, object] = {}
+    def __init__(self, stream: TextIO | None = None) -> None:
+        stream = stream or sys.stderr
+        self._bars = self._tasks = None
+        if not stream.isatty():
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bars
 
-    def draw(stage: str, done: int, total: int) -> None:
-        if stage not in tasks:
+        self._bars = Bars(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=Console(file=stream, force_terminal=True),
+            auto_refresh=False,
+        )
+        self._tasks: dict[str, object] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        """Add a bar for a new stage or move an existing one."""
+        bars = self._bars
+        if bars is None:
+            return
+        if stage not in self._tasks:
             if not bars.live.is_started:
                 for task_id in list(bars.task_ids):  # drawn already, above: the new block shows only new stages
                     bars.remove_task(task_id)
                 bars.start()
-            tasks[stage] = bars.add_task(stage, total=max(total, 1))
-        bars.update(tasks[stage], completed=done, total=max(total, 1))
+            self._tasks[stage] = bars.add_task(stage, total=max(total, 1))
+        bars.update(self._tasks[stage], completed=done, total=max(total, 1))
         bars.refresh()
         if all(task.finished for task in bars.tasks):
             bars.stop()  # the bars stay on screen; a later stage starts a new block under them
 
-    return draw
+    def stop(self) -> None:
+        """End the live display where it is (the bars stay on screen as last drawn)."""
+        if self._bars is not None and self._bars.live.is_started:
+            self._bars.stop()
+
+    def __enter__(self) -> TerminalProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

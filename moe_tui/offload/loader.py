@@ -24,13 +24,13 @@ from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, family_of, find_moe
 from moe_tui.offload.build import (
     Plan,
+    TerminalProgress,
     build_store,
     check_fast_tier,
     finish_model,
     offloaded_experts,
     plan_offload,
     saved_store_usable,
-    terminal_progress,
 )
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.formats import ExpertFormat
@@ -134,32 +134,38 @@ def load_offloaded(
 
     ``progress(stage, done, total)`` is called per stage ("reading checkpoint", "loading weights",
     "quantizing experts to N bits" / "packing experts", ...); with None a bar is drawn on a terminal's stderr.
+    The first stage, "opening the model", is mostly importing transformers' code for the model's architecture:
+    a few seconds that do not grow with the model, which a cached start of a small model is mostly made of.
     """
+    if progress is None:
+        with TerminalProgress() as bars:
+            return load_offloaded(path_or_hub_id, cfg, bars)
     from transformers import GenerationConfig
 
-    report = progress or terminal_progress()
+    progress("opening the model", 0, 1)
     directory = resolve_model_dir(path_or_hub_id)
     model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
     plan = plan_offload(cfg, moe, dtype, model.config)
-    report("reading checkpoint", 0, 1)
+    progress("opening the model", 1, 1)
+    progress("reading checkpoint", 0, 1)
     with Checkpoint(directory, quantized.fp8_block, quantized.mxfp4) as checkpoint:
         layout = checkpoint.expert_layout(moe)
         for moe_layer in moe.layers:
             moe_layer.block.experts = offloaded_experts(moe, moe_layer.index, moe_layer.block.experts)
         names = _resident_names(model, moe, checkpoint)
-        report("reading checkpoint", 1, 1)
+        progress("reading checkpoint", 1, 1)
         resident_bytes = sum(math.prod(checkpoint.shapes[key]) for key in names.values()) * dtype.itemsize
         source = {"kind": "checkpoint", "files": [_file_identity(path) for path in checkpoint.files()]}
         reuse = saved_store_usable(cfg, moe, plan.format, source)
         predicted_host_bytes = _check_memory(plan, moe, resident_bytes, reuse)
-        _load_resident(model, checkpoint, names, report)
+        _load_resident(model, checkpoint, names, progress)
 
         def read(layer: int, expert: int):
             return checkpoint.expert(moe, layout, moe.layers[layer].decoder_index, expert)
 
         label = model_label(path_or_hub_id, directory)
-        store, info = build_store(cfg, moe, plan, read, source, report, replace_as_packed=False, model=label)
-    finish_model(model, moe, cfg, plan, report)
+        store, info = build_store(cfg, moe, plan, read, source, progress, replace_as_packed=False, model=label)
+    finish_model(model, moe, cfg, plan, progress)
     if (directory / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
     info.update({"directory": str(directory), "layout": layout, "predicted_host_bytes": predicted_host_bytes})
