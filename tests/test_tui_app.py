@@ -6,18 +6,24 @@ seeded routing, and a fake system probe, so every check is deterministic and fas
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from pathlib import Path
 
 from textual import events
 from textual.pilot import Pilot
-from textual.widgets import DataTable, Input
-from tui_fakes import KV_BYTES_PER_WORD, FakeSession, header
+from textual.widgets import DataTable, Input, Label
+from tui_fakes import KV_BYTES_PER_WORD, FakeProbe, FakeSession, header
 from tui_helpers import cache_slot_counts, main_screen, make_app, messages, palette, run, send, type_text, wait_for
 
 from moe_tui import config
 from moe_tui.chat.history import HistoryStore
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions, LiveBackend
 from moe_tui.tui.screens.dialogs import AskScreen
 from moe_tui.tui.screens.help import HelpScreen
+from moe_tui.tui.screens.loading import LoadingScreen, StageRow
 from moe_tui.tui.screens.main import MainScreen
 from moe_tui.tui.screens.settings import SettingsScreen
 from moe_tui.tui.widgets.chat import ChatView, PromptInput
@@ -464,3 +470,38 @@ def test_user_themes_load_after_the_bundled_ones_and_a_broken_one_is_skipped() -
         assert any("broken.toml" in note.message and "skipped" in note.message for note in app._notifications)
 
     run(check, app)
+
+
+def test_the_loading_screen_folds_each_finished_stage_into_one_line_with_its_time() -> None:
+    session = FakeSession()
+    release = threading.Event()
+
+    def loader(options, progress):
+        progress("opening the model", 0, 1)
+        time.sleep(0.3)
+        progress("opening the model", 1, 1)  # may replace the first report before the screen reads it
+        progress("quantizing experts to 4 bits", 3, 8)
+        release.wait(10)
+        return LiveBackend(session)
+
+    app = MoeTuiApp(LaunchOptions(), loader=loader, probe=FakeProbe())
+
+    async def main() -> None:
+        async with app.run_test(size=(60, 20)) as pilot:
+
+            def rows() -> dict[str, StageRow]:
+                return app.screen.stages if isinstance(app.screen, LoadingScreen) else {}
+
+            stage = "quantizing experts to 4 bits"
+            await wait_for(pilot, lambda: stage in rows() and rows()[stage].bar.progress == 3)
+            opened, running = rows()["opening the model"], rows()[stage]
+            line = str(opened.query_one(Label).content)
+            assert line.startswith("✓ opening the model  ") and line.endswith(" s")
+            assert float(line.split()[-2]) >= 0.3  # the worker's time, not when the screen heard of it
+            assert opened.has_class("-done") and not opened.bar.display
+            assert str(running.query_one(Label).content) == "quantizing experts to 4 bits"
+            assert running.bar.display
+            release.set()
+            await wait_for(pilot, lambda: main_screen(app).backend.can_chat)
+
+    asyncio.run(main())

@@ -173,9 +173,9 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
                 await wait_for(pilot, lambda: app.screen.id == "loading" and len(app.screen.stages) == 2)
                 stages = app.screen.stages
                 # a new stage's bar is listed at once and moved once it is mounted
-                await wait_for(pilot, lambda: stages["quantizing experts"].progress == 5)
-                assert stages["reading shards"].progress == 1 and stages["reading shards"].total == 3
-                assert stages["quantizing experts"].percentage == pytest.approx(0.5)
+                await wait_for(pilot, lambda: stages["quantizing experts"].bar.progress == 5)
+                assert stages["reading shards"].bar.progress == 1 and stages["reading shards"].bar.total == 3
+                assert stages["quantizing experts"].bar.percentage == pytest.approx(0.5)
             finally:
                 release.set()  # a failed check must not leave the loader thread spinning (the test would hang)
             await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))

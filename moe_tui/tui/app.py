@@ -183,8 +183,11 @@ class MoeTuiApp(App[int]):
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def _load(self, options: LaunchOptions, loading: LoadingScreen) -> None:
+        first_reports: dict[str, float] = {}
+
         def progress(stage: str, done: int, total: int) -> None:
-            self.post_message(LoadProgress(stage, done, total))
+            started = first_reports.setdefault(stage, time.monotonic())
+            self.post_message(LoadProgress(stage, done, total, started))
 
         self.model_loading = True
         try:

@@ -1,4 +1,5 @@
-"""The loading screen: one progress bar per stage (reading shards, quantizing experts, ...) as they arrive."""
+"""The loading screen: a progress bar for the stage under way (reading shards, quantizing experts, ...), and one
+line with its time for each stage done, so that the list fits a small terminal."""
 
 from __future__ import annotations
 
@@ -17,11 +18,13 @@ from moe_tui.tui import keys
 class LoadProgress(Message):
     """Progress of one loading stage, posted from the loading worker to the app."""
 
-    def __init__(self, stage: str, done: int, total: int) -> None:
+    def __init__(self, stage: str, done: int, total: int, started: float | None = None) -> None:
         super().__init__()
         self.stage = stage
         self.done = done
         self.total = total
+        self.at = time.monotonic()
+        self.started = self.at if started is None else started  # when the stage first reported, in the worker
 
     def can_replace(self, message: Message) -> bool:
         """A newer report on the same stage makes an older pending one useless."""
@@ -36,7 +39,7 @@ class LoadingScreen(Screen):
     def __init__(self, what: str) -> None:
         super().__init__(id="loading")
         self.what = what
-        self.stages: dict[str, ProgressBar] = {}
+        self.stages: dict[str, StageRow] = {}
         self._started = time.monotonic()
 
     def compose(self):
@@ -60,11 +63,33 @@ class LoadingScreen(Screen):
         self.app.notify("the model keeps loading; the status bar shows how far it is")
 
     async def show_progress(self, message: LoadProgress) -> None:
-        """Add a bar for a new stage or move an existing one."""
-        bar = self.stages.get(message.stage)
-        if bar is None:
-            bar = ProgressBar(total=max(message.total, 1), show_eta=message.total > 1)  # time left, once it moves
-            self.stages[message.stage] = bar
-            row = Vertical(Label(message.stage), bar, classes="loading-stage")
+        """Add a row for a new stage or move an existing one."""
+        row = self.stages.get(message.stage)
+        if row is None:
+            row = self.stages[message.stage] = StageRow(message.stage, message.total)
             await self.query_one("#loading-stages").mount(row)
-        bar.update(total=max(message.total, 1), progress=message.done)
+        row.show(message)
+
+
+class StageRow(Vertical):
+    """One loading stage: its name over a bar while it runs (with the time left once it moves), then one line
+    with a check mark and how long it took."""
+
+    def __init__(self, stage: str, total: int) -> None:
+        super().__init__(classes="loading-stage")
+        self.stage = stage
+        self._label = Label(stage)
+        self.bar = ProgressBar(total=max(total, 1), show_eta=total > 1)
+
+    def compose(self):
+        """The stage's name and its bar."""
+        yield self._label
+        yield self.bar
+
+    def show(self, message: LoadProgress) -> None:
+        """Move the bar; at the end, fold the row into its one line (the time is the worker's: reports that
+        arrive together, or replace one another, do not shorten it)."""
+        self.bar.update(total=max(message.total, 1), progress=message.done)
+        if message.done >= message.total and not self.has_class("-done"):
+            self.add_class("-done")
+            self._label.update(f"✓ {self.stage}  {message.at - message.started:.1f} s")
