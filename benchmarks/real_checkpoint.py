@@ -1,7 +1,8 @@
 """A real-size checkpoint through ``load_offloaded``: stage times, peak RSS against the memory check, and the
 cached second start.
 
-It writes a Mixtral-8x7B-shaped checkpoint of ``--layers`` decoder layers (hidden 4096, experts 14336 wide,
+For each ``--layers`` count it writes a Mixtral-8x7B-shaped checkpoint of that many decoder layers (hidden
+4096, experts 14336 wide,
 vocabulary 32000) with random bf16 weights, in the original layout (``block_sparse_moe.experts.E.w1/w2/w3``)
 and sharded like the published one (shards of about 2 GB and a ``model.safetensors.index.json``). Then, for
 each expert bit width, two starts in fresh processes with the same quantized-store cache directory:
@@ -11,16 +12,22 @@ each expert bit width, two starts in fresh processes with the same quantized-sto
 * the second must reuse the saved store: it counts how many experts it read from the shards (goal 0) and
   its time against the first (goal under 10%).
 
-Each start reports its time per stage, its peak RSS above the process's RSS before loading, and the host bytes
-the loader's memory check predicted (goal: peak within 10% of it).
+Each start reports its time per stage (the first, "opening the model", is everything before the loader's
+first stage: importing transformers' model code and building the model on the meta device, a fixed cost that
+does not grow with the model), its peak RSS above the process's RSS before loading (through the first forward pass,
+which fills the expert slots the load allocated), and the host bytes the loader's memory check predicted
+(goal: peak within 10% of it). With two layer counts or more, each start's
+time is split into a fixed part and a part per layer (a line through the smallest and largest count), and
+projected to Mixtral-8x7B's 32 layers: at 2 layers the fixed part is most of a cached start.
 
-Usage: ``python benchmarks/real_checkpoint.py [--layers 2] [--bits 4 2] [--dir DIR]``; writes
+Usage: ``python benchmarks/real_checkpoint.py [--layers 2 4] [--bits 4 2] [--dir DIR]``; writes
 ``benchmarks/results/real-checkpoint.json`` and prints a table.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import subprocess
@@ -29,9 +36,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from moe_tui.bench.report import describe_machine
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "benchmarks" / "results"
 SHARD_BYTES = 2 * 1024**3
+MIXTRAL_LAYERS = 32
+OPENING = "opening the model"
 
 _START = """
 import json, sys, time
@@ -49,12 +60,11 @@ def counted(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 checkpoint_module.Checkpoint.expert = counted
 stages = {}
-last = {"stage": None, "start": time.perf_counter()}
+last = {"stage": sys.argv[4], "start": None}
 def progress(stage, done, total):
     now = time.perf_counter()
     if stage != last["stage"]:
-        if last["stage"] is not None:
-            stages[last["stage"]] = stages.get(last["stage"], 0.0) + now - last["start"]
+        stages[last["stage"]] = stages.get(last["stage"], 0.0) + now - last["start"]
         last["stage"], last["start"] = stage, now
 settings = OffloadConfig(cache_size=2, prefetch=0, expert_bits=bits, quant_cache_dir=cache, quant_optimize=False)
 import psutil, threading
@@ -71,15 +81,14 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 with PeakRSS() as rss:
     before = rss.peak
-    start = time.perf_counter()
+    start = last["start"] = time.perf_counter()
     om = load_offloaded(directory, settings, progress=progress)
     total = time.perf_counter() - start
+    progress("done", 1, 1)
+    with torch.no_grad():  # it runs, and fills the slots the load allocated (untouched pages are not in RSS yet)
+        om.model(torch.tensor([[1, 2, 3, 4]]))
 stop.set()
 sampler.join()
-progress("done", 1, 1)
-ids = torch.tensor([[1, 2, 3, 4]])
-with torch.no_grad():
-    om.model(ids)  # it runs
 print(json.dumps({
     "bits": bits, "store": om.load_info["store"], "seconds": total, "stages": stages,
     "experts_read_from_shards": reads["experts"], "peak_rss_above_start": rss.peak - before,
@@ -159,42 +168,53 @@ def start(directory: Path, cache: Path, bits: int) -> dict:
     """One load in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", _START, str(directory), str(cache), str(bits)],
+        [sys.executable, "-c", _START, str(directory), str(cache), str(bits), OPENING],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
-    """Write the checkpoint, run the starts, print and keep the results."""
+    """Write each checkpoint, run its starts, print and keep the results."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--layers", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 2])
-    parser.add_argument("--dir", type=Path, default=None, help="where to write the checkpoint (default: a temp dir)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="a directory to write the checkpoints into and keep (default: a temporary one)",
+    )
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="moe-tui-real-checkpoint-") as scratch:
-        directory = args.dir or Path(scratch) / "mixtral-shaped"
-        directory.mkdir(parents=True, exist_ok=True)
-        started = time.perf_counter()
-        checkpoint_bytes = write_checkpoint(directory, args.layers)
-        write_s = time.perf_counter() - started
-        runs = []
-        for bits in args.bits:
-            cache = Path(scratch) / f"cache-{bits}"
-            first = start(directory, cache, bits)
-            second = start(directory, cache, bits)
-            runs.append({"first": first, "second": second})
-            print(
-                f"{bits}-bit: first {first['seconds']:.1f} s ({first['store']}), second {second['seconds']:.1f} s "
-                f"({second['store']}, {second['experts_read_from_shards']} experts read from shards)",
-                flush=True,
+    started_at = datetime.datetime.now(datetime.timezone.utc)
+    checkpoints = []
+    for layers in sorted(set(args.layers)):
+        with tempfile.TemporaryDirectory(prefix="moe-tui-real-checkpoint-") as scratch:
+            directory = (args.dir or Path(scratch)) / f"mixtral-shaped-{layers}"
+            directory.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            checkpoint_bytes = write_checkpoint(directory, layers)
+            write_s = time.perf_counter() - started
+            runs = []
+            for bits in args.bits:
+                cache = Path(scratch) / f"cache-{bits}"
+                first = start(directory, cache, bits)
+                second = start(directory, cache, bits)
+                runs.append({"first": first, "second": second})
+                print(
+                    f"{layers} layers, {bits}-bit: first {first['seconds']:.1f} s ({first['store']}), second "
+                    f"{second['seconds']:.1f} s ({second['store']}, {second['experts_read_from_shards']} experts "
+                    "read from shards)",
+                    flush=True,
+                )
+            checkpoints.append(
+                {"layers": layers, "checkpoint_bytes": checkpoint_bytes, "write_s": write_s, "runs": runs}
             )
     data = {
-        "layers": args.layers,
-        "checkpoint_bytes": checkpoint_bytes,
-        "shards": len(list(directory.glob("*.safetensors"))) if args.dir else None,
-        "write_s": write_s,
-        "runs": runs,
+        "measured": f"{started_at:%Y-%m-%d %H:%M} UTC",
+        "machine": describe_machine().describe(),
+        "checkpoints": checkpoints,
+        "projected_layers": MIXTRAL_LAYERS,
     }
     OUT.mkdir(exist_ok=True)
     (OUT / "real-checkpoint.json").write_text(json.dumps(data, indent=1) + "\n")
@@ -202,29 +222,81 @@ def main() -> None:
 
 
 def markdown(data: dict) -> str:
-    """The starts as a Markdown table."""
+    """The starts as Markdown tables, one per checkpoint, and the projection to a whole Mixtral-8x7B."""
     gib = 1024**3
-    lines = [
-        f"Checkpoint: {data['layers']} Mixtral-8x7B layers, {data['checkpoint_bytes'] / gib:.1f} GiB of bf16 "
-        f"(written in {data['write_s']:.0f} s).",
-        "",
-        "| bits | start | store | seconds | experts read | peak RSS GiB | of it anonymous GiB | predicted GiB "
-        "| anonymous / predicted | stages |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for run in data["runs"]:
+    lines = [f"Measured {data['measured']} on {data['machine']}.", ""] if "machine" in data else []
+    for checkpoint in data["checkpoints"]:
+        lines += [
+            f"Checkpoint: {checkpoint['layers']} Mixtral-8x7B layers, {checkpoint['checkpoint_bytes'] / gib:.1f} GiB "
+            f"of bf16 (written in {checkpoint['write_s']:.0f} s).",
+            "",
+            "| bits | start | store | seconds | experts read | peak RSS GiB | of it anonymous GiB | predicted GiB "
+            "| anonymous / predicted | stages |",
+            "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for run in checkpoint["runs"]:
+            for which in ("first", "second"):
+                r = run[which]
+                stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in r["stages"].items())
+                lines.append(
+                    f"| {r['bits']} | {which} | {r['store']} | {r['seconds']:.1f} | {r['experts_read_from_shards']} | "
+                    f"{r['peak_rss_above_start'] / gib:.2f} | {r['peak_anonymous_above_start'] / gib:.2f} | "
+                    f"{r['predicted_host_bytes'] / gib:.2f} | "
+                    f"{r['peak_anonymous_above_start'] / r['predicted_host_bytes']:.2f} | {stages} |"
+                )
+            ratio = run["second"]["seconds"] / run["first"]["seconds"]
+            lines.append(f"| {run['first']['bits']} | second / first | | {ratio:.1%} | | | | | | |")
+        lines.append("")
+    projection = project(data["checkpoints"], data["projected_layers"])
+    if projection:
+        small, large = data["checkpoints"][0]["layers"], data["checkpoints"][-1]["layers"]
+        lines += [
+            f"Projected to {data['projected_layers']} layers: the opening (fixed; the mean of the two starts') plus "
+            f"the rest of the load on the line through {small} and {large} layers:",
+            "",
+            "| bits | start | opening s | rest: fixed s | rest: per layer s | projected s | projected second / first |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for row in projection:
+            for which in ("first", "second"):
+                part = row[which]
+                ratio = f"{row['ratio']:.1%}" if which == "second" else ""
+                lines.append(
+                    f"| {row['bits']} | {which} | {part['opening']:.1f} | {part['fixed']:.1f} | "
+                    f"{part['per_layer']:.2f} | {part['projected']:.0f} | {ratio} |"
+                )
+        lines.append("")
+    return "\n".join(lines).rstrip("\n")
+
+
+def project(checkpoints: list[dict], layers: int) -> list[dict]:
+    """Per bit width, each start's projected seconds at ``layers`` layers from the smallest and the largest
+    checkpoint: the opening (a fixed cost, measured: the mean of the two starts' own) plus the rest of the load
+    on the line through the two (its fixed seconds and seconds per layer). Empty with fewer than two layer
+    counts. Fitting whole starts instead would let the opening's noise (a second from one start to the next)
+    swamp a cached start's growth of a fraction of a second per layer."""
+    if len(checkpoints) < 2:
+        return []
+    small, large = checkpoints[0], checkpoints[-1]
+    span = large["layers"] - small["layers"]
+    rows = []
+    for few, many in zip(small["runs"], large["runs"], strict=True):
+        row: dict = {"bits": few["first"]["bits"]}
         for which in ("first", "second"):
-            r = run[which]
-            stages = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in r["stages"].items())
-            lines.append(
-                f"| {r['bits']} | {which} | {r['store']} | {r['seconds']:.1f} | {r['experts_read_from_shards']} | "
-                f"{r['peak_rss_above_start'] / gib:.2f} | {r['peak_anonymous_above_start'] / gib:.2f} | "
-                f"{r['predicted_host_bytes'] / gib:.2f} | "
-                f"{r['peak_anonymous_above_start'] / r['predicted_host_bytes']:.2f} | {stages} |"
-            )
-        ratio = run["second"]["seconds"] / run["first"]["seconds"]
-        lines.append(f"| {run['first']['bits']} | second / first | | {ratio:.1%} | | | | | | |")
-    return "\n".join(lines)
+            openings = [start[which]["stages"].get(OPENING, 0.0) for start in (few, many)]
+            rest = [start[which]["seconds"] - opening for start, opening in zip((few, many), openings, strict=True)]
+            opening = sum(openings) / 2
+            per_layer = (rest[1] - rest[0]) / span
+            fixed = rest[0] - per_layer * small["layers"]
+            row[which] = {
+                "opening": opening,
+                "fixed": fixed,
+                "per_layer": per_layer,
+                "projected": opening + fixed + per_layer * layers,
+            }
+        row["ratio"] = row["second"]["projected"] / row["first"]["projected"]
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

@@ -580,9 +580,12 @@ def checkpoint_section(data: dict) -> list[str]:
     return [
         "## 8. A real-size checkpoint: first start, cached start, memory",
         "",
-        f"`python benchmarks/real_checkpoint.py --layers {data['layers']}` (each start in a fresh process, "
-        "imports included; peak RSS above the process's RSS before loading; anonymous: RSS less the mapped "
-        "shard files, which are the page cache's and reclaimable; predicted: the loader's memory check).",
+        f"`python benchmarks/real_checkpoint.py --layers {' '.join(str(c['layers']) for c in data['checkpoints'])}` "
+        "(each start in a fresh process; its seconds are `load_offloaded`'s, imports of transformers' model code "
+        "included, in the stage 'opening the model'; peak RSS above the process's RSS before loading, through a "
+        "first forward pass that fills the expert slots; anonymous: "
+        "RSS less the mapped shard files, which are the page cache's and reclaimable; predicted: the loader's "
+        "memory check).",
         "",
         real_checkpoint.markdown(data),
         "",
