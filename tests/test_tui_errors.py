@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +143,32 @@ def test_unexpected_loader_failure_is_readable_with_details_folded() -> None:
         await continue_without_model(pilot, app)
 
     run(app, check)
+
+
+def test_the_first_loading_stage_is_the_one_that_imports_torch_and_transformers() -> None:
+    """Seconds on a first import: they must show under the stage named for them, not under the next one."""
+    code = """
+import json, sys
+from moe_tui.tui.backend import LaunchOptions, load_backend
+seen = []
+class Enough(Exception):
+    pass
+def progress(stage, done, total):
+    seen.append([stage, done, "torch" in sys.modules, "transformers" in sys.modules])
+    if stage != "importing torch and transformers":
+        raise Enough
+try:
+    load_backend(LaunchOptions(), progress)
+except Enough:
+    print(json.dumps(seen))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    stage = "importing torch and transformers"
+    assert json.loads(done.stdout) == [
+        [stage, 0, False, False],
+        [stage, 1, True, True],
+        ["loading tokenizer", 0, True, True],
+    ]
 
 
 def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> None:
