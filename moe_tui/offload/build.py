@@ -182,10 +182,11 @@ def build_store(
     notes: list[str] = []
     if cache_dir is not None:
         loading = "loading saved expert store"
-        started: list[int] = []
+        started = False
 
         def loaded(done: int, total: int) -> None:
-            started.append(total)
+            nonlocal started
+            started = True
             report(loading, done, total)
 
         store, reason = ExpertStore.open_saved(
@@ -196,7 +197,7 @@ def build_store(
                 _replace_experts(moe, moe_layer.index)
             return store, {"store": "reused", "store_dir": str(cache_dir), "notes": notes}
         if started:  # the read failed part-way: that stage is over
-            report(loading, started[-1], started[-1])
+            report(loading, layers, layers)
         if reason:
             notes.append(f"the saved quantized store in {cache_dir} is {reason}: discarded, quantizing again")
     path = None
@@ -308,7 +309,8 @@ class TerminalProgress:
 
     def __init__(self, stream: TextIO | None = None) -> None:
         stream = stream or sys.stderr
-        self._bars = self._tasks = None
+        self._bars = None
+        self._tasks: dict[str, object] = {}
         if not stream.isatty():
             return
         from rich.console import Console
@@ -325,7 +327,6 @@ class TerminalProgress:
             console=Console(file=stream, force_terminal=True),
             auto_refresh=False,
         )
-        self._tasks: dict[str, object] = {}
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         """Add a bar for a new stage or move an existing one."""

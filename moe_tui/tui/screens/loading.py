@@ -18,13 +18,13 @@ from moe_tui.tui import keys
 class LoadProgress(Message):
     """Progress of one loading stage, posted from the loading worker to the app."""
 
-    def __init__(self, stage: str, done: int, total: int, started: float | None = None) -> None:
+    def __init__(self, stage: str, done: int, total: int, started: float) -> None:
         super().__init__()
         self.stage = stage
         self.done = done
         self.total = total
-        self.at = time.monotonic()
-        self.started = self.at if started is None else started  # when the stage first reported, in the worker
+        self.started = started  # when the stage first reported (time.monotonic(), in the worker)
+        self.at = time.monotonic()  # when this report was made
 
     def can_replace(self, message: Message) -> bool:
         """A newer report on the same stage makes an older pending one useless."""
