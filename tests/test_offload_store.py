@@ -101,9 +101,12 @@ def _filled(layers: int, experts: int, nbytes: int, seed: int = 0) -> ExpertStor
     return store
 
 
+@pytest.mark.parametrize("kind", ["ram", "pinned"])
 def test_a_saved_store_read_back_in_chunks_by_several_threads_is_byte_for_byte_the_same(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
+    tmp_path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
+    runtime = RecordingRuntime()  # a pinned store's layers are page-aligned views into larger allocations
+    monkeypatch.setattr(torch.cuda, "cudart", lambda: runtime)
     monkeypatch.setattr(store_module, "READ_CHUNK", 1000)  # layers of 3 x 777 bytes: chunks that cross experts
     monkeypatch.setattr(store_module, "READ_THREADS", 4)
     monkeypatch.setattr(store_module.os, "cpu_count", lambda: 4)
@@ -112,9 +115,10 @@ def test_a_saved_store_read_back_in_chunks_by_several_threads_is_byte_for_byte_t
     saved.save(tmp_path / "entry", description)
     reports: list[tuple[int, int]] = []
     store, problem = ExpertStore.open_saved(
-        tmp_path / "entry", 5, 3, 777, "ram", description, lambda done, total: reports.append((done, total))
+        tmp_path / "entry", 5, 3, 777, kind, description, lambda done, total: reports.append((done, total))
     )
     assert problem == "" and store is not None
+    assert len(runtime.registered) == (5 if kind == "pinned" else 0)
     for layer in range(5):
         for expert in range(3):
             assert torch.equal(store.row(layer, expert), saved.row(layer, expert))
