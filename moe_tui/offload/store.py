@@ -228,8 +228,9 @@ def _read_layers(path: Path, layers: list[Tensor], report: LayerProgress) -> Non
     threads (a read releases the GIL, and filling fresh pages is work for more than one core); ``report(done,
     total)`` after each layer is complete. EOFError when the file ends early, OSError when it cannot be read."""
     layer_bytes = layers[0].numel() if layers else 0
-    chunks = [(index, start) for index in range(len(layers)) for start in range(0, layer_bytes, READ_CHUNK)]
-    left = [len(range(0, layer_bytes, READ_CHUNK)) for _ in layers]
+    starts = range(0, layer_bytes, READ_CHUNK)
+    chunks = [(index, start) for index in range(len(layers)) for start in starts]
+    left = [len(starts)] * len(layers)  # chunks still to read, per layer
 
     def read(chunk: tuple[int, int]) -> int:
         index, start = chunk
