@@ -140,9 +140,9 @@ def load_offloaded(
     if progress is None:
         with TerminalProgress() as bars:
             return load_offloaded(path_or_hub_id, cfg, bars)
+    progress("opening the model", 0, 1)
     from transformers import GenerationConfig
 
-    progress("opening the model", 0, 1)
     directory = resolve_model_dir(path_or_hub_id)
     model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
     plan = plan_offload(cfg, moe, dtype, model.config)
