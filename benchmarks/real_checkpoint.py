@@ -2,23 +2,22 @@
 cached second start.
 
 For each ``--layers`` count it writes a Mixtral-8x7B-shaped checkpoint of that many decoder layers (hidden
-4096, experts 14336 wide,
-vocabulary 32000) with random bf16 weights, in the original layout (``block_sparse_moe.experts.E.w1/w2/w3``)
-and sharded like the published one (shards of about 2 GB and a ``model.safetensors.index.json``). Then, for
-each expert bit width, two starts in fresh processes with the same quantized-store cache directory:
+4096, experts 14336 wide, vocabulary 32000) with random bf16 weights, in the original layout
+(``block_sparse_moe.experts.E.w1/w2/w3``) and sharded like the published one (shards of about 2 GB and a
+``model.safetensors.index.json``). Then, for each expert bit width, two starts in fresh processes with the same
+quantized-store cache directory:
 
 * the first reads every expert from the shards and quantizes it (HQQ without its optimiser here: with it a
   Mixtral matrix takes about 40 s on 2 cores), then saves the store;
 * the second must reuse the saved store: it counts how many experts it read from the shards (goal 0) and
   its time against the first (goal under 10%).
 
-Each start reports its time per stage (the first, "opening the model", is everything before the loader's
-first stage: importing transformers' model code and building the model on the meta device, a fixed cost that
-does not grow with the model), its peak RSS above the process's RSS before loading (through the first forward pass,
-which fills the expert slots the load allocated), and the host bytes the loader's memory check predicted
-(goal: peak within 10% of it). With two layer counts or more, each start's
-time is split into a fixed part and a part per layer (a line through the smallest and largest count), and
-projected to Mixtral-8x7B's 32 layers: at 2 layers the fixed part is most of a cached start.
+Each start reports its time per loader stage (the first, "opening the model", is mostly importing transformers'
+model code: a fixed cost that does not grow with the model), its peak RSS above the process's RSS before
+loading (through the first forward pass, which fills the expert slots the load allocated), and the host bytes
+the loader's memory check predicted (goal: peak within 10% of it). With two layer counts or more, each start is
+projected to Mixtral-8x7B's 32 layers: its opening as measured, plus the rest of the load on the line through
+the smallest and the largest count (see :func:`project`); at 2 layers the opening is most of a cached start.
 
 Usage: ``python benchmarks/real_checkpoint.py [--layers 2 4] [--bits 4 2] [--dir DIR]``; writes
 ``benchmarks/results/real-checkpoint.json`` and prints a table.
@@ -60,11 +59,12 @@ def counted(self, *args, **kwargs):
     return original(self, *args, **kwargs)
 checkpoint_module.Checkpoint.expert = counted
 stages = {}
-last = {"stage": sys.argv[4], "start": None}
+last = {"stage": None, "start": None}
 def progress(stage, done, total):
     now = time.perf_counter()
     if stage != last["stage"]:
-        stages[last["stage"]] = stages.get(last["stage"], 0.0) + now - last["start"]
+        if last["stage"] is not None:
+            stages[last["stage"]] = stages.get(last["stage"], 0.0) + now - last["start"]
         last["stage"], last["start"] = stage, now
 settings = OffloadConfig(cache_size=2, prefetch=0, expert_bits=bits, quant_cache_dir=cache, quant_optimize=False)
 import psutil, threading
@@ -81,7 +81,7 @@ sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
 with PeakRSS() as rss:
     before = rss.peak
-    start = last["start"] = time.perf_counter()
+    start = time.perf_counter()
     om = load_offloaded(directory, settings, progress=progress)
     total = time.perf_counter() - start
     progress("done", 1, 1)
@@ -168,7 +168,7 @@ def start(directory: Path, cache: Path, bits: int) -> dict:
     """One load in a fresh process."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", _START, str(directory), str(cache), str(bits), OPENING],
+        [sys.executable, "-c", _START, str(directory), str(cache), str(bits)],
         env=env, capture_output=True, text=True, check=True,
     )  # fmt: skip
     return json.loads(done.stdout.strip().splitlines()[-1])
