@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -321,3 +323,27 @@ def test_tied_embeddings_are_tied_again_after_loading(tmp_path: Path) -> None:
     assert om.model.lm_head.weight is om.model.model.embed_tokens.weight
     ids = prompt(batch=1, length=5)
     assert (logits(om.model, ids) - logits(model, ids)).abs().max().item() <= TOLERANCE
+
+
+def test_two_threads_can_import_the_engine_at_once() -> None:
+    """The app imports the engine in its loading worker while the model picker's worker may be importing it too:
+    in a fresh interpreter, two threads importing two of its modules together both succeed (they failed with
+    "partially initialized module" while the package imported its own submodules)."""
+    code = """
+import importlib, threading, time
+failures = []
+def load(name):
+    try:
+        importlib.import_module(name)
+    except ImportError as error:
+        failures.append(f"{name}: {error}")
+threads = [threading.Thread(target=load, args=(name,)) for name in ("moe_tui.offload.arch", "moe_tui.offload.loader")]
+for thread in threads:
+    thread.start()
+    time.sleep(0.1)  # the second starts while the first is importing (torch alone takes seconds)
+for thread in threads:
+    thread.join()
+print(failures)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert done.stdout.strip() == "[]"
