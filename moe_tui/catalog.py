@@ -86,6 +86,16 @@ def local_models(recent: tuple[str, ...] = ()) -> list[ModelEntry]:
     return unique
 
 
+def typed_entry(spec: str) -> ModelEntry:
+    """The model a user typed (a directory or a hub id in the local Hugging Face cache), resolved as the loader
+    resolves it; :class:`UserError` in one line when it is neither."""
+    from moe_tui.offload.loader import resolve_model_dir
+
+    directory = resolve_model_dir(spec)
+    is_path = Path(spec).expanduser().is_dir()
+    return ModelEntry(spec, directory.resolve().name if is_path else spec, directory, "typed")
+
+
 def _hub_cache_models() -> list[ModelEntry]:
     try:
         from huggingface_hub import constants, scan_cache_dir
@@ -106,19 +116,23 @@ def _hub_cache_models() -> list[ModelEntry]:
 def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> ModelReport:
     """Read the model's config and say whether moe-tui can offload it, its parameters, and the planner's
     suggestion for ``host_bytes`` of RAM and ``gpu_bytes`` of VRAM (None: a CPU-only machine)."""
+    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
     from moe_tui.offload.arch import family_of
     from moe_tui.offload.loader import read_model_config
     from moe_tui.params import build_tree
+    from moe_tui.params.config import one_line
 
     try:
-        config = read_model_config(entry.directory)
-        family_of(config)
-        tree = build_tree(config)
+        with TRANSFORMERS_IMPORTS:  # another thread may be loading a model (and importing transformers' code)
+            config = read_model_config(entry.directory)
+            family_of(config)
+            tree = build_tree(config)
+            suggestion = suggest(config, host_bytes, gpu_bytes)
     except UserError as error:
         return ModelReport(entry, str(error))
-    except (OSError, ValueError, AttributeError) as error:
-        return ModelReport(entry, f"cannot read its config: {error}")
-    return ModelReport(entry, "", tree.total, tree.active, suggest(config, host_bytes, gpu_bytes))
+    except Exception as error:  # one model's odd config must not stop the picker describing the others
+        return ModelReport(entry, f"cannot read its config: {one_line(error)}")
+    return ModelReport(entry, "", tree.total, tree.active, suggestion)
 
 
 def suggest(config: Any, host_bytes: int, gpu_bytes: int | None) -> Suggestion | None:

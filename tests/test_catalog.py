@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,3 +51,31 @@ def test_the_suggestion_is_the_most_faithful_precision_where_top_k_experts_fit()
         catalog.suggest(mixtral, 64 * GIB, 8 * GIB).cache_size,
     ) == (4, 1)
     assert catalog.suggest(mixtral, 64 * GIB, 6 * GIB) is None  # nothing fits
+
+
+def test_models_are_described_while_another_thread_loads_one() -> None:
+    """The picker's worker reads configs while the app's loading worker imports transformers and loads the demo
+    model: in a fresh interpreter, with both started together, both finish (the description failed with
+    "cannot import name 'AutoConfig' from 'transformers'" before they took turns)."""
+    code = """
+import threading
+from moe_tui.catalog import describe, local_models, typed_entry
+from moe_tui.tui.backend import LaunchOptions, load_backend
+failures = []
+def load():
+    load_backend(LaunchOptions(), lambda stage, done, total: None)
+def read():
+    try:
+        report = describe(typed_entry(str(local_models()[0].directory)), 8 << 30, None)
+        failures.extend([report.problem] if report.problem else [])
+    except ImportError as error:
+        failures.append(str(error))
+threads = [threading.Thread(target=load), threading.Thread(target=read)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(failures)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
+    assert done.stdout.strip() == "[]"

@@ -320,8 +320,11 @@ def load_tokenizer(directory: Path, name: str) -> Any:
     """The model's tokenizer from its directory (never downloaded); :class:`UserError` when it cannot be read."""
     from transformers import AutoTokenizer
 
+    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
+
     try:
-        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        with TRANSFORMERS_IMPORTS:  # its tokenizer class is imported on first use
+            return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UserError(f"cannot load the tokenizer of {name}: {first_line}") from None

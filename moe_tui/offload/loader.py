@@ -20,6 +20,7 @@ from torch import nn
 from moe_tui import precision
 from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
+from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, family_of, find_moe
 from moe_tui.offload.build import (
@@ -141,10 +142,11 @@ def load_offloaded(
         with TerminalProgress() as bars:
             return load_offloaded(path_or_hub_id, cfg, bars)
     progress("opening the model", 0, 1)
-    from transformers import GenerationConfig
+    with TRANSFORMERS_IMPORTS:  # transformers imports the architecture's code here, on first use
+        from transformers import GenerationConfig
 
-    directory = resolve_model_dir(path_or_hub_id)
-    model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
+        directory = resolve_model_dir(path_or_hub_id)
+        model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
     plan = plan_offload(cfg, moe, dtype, model.config)
     progress("opening the model", 1, 1)
     progress("reading checkpoint", 0, 1)

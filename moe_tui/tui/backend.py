@@ -348,11 +348,14 @@ def load_backend(options: LaunchOptions, progress: Progress) -> Backend:
         replay = Replay.open(options.replay, speed=options.replay_speed)
         progress("reading trace", 1, 1)
         return ReplayBackend(replay, f"{replay.header.model} (replay of {Path(options.replay).name})")
-    progress("importing torch and transformers", 0, 1)
-    import torch  # noqa: F401  (seconds on a first import: the stage says what the wait is)
-    import transformers  # noqa: F401
+    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 
-    from moe_tui.chat.session import ChatSession
+    progress("importing torch and transformers", 0, 1)
+    with TRANSFORMERS_IMPORTS:  # the model picker may be reading configs in another thread
+        import torch  # noqa: F401  (seconds on a first import: the stage says what the wait is)
+        import transformers  # noqa: F401
+
+        from moe_tui.chat.session import ChatSession
 
     config = options.offload_config()
     progress("importing torch and transformers", 1, 1)

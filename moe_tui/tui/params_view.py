@@ -22,9 +22,11 @@ def running_precisions(engine: Any) -> tuple[str, str]:
 
 def params_tree(config: Any, backend: Any) -> tuple[Any, Callable[[Any], int], str]:
     """(root node, bytes of a node, a note) for the parameter panel; builds on the meta device."""
+    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
     from moe_tui.params import build_tree
 
-    root = build_tree(config)
+    with TRANSFORMERS_IMPORTS:  # the model picker may be building trees in another thread
+        root = build_tree(config)
     engine = getattr(backend, "engine", None)
     experts, others = running_precisions(engine)
     group_size = getattr(getattr(engine, "config", None), "group_size", 64)
