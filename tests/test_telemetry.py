@@ -71,6 +71,18 @@ def test_snapshot_is_versioned_and_reused_until_something_changes():
     assert second.layers[0].slots == (None, None) and second.layers[0].slot_status == ("empty", "empty")
 
 
+def test_two_telemetries_never_share_a_snapshot_version():
+    """A reader switching from one model's telemetry to a new one's (the app loading another model) redraws,
+    because a fresh telemetry's version is not one the old one already had."""
+    seen = set()
+    for _ in range(3):
+        telemetry = Telemetry(HEADER)
+        seen.add(telemetry.snapshot().version)
+        telemetry.record_step(make_step(0, 1, [3, 0], [False, True], slots=(0, 3)))
+        seen.add(telemetry.snapshot().version)
+    assert len(seen) == 6
+
+
 def test_window_frequency_and_slot_status_for_prefetch():
     telemetry = Telemetry(HEADER, window=2)
     telemetry.record_step(make_step(0, 0, [0, 1], [False, False], slots=(0, 1)))

@@ -4,6 +4,7 @@ the cache lab, and writes each record to a trace file when given one."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections import deque
@@ -18,6 +19,9 @@ WINDOW_STEPS = 32
 HISTORY_POINTS = 120
 # Forward passes whose routing is kept in memory for the cache lab when no trace file is written.
 JOURNAL_PASSES = 1024
+# Snapshot versions, unique across every Telemetry in the process: a reader that moves from one model's
+# telemetry to another's (the app loading a new model) never mistakes the new snapshot for one it drew.
+_VERSIONS = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -37,7 +41,8 @@ class LayerState:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """An immutable picture of the engine at one moment; ``version`` grows with every change."""
+    """An immutable picture of the engine at one moment; ``version`` grows with every change and is never shared
+    with another Telemetry's snapshot."""
 
     version: int
     header: TraceHeader
@@ -88,7 +93,7 @@ class Telemetry:
             self._last_token = ""
             self._token_times: deque[float] = deque(maxlen=64)
             self._journal: deque[LayerStep | TokenEvent] = deque(maxlen=JOURNAL_PASSES * (header.num_layers + 1))
-            self._version += 1
+            self._version = next(_VERSIONS)
             self._write({"type": "header", "schema": SCHEMA_VERSION, **_jsonable(asdict(header))})
 
     @property
@@ -112,7 +117,7 @@ class Telemetry:
                 self._last_step = step.step
                 self._steps += 1
                 self._history.append(self._totals.hit_rate)
-            self._version += 1
+            self._version = next(_VERSIONS)
             if self._trace is not None:  # vars(), not asdict(): asdict deep-copies and costs ~50 us per step
                 self._write({"type": "step", **_jsonable(vars(step))})
 
@@ -123,7 +128,7 @@ class Telemetry:
             self._last_token = event.text
             self._token_times.append(event.time)
             self._journal.append(event)
-            self._version += 1
+            self._version = next(_VERSIONS)
             self._write({"type": "token", **_jsonable(asdict(event))})
 
     def record_config(self, event: ConfigEvent) -> None:
@@ -136,7 +141,7 @@ class Telemetry:
                 prefetch=event.prefetch,
                 miss=event.miss,
             )
-            self._version += 1
+            self._version = next(_VERSIONS)
             self._write({"type": "config", **_jsonable(asdict(event))})
 
     def journal(self) -> tuple[TraceHeader, list[LayerStep | TokenEvent]]:
@@ -150,7 +155,7 @@ class Telemetry:
 
     @property
     def version(self) -> int:
-        """Grows by one with every recorded event; cheap to poll."""
+        """Grows with every recorded event (unique in the process); cheap to poll."""
         return self._version
 
     def counters(self) -> Counters:
