@@ -215,3 +215,102 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         )  # fmt: skip
 
     run(check, app)
+
+
+def test_a_typed_model_is_read_before_the_model_in_use_is_unloaded(tmp_path) -> None:
+    """A path or hub id typed in Load model… is resolved and described like a listed model: a wrong one is
+    refused in the picker with the model in use still loaded, a right one asks for its settings."""
+    import json
+
+    from moe_tui import paths
+    from moe_tui.tui.screens.models import LoadOptionsScreen, ModelPickerScreen
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    loaded = []
+    session = FakeSession(words=2)
+
+    def loader(options, progress):
+        from moe_tui.tui.backend import LiveBackend
+
+        loaded.append(options)
+        return LiveBackend(session)
+
+    app, _ = make_app(session)
+    app.loader = loader
+
+    async def typed(pilot: Pilot, text: str) -> None:
+        field = app.screen.query_one("#model-path")
+        field.focus()
+        field.value = text
+        await pilot.press("enter")
+
+    def note() -> str:
+        return str(app.screen.query_one("#model-note").render())
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        screen.action_load_model()
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ModelPickerScreen) and bool(app.screen.query("#model-path"))
+        )
+        await typed(pilot, str(tmp_path / "nowhere"))
+        await wait_for(pilot, lambda: "neither a model directory nor a model" in note(), timeout=60)
+        assert isinstance(app.screen, ModelPickerScreen) and app.screen.query_one("#model-note").has_class("-problem")
+        await typed(pilot, str(bert))
+        await wait_for(pilot, lambda: note().startswith("bert: bert is not a causal language model"), timeout=60)
+        assert len(loaded) == 1 and screen.backend.can_chat  # the start's load only: nothing was unloaded
+        await typed(pilot, str(paths.DEMO_MODEL_DIR))
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen), timeout=60)
+        assert str(app.screen.query_one(".dialog-title").render()) == "Load demo-mixtral"
+        app.screen.query_one("#load-k").focus()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(loaded) == 2 and screen.backend.can_chat)
+        assert loaded[1].model == str(paths.DEMO_MODEL_DIR)
+
+    run(check, app)
+
+
+def test_panels_draw_a_newly_loaded_model_at_once_and_drop_one_that_is_gone() -> None:
+    """A model loaded in place of another is drawn before its first token, even when its telemetry has seen as
+    many events as the last one's (both fresh); after a load that fails the panels say there is no model
+    instead of showing the last one's routing."""
+    from moe_tui.errors import UserError
+    from moe_tui.tui.backend import LiveBackend
+    from moe_tui.tui.widgets.panel import SnapshotView
+
+    first, last = FakeSession(words=2), FakeSession(words=2)
+    outcomes: list[object] = [first, last, UserError("no such model")]
+
+    def loader(options, progress):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return LiveBackend(outcome)
+
+    app, _ = make_app(first)
+    app.loader = loader
+
+    def views():
+        return [
+            panel.query_one(SnapshotView) for panel in main_screen(app).panels.values() if panel.query(SnapshotView)
+        ]
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await pilot.pause(0.1)
+        assert views() and all(view.snapshot is first.engine.snapshot() for view in views())
+        app.load_model("another")
+        await wait_for(pilot, lambda: screen.backend.can_chat and screen.backend.session is last)
+        await pilot.pause(0.1)
+        assert all(view.snapshot is last.engine.snapshot() for view in views())
+        await send(pilot, "a question")
+        await wait_for(pilot, lambda: answered(app))
+        app.load_model("elsewhere")
+        await wait_for(pilot, lambda: app.screen.id == "error")
+        await pilot.press("enter")
+        assert {str(view.render()) for view in views()} == {"no model loaded"}
+        assert screen.query_one(PromptInput).placeholder == "no model to chat with"
+
+    run(check, app)

@@ -167,15 +167,15 @@ class MoeTuiApp(App[int]):
         settings = replace(self.options.engine, **(engine or {}))
         options = replace(self.options, model=model, replay=replay, engine=settings)
         what = f"trace {replay}" if replay else (model or "the demo model")
-        if self.main is not None and self.main.backend.mode == "live":
-            # one model at a time: the old one's store and slots are freed before the new one takes its memory
-            old = self.main.backend
-            self.main.attach(NoBackend())
-            old.close()
-        loading = LoadingScreen(what)
-        self.loading_screen = loading
         if self.main is not None:
             self.main.show_loading(f"loading {what}…")
+            if self.main.backend.mode == "live":
+                # one model at a time: the old one's store and slots are freed before the new one takes its memory
+                old = self.main.backend
+                self.main.attach(NoBackend())
+                old.close()
+        loading = LoadingScreen(what)
+        self.loading_screen = loading
         self.push_screen(loading)
         # Start the heavy imports only once the loading screen is on the terminal: the import holds the GIL
         # for long stretches and would otherwise delay the first frame.
@@ -237,6 +237,7 @@ class MoeTuiApp(App[int]):
         if not isinstance(self.main.backend, NoBackend):
             keep = f"Still using {self.main.backend.name}."
         else:
+            self.main.attach(self.main.backend)  # the prompt, the status and the panels stop saying "loading"
             keep = "You can browse earlier chats (f2) and load another model from the command palette (ctrl+p)."
         title = "Could not load the model" if message.user_error else "Loading failed unexpectedly"
         self.push_screen(ErrorScreen(title, message.error, keep, message.details))

@@ -198,6 +198,10 @@ class MainScreen(Screen):
             self._say_loading()
         else:
             self.chat.set_status("no model loaded · ctrl+p → Load model… · earlier chats: f2")
+        if backend.snapshot() is None:  # no model: nothing of the last one stays on the panels
+            note = "the model is loading…" if self.loading_note else "no model loaded"
+            for panel in self.panels.values():
+                panel.forget(note)
         self.memory_panel.show_budget(backend.budget())
         self._show_params()
         self.refresh_panels()

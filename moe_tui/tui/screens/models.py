@@ -1,6 +1,7 @@
 """Load model…: the models on this machine (the demo, the directories loaded before, the local Hugging Face
 cache), described one by one in a worker (MoE or not, parameters, what fits), then k, bits and prefetch for the
-chosen one with the planner's suggestion filled in. A path or hub id can be typed instead."""
+chosen one with the planner's suggestion filled in. A path or hub id can be typed instead: it is resolved and
+described the same way before anything is loaded, so a wrong one is refused here and the model in use stays."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
-from moe_tui.catalog import ModelEntry, ModelReport, describe
+from moe_tui.catalog import ModelEntry, ModelReport, describe, typed_entry
 from moe_tui.engine_config import EXPERT_BITS, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
@@ -24,7 +25,7 @@ Choice = tuple[str, dict[str, Any]]
 
 
 class ModelPickerScreen(ModalScreen[Choice | None]):
-    """The model list; enter on a model asks for its settings, enter in the path field loads what is typed."""
+    """The model list; enter on a model, or on a path or hub id typed in the field, asks for its settings."""
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
@@ -41,6 +42,7 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
             yield Label("Load model", classes="dialog-title")
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
             yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
+            yield Static("", id="model-note", markup=False)
             yield Static("enter: choose    tab: type a path    escape: cancel", classes="dialog-hint", markup=False)
 
     def on_mount(self) -> None:
@@ -81,6 +83,9 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
         if report is None:
             self.notify("still reading this model's config; a moment", severity="warning")
             return
+        self._ask_options(report)
+
+    def _ask_options(self, report: ModelReport) -> None:
         if report.problem:
             self.notify(f"{report.entry.name}: {report.problem}", severity="error")
             return
@@ -93,8 +98,41 @@ class ModelPickerScreen(ModalScreen[Choice | None]):
     @on(Input.Submitted, "#model-path")
     def _typed(self, event: Input.Submitted) -> None:
         event.stop()
-        if event.value.strip():
-            self.dismiss((event.value.strip(), {}))
+        spec = event.value.strip()
+        if spec:
+            self._note(f"reading {spec}…")
+            self._describe_typed(spec)
+
+    @on(Input.Changed, "#model-path")
+    def _typing(self) -> None:
+        self._note("")
+
+    @work(thread=True, exclusive=True, group="describe-typed", exit_on_error=False)
+    def _describe_typed(self, spec: str) -> None:
+        try:
+            entry = typed_entry(spec)
+        except UserError as error:
+            self.app.call_from_thread(self._typed_problem, str(error))
+            return
+        report = describe(entry, self.host_bytes, self.gpu_bytes)
+        if report.problem:
+            self.app.call_from_thread(self._typed_problem, f"{entry.name}: {report.problem}")
+        else:
+            self.app.call_from_thread(self._typed_described, report)
+
+    def _typed_problem(self, problem: str) -> None:
+        if self.is_attached:
+            self._note(problem, problem=True)
+
+    def _typed_described(self, report: ModelReport) -> None:
+        if self.is_attached:
+            self._note("")
+            self._ask_options(report)
+
+    def _note(self, text: str, problem: bool = False) -> None:
+        note = self.query_one("#model-note", Static)
+        note.update(text)
+        note.set_class(problem, "-problem")
 
 
 class LoadOptionsScreen(ModalScreen[Choice | None]):

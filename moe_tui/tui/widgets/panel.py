@@ -33,6 +33,7 @@ class SnapshotView(Widget):
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self.snapshot: Snapshot | None = None
+        self.note = self.WAITING
         self.redraws = 0
         self._drawn: tuple[tuple[int, int, int, int], Text] | None = None
         self._lines = -1
@@ -55,6 +56,12 @@ class SnapshotView(Widget):
         self.refresh(layout=lines != self._lines)
         self._lines = lines
         return True
+
+    def forget(self, note: str) -> None:
+        """Drop the snapshot drawn (its model is gone) and show ``note`` until the next one."""
+        self.snapshot = None
+        self.note = note
+        self.clear_drawing()
 
     def clear_drawing(self) -> None:
         """Forget the drawn text (the theme changed) and draw again."""
@@ -85,9 +92,9 @@ class SnapshotView(Widget):
         return self._drawn[1]
 
     def render(self) -> Text:
-        """Draw the snapshot (or a waiting line before the first one); reuses the text drawn for this size."""
+        """Draw the snapshot (or a note before the first one); reuses the text drawn for this size."""
         if self.snapshot is None:
-            return Text(self.WAITING, style=self.colours.muted)
+            return Text(self.note, style=self.colours.muted)
         return self._text()
 
     def draw(self, snapshot: Snapshot, colours: Colours, width: int, height: int) -> Text:
@@ -136,6 +143,11 @@ class Panel(VerticalScroll, can_focus=True):
         for view in self.query(SnapshotView):
             changed = view.show(snapshot) or changed
         return changed
+
+    def forget(self, note: str) -> None:
+        """Drop what the panel shows (its model is gone) and show ``note`` until the next snapshot."""
+        for view in self.query(SnapshotView):
+            view.forget(note)
 
     def redraw(self) -> None:
         """Draw again with the same data (after a theme change)."""
