@@ -192,7 +192,7 @@ class MainScreen(Screen):
             self.chat.set_status("replay: +/- speed · space pause · ctrl+r restart")
             self._start_replay()
         elif backend.can_chat:
-            self.chat.set_status(f"{backend.name} ready · ctrl+j or alt+enter sends · esc stops")
+            self.chat.set_status(f"{backend.name} ready · esc stops an answer")
             self.call_after_refresh(prompt.focus)
         elif self.loading_note:
             self._say_loading()
