@@ -314,3 +314,22 @@ def test_panels_draw_a_newly_loaded_model_at_once_and_drop_one_that_is_gone() ->
         assert screen.query_one(PromptInput).placeholder == "no model to chat with"
 
     run(check, app)
+
+
+def test_a_worker_error_nobody_handled_is_shown_not_swallowed() -> None:
+    """Workers report the failures they expect themselves; one they did not expect is still one notification
+    (the model picker once said "reading its config…" for ever because its worker's ImportError vanished)."""
+    app, _ = make_app(FakeSession())
+    notices: list[tuple[str, str]] = []
+
+    async def check(pilot: Pilot) -> None:
+        app.notify = lambda message, **kwargs: notices.append((kwargs.get("title"), str(message)))  # type: ignore[method-assign]
+
+        def fail() -> None:
+            raise RuntimeError("the disk\nwent away")
+
+        main_screen(app).run_worker(fail, thread=True, exit_on_error=False, group="describe-models")
+        await wait_for(pilot, lambda: bool(notices))
+        assert notices == [("describe-models failed", "RuntimeError: the disk went away")]
+
+    run(check, app)

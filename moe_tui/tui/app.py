@@ -25,6 +25,7 @@ from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, LoadProgress
 from moe_tui.tui.screens.main import MainScreen
+from moe_tui.tui.workers import ReportsWorkerErrors
 
 Loader = Callable[[LaunchOptions, Progress], Backend]
 ANSWER_STOP_TIMEOUT_S = 10.0
@@ -41,7 +42,7 @@ class LoadFinished(Message):
         self.user_error = user_error
 
 
-class MoeTuiApp(App[int]):
+class MoeTuiApp(ReportsWorkerErrors, App[int]):
     """Chat with an offloaded MoE model (or replay a trace) and watch its experts, cache and memory live."""
 
     CSS_PATH = "app.tcss"

@@ -15,6 +15,7 @@ from moe_tui.errors import UserError
 from moe_tui.telemetry import LayerStep, TraceError, TraceEvent, TraceHeader, read_trace
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend
+from moe_tui.tui.workers import ReportsWorkerErrors
 
 MIN_POLICY = "min"
 
@@ -46,7 +47,7 @@ def lab_rows(report: Any) -> tuple[list[str], list[list[str]]]:
     return columns, rows
 
 
-class LabScreen(Screen):
+class LabScreen(ReportsWorkerErrors, Screen):
     """A table of simulated hit rates; escape or f4 goes back."""
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("lab")

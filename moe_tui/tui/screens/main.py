@@ -47,6 +47,7 @@ from moe_tui.tui.widgets.memory import MemoryPanel
 from moe_tui.tui.widgets.panel import Panel
 from moe_tui.tui.widgets.params import ParamsPanel
 from moe_tui.tui.widgets.statusbar import StatusBar
+from moe_tui.tui.workers import ReportsWorkerErrors
 
 if TYPE_CHECKING:
     from moe_tui.tui.app import MoeTuiApp
@@ -82,7 +83,7 @@ class ReplayEnded(Message):
     """The replayed trace has been played to its end."""
 
 
-class MainScreen(Screen):
+class MainScreen(ReportsWorkerErrors, Screen):
     """Chat plus dashboard; everything reachable from the keyboard."""
 
     COMMANDS: ClassVar[set] = {MainCommands}

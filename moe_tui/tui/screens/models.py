@@ -19,12 +19,13 @@ from moe_tui.catalog import ModelEntry, ModelReport, describe, typed_entry
 from moe_tui.engine_config import EXPERT_BITS, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+from moe_tui.tui.workers import ReportsWorkerErrors
 
 # What the picker hands back: the model spec to load and the engine options chosen for it.
 Choice = tuple[str, dict[str, Any]]
 
 
-class ModelPickerScreen(ModalScreen[Choice | None]):
+class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
     """The model list; enter on a model, or on a path or hub id typed in the field, asks for its settings."""
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
