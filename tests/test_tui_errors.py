@@ -204,6 +204,10 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
                 await wait_for(pilot, lambda: stages["quantizing experts"].bar.progress == 5)
                 assert stages["reading shards"].bar.progress == 1 and stages["reading shards"].bar.total == 3
                 assert stages["quantizing experts"].bar.percentage == pytest.approx(0.5)
+                app.load_model("later")  # refused while this load runs: two stores would be held at once
+                await pilot.pause(0.1)
+                assert any("a model is still loading" in note.message for note in app._notifications)
+                assert calls == ["bad"]
             finally:
                 release.set()  # a failed check must not leave the loader thread spinning (the test would hang)
             await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
