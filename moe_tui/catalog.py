@@ -13,6 +13,7 @@ from typing import Any
 
 from moe_tui import paths
 from moe_tui.errors import UserError
+from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.precision import HQQ_BITS, format_bytes, format_count
 
 QUALITY_ORDER: tuple[int | None, ...] = (None, 8, 4, 3, 2)  # expert bit widths, most faithful first
@@ -116,7 +117,6 @@ def _hub_cache_models() -> list[ModelEntry]:
 def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> ModelReport:
     """Read the model's config and say whether moe-tui can offload it, its parameters, and the planner's
     suggestion for ``host_bytes`` of RAM and ``gpu_bytes`` of VRAM (None: a CPU-only machine)."""
-    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
     from moe_tui.offload.arch import family_of
     from moe_tui.offload.loader import read_model_config
     from moe_tui.params import build_tree

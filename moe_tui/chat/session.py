@@ -23,6 +23,7 @@ from moe_tui.chat.generation import GenerationSettings
 from moe_tui.chat.kv import ConversationCache, cache_bytes
 from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation, supports_thinking
 from moe_tui.errors import UserError
+from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.telemetry import Telemetry, TokenEvent
 
 DEMO_MODEL_NAME = "demo-mixtral"
@@ -319,8 +320,6 @@ def resolve_model(model: str | Path | None) -> tuple[Path, str]:
 def load_tokenizer(directory: Path, name: str) -> Any:
     """The model's tokenizer from its directory (never downloaded); :class:`UserError` when it cannot be read."""
     from transformers import AutoTokenizer
-
-    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 
     try:
         with TRANSFORMERS_IMPORTS:  # its tokenizer class is imported on first use

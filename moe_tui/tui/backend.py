@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
+from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
 
 if TYPE_CHECKING:
@@ -348,8 +349,6 @@ def load_backend(options: LaunchOptions, progress: Progress) -> Backend:
         replay = Replay.open(options.replay, speed=options.replay_speed)
         progress("reading trace", 1, 1)
         return ReplayBackend(replay, f"{replay.header.model} (replay of {Path(options.replay).name})")
-    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
-
     progress("importing torch and transformers", 0, 1)
     with TRANSFORMERS_IMPORTS:  # the model picker may be reading configs in another thread
         import torch  # noqa: F401  (seconds on a first import: the stage says what the wait is)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.precision import precision_for_bits
 
 _TORCH_PRECISIONS = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
@@ -22,7 +23,6 @@ def running_precisions(engine: Any) -> tuple[str, str]:
 
 def params_tree(config: Any, backend: Any) -> tuple[Any, Callable[[Any], int], str]:
     """(root node, bytes of a node, a note) for the parameter panel; builds on the meta device."""
-    from moe_tui.import_lock import TRANSFORMERS_IMPORTS
     from moe_tui.params import build_tree
 
     with TRANSFORMERS_IMPORTS:  # the model picker may be building trees in another thread
