@@ -30,6 +30,8 @@ MAX_GAP_S = 1.0
 DEFAULT_STEPS_PER_S = 8.0
 MIN_SPEED = 0.125
 MAX_SPEED = 64.0
+# Put between two recorded answers in the replayed text: a trace keeps the answers' tokens, not the questions.
+ANSWER_BREAK = "\n\n---\n\n"
 
 
 class Replay:
@@ -46,6 +48,7 @@ class Replay:
         self.speed = speed
         self.paused = False
         self.notes: list[str] = []  # what reading the trace noticed (a cut-off last line)
+        self._answer_breaks = _answer_breaks(events)
 
     @classmethod
     def open(cls, path: str | Path, speed: float = 1.0) -> Replay:
@@ -93,6 +96,11 @@ class Replay:
     def snapshot(self) -> Snapshot:
         """What the panels show now."""
         return self.telemetry.snapshot()
+
+    def answer_text(self, tokens: list[TokenEvent]) -> str:
+        """The tokens' text as the chat shows it: a rule (:data:`ANSWER_BREAK`) before each token that starts an
+        answer after the first, so that answers do not run into one another."""
+        return "".join(self._answer_breaks.get(token.step, "") + token.text for token in tokens)
 
     def play(self, count: int | None = None) -> list[TokenEvent]:
         """Play the next ``count`` events (all remaining ones when None) at once; returns their tokens."""
@@ -157,6 +165,26 @@ class Replay:
                 self.telemetry.record_config(event)
         self._position = max(self._position, end)
         return tokens
+
+
+def _answer_breaks(events: list[TraceEvent]) -> dict[int, str]:
+    """For each token that starts an answer after the first (the first token after a prefill pass: more than one
+    token through the first MoE layer, as the live telemetry tells a prefill apart), the text to put before it:
+    :data:`ANSWER_BREAK`, after a closing fence when the answer before it left a code block open."""
+    breaks: dict[int, str] = {}
+    answer: list[str] = []
+    after_prefill = False
+    for event in events:
+        if isinstance(event, LayerStep) and event.layer == 0 and event.n_tokens > 1:
+            after_prefill = True
+        elif isinstance(event, TokenEvent):
+            if after_prefill and answer:
+                unclosed = "".join(answer).count("```") % 2 == 1
+                breaks[event.step] = ("\n```" if unclosed else "") + ANSWER_BREAK
+                answer = []
+            answer.append(event.text)
+            after_prefill = False
+    return breaks
 
 
 def playback_offsets(events: list[TraceEvent]) -> list[float]:

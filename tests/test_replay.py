@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from tui_fakes import header, synthetic_events, write_trace
 
 from moe_tui.errors import UserError
-from moe_tui.replay import MAX_GAP_S, MAX_SPEED, MIN_SPEED, Replay, playback_offsets
+from moe_tui.replay import ANSWER_BREAK, MAX_GAP_S, MAX_SPEED, MIN_SPEED, Replay, playback_offsets
 from moe_tui.telemetry import LayerStep, Telemetry, TokenEvent
 
 
@@ -35,6 +36,23 @@ def test_full_replay_reproduces_the_live_counters(tmp_path: Path) -> None:
     assert snapshot.totals == live.totals
     assert [layer.slots for layer in snapshot.layers] == [layer.slots for layer in live.layers]
     assert snapshot.tokens_per_s == pytest.approx(live.tokens_per_s)
+
+
+def test_the_replayed_text_breaks_between_answers() -> None:
+    """A trace keeps answers, not the questions between them: each answer after the first (its first token
+    follows a prefill pass) starts after a rule, where it used to run on from the last word of the one before."""
+    head = header()
+    first = synthetic_events(head, tokens=3)
+    second = [replace(event, step=event.step + 10) for event in synthetic_events(head, tokens=2, start=2000.0)]
+    replay = Replay(head, first + second)
+    tokens = replay.play()
+    assert replay.answer_text(tokens) == "The expert cache" + ANSWER_BREAK + "The expert"
+    assert replay.answer_text(tokens[3:]) == ANSWER_BREAK + "The expert"  # a piece that starts the second answer
+    assert replay.answer_text(tokens[:3]) == "The expert cache"
+    fenced = [replace(event, text="```py\nx") if isinstance(event, TokenEvent) and event.step == 2 else event
+              for event in first]  # fmt: skip
+    replay = Replay(head, fenced + second)
+    assert replay.answer_text(replay.play()) == "The```py\nx cache\n```" + ANSWER_BREAK + "The expert"
 
 
 def test_advance_releases_events_at_the_recorded_pace_times_speed() -> None:

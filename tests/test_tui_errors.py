@@ -321,6 +321,35 @@ def test_replay_drives_the_panels_and_speed_keys(tmp_path: Path) -> None:
     run(app, check)
 
 
+def test_a_model_loaded_during_a_replay_stops_it_and_starts_with_an_empty_chat(tmp_path: Path) -> None:
+    """The replay's thread stops when a model replaces the trace, so its text does not go on streaming into the
+    chat, and the replayed answer (not a conversation) is cleared for the model's own."""
+    head = header(layers=4)
+    path = write_trace(tmp_path / "t.jsonl", head, synthetic_events(head, tokens=400))
+    session = FakeSession(words=2)
+
+    def loader(options, progress):
+        return load_backend(options, progress) if options.replay else LiveBackend(session)
+
+    app = MoeTuiApp(LaunchOptions(replay=str(path), replay_speed=0.5), loader=loader, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        screen = app.main
+        replay = screen.backend.replay
+        await wait_for(pilot, lambda: replay.position > 0 and bool(screen.query(MessageView)))
+        app.load_model(None)
+        await wait_for(pilot, lambda: screen.backend.can_chat)
+        await pilot.pause(0.2)
+        position = replay.position
+        await pilot.pause(1.0)
+        assert replay.position == position, "the replay stopped"
+        assert not screen.query(MessageView)
+        await send(pilot, "hello")
+        await wait_for(pilot, lambda: len(screen.query(MessageView)) == 2 and not screen.generating)
+
+    run(app, check)
+
+
 def test_command_line_rejects_contradictions(capsys: pytest.CaptureFixture[str]) -> None:
     from moe_tui.cli import main
 

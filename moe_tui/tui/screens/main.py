@@ -181,6 +181,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
     # ---------------------------------------------------------------- backend
     def attach(self, backend: Backend) -> None:
         """Show a newly loaded model or trace (or none)."""
+        leaving_replay = self.backend.mode == "replay" and backend is not self.backend
+        if leaving_replay:  # the replay's thread must not go on writing its text into the chat
+            self._replay_stop.set()
+            self.call_later(self.chat.show_messages, [])  # a replayed answer is not a conversation to continue
         self.backend = backend
         self._drawn_version = -1
         self._apply_generation_defaults()
@@ -795,25 +799,28 @@ class MainScreen(ReportsWorkerErrors, Screen):
     # ------------------------------------------------------------------ replay
     def _start_replay(self) -> None:
         replay = self.backend.replay
-        played = "".join(event.text for event in replay.events[: replay.position] if isinstance(event, TokenEvent))
+        tokens = [event for event in replay.events[: replay.position] if isinstance(event, TokenEvent)]
+        played = replay.answer_text(tokens)
         self._replay_stop.set()
         self._replay_stop = threading.Event()
         self._serial += 1
-        self._play(played, self._serial, self._replay_stop)
+        self._play(self.backend, played, self._serial, self._replay_stop)
 
     @work(exclusive=True, group="replay-start")
-    async def _play(self, played: str, serial: int, stop: threading.Event) -> None:
+    async def _play(self, backend: Backend, played: str, serial: int, stop: threading.Event) -> None:
         feed = await self.chat.continue_answer(played, serial)
-        self._run_replay(feed, stop)
+        self._run_replay(backend, feed, stop)
 
     @work(thread=True, exclusive=True, group="replay", exit_on_error=False)
-    def _run_replay(self, feed: AnswerFeed, stop: threading.Event) -> None:
+    def _run_replay(self, backend: Backend, feed: AnswerFeed, stop: threading.Event) -> None:
+        """Play ``backend``'s trace (the one attached when the replay started) until it ends or ``stop`` is set."""
+
         def on_tokens(tokens: list[TokenEvent]) -> None:
-            text = "".join(token.text for token in tokens)
+            text = backend.replay.answer_text(tokens)
             if text:
                 feed.put(text)
 
-        self.backend.run(stop, on_tokens)
+        backend.run(stop, on_tokens)
         if not stop.is_set():
             self.post_message(ReplayEnded())
 
