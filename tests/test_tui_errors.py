@@ -23,6 +23,7 @@ from moe_tui.system import Nvml, SystemProbe
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
 from moe_tui.tui.screens.error import ErrorScreen
+from moe_tui.tui.screens.loading import LoadingScreen
 from moe_tui.tui.screens.main import MainScreen
 from moe_tui.tui.widgets.chat import ChatView, MessageView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
@@ -32,7 +33,7 @@ from moe_tui.tui.widgets.memory import MemoryView
 def run(app: MoeTuiApp, test: Callable[[Pilot], object], size: tuple[int, int] = (120, 40)) -> None:
     async def main() -> None:
         async with app.run_test(size=size) as pilot:
-            await wait_for(pilot, lambda: app.main is not None and app.screen.id != "loading", timeout=60)
+            await wait_for(pilot, lambda: app.main and not isinstance(app.screen, LoadingScreen), timeout=60)
             await test(pilot)
 
     asyncio.run(main())
@@ -198,7 +199,7 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             try:
-                await wait_for(pilot, lambda: app.screen.id == "loading" and len(app.screen.stages) == 2)
+                await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and len(app.screen.stages) == 2)
                 stages = app.screen.stages
                 # a new stage's bar is listed at once and moved once it is mounted
                 await wait_for(pilot, lambda: stages["quantizing experts"].bar.progress == 5)
@@ -403,8 +404,7 @@ def test_loading_another_model_frees_the_first_before_the_second_takes_memory() 
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: app.main is not None and app.main.backend.can_chat)
-            await wait_for(pilot, lambda: app.screen is app.main and not app.query("LoadingScreen"))
-            await pilot.pause(0.5)  # the first loading screen's removal has finished
+            await wait_for(pilot, lambda: app.screen is app.main)
             app.load_model("second")
             await wait_for(pilot, lambda: app.main.backend.can_chat and app.main.backend.session is second)
             await send(pilot, "hello")

@@ -37,7 +37,7 @@ class LoadingScreen(Screen):
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("loading")
 
     def __init__(self, what: str) -> None:
-        super().__init__(id="loading")
+        super().__init__()  # no fixed id: the next load's screen may be pushed before this one is fully removed
         self.what = what
         self.stages: dict[str, StageRow] = {}
         self._started = time.monotonic()
