@@ -297,14 +297,15 @@ def test_panels_draw_a_newly_loaded_model_at_once_and_drop_one_that_is_gone() ->
             panel.query_one(SnapshotView) for panel in main_screen(app).panels.values() if panel.query(SnapshotView)
         ]
 
+    def showing(session: FakeSession) -> bool:
+        return bool(views()) and all(view.snapshot is session.engine.snapshot() for view in views())
+
     async def check(pilot: Pilot) -> None:
         screen = main_screen(app)
-        await pilot.pause(0.1)
-        assert views() and all(view.snapshot is first.engine.snapshot() for view in views())
+        await wait_for(pilot, lambda: showing(first))
         app.load_model("another")
         await wait_for(pilot, lambda: screen.backend.can_chat and screen.backend.session is last)
-        await pilot.pause(0.1)
-        assert all(view.snapshot is last.engine.snapshot() for view in views())
+        await wait_for(pilot, lambda: showing(last), timeout=2)
         await send(pilot, "a question")
         await wait_for(pilot, lambda: answered(app))
         app.load_model("elsewhere")

@@ -259,7 +259,7 @@ class ChatView(Vertical):
         return self.feed.received if self.feed is not None else 0
 
     def set_status(self, text: str) -> None:
-        """Show a one-line note under the log (model state, last answer's speed)."""
+        """Show a note under the log (model state, last answer's speed), wrapped onto up to three lines."""
         self.query_one("#chat-status", Static).update(text)
 
     async def show_messages(self, messages: list[tuple[str, str]]) -> None:
