@@ -291,7 +291,7 @@ def test_quantized_stores_of_a_model_directory_go_to_the_user_cache_unless_told_
 def test_an_engine_configuration_reports_its_loading_stages_to_the_terminal_progress(
     prompts: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from moe_tui.offload import build
+    from moe_tui.offload import loader
 
     stages: set[str] = set()
 
@@ -305,7 +305,7 @@ def test_an_engine_configuration_reports_its_loading_stages_to_the_terminal_prog
         def __call__(self, stage: str, done: int, total: int) -> None:
             stages.add(stage)
 
-    monkeypatch.setattr(build, "TerminalProgress", Recorded)
+    monkeypatch.setattr(loader, "TerminalProgress", Recorded)
     argv = ["bench", *TINY, "--tokens", "2", "--runs", "1", "--prompts", str(prompts), "--json"]
     run_json([*argv, "--config", "k=1,bits=2,optimize=off"], capsys)
     assert "quantizing experts to 2 bits" in stages

@@ -100,7 +100,6 @@ def _load_hf_offload(spec: Spec, source: BenchModel, device: str, workdir: Path)
 
 def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, quant_cache: Path) -> Loaded:
     from moe_tui.offload import load_offloaded
-    from moe_tui.offload.build import TerminalProgress
 
     trace = spec.trace_path
     if spec.record and trace is None:
@@ -116,8 +115,7 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, qua
         telemetry=settings.telemetry or trace is not None,
         quant_cache_dir=quant_cache if settings.expert_bits is not None else None,
     )
-    with TerminalProgress() as bars:
-        engine = load_offloaded(source.directory, config, progress=bars)
+    engine = load_offloaded(source.directory, config)  # its stages as bars on a terminal's stderr
     notes = list(engine.load_info.get("notes", ()))
     if engine.load_info.get("store") == "reused":
         notes.append(f"{spec.label}: reused the quantized store in {engine.load_info['store_dir']} (no quantizing)")
