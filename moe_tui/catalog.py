@@ -88,13 +88,12 @@ def local_models(recent: tuple[str, ...] = ()) -> list[ModelEntry]:
 
 
 def typed_entry(spec: str) -> ModelEntry:
-    """The model a user typed (a directory or a hub id in the local Hugging Face cache), resolved as the loader
-    resolves it; :class:`UserError` in one line when it is neither."""
-    from moe_tui.offload.loader import resolve_model_dir
+    """The model a user typed (a directory or a hub id in the local Hugging Face cache), resolved and named as a
+    chat session resolves and names it; :class:`UserError` in one line when it is neither."""
+    from moe_tui.chat.session import resolve_model
 
-    directory = resolve_model_dir(spec)
-    is_path = Path(spec).expanduser().is_dir()
-    return ModelEntry(spec, directory.resolve().name if is_path else spec, directory, "typed")
+    directory, name = resolve_model(spec)
+    return ModelEntry(spec, name, directory, "typed")
 
 
 def _hub_cache_models() -> list[ModelEntry]:
