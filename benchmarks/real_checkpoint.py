@@ -224,7 +224,7 @@ def main() -> None:
 def markdown(data: dict) -> str:
     """The starts as Markdown tables, one per checkpoint, and the projection to a whole Mixtral-8x7B."""
     gib = 1024**3
-    lines = [f"Measured {data['measured']} on {data['machine']}.", ""] if "machine" in data else []
+    lines = [f"Measured {data['measured']} on {data['machine']}.", ""]
     for checkpoint in data["checkpoints"]:
         lines += [
             f"Checkpoint: {checkpoint['layers']} Mixtral-8x7B layers, {checkpoint['checkpoint_bytes'] / gib:.1f} GiB "
