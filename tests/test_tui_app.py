@@ -369,6 +369,8 @@ def test_panels_redraw_only_when_the_snapshot_changes() -> None:
         screen = main_screen(app)
         await send(pilot, "hi")
         await wait_for(pilot, lambda: not screen.generating)
+        # the answer's last snapshot drawn (a loaded machine slows the redraw pace), then idle
+        await wait_for(pilot, lambda: screen._drawn_version == session.engine.snapshot().version)
         await pilot.pause(0.3)
         before = screen.redraws
         await pilot.pause(0.5)
