@@ -95,6 +95,29 @@ def test_window_frequency_and_slot_status_for_prefetch():
     assert telemetry.snapshot().layers[0].slot_status == ("prefetched", "miss")
 
 
+def test_hit_rate_sparklines_follow_the_last_passes_not_the_whole_run():
+    """After a long run of hits, a cold stretch shows in the sparklines within a window of passes, while the
+    cumulative rate barely moves: the points are each the hit rate over the last ``window`` passes."""
+    telemetry = Telemetry(HEADER, window=4)
+    for step in range(40):
+        telemetry.record_step(make_step(step, 0, [0, 1], [True, True], slots=(0, 1)))
+        telemetry.record_step(make_step(step, 1, [0, 1], [True, False], slots=(0, 1)))
+    for step in range(40, 44):
+        telemetry.record_step(make_step(step, 0, [2, 3], [False, False], slots=(2, 3)))
+        telemetry.record_step(make_step(step, 1, [2, 3], [False, False], slots=(2, 3)))
+    snapshot = telemetry.snapshot()
+    layer0, layer1 = snapshot.layers
+    assert layer0.hit_rate_history[39] == 1.0 and layer1.hit_rate_history[39] == 0.5
+    # the misses slide in one pass at a time: 3 of 4, 2 of 4, 1 of 4 passes all hits, then none
+    assert layer0.hit_rate_history[-4:] == (0.75, 0.5, 0.25, 0.0)
+    assert layer1.hit_rate_history[-1] == 0.0
+    assert layer0.counters.hit_rate == pytest.approx(80 / 88)
+    # overall, a point is taken as each pass starts (its layer 0 step in, layer 1 still a pass behind)
+    assert snapshot.hit_rate_history[39] == pytest.approx(12 / 16)
+    assert snapshot.hit_rate_history[-1] == pytest.approx(1 / 16)
+    assert len(snapshot.hit_rate_history) == 44
+
+
 def test_tokens_per_second_and_bytes_per_token():
     telemetry = Telemetry(HEADER)
     telemetry.record_step(make_step(0, 0, [0, 1], [False, False], bytes_loaded=1000))

@@ -15,6 +15,8 @@ from moe_tui.telemetry.counters import Counters
 from moe_tui.telemetry.events import SCHEMA_VERSION, ConfigEvent, LayerStep, TokenEvent, TraceHeader
 from moe_tui.telemetry.trace import _jsonable
 
+# Passes behind the heatmap's shading and behind each point of the hit-rate sparklines: a cumulative rate
+# flattens within a few dozen tokens, a rate over the last passes shows a topic change or a cold cache.
 WINDOW_STEPS = 32
 HISTORY_POINTS = 120
 # Forward passes whose routing is kept in memory for the cache lab when no trace file is written.
@@ -36,7 +38,7 @@ class LayerState:
     last_weights: tuple[float, ...] = ()
     window_frequency: tuple[float, ...] = ()
     counters: Counters = field(default_factory=Counters)
-    hit_rate_history: tuple[float, ...] = ()
+    hit_rate_history: tuple[float, ...] = ()  # per pass: the hit rate over the last WINDOW_STEPS passes
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Snapshot:
     last_token: str = ""
     tokens_per_s: float = 0.0
     bytes_per_token: float = 0.0
-    hit_rate_history: tuple[float, ...] = ()
+    hit_rate_history: tuple[float, ...] = ()  # per pass: the hit rate over the last WINDOW_STEPS passes
 
     @property
     def stall_share(self) -> float:
@@ -84,6 +86,9 @@ class Telemetry:
             self._layer_counters = [Counters() for _ in range(header.num_layers)]
             self._last: list[LayerStep | None] = [None] * header.num_layers
             self._recent: list[deque[LayerStep]] = [deque(maxlen=self._window) for _ in range(header.num_layers)]
+            # Hits and fetches of the steps in ``_recent``, kept as running sums.
+            self._window_hits = [0] * header.num_layers
+            self._window_fetches = [0] * header.num_layers
             self._layer_history: list[deque[float]] = [deque(maxlen=HISTORY_POINTS) for _ in range(header.num_layers)]
             self._history: deque[float] = deque(maxlen=HISTORY_POINTS)
             self._totals = Counters()
@@ -108,18 +113,29 @@ class Telemetry:
             self._layer_counters[layer] = self._layer_counters[layer].add(step)
             self._totals = self._totals.add(step)
             self._last[layer] = step
-            self._recent[layer].append(step)
+            self._slide_window(layer, step)
             self._journal.append(step)
             if layer == 0 and step.n_tokens > 1:  # a prefill starts a new answer: its rate starts afresh
                 self._token_times.clear()
-            self._layer_history[layer].append(self._layer_counters[layer].hit_rate)
+            self._layer_history[layer].append(_share(self._window_hits[layer], self._window_fetches[layer]))
             if step.step != self._last_step:
                 self._last_step = step.step
                 self._steps += 1
-                self._history.append(self._totals.hit_rate)
+                self._history.append(_share(sum(self._window_hits), sum(self._window_fetches)))
             self._version = next(_VERSIONS)
             if self._trace is not None:  # vars(), not asdict(): asdict deep-copies and costs ~50 us per step
                 self._write({"type": "step", **_jsonable(vars(step))})
+
+    def _slide_window(self, layer: int, step: LayerStep) -> None:
+        """Add ``step`` to the layer's recent steps and their running hit and fetch sums, dropping the oldest."""
+        recent = self._recent[layer]
+        if len(recent) == recent.maxlen:
+            oldest = recent[0]
+            self._window_hits[layer] -= sum(oldest.hits)
+            self._window_fetches[layer] -= len(oldest.hits)
+        recent.append(step)
+        self._window_hits[layer] += sum(step.hits)
+        self._window_fetches[layer] += len(step.hits)
 
     def record_token(self, event: TokenEvent) -> None:
         """Count one generated token and remember its text."""
@@ -255,3 +271,8 @@ def _slot_status(step: LayerStep, expert: int | None) -> str:
     if expert in step.prefetch_issued:
         return "prefetched"
     return "idle"
+
+
+def _share(hits: int, fetches: int) -> float:
+    """Hits as a share of fetches; 0 before any fetch (as :attr:`Counters.hit_rate`)."""
+    return hits / fetches if fetches else 0.0

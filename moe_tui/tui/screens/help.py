@@ -11,11 +11,13 @@ from textual.screen import ModalScreen
 from textual.widgets import Label, Static
 
 from moe_tui.config import settings_path
+from moe_tui.telemetry.live import WINDOW_STEPS
 from moe_tui.tui import keys
 
 PANEL_HELP = (
     "Panels: tab / shift+tab move the focus; with a panel focused, [ and ] move it, x hides it, f11 maximises it.\n"
-    "Cache slots: id+mark, next victim first: + hit, ! miss (loaded), ^ prefetched and used, ~ prefetched unused.\n"
+    "Cache slots: id+mark, next victim first: + hit, ! miss (loaded), ^ prefetched and used, ~ prefetched unused;\n"
+    f"  the sparklines: hit rate over the last {WINDOW_STEPS} passes, one point per pass, newest right.\n"
     "Heatmap: ● (or a weight) = picked for the last token; shade/colour = share of the last passes."
 )
 
