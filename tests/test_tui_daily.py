@@ -3,6 +3,8 @@ deleting and searching conversations (Pilot, with a fake model and a real SQLite
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from textual.pilot import Pilot
 from tui_fakes import FakeSession
 from tui_helpers import main_screen, make_app, messages, run, send, wait_for
@@ -82,6 +84,27 @@ def test_regenerate_replaces_the_last_answer_and_edit_replaces_the_last_question
         await pilot.press("escape")  # cancel: nothing changes
         assert not screen.editing and app.screen.query_one(PromptInput).text == ""
         assert len(screen.store.messages(screen.conversation_id)) == 4
+
+    run(check, app)
+
+
+def test_regenerating_a_greedy_answer_says_why_it_comes_out_the_same() -> None:
+    app, session = make_app(FakeSession(words=4))
+    notices: list[str] = []
+
+    async def check(pilot: Pilot) -> None:
+        app.notify = lambda message, **kwargs: notices.append(str(message))  # type: ignore[method-assign]
+        screen = main_screen(app)
+        screen.generation = replace(screen.generation, temperature=0.7)
+        await send(pilot, "a question")
+        await wait_for(pilot, lambda: answered(app))
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: answered(app) and len(session.prompts) == 2)
+        assert not any("greedy" in notice for notice in notices)  # sampling: a new answer may differ
+        screen.generation = replace(screen.generation, temperature=0.0)
+        await pilot.press("ctrl+g")
+        await wait_for(pilot, lambda: answered(app) and len(session.prompts) == 3)
+        assert "temperature is 0 (greedy)" in notices[-1]  # still answered again: the model may have changed
 
     run(check, app)
 

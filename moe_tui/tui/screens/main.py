@@ -378,6 +378,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         if not self._can_answer():
             return
         if await self._drop_last_turn(keep_question=True):
+            if self.generation.temperature == 0:
+                self.notify("temperature is 0 (greedy): the same model gives the same answer; Settings can raise it")
             await self._answer_next(None)
 
     def action_edit_last(self) -> None:
