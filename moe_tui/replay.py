@@ -168,8 +168,8 @@ class Replay:
 
 
 def _answer_breaks(events: list[TraceEvent]) -> dict[int, str]:
-    """For each token that starts an answer after the first (the first token after a prefill pass: more than one
-    token through the first MoE layer, as the live telemetry tells a prefill apart), the text to put before it:
+    """For each token that starts an answer after the first (marked ``first``, or in older traces the first token
+    after a prefill pass: more than one token through the first MoE layer), the text to put before it:
     :data:`ANSWER_BREAK`, after a closing fence when the answer before it left a code block open."""
     breaks: dict[int, str] = {}
     answer: list[str] = []
@@ -178,7 +178,7 @@ def _answer_breaks(events: list[TraceEvent]) -> dict[int, str]:
         if isinstance(event, LayerStep) and event.layer == 0 and event.n_tokens > 1:
             after_prefill = True
         elif isinstance(event, TokenEvent):
-            if after_prefill and answer:
+            if (after_prefill or event.first) and answer:
                 unclosed = "".join(answer).count("```") % 2 == 1
                 breaks[event.step] = ("\n```" if unclosed else "") + ANSWER_BREAK
                 answer = []

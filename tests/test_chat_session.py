@@ -321,6 +321,22 @@ def test_token_events_land_in_the_engine_telemetry(tokenizer: Any, tmp_path: Pat
     assert snapshot.last_token == tokens[-1].text
 
 
+def test_each_answers_first_token_is_marked_even_when_its_prompt_was_cached(tokenizer: Any, tmp_path: Path) -> None:
+    """Regenerating reuses the kept KV cache for all of the prompt but one token, so no pass of the second answer
+    runs more than one token: the mark on its first token is the only sign in the trace that an answer began."""
+    chat = chat_session(tokenizer, trace_path=tmp_path / "trace.jsonl")
+    settings = GenerationSettings(temperature=0, max_new_tokens=5)
+    chat.generate(QUESTION, settings, lambda piece: None)
+    again = chat.generate(QUESTION, settings, lambda piece: None)
+    chat.close()
+    assert again.reused_tokens == again.prompt_tokens - 1
+    _, events = read_trace(tmp_path / "trace.jsonl")
+    tokens = [event for event in events if isinstance(event, TokenEvent)]
+    assert [token.first for token in tokens] == [True, False, False, False, False] * 2
+    second_start = tokens[5].step
+    assert all(event.n_tokens == 1 for event in events if isinstance(event, LayerStep) and event.step >= second_start)
+
+
 def test_stop_event_ends_generation_mid_answer(chat: ChatSession) -> None:
     stop = threading.Event()
     pieces: list[str] = []

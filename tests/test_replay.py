@@ -55,6 +55,22 @@ def test_the_replayed_text_breaks_between_answers() -> None:
     assert replay.answer_text(replay.play()) == "The```py\nx cache\n```" + ANSWER_BREAK + "The expert"
 
 
+def test_an_answer_marked_first_breaks_without_a_prefill_pass() -> None:
+    """A regenerated answer can start after a one-token pass (the rest of its prompt was in the kept KV cache):
+    its first token carries the mark that sets it apart."""
+    head = header()
+    first = synthetic_events(head, tokens=3)
+    second = [
+        replace(event, step=event.step + 10, n_tokens=1)
+        if isinstance(event, LayerStep)
+        else replace(event, step=event.step + 10, first=event.step == 1)
+        for event in synthetic_events(head, tokens=2, start=2000.0)
+        if not (isinstance(event, LayerStep) and event.step == 0)  # no prefill pass
+    ]
+    replay = Replay(head, first + second)
+    assert replay.answer_text(replay.play()) == "The expert cache" + ANSWER_BREAK + "The expert"
+
+
 def test_advance_releases_events_at_the_recorded_pace_times_speed() -> None:
     head = header(layers=2)
     events = synthetic_events(head, tokens=10)  # one pass every 0.1 s after the prefill

@@ -139,6 +139,18 @@ def test_tokens_per_second_is_the_current_answers_rate():
     assert telemetry.snapshot().tokens_per_s == pytest.approx(4.0), "the pause between answers is not counted"
 
 
+def test_an_answer_without_a_prefill_pass_starts_its_own_rate():
+    """A regenerated answer whose prompt the kept KV cache holds but for one token has no multi-token pass:
+    its first token, marked ``first``, is what starts the rate afresh (the header read 1.8 tok/s after one)."""
+    telemetry = Telemetry(HEADER)
+    for answer, start in enumerate((10.0, 100.0)):
+        telemetry.record_step(make_step(answer * 10, 0, [0, 1], [False, False]))  # a one-token "prefill"
+        for index in range(4):
+            event = TokenEvent(step=answer * 10 + index, text="t", time=start + index * 0.25, first=index == 0)
+            telemetry.record_token(event)
+    assert telemetry.snapshot().tokens_per_s == pytest.approx(4.0)
+
+
 def test_config_event_changes_the_header_shown():
     telemetry = Telemetry(HEADER)
     telemetry.record_config(ConfigEvent(step=5, cache_size=(3, 1), policy="lfu", prefetch=0))

@@ -27,7 +27,7 @@ class Loaded:
     slow_tier_bytes: int = 0
     device: str = "cpu"
     cleanup: list[Callable[[], None]] = field(default_factory=list)
-    on_token: Callable[[int], None] | None = None
+    on_token: Callable[[int, bool], None] | None = None
     expert_format: str = ""  # the engine's expert format ("int4", "hqq2 (unfused)"); empty for baselines
 
     def close(self) -> None:
@@ -126,8 +126,8 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, qua
     if trace is not None:
         from moe_tui.telemetry import TokenEvent
 
-        def on_token(token: int) -> None:
-            engine.telemetry.record_token(TokenEvent(step=engine.last_step, text=source.decode(token)))
+        def on_token(token: int, first: bool) -> None:
+            engine.telemetry.record_token(TokenEvent(step=engine.last_step, text=source.decode(token), first=first))
 
     fast = memory["fast_tier_bytes"] + memory["resident_bytes"]
     return Loaded(

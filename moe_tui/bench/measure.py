@@ -42,10 +42,11 @@ class Sample:
 class _Clock:
     """A transformers streamer that notes when each new token arrives (the first call is the prompt).
 
-    With ``on_token`` it also hands each new token id over (to write the token into a recorded trace).
+    With ``on_token`` it also hands each new token id over, and whether it is the answer's first (to write the
+    token into a recorded trace).
     """
 
-    def __init__(self, on_token: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_token: Callable[[int, bool], None] | None = None) -> None:
         self.times: list[float] = []
         self.on_token = on_token
 
@@ -53,7 +54,7 @@ class _Clock:
         """Called with the prompt, then with each new token."""
         self.times.append(time.perf_counter())
         if self.on_token is not None and len(self.times) > 1:
-            self.on_token(int(value.reshape(-1)[0]))
+            self.on_token(int(value.reshape(-1)[0]), len(self.times) == 2)
 
     def end(self) -> None:
         """Called when generation ends."""

@@ -11,6 +11,7 @@ be imported by the UI at no cost.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -168,9 +169,11 @@ class ChatSession:
             return GenerationResult("", 0, 0.0, stopped=True, prompt_tokens=len(prompt_ids), dropped_turns=dropped)
 
         telemetry = self.engine.telemetry
+        tokens_so_far = itertools.count()
 
         def on_token(piece: str) -> None:
-            telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece))
+            first = next(tokens_so_far) == 0
+            telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece, first=first))
             if piece:
                 on_text(piece)
 

@@ -74,11 +74,13 @@ class LayerStep:
 
 @dataclass(frozen=True)
 class TokenEvent:
-    """The text of the token that step ``step`` produced."""
+    """The text of the token that step ``step`` produced; ``first``: it begins an answer (traces written before
+    the field existed leave it out, and readers then tell an answer's start by its prefill pass)."""
 
     step: int
     text: str
     time: float = field(default_factory=time.time)
+    first: bool = False
 
 
 @dataclass(frozen=True)

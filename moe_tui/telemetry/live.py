@@ -142,6 +142,8 @@ class Telemetry:
         with self._lock:
             self._tokens += 1
             self._last_token = event.text
+            if event.first:  # a new answer: its rate starts afresh even when no prefill pass came before it
+                self._token_times.clear()
             self._token_times.append(event.time)
             self._journal.append(event)
             self._version = next(_VERSIONS)

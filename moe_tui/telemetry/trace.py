@@ -26,6 +26,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "int": int,
     "float": float,
     "str": str,
+    "bool": bool,
     "tuple[int, ...]": lambda values: tuple(int(v) for v in values),
     "tuple[float, ...]": lambda values: tuple(float(v) for v in values),
     "tuple[bool, ...]": lambda values: tuple(bool(v) for v in values),
