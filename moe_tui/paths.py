@@ -14,7 +14,8 @@ BUNDLED = Path(str(files("moe_tui").joinpath("bundled")))
 SAMPLES_DIR = BUNDLED / "samples"
 CONFIGS_DIR = SAMPLES_DIR / "configs"
 THEMES_DIR = BUNDLED / "themes"
-DEMO_MODEL_DIR = SAMPLES_DIR / "demo-mixtral"
+DEMO_MODEL_NAME = "demo-mixtral"  # what the app calls the demo, and a model spec every command accepts for it
+DEMO_MODEL_DIR = SAMPLES_DIR / DEMO_MODEL_NAME
 
 APP_NAME = "moe-tui"
 

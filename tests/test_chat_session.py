@@ -575,6 +575,18 @@ def test_resolve_model_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, h
     assert resolve_model(f"  {demo}/ ") == (demo, "demo")
 
 
+def test_the_demo_model_is_found_by_the_name_the_app_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hub_cache: Path
+) -> None:
+    """``--model demo-mixtral`` (chat, ask, bench, the Load model field) is the bundled demo; a directory of that
+    name where the command runs is still a directory."""
+    assert resolve_model("demo-mixtral") == (paths.DEMO_MODEL_DIR, "demo-mixtral")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo-mixtral").mkdir()
+    (tmp_path / "demo-mixtral" / "config.json").write_text("{}", encoding="utf-8")
+    assert resolve_model("demo-mixtral") == (Path("demo-mixtral"), "demo-mixtral")
+
+
 def test_resolve_model_finds_a_hub_id_in_the_local_cache(hub_cache: Path) -> None:
     snapshot = hub_cache / "models--some-org--tiny-moe" / "snapshots" / "0123abcd"
     snapshot.mkdir(parents=True)

@@ -9,6 +9,7 @@ import pytest
 
 from moe_tui.errors import UserError
 from moe_tui.params import load_config
+from moe_tui.paths import DEMO_MODEL_DIR
 
 CONFIGS = Path(__file__).resolve().parent.parent / "samples" / "configs"
 MIXTRAL = json.loads((CONFIGS / "mixtral-8x7b.json").read_text())
@@ -29,6 +30,13 @@ def test_loads_a_file_a_directory_and_a_bundled_sample(tmp_path: Path):
         assert config.model_type == "mixtral"
         assert (config.num_local_experts, config.num_experts_per_tok, config.hidden_size) == (8, 2, 4096)
     assert from_dir.name_or_path == str(tmp_path / "config.json")
+
+
+def test_the_demo_model_is_found_by_the_name_the_app_shows():
+    """``moe-tui params demo-mixtral`` and ``plan demo-mixtral`` read the bundled demo's own config."""
+    config = load_config("demo-mixtral")
+    assert (config.model_type, config.num_local_experts, config.num_hidden_layers) == ("mixtral", 8, 6)
+    assert Path(config.name_or_path) == DEMO_MODEL_DIR / "config.json"
 
 
 def fake_hub_cache(root: Path, repo_id: str, config: dict) -> Path:

@@ -27,7 +27,7 @@ from moe_tui.errors import UserError
 from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.telemetry import Telemetry, TokenEvent
 
-DEMO_MODEL_NAME = "demo-mixtral"
+DEMO_MODEL_NAME = paths.DEMO_MODEL_NAME
 
 Progress = Callable[[str, int, int], None]
 

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="PATH_OR_HUB_ID",
-        help="a model directory, or a hub id already in the local Hugging Face cache (default: the bundled demo model)",
+        help="a model directory, or a hub id already in the local Hugging Face cache "
+        "(default: demo-mixtral, the bundled demo model)",
     )
     source.add_argument(
         "--synthetic", action="store_true", help="a model with random weights, shaped by the flags below"

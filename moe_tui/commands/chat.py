@@ -70,7 +70,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         metavar="PATH_OR_HUB_ID",
-        help="model directory or hub id in the local HF cache (default: the bundled demo model)",
+        help="model directory or hub id in the local HF cache (default: demo-mixtral, the bundled demo model)",
     )
     parser.add_argument(
         "--cache-size",

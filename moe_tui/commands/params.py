@@ -12,7 +12,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-tui params``."""
     parser.add_argument(
         "model",
-        help="a config.json, a model directory, a bundled sample (e.g. mixtral-8x7b) "
+        help="a config.json, a model directory, a bundled sample (e.g. mixtral-8x7b), demo-mixtral "
         "or a hub id already in the local Hugging Face cache",
     )
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON document instead")

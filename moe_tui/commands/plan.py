@@ -33,7 +33,9 @@ _UNITS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``plan`` subcommand."""
-    parser.add_argument("model", metavar="MODEL", help="config.json, model directory, bundled config name or hub id")
+    parser.add_argument(
+        "model", metavar="MODEL", help="config.json, model directory, bundled config name, demo-mixtral or hub id"
+    )
     parser.add_argument(
         "--vram", default=None, metavar="SIZE", help="GPU memory for the fast tier, e.g. 16GiB (omit: CPU only)"
     )

@@ -36,11 +36,15 @@ from moe_tui.offload.build import (
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
+from moe_tui.paths import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 
 def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
-    """A model directory from a path or a hub id already in the local Hugging Face cache (never downloads)."""
+    """A model directory from a path, the demo's name or a hub id already in the local Hugging Face cache (never
+    downloads)."""
     path = Path(spec).expanduser()
+    if str(spec) == DEMO_MODEL_NAME and not path.exists():
+        return DEMO_MODEL_DIR
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(f"{path} has no config.json: not a transformers model directory")

@@ -1,9 +1,9 @@
 """Find, read and check a model's config.json without touching the network or any weights.
 
 A spec is tried, in order, as: a path to a JSON file; a model directory holding ``config.json``; the name of
-a config bundled in ``samples/configs`` (``mixtral-8x7b``); a Hugging Face hub id whose ``config.json`` is
-already in the local cache (``HF_HUB_CACHE``). Anything else is a :class:`~moe_tui.errors.UserError` that
-names what was tried.
+a config bundled in ``samples/configs`` (``mixtral-8x7b``); ``demo-mixtral``, the bundled demo model; a Hugging
+Face hub id whose ``config.json`` is already in the local cache (``HF_HUB_CACHE``). Anything else is a
+:class:`~moe_tui.errors.UserError` that names what was tried.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from moe_tui.errors import UserError
 from moe_tui.params.families import EXPERT_COUNT_FIELDS, family_for
-from moe_tui.paths import CONFIGS_DIR
+from moe_tui.paths import CONFIGS_DIR, DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -55,6 +55,8 @@ def resolve_config_path(spec: str | os.PathLike[str], *, hf_cache_dir: str | os.
     sample = CONFIGS_DIR / f"{text}.json"
     if "/" not in text and sample.is_file():
         return sample
+    if text == DEMO_MODEL_NAME:
+        return DEMO_MODEL_DIR / CONFIG_NAME
     if _is_path_like(text) or not _looks_like_repo_id(text):
         raise UserError(f"no such file or directory: {text}")
     from huggingface_hub import try_to_load_from_cache
@@ -80,8 +82,8 @@ def _raise_not_found(text: str, hf_cache_dir: str | os.PathLike[str] | None) -> 
 
     cache = os.fspath(hf_cache_dir) if hf_cache_dir is not None else constants.HF_HUB_CACHE
     raise UserError(
-        f"cannot find {text!r}: it is not a file or directory, not a bundled sample config, and hub id {text!r} "
-        f"has no {CONFIG_NAME} in the local Hugging Face cache ({cache}); nothing is downloaded "
+        f"cannot find {text!r}: it is not a file or directory, not a bundled sample config or demo-mixtral, "
+        f"and hub id {text!r} has no {CONFIG_NAME} in the local Hugging Face cache ({cache}); nothing is downloaded "
         f"(fetch only the config with: hf download {text} {CONFIG_NAME})"
     )
 
