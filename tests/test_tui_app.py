@@ -19,6 +19,7 @@ from tui_helpers import cache_slot_counts, main_screen, make_app, messages, pale
 
 from moe_tui import config
 from moe_tui.chat.history import HistoryStore
+from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
 from moe_tui.tui.screens.dialogs import AskScreen
@@ -302,10 +303,19 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
         screen = main_screen(app)
         order = [panel.PANEL_ID for panel in screen.dashboard.in_order()]
         assert order == ["heatmap", "cache", "prefetch", "memory", "params"]
-        await pilot.press("alt+1")
+        await type_text(pilot, "abc")
+        await pilot.press("alt+e")  # with the prompt focused: the panel goes, the prompt takes no letter
         assert not screen.panels["heatmap"].display
-        await pilot.press("alt+1")
+        await pilot.press("alt+e")
         assert screen.panels["heatmap"].display
+        assert app.screen.query_one(PromptInput).text == "abc"
+        width = screen.dashboard.region.width
+        await pilot.press("alt+h")  # the chat hidden: the panels take its room
+        await pilot.pause(0.1)
+        assert not screen.chat.display and screen.dashboard.region.width == app.size.width > width
+        await pilot.press("alt+h")
+        await pilot.pause(0.1)
+        assert screen.chat.display and screen.dashboard.region.width == width
         screen.panels["cache"].focus()
         await pilot.press("left_square_bracket")
         assert [panel.PANEL_ID for panel in screen.dashboard.in_order()][:2] == ["cache", "heatmap"]
@@ -328,6 +338,24 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
         assert not screen.panels["cache"].display
 
     run(check_layout, again)
+
+
+def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
+    """xterm, tmux and most terminals over SSH send alt+key as ESC then the key, and Textual reads ESC 1 as the
+    macOS Option character '¡': alt+digit bindings never fired there (and put '¡' in the prompt). Each default
+    alt+<character> binding must come out of Textual's own terminal parser as itself."""
+    from textual._xterm_parser import XTermParser
+
+    checked = 0
+    for key in keys.KEYS:
+        for name in key.keys.split(","):
+            character = name.removeprefix("alt+")
+            if name.startswith("alt+") and len(character) == 1:
+                parser = XTermParser()
+                parsed = [event.key for event in [*parser.feed("\x1b" + character), *parser.feed("")]]
+                assert parsed == [name], f"{key.id}: the terminal's {name} arrives as {parsed}"
+                checked += 1
+    assert checked >= 6  # the show/hide keys of the five panels and the chat
 
 
 def test_help_lists_every_binding_id() -> None:

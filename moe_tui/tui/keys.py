@@ -24,6 +24,20 @@ class Key:
     priority: bool = False
 
 
+def _panel_toggle(panel: str, keys: str, label: str) -> Key:
+    """The key that shows or hides ``panel``; a priority binding, since the focused prompt would otherwise take
+    an alt+letter as the letter."""
+    return Key(
+        f"panel.{panel}",
+        keys,
+        f"toggle_panel('{panel}')",
+        f"Show/hide {label}",
+        "main screen",
+        show=False,
+        priority=True,
+    )
+
+
 KEYS: tuple[Key, ...] = (
     Key("app.help", "f1", "app.help", "Help", "anywhere"),
     Key("app.palette", "ctrl+p", "app.command_palette", "Commands", "anywhere", show=False, priority=True),
@@ -45,12 +59,15 @@ KEYS: tuple[Key, ...] = (
     Key("log.code", "b", "copy_code", "Copy code block", "chat log"),
     Key("view.switch", "f6", "switch_view", "Chat/panels", "main screen", priority=True),
     Key("panel.maximize", "f11", "toggle_maximize", "Maximise", "main screen"),
-    Key("panel.heatmap", "alt+1", "toggle_panel('heatmap')", "Show/hide experts", "main screen", show=False),
-    Key("panel.cache", "alt+2", "toggle_panel('cache')", "Show/hide cache", "main screen", show=False),
-    Key("panel.prefetch", "alt+3", "toggle_panel('prefetch')", "Show/hide prefetch", "main screen", show=False),
-    Key("panel.memory", "alt+4", "toggle_panel('memory')", "Show/hide memory", "main screen", show=False),
-    Key("panel.params", "alt+5", "toggle_panel('params')", "Show/hide parameters", "main screen", show=False),
-    Key("panel.chat", "alt+0", "toggle_panel('chat')", "Show/hide chat", "main screen", show=False),
+    # alt+letter, not alt+digit: xterm-style terminals and tmux send alt+1 as ESC 1, which Textual reads as the
+    # macOS Option character (¡), so an alt+digit binding never fires there and the prompt gets a stray "¡";
+    # nor alt+f or alt+b, which Textual reads as ctrl+right and ctrl+left (iTerm's word movement).
+    _panel_toggle("heatmap", "alt+e", "experts"),
+    _panel_toggle("cache", "alt+c", "cache"),
+    _panel_toggle("prefetch", "alt+r", "prefetch"),
+    _panel_toggle("memory", "alt+m", "memory"),
+    _panel_toggle("params", "alt+p", "parameters"),
+    _panel_toggle("chat", "alt+h", "chat"),
     Key(
         "panel.earlier",
         "left_square_bracket",

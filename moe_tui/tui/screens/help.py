@@ -16,6 +16,7 @@ from moe_tui.tui import keys
 
 PANEL_HELP = (
     "Panels: tab / shift+tab move the focus; with a panel focused, [ and ] move it, x hides it, f11 maximises it.\n"
+    "Send: ctrl+j works in every terminal; alt+enter only where the terminal reports it (kitty, WezTerm, Ghostty).\n"
     "Cache slots: id+mark, next victim first: + hit, ! miss (loaded), ^ prefetched and used, ~ prefetched unused;\n"
     f"  the sparklines: hit rate over the last {WINDOW_STEPS} passes, one point per pass, newest right.\n"
     "Heatmap: ● (or a weight) = picked for the last token; shade/colour = share of the last passes."

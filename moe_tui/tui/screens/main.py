@@ -40,7 +40,7 @@ from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, NoBackend
 from moe_tui.tui.pacing import FramePacer
 from moe_tui.tui.palette import Command, MainCommands, main_commands
-from moe_tui.tui.widgets.chat import AnswerFeed, ChatView, PromptInput
+from moe_tui.tui.widgets.chat import PROMPT_HINT, AnswerFeed, ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
 from moe_tui.tui.widgets.dashboard import Dashboard
 from moe_tui.tui.widgets.memory import MemoryPanel
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 REFRESH_HZ = 10.0
 MIN_REFRESH_HZ = 2.0
 UI_CPU_BUDGET = 0.05  # share of one core the UI thread may use for drawing before redraws slow down
-PROMPT_HINT = "Ask something… (ctrl+j or alt+enter sends)"
 SAMPLE_INTERVAL_S = 1.0
 MIN_WIDTH, MIN_HEIGHT = 60, 20
 
@@ -139,6 +138,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         """Apply the saved layout, start polling and sampling."""
         if "chat" in self.settings.hidden_panels:
             self.chat.display = False
+            self.add_class("-chat-hidden")
         self.query_one(ConversationList).display = False
         self.set_interval(1 / REFRESH_HZ, self.tick)
         self._request_sample()
@@ -723,6 +723,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
             self.notify("at least one pane stays visible", severity="warning")
             return
         self.dashboard.display = self.dashboard.any_shown()
+        self.set_class(not self.chat.display, "-chat-hidden")
         if widget.display and isinstance(widget, Panel):
             snapshot = self.backend.snapshot()
             if snapshot is not None:

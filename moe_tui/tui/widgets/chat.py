@@ -1,5 +1,6 @@
 """The conversation view: messages as Markdown, the answer being generated streamed into a Markdown widget,
-and a multi-line prompt that sends with ctrl+j or alt+enter (terminals cannot tell ctrl+enter from enter)."""
+and a multi-line prompt that sends with ctrl+j (terminals cannot tell ctrl+enter from enter, and most send alt+enter
+as plain enter; where the terminal reports it, alt+enter sends too)."""
 
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ from moe_tui.tui import keys
 from moe_tui.tui.clipboard import code_blocks, copy_notice
 
 ROLE_TITLES = {"user": "you", "assistant": "model", "system": "system"}
+PROMPT_HINT = "Ask something… (ctrl+j sends)"
 
 
 class PromptInput(TextArea):
-    """Multi-line prompt: enter starts a new line, ctrl+j or alt+enter sends."""
+    """Multi-line prompt: enter starts a new line, ctrl+j (or alt+enter, where the terminal reports it) sends."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("ctrl+j,alt+enter", "submit", "Send", id="chat.send"),
@@ -42,7 +44,7 @@ class PromptInput(TextArea):
             show_line_numbers=False,
             compact=True,
             highlight_cursor_line=False,
-            placeholder="Ask something… (ctrl+j or alt+enter sends)",
+            placeholder=PROMPT_HINT,
             **kwargs,
         )
 
