@@ -13,6 +13,7 @@ import platformdirs
 BUNDLED = Path(str(files("moe_tui").joinpath("bundled")))
 SAMPLES_DIR = BUNDLED / "samples"
 CONFIGS_DIR = SAMPLES_DIR / "configs"
+TRACES_DIR = SAMPLES_DIR / "traces"
 THEMES_DIR = BUNDLED / "themes"
 DEMO_MODEL_NAME = "demo-mixtral"  # what the app calls the demo, and a model spec every command accepts for it
 DEMO_MODEL_DIR = SAMPLES_DIR / DEMO_MODEL_NAME

@@ -239,6 +239,15 @@ def test_missing_and_binary_trace_files(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(TraceError, match="not a text trace"):
         read_trace(binary)
+    with pytest.raises(TraceError, match=r"is a directory, not a trace file \(traces in it: binary.jsonl\)$"):
+        read_trace(tmp_path)
+    for name in "abcdef":
+        (tmp_path / f"{name}.jsonl").write_text("")
+    with pytest.raises(TraceError, match=r"a.jsonl, b.jsonl, binary.jsonl, c.jsonl and 3 more\)$"):
+        read_trace(tmp_path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TraceError, match=r"is a directory, not a trace file$"):
+        read_trace(tmp_path / "empty")
 
 
 def test_impossible_header_shapes_are_refused():

@@ -7,6 +7,7 @@ seeded routing, and a fake system probe, so every check is deterministic and fas
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from textual.widgets import DataTable, Input, Label
 from tui_fakes import KV_BYTES_PER_WORD, FakeProbe, FakeSession, header
 from tui_helpers import cache_slot_counts, main_screen, make_app, messages, palette, run, send, type_text, wait_for
 
-from moe_tui import config
+from moe_tui import config, paths
 from moe_tui.chat.history import HistoryStore
 from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
@@ -442,6 +443,38 @@ def test_lab_studies_the_session_without_a_trace_file() -> None:
         await wait_for(pilot, lambda: app.screen.id == "lab")
         table = app.screen.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count == session.engine.header.num_experts)
+
+    run(check, app)
+
+
+def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> None:
+    """o in the lab: the field starts at the shipped traces' folder; a folder is refused naming the traces in it;
+    a trace is simulated, and the next o starts from it."""
+    app, _ = make_app()
+    samples = paths.TRACES_DIR
+
+    async def field_after_o(pilot: Pilot) -> Input:
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        return app.screen.query_one(Input)
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        lab = app.screen
+        field = await field_after_o(pilot)
+        assert field.value == f"{samples}{os.sep}"
+        await pilot.press("enter")
+        note = lab.query_one("#lab-note")
+        await wait_for(pilot, lambda: "is a directory" in str(note.render()))
+        assert "demo-off-topic.jsonl" in str(note.render())
+        field = await field_after_o(pilot)
+        field.value = str(samples / "demo-off-topic.jsonl")
+        await pilot.press("enter")
+        table = lab.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count > 0, timeout=60)
+        field = await field_after_o(pilot)
+        assert field.value == str(samples / "demo-off-topic.jsonl")
 
     run(check, app)
 

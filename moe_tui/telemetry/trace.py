@@ -71,7 +71,7 @@ def read_trace(path: str | Path, notes: list[str] | None = None) -> tuple[TraceH
     path = Path(path)
     try:
         if path.is_dir():
-            raise TraceError(f"{path} is a directory, not a trace file")
+            raise TraceError(f"{path} is a directory, not a trace file{_traces_in(path)}")
         with path.open(encoding="utf-8") as handle:
             header, events = _parse_trace(handle, str(path), notes if notes is not None else [])
             return header, list(events)
@@ -79,6 +79,18 @@ def read_trace(path: str | Path, notes: list[str] | None = None) -> tuple[TraceH
         raise TraceError(f"cannot read trace {path}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise TraceError(f"{path} is not a text trace file") from None
+
+
+def _traces_in(directory: Path, shown: int = 4) -> str:
+    """``" (traces in it: a.jsonl, b.jsonl)"``, naming up to ``shown`` of its ``*.jsonl`` files; empty if none."""
+    try:
+        names = sorted(entry.name for entry in directory.glob("*.jsonl") if entry.is_file())
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return f" (traces in it: {', '.join(names[:shown])}{more})"
 
 
 def parse_trace_lines(

@@ -3,6 +3,7 @@ replayed, on this session's own recording, or on a trace file; computed in a wor
 
 from __future__ import annotations
 
+import os
 from typing import Any, ClassVar
 
 from textual import work
@@ -12,6 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
 
 from moe_tui.errors import UserError
+from moe_tui.paths import TRACES_DIR
 from moe_tui.telemetry import LayerStep, TraceError, TraceEvent, TraceHeader, read_trace
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend
@@ -55,6 +57,7 @@ class LabScreen(ReportsWorkerErrors, Screen):
     def __init__(self, backend: Backend) -> None:
         super().__init__(id="lab")
         self.backend = backend
+        self._last_trace = ""  # the field's starting text next time: the last trace opened, else the samples
 
     def compose(self):
         """Title, explanation, table."""
@@ -74,7 +77,8 @@ class LabScreen(ReportsWorkerErrors, Screen):
         self._simulate(header, events, source)
 
     def action_open_trace(self) -> None:
-        """Ask for a trace file and simulate it instead."""
+        """Ask for a trace file (the field starts at the last one opened, else the bundled samples' folder) and
+        simulate it instead."""
         from moe_tui.tui.screens.dialogs import AskScreen
 
         def study(answer: str | None) -> None:
@@ -86,10 +90,11 @@ class LabScreen(ReportsWorkerErrors, Screen):
             except TraceError as error:
                 self.query_one("#lab-note", Static).update(str(error))
                 return
+            self._last_trace = answer
             self.query_one("#lab-note", Static).update(" ".join(["simulating…", *notes]))
             self._simulate(header, events, f"trace {answer}")
 
-        self.app.push_screen(AskScreen("Trace file to study:", ""), study)
+        self.app.push_screen(AskScreen("Trace file to study:", self._last_trace or f"{TRACES_DIR}{os.sep}"), study)
 
     @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
     def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:
