@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label
@@ -113,7 +114,8 @@ def test_stop_ends_the_answer_and_the_app_stays_usable() -> None:
     run(check, app)
 
 
-def test_new_chat_conversation_list_and_export(tmp_path: Path) -> None:
+def test_new_chat_conversation_list_and_export(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
     app, session = make_app(FakeSession(words=4))
 
     async def check(pilot: Pilot) -> None:
@@ -138,11 +140,16 @@ def test_new_chat_conversation_list_and_export(tmp_path: Path) -> None:
         assert messages(app)[0] == ("user", "first question")
         await pilot.press("f5")
         await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
-        app.screen.query_one(Input).value = str(tmp_path)
+        assert app.screen.query_one(Input).value == f"{tmp_path}{os.sep}"  # the folder it runs in, to type on
+        await type_text(pilot, "notes.md")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: any(tmp_path.iterdir()))
-        exported = next(tmp_path.iterdir()).read_text()
+        await wait_for(pilot, lambda: (tmp_path / "notes.md").exists())
+        exported = (tmp_path / "notes.md").read_text()
         assert "first question" in exported and "## Assistant" in exported
+        await pilot.press("f5")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        await pilot.press("enter")  # the folder itself: a file named after the chat's title
+        await wait_for(pilot, lambda: len(list(tmp_path.iterdir())) == 2)
 
     run(check, app)
 
@@ -469,7 +476,7 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
         await wait_for(pilot, lambda: "is a directory" in str(note.render()))
         assert "demo-off-topic.jsonl" in str(note.render())
         field = await field_after_o(pilot)
-        field.value = str(samples / "demo-off-topic.jsonl")
+        await type_text(pilot, "demo-off-topic.jsonl")  # typed on from the folder, not replacing it
         await pilot.press("enter")
         table = lab.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count > 0, timeout=60)

@@ -13,21 +13,26 @@ from moe_tui.tui import keys
 
 
 class AskScreen(ModalScreen[str | None]):
-    """Ask for one line of text; enter answers, escape cancels (dismisses with None)."""
+    """Ask for one line of text; enter answers, escape cancels (dismisses with None).
+
+    The starting ``value`` is selected, so typing replaces it (a title to rename); with ``extend`` it is a path
+    to type on from: the cursor starts after it and nothing is selected.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
-    def __init__(self, question: str, value: str = "", hint: str = "") -> None:
+    def __init__(self, question: str, value: str = "", hint: str = "", extend: bool = False) -> None:
         super().__init__(classes="dialog")
         self.question = question
         self.value = value
         self.hint = hint
+        self.extend = extend
 
     def compose(self):
         """Question, input, hint."""
         with Vertical(classes="dialog-box"):
             yield Label(self.question, classes="dialog-title")
-            yield Input(value=self.value, id="ask-input")
+            yield Input(value=self.value, id="ask-input", select_on_focus=not self.extend)
             yield Static(self.hint or "enter: OK    escape: cancel", classes="dialog-hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -94,7 +94,8 @@ class LabScreen(ReportsWorkerErrors, Screen):
             self.query_one("#lab-note", Static).update(" ".join(["simulating…", *notes]))
             self._simulate(header, events, f"trace {answer}")
 
-        self.app.push_screen(AskScreen("Trace file to study:", self._last_trace or f"{TRACES_DIR}{os.sep}"), study)
+        start = self._last_trace or f"{TRACES_DIR}{os.sep}"
+        self.app.push_screen(AskScreen("Trace file to study:", start, extend=True), study)
 
     @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
     def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:

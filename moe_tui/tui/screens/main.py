@@ -11,6 +11,7 @@ the conversation).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 import traceback
@@ -621,7 +622,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
             self.notify(f"exported to {path}", title="Conversation exported")
 
         self.app.push_screen(
-            AskScreen("Export this conversation to (a .md file or a directory):", str(Path.cwd())), export
+            AskScreen("Export this conversation to (a .md file or a directory):", f"{Path.cwd()}{os.sep}", extend=True),
+            export,
         )
 
     def action_generation_settings(self) -> None:
