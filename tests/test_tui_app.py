@@ -348,6 +348,43 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
     run(check_layout, again)
 
 
+def test_showing_and_hiding_panes_keeps_one_pane_at_a_time_on_a_narrow_terminal() -> None:
+    """At 70 columns the chat and the panels take turns (f6). Toggling a panel used to set the dashboard's own
+    display, which beat the narrow layout's rule and put both side by side; bringing the chat back while the
+    panels were shown did the same."""
+    app, _ = make_app()
+    notices: list[str] = []
+
+    def shown() -> tuple[bool, bool]:
+        screen = main_screen(app)
+        return screen.chat.region.width > 0, screen.dashboard.region.width > 0
+
+    async def check(pilot: Pilot) -> None:
+        app.notify = lambda message, **kwargs: notices.append(str(message))  # type: ignore[method-assign]
+        screen = main_screen(app)
+        assert shown() == (True, False)
+        await pilot.press("alt+e", "alt+e")
+        await pilot.pause(0.1)
+        assert shown() == (True, False) and screen.panels["heatmap"].display
+        await pilot.press("alt+h")  # the chat hidden: the panels are what is left to show
+        await pilot.pause(0.1)
+        assert shown() == (False, True) and screen.dashboard.region.width == app.size.width
+        assert app.focused is screen.dashboard.in_order()[0]
+        await pilot.press("f6")
+        assert notices[-1] == "the chat is hidden: alt+h shows it" and shown() == (False, True)
+        await pilot.press("alt+h")
+        await pilot.pause(0.1)
+        assert shown() == (True, False) and app.focused is screen.query_one(PromptInput)
+        await pilot.press("f6")
+        await pilot.pause(0.1)
+        assert shown() == (False, True)
+        await pilot.press("alt+h", "alt+h")  # from the panels view: the chat comes back in their place
+        await pilot.pause(0.1)
+        assert shown() == (True, False)
+
+    run(check, app, size=(70, 22))
+
+
 def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
     """xterm, tmux and most terminals over SSH send alt+key as ESC then the key, and Textual reads ESC 1 as the
     macOS Option character '¡': alt+digit bindings never fired there (and put '¡' in the prompt). Each default

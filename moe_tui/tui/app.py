@@ -248,6 +248,10 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         title = "Could not load the model" if message.user_error else "Loading failed unexpectedly"
         self.push_screen(ErrorScreen(title, message.error, keep, message.details))
 
+    def key_for(self, binding_id: str) -> str:
+        """The keys that trigger ``binding_id`` now (the user's keymap, else the default), as the help shows them."""
+        return keys.display_keys(self.keymap.get(binding_id, keys.BY_ID[binding_id].keys))
+
     # ----------------------------------------------------------------- actions
     def action_help(self) -> None:
         """Show the keys."""

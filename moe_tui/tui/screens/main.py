@@ -137,9 +137,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def on_mount(self) -> None:
         """Apply the saved layout, start polling and sampling."""
-        if "chat" in self.settings.hidden_panels:
-            self.chat.display = False
-            self.add_class("-chat-hidden")
+        self.set_class("chat" in self.settings.hidden_panels, "-chat-hidden")
+        self.set_class(not self.dashboard.any_shown(), "-no-panels")
         self.query_one(ConversationList).display = False
         self.set_interval(1 / REFRESH_HZ, self.tick)
         self._request_sample()
@@ -713,23 +712,38 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def panel_shown(self, panel_id: str) -> bool:
         """Whether a panel (or the chat) is shown."""
-        widget = self.chat if panel_id == "chat" else self.panels[panel_id]
-        return bool(widget.display)
+        if panel_id == "chat":
+            return not self.has_class("-chat-hidden")
+        return bool(self.panels[panel_id].display)
 
     def action_toggle_panel(self, panel_id: str) -> None:
-        """Show or hide a panel (or the chat pane)."""
-        widget: Widget = self.chat if panel_id == "chat" else self.panels[panel_id]
-        widget.display = not widget.display
-        if not self.chat.display and not self.dashboard.any_shown():
-            widget.display = True
+        """Show or hide a panel (or the chat pane).
+
+        The chat and the dashboard as a whole are shown or hidden by classes on the screen, never by their own
+        ``display``: an inline display would override the narrow layout's rules (one pane at a time, f6 switches),
+        and both would end up side by side in 60-79 columns.
+        """
+        panel = None if panel_id == "chat" else self.panels[panel_id]
+        if panel is not None:
+            panel.display = not panel.display
+        chat_hidden = self.has_class("-chat-hidden") != (panel is None)
+        if chat_hidden and not self.dashboard.any_shown():
+            if panel is not None:
+                panel.display = True
             self.notify("at least one pane stays visible", severity="warning")
             return
-        self.dashboard.display = self.dashboard.any_shown()
-        self.set_class(not self.chat.display, "-chat-hidden")
-        if widget.display and isinstance(widget, Panel):
+        self.set_class(chat_hidden, "-chat-hidden")
+        self.set_class(not self.dashboard.any_shown(), "-no-panels")
+        if (panel is None and not chat_hidden) or not self.dashboard.any_shown():
+            self.remove_class("show-panels")  # narrow terminals: show the chat brought back, not an empty dashboard
+        if panel is None:  # the keys go where the eyes go: the first panel, or the prompt brought back
+            first = next((shown for shown in self.dashboard.in_order() if shown.display), None)
+            prompt = self.query_one(PromptInput) if self.backend.can_chat else self.chat.log_view
+            self.call_after_refresh((first if chat_hidden and first is not None else prompt).focus)
+        if panel is not None and panel.display:
             snapshot = self.backend.snapshot()
             if snapshot is not None:
-                widget.show(snapshot)
+                panel.show(snapshot)
         self._remember_layout()
 
     def maximize_panel(self, panel_id: str) -> None:
@@ -779,6 +793,13 @@ class MainScreen(ReportsWorkerErrors, Screen):
     def action_switch_view(self) -> None:
         """Narrow terminals: switch between chat and panels; wider ones: move focus between them."""
         if self.has_class("-narrow"):
+            if self.has_class("-chat-hidden"):
+                self.notify(f"the chat is hidden: {self.moe_app.key_for('panel.chat')} shows it")
+                return
+            if self.has_class("-no-panels"):
+                shown_by = ", ".join(self.moe_app.key_for(f"panel.{panel}") for panel in self.panels)
+                self.notify(f"every panel is hidden: {shown_by} show them")
+                return
             self.toggle_class("show-panels")
         if self.focused is not None and self.chat in self.focused.ancestors_with_self:
             first = next((panel for panel in self.dashboard.in_order() if panel.display), None)
@@ -790,7 +811,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _remember_layout(self) -> None:
         hidden = self.dashboard.hidden()
-        if not self.chat.display:
+        if self.has_class("-chat-hidden"):
             hidden.append("chat")
         self.settings = replace(self.settings, panel_order=tuple(self.dashboard.order()), hidden_panels=tuple(hidden))
         self.moe_app.remember(panel_order=self.settings.panel_order, hidden_panels=self.settings.hidden_panels)
