@@ -523,6 +523,23 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
     run(check, app)
 
 
+def test_palette_maximises_every_pane_the_chat_included() -> None:
+    """Each "Maximise panel: ..." entry fills the screen; the chat's raised KeyError and ended the app."""
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await palette(pilot, "Maximise panel: Chat")
+        assert screen.maximized is screen.chat.log_view
+        await pilot.press("f11")
+        assert screen.maximized is None
+        await pilot.press("alt+c")  # a hidden panel is shown to be maximised
+        await palette(pilot, "Maximise panel: Expert cache")
+        assert screen.maximized is screen.panels["cache"] and screen.panels["cache"].display
+
+    run(check, app)
+
+
 def test_palette_offers_each_cache_size_once() -> None:
     app, _ = make_app()
 

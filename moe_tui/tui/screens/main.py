@@ -747,11 +747,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self._remember_layout()
 
     def maximize_panel(self, panel_id: str) -> None:
-        """Fill the screen with one panel."""
-        panel = self.panels[panel_id]
-        if not panel.display:
+        """Fill the screen with one panel, or with the chat's messages (as f11 on the chat does)."""
+        if not self.panel_shown(panel_id):
             self.action_toggle_panel(panel_id)
-        self.maximize(panel, container=False)
+        self.maximize(self.chat.log_view if panel_id == "chat" else self.panels[panel_id], container=False)
         self._after_maximize()
 
     def action_toggle_maximize(self) -> None:
