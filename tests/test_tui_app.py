@@ -7,6 +7,7 @@ seeded routing, and a fake system probe, so every check is deterministic and fas
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import threading
 import time
@@ -24,6 +25,7 @@ from moe_tui.chat.history import HistoryStore
 from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
+from moe_tui.tui.palette import main_commands
 from moe_tui.tui.screens.dialogs import AskScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, StageRow
@@ -536,6 +538,41 @@ def test_palette_maximises_every_pane_the_chat_included() -> None:
         await pilot.press("alt+c")  # a hidden panel is shown to be maximised
         await palette(pilot, "Maximise panel: Expert cache")
         assert screen.maximized is screen.panels["cache"] and screen.panels["cache"].display
+
+    run(check, app)
+
+
+def test_every_palette_command_runs_and_leaves_the_app_usable() -> None:
+    """Each command the palette offers (the hidden maximise ones too), run in turn, backing out of any screen it
+    opens: none raises, and the app still answers at the end."""
+    app, session = make_app(FakeSession(words=5))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "hello")
+        await wait_for(pilot, lambda: not screen.generating and len(messages(app)) == 2)
+        titles = [command.title for command in main_commands(screen)]
+        assert len(titles) > 30
+        for title in titles:
+            command = {command.title: command for command in main_commands(screen)}.get(title)
+            if command is None:  # offered no longer (the setting it names is now the current one)
+                continue
+            result = command.run()
+            if inspect.isawaitable(result):
+                await result
+            await pilot.pause(0.1)
+            while not isinstance(app.screen, MainScreen):
+                await pilot.press("escape")
+                await pilot.pause(0.1)
+            if screen.maximized is not None:
+                await pilot.press("f11")
+            await wait_for(pilot, lambda: not screen.generating)
+        if not screen.panel_shown("chat"):
+            await pilot.press("alt+h")
+        screen.query_one(PromptInput).focus()  # as a click would: the last command may have focused a panel
+        asked = len(session.prompts)
+        await send(pilot, "still there?")
+        await wait_for(pilot, lambda: len(session.prompts) == asked + 1 and not screen.generating)
 
     run(check, app)
 
