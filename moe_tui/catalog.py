@@ -40,9 +40,10 @@ class Suggestion:
     fast_bytes: int
 
     def describe(self) -> str:
-        """``k=3 at 4 bits, prefetch 1 (12.1 GiB fast tier)``."""
+        """``k=3 at 4 bits, prefetch 1 (12.1 GiB fast tier)``; ``no prefetch`` when it is off."""
         bits = f"{self.expert_bits} bits" if self.expert_bits else "full precision"
-        return f"k={self.cache_size} at {bits}, prefetch {self.prefetch} ({format_bytes(self.fast_bytes)} fast tier)"
+        prefetch = f"prefetch {self.prefetch}" if self.prefetch else "no prefetch"
+        return f"k={self.cache_size} at {bits}, {prefetch} ({format_bytes(self.fast_bytes)} fast tier)"
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,9 @@ def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> Model
 
 def suggest(config: Any, host_bytes: int, gpu_bytes: int | None) -> Suggestion | None:
     """The most faithful expert precision at which at least top-k experts per layer fit, with the largest k that
-    fits there (prefetch 1, other weights unquantized); when no precision holds top-k, the most faithful one
-    where any k fits. None when nothing fits. The sums are the planner's (:func:`moe_tui.plan.estimate`):
-    weights, slots, KV cache, activations and margin."""
+    fits there (prefetch 1 unless every expert fits, other weights unquantized); when no precision holds top-k,
+    the most faithful one where any k fits. None when nothing fits. The sums are the planner's
+    (:func:`moe_tui.plan.estimate`): weights, slots, KV cache, activations and margin."""
     from moe_tui import plan
     from moe_tui.precision import precision_for_bits
 
@@ -160,7 +161,8 @@ def suggest(config: Any, host_bytes: int, gpu_bytes: int | None) -> Suggestion |
         if not fitting:
             continue
         best = fitting[-1]
-        suggestion = Suggestion(best.cache_size, HQQ_BITS.get(precision), 1, best.fast_bytes)
+        prefetch = 0 if best.cache_size == facts.num_experts else 1  # every expert cached: nothing to guess
+        suggestion = Suggestion(best.cache_size, HQQ_BITS.get(precision), prefetch, best.fast_bytes)
         if best.cache_size >= facts.top_k:
             return suggestion
         fallback = fallback or suggestion

@@ -51,6 +51,11 @@ def test_the_suggestion_is_the_most_faithful_precision_where_top_k_experts_fit()
         catalog.suggest(mixtral, 64 * GIB, 8 * GIB).cache_size,
     ) == (4, 1)
     assert catalog.suggest(mixtral, 64 * GIB, 6 * GIB) is None  # nothing fits
+    assert suggestion.prefetch == 1 and "prefetch 1" in suggestion.describe()
+    # 120 GiB of VRAM holds every bf16 expert (84 GiB): nothing is left to prefetch.
+    everything = catalog.suggest(mixtral, 200 * GIB, 120 * GIB)
+    assert everything is not None and (everything.expert_bits, everything.cache_size) == (None, 8)
+    assert everything.prefetch == 0 and "no prefetch" in everything.describe()
 
 
 def test_models_are_described_while_another_thread_loads_one() -> None:

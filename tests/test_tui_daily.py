@@ -224,12 +224,14 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         await pilot.press("up", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen))
         assert app.screen.query_one("#load-k").value == "8" and app.screen.query_one("#load-bits").value == "none"
+        assert app.screen.query_one("#load-prefetch").value == "0"  # every expert cached: nothing to prefetch
         app.screen.query_one("#load-bits").value = "5"
         app.screen.query_one("#load-bits").focus()
         await pilot.press("enter")
         assert "expert bits must be 2, 3, 4, 8 or none" in str(app.screen.query_one("#load-error").render())
         app.screen.query_one("#load-bits").value = "4"
         app.screen.query_one("#load-k").value = "3"
+        app.screen.query_one("#load-prefetch").value = "1"
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(loaded) == 2 and main_screen(app).backend.can_chat)
         chosen = loaded[-1].engine
