@@ -364,6 +364,22 @@ def test_command_line_rejects_contradictions(capsys: pytest.CaptureFixture[str])
     assert exit_info.value.code == 2
 
 
+def test_a_recording_that_cannot_be_written_is_refused_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--record used to be opened after the whole model had loaded (minutes for a real one), and then the model
+    was dropped; an earlier recording at that path was overwritten without a word."""
+    from moe_tui.cli import main
+
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_text("an earlier recording\n")
+    assert main(["chat", "--record", str(earlier)]) == 2
+    assert "already exists: --record writes a new trace" in capsys.readouterr().err
+    assert earlier.read_text() == "an earlier recording\n"
+    assert main(["chat", "--record", str(tmp_path / "missing" / "t.jsonl")]) == 2
+    assert f"there is no folder {tmp_path / 'missing'}" in capsys.readouterr().err
+
+
 def test_chat_command_starts_and_closes_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
     from moe_tui.commands import chat
     from moe_tui.tui import app as app_module

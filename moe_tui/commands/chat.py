@@ -62,7 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--replay", metavar="TRACE", help="drive every panel from a recorded trace, with no model ('-': stdin)"
     )
     parser.add_argument("--speed", type=_speed, default=1.0, help="replay speed (1 = as recorded; +/- in the app)")
-    parser.add_argument("--record", metavar="TRACE", help="write this session's routing trace (JSON Lines) to TRACE")
+    parser.add_argument(
+        "--record",
+        metavar="TRACE",
+        help="write this session's routing trace (JSON Lines) to TRACE, a file not there yet",
+    )
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -153,6 +157,8 @@ def options_from_args(args: argparse.Namespace, saved: Mapping[str, Any] | None 
         raise UserError("--record needs a model; it cannot be combined with --replay")
     if replay and args.model:
         raise UserError("choose either --model or --replay (a replay needs no model)")
+    if record:
+        check_new_trace_path(record)
     if args.quant_cache and args.no_quant_cache:
         raise UserError("choose either --quant-cache DIR or --no-quant-cache")
     chosen = {name: getattr(args, name) for name in engine_config.SAVED_FIELDS}  # each flag has the field's name
@@ -168,6 +174,19 @@ def options_from_args(args: argparse.Namespace, saved: Mapping[str, Any] | None 
         replay_speed=getattr(args, "speed", 1.0),
         record=record,
     )
+
+
+def check_new_trace_path(path: str) -> None:
+    """UserError, before any model loads, when ``--record`` could not write a new trace at ``path``: a file
+    already there (an earlier recording is not overwritten), or a folder that is missing or not writable."""
+    target = Path(path).expanduser()
+    if target.exists():
+        raise UserError(f"{target} already exists: --record writes a new trace, so choose another name")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write the trace file {target}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write the trace file {target}: the folder {folder} is not writable")
 
 
 def run(args: argparse.Namespace) -> int:
