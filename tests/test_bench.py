@@ -203,6 +203,9 @@ def test_bad_input(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[
                     "cache_size": [2, 2, 2]}) + "\n"
     )  # fmt: skip
     assert "3 MoE layers x 8 experts" in error_of([*argv, "--routing", str(other)], capsys)
+    # an earlier recording is kept, and nothing is loaded first
+    assert "already exists: --record writes a new trace" in error_of([*argv, "--record", str(other)], capsys)
+    assert other.read_text().startswith('{"type": "header"')
 
 
 def test_a_k_list_counts_only_the_moe_layers(tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]) -> None:

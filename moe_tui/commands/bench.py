@@ -151,6 +151,7 @@ def _specs(args: argparse.Namespace, num_experts: int) -> list[Spec]:
 
     from moe_tui import bench
     from moe_tui.errors import UserError
+    from moe_tui.telemetry.trace import check_new_trace_path
 
     texts = (args.compare or list(bench.DEFAULT_COMPARE)) if args.compare is not None else [args.config]
     specs = [bench.parse_spec(text, num_experts, args.group_size) for text in texts]
@@ -158,6 +159,7 @@ def _specs(args: argparse.Namespace, num_experts: int) -> list[Spec]:
         engines = [i for i, spec in enumerate(specs) if spec.kind == "engine"]
         if not engines:
             raise UserError("--record needs an engine configuration (k=...) to record")
+        check_new_trace_path(args.record)
         specs[engines[0]] = replace(specs[engines[0]], record=True, trace_path=Path(args.record))
     return specs
 

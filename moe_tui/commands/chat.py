@@ -16,6 +16,7 @@ from typing import Any
 from moe_tui import engine_config
 from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
+from moe_tui.telemetry.trace import check_new_trace_path
 
 
 def _checked(convert: Callable[[str], float], noun: str, valid: Callable[[float], bool], rule: str):
@@ -174,19 +175,6 @@ def options_from_args(args: argparse.Namespace, saved: Mapping[str, Any] | None 
         replay_speed=getattr(args, "speed", 1.0),
         record=record,
     )
-
-
-def check_new_trace_path(path: str) -> None:
-    """UserError, before any model loads, when ``--record`` could not write a new trace at ``path``: a file
-    already there (an earlier recording is not overwritten), or a folder that is missing or not writable."""
-    target = Path(path).expanduser()
-    if target.exists():
-        raise UserError(f"{target} already exists: --record writes a new trace, so choose another name")
-    folder = target.parent
-    if not folder.is_dir():
-        raise UserError(f"cannot write the trace file {target}: there is no folder {folder}")
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"cannot write the trace file {target}: the folder {folder} is not writable")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from moe_tui.errors import UserError
 from moe_tui.telemetry.events import (
     SCHEMA_VERSION,
     ConfigEvent,
@@ -91,6 +93,19 @@ def _traces_in(directory: Path, shown: int = 4) -> str:
         return ""
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return f" (traces in it: {', '.join(names[:shown])}{more})"
+
+
+def check_new_trace_path(path: str | Path) -> None:
+    """UserError when a new trace cannot be written at ``path`` (``--record``, checked before a model loads): a
+    file already there (an earlier recording is not overwritten), or a folder that is missing or not writable."""
+    target = Path(path).expanduser()
+    if target.exists():
+        raise UserError(f"{target} already exists: --record writes a new trace, so choose another name")
+    folder = target.parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write the trace file {target}: there is no folder {folder}")
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"cannot write the trace file {target}: the folder {folder} is not writable")
 
 
 def parse_trace_lines(
