@@ -218,6 +218,27 @@ def test_theme_switch_is_remembered() -> None:
     run(check_again, again)
 
 
+def test_a_settings_file_with_errors_is_left_alone_until_a_setting_changes() -> None:
+    """Starting up wrote the start-up theme back at once, so a file with one typo was rewritten (its own text
+    moved aside) before the user had touched anything, and the warning that said "the file is kept" was wrong."""
+    path = config.settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = 'theme = 5\n[generation]\ntemperature = "hot"\ntop_p = 0.5\n'
+    path.write_text(text)
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.pause(0.3)
+        assert app.theme == "moe-dark" and path.read_text() == text
+        assert [entry.name for entry in path.parent.iterdir()] == ["settings.toml"]
+        await pilot.press("ctrl+t")  # a choice: now the file is written, the user's version kept beside it
+        await pilot.pause(0.2)
+        assert config.load_settings()[0].theme == app.theme != "moe-dark"
+        assert [kept.read_text() for kept in path.parent.glob("settings.toml.broken-*")] == [text]
+
+    run(check, app)
+
+
 def test_theme_from_the_palette_and_from_the_command_line() -> None:
     app, _ = make_app(theme="moe-contrast")
 

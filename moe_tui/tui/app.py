@@ -269,7 +269,10 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         self.theme = name
 
     def _on_theme_changed(self, theme: Any) -> None:
-        self.remember(theme=theme.name)
+        # Saved only when it differs from what the file gives (or the default, when the file names none): the
+        # start-up theme is not a choice, and a file with errors is not rewritten before the user changes anything.
+        if theme.name != (self.settings.theme or DEFAULT_THEME):
+            self.remember(theme=theme.name)
         if self.main is not None:
             self.main.redraw_all()
 
