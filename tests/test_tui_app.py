@@ -426,6 +426,28 @@ def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
     assert checked >= 6  # the show/hide keys of the five panels and the chat
 
 
+def test_keymap_keys_a_terminal_never_sends_are_named_at_start() -> None:
+    """The app's list of alt keys that arrive as something else agrees with Textual's own parser for every letter
+    and digit, and a keymap entry using one is a warning when the app starts."""
+    from textual._xterm_parser import XTermParser
+
+    for character in "abcdefghijklmnopqrstuvwxyz0123456789":
+        parser = XTermParser()
+        parsed = [event.key for event in [*parser.feed("\x1b" + character), *parser.feed("")]]
+        flagged = keys.undelivered_keys({"panel.cache": f"alt+{character}"}) != []
+        assert flagged == (parsed != [f"alt+{character}"]), f"alt+{character} arrives as {parsed}"
+    config.save_settings(config.Settings(keymap={"panel.heatmap": "alt+1", "panel.cache": "alt+c"}))
+    app, _ = make_app()
+    notices: list[str] = []
+
+    async def check(pilot: Pilot) -> None:
+        notices.extend(str(note.message) for note in app._notifications)
+        assert any("never send panel.heatmap = alt+1 as that key" in notice for notice in notices)
+        assert not any("panel.cache" in notice for notice in notices)
+
+    run(check, app)
+
+
 def test_help_lists_every_binding_id() -> None:
     app, _ = make_app()
 

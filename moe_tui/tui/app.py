@@ -89,6 +89,12 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         known, unknown = keys.check_keymap(self.settings.keymap)
         if unknown:
             warnings.append(f"settings: unknown key binding ids {', '.join(unknown)} (see f1 for the ids)")
+        undelivered = keys.undelivered_keys(known)
+        if undelivered:
+            warnings.append(
+                f"settings: xterm, tmux and most terminals over SSH never send {'; '.join(undelivered)} as that key"
+                " (only terminals with the kitty keyboard protocol do); choose an alt+letter or a function key"
+            )
         self.keymap = known
         self.set_keymap(known)
         store_error = self._open_store()

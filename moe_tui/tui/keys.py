@@ -132,6 +132,21 @@ def check_keymap(keymap: dict[str, str]) -> tuple[dict[str, str], list[str]]:
     return known, sorted(set(keymap) - set(known))
 
 
+# What xterm-style terminals (and tmux) send for these, ESC then the character, Textual reads as another key: a
+# macOS Option character for alt+digit, ctrl+right / ctrl+left for alt+f / alt+b (see the panel keys above).
+_ALT_KEYS_NOT_DELIVERED = frozenset([*"0123456789", "f", "b", "minus", "equals_sign"])
+
+
+def undelivered_keys(keymap: dict[str, str]) -> list[str]:
+    """``id = key`` for each key in a user keymap that xterm-style terminals never deliver as that key."""
+    return [
+        f"{binding_id} = {key.strip()}"
+        for binding_id, keys in keymap.items()
+        for key in keys.split(",")
+        if key.strip().startswith("alt+") and key.strip()[4:] in _ALT_KEYS_NOT_DELIVERED
+    ]
+
+
 def display_keys(keys: str) -> str:
     """``ctrl+j,alt+enter`` as ``ctrl+j / alt+enter``, with a few key names spelled as typed."""
     names = {"plus": "+", "minus": "-", "equals_sign": "=", "left_square_bracket": "[", "right_square_bracket": "]"}
