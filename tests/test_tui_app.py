@@ -581,6 +581,8 @@ def test_palette_maximises_every_pane_the_chat_included() -> None:
         await pilot.press("alt+c")  # a hidden panel is shown to be maximised
         await palette(pilot, "Maximise panel: Expert cache")
         assert screen.maximized is screen.panels["cache"] and screen.panels["cache"].display
+        await pilot.pause(0.1)  # the whole screen but the footer, not a box of the panel's own height
+        assert screen.panels["cache"].region.height == app.size.height - 1
 
     run(check, app)
 
