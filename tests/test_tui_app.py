@@ -232,8 +232,7 @@ def test_a_settings_file_with_errors_is_left_alone_until_a_setting_changes() -> 
         assert app.theme == "moe-dark" and path.read_text() == text
         assert [entry.name for entry in path.parent.iterdir()] == ["settings.toml"]
         await pilot.press("ctrl+t")  # a choice: now the file is written, the user's version kept beside it
-        await pilot.pause(0.2)
-        assert config.load_settings()[0].theme == app.theme != "moe-dark"
+        await wait_for(pilot, lambda: config.load_settings()[0].theme == app.theme != "moe-dark")
         assert [kept.read_text() for kept in path.parent.glob("settings.toml.broken-*")] == [text]
 
     run(check, app)
@@ -342,11 +341,9 @@ def test_panels_hide_move_and_maximise_by_keyboard() -> None:
         assert app.screen.query_one(PromptInput).text == "abc"
         width = screen.dashboard.region.width
         await pilot.press("alt+h")  # the chat hidden: the panels take its room
-        await pilot.pause(0.1)
-        assert not screen.chat.display and screen.dashboard.region.width == app.size.width > width
+        await wait_for(pilot, lambda: not screen.chat.display and screen.dashboard.region.width == app.size.width)
         await pilot.press("alt+h")
-        await pilot.pause(0.1)
-        assert screen.chat.display and screen.dashboard.region.width == width
+        await wait_for(pilot, lambda: screen.chat.display and screen.dashboard.region.width == width)
         screen.panels["cache"].focus()
         await pilot.press("left_square_bracket")
         assert [panel.PANEL_ID for panel in screen.dashboard.in_order()][:2] == ["cache", "heatmap"]
@@ -387,23 +384,19 @@ def test_showing_and_hiding_panes_keeps_one_pane_at_a_time_on_a_narrow_terminal(
         screen = main_screen(app)
         assert shown() == (True, False)
         await pilot.press("alt+e", "alt+e")
-        await pilot.pause(0.1)
+        await pilot.pause(0.3)
         assert shown() == (True, False) and screen.panels["heatmap"].display
         await pilot.press("alt+h")  # the chat hidden: the panels are what is left to show
-        await pilot.pause(0.1)
-        assert shown() == (False, True) and screen.dashboard.region.width == app.size.width
-        assert app.focused is screen.dashboard.in_order()[0]
+        await wait_for(pilot, lambda: shown() == (False, True) and app.focused is screen.dashboard.in_order()[0])
+        assert screen.dashboard.region.width == app.size.width
         await pilot.press("f6")
         assert notices[-1] == "the chat is hidden: alt+h shows it" and shown() == (False, True)
         await pilot.press("alt+h")
-        await pilot.pause(0.1)
-        assert shown() == (True, False) and app.focused is screen.query_one(PromptInput)
+        await wait_for(pilot, lambda: shown() == (True, False) and app.focused is screen.query_one(PromptInput))
         await pilot.press("f6")
-        await pilot.pause(0.1)
-        assert shown() == (False, True)
+        await wait_for(pilot, lambda: shown() == (False, True))
         await pilot.press("alt+h", "alt+h")  # from the panels view: the chat comes back in their place
-        await pilot.pause(0.1)
-        assert shown() == (True, False)
+        await wait_for(pilot, lambda: shown() == (True, False))
 
     run(check, app, size=(70, 22))
 
@@ -581,8 +574,8 @@ def test_palette_maximises_every_pane_the_chat_included() -> None:
         await pilot.press("alt+c")  # a hidden panel is shown to be maximised
         await palette(pilot, "Maximise panel: Expert cache")
         assert screen.maximized is screen.panels["cache"] and screen.panels["cache"].display
-        await pilot.pause(0.1)  # the whole screen but the footer, not a box of the panel's own height
-        assert screen.panels["cache"].region.height == app.size.height - 1
+        # the whole screen but the footer, not a box of the panel's own height
+        await wait_for(pilot, lambda: screen.panels["cache"].region.height == app.size.height - 1)
 
     run(check, app)
 
