@@ -218,13 +218,19 @@ def test_theme_switch_is_remembered() -> None:
     run(check_again, again)
 
 
+def write_settings_file(text: str) -> Path:
+    """Write ``text`` as the user's settings file (in the test's own config directory); returns its path."""
+    path = config.settings_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
 def test_a_settings_file_with_errors_is_left_alone_until_a_setting_changes() -> None:
     """Starting up wrote the start-up theme back at once, so a file with one typo was rewritten (its own text
     moved aside) before the user had touched anything, and the warning that said "the file is kept" was wrong."""
-    path = config.settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = 'theme = 5\n[generation]\ntemperature = "hot"\ntop_p = 0.5\n'
-    path.write_text(text)
+    path = write_settings_file(text)
     app, _ = make_app()
 
     async def check(pilot: Pilot) -> None:
@@ -401,19 +407,25 @@ def test_showing_and_hiding_panes_keeps_one_pane_at_a_time_on_a_narrow_terminal(
     run(check, app, size=(70, 22))
 
 
+def alt_key_from_terminal(character: str) -> list[str]:
+    """The keys Textual's own terminal parser reads from what xterm and tmux send for alt+``character``: ESC, then
+    the character (a private module on purpose: it is what a real terminal's bytes go through)."""
+    from textual._xterm_parser import XTermParser
+
+    parser = XTermParser()
+    return [event.key for event in [*parser.feed("\x1b" + character), *parser.feed("")]]
+
+
 def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
     """xterm, tmux and most terminals over SSH send alt+key as ESC then the key, and Textual reads ESC 1 as the
     macOS Option character '¡': alt+digit bindings never fired there (and put '¡' in the prompt). Each default
     alt+<character> binding must come out of Textual's own terminal parser as itself."""
-    from textual._xterm_parser import XTermParser
-
     checked = 0
     for key in keys.KEYS:
         for name in key.keys.split(","):
             character = name.removeprefix("alt+")
             if name.startswith("alt+") and len(character) == 1:
-                parser = XTermParser()
-                parsed = [event.key for event in [*parser.feed("\x1b" + character), *parser.feed("")]]
+                parsed = alt_key_from_terminal(character)
                 assert parsed == [name], f"{key.id}: the terminal's {name} arrives as {parsed}"
                 checked += 1
     assert checked >= 6  # the show/hide keys of the five panels and the chat
@@ -422,11 +434,8 @@ def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
 def test_keymap_keys_a_terminal_never_sends_are_named_at_start() -> None:
     """The app's list of alt keys that arrive as something else agrees with Textual's own parser for every letter
     and digit, and a keymap entry using one is a warning when the app starts."""
-    from textual._xterm_parser import XTermParser
-
     for character in "abcdefghijklmnopqrstuvwxyz0123456789":
-        parser = XTermParser()
-        parsed = [event.key for event in [*parser.feed("\x1b" + character), *parser.feed("")]]
+        parsed = alt_key_from_terminal(character)
         flagged = keys.undelivered_keys({"panel.cache": f"alt+{character}"}) != []
         assert flagged == (parsed != [f"alt+{character}"]), f"alt+{character} arrives as {parsed}"
     config.save_settings(config.Settings(keymap={"panel.heatmap": "alt+1", "panel.cache": "alt+c"}))
@@ -632,10 +641,8 @@ def test_palette_offers_each_cache_size_once() -> None:
 
 
 def test_a_broken_settings_file_keeps_its_good_values_and_is_kept_on_the_first_save() -> None:
-    path = config.settings_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = 'theme = "moe-light"\n[generation]\nmax_new_tokens = -5\n'
-    path.write_text(text)
+    path = write_settings_file(text)
     app, _ = make_app()
 
     async def check(pilot: Pilot) -> None:
@@ -644,7 +651,7 @@ def test_a_broken_settings_file_keeps_its_good_values_and_is_kept_on_the_first_s
             str(path) in note.message and "line 3: generation.max_new_tokens" in note.message
             for note in app._notifications
         )
-        await pilot.press("ctrl+t")  # a change that saves the settings (if starting up did not already)
+        await pilot.press("ctrl+t")  # a change that saves the settings (starting up does not)
         await wait_for(pilot, lambda: any(p.name.startswith("settings.toml.broken-") for p in path.parent.iterdir()))
         kept = next(p for p in path.parent.iterdir() if p.name.startswith("settings.toml.broken-"))
         assert kept.read_text() == text
