@@ -727,14 +727,15 @@ class MainScreen(ReportsWorkerErrors, Screen):
         if panel is not None:
             panel.display = not panel.display
         chat_hidden = self.has_class("-chat-hidden") != (panel is None)
-        if chat_hidden and not self.dashboard.any_shown():
+        panels_shown = self.dashboard.any_shown()
+        if chat_hidden and not panels_shown:
             if panel is not None:
                 panel.display = True
             self.notify("at least one pane stays visible", severity="warning")
             return
         self.set_class(chat_hidden, "-chat-hidden")
-        self.set_class(not self.dashboard.any_shown(), "-no-panels")
-        if (panel is None and not chat_hidden) or not self.dashboard.any_shown():
+        self.set_class(not panels_shown, "-no-panels")
+        if (panel is None and not chat_hidden) or not panels_shown:
             self.remove_class("show-panels")  # narrow terminals: show the chat brought back, not an empty dashboard
         if panel is None:  # the keys go where the eyes go: the first panel, or the prompt brought back
             first = next((shown for shown in self.dashboard.in_order() if shown.display), None)
