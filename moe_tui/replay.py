@@ -169,13 +169,13 @@ class Replay:
 
 def _answer_breaks(events: list[TraceEvent]) -> dict[int, str]:
     """For each token that starts an answer after the first (marked ``first``, or in older traces the first token
-    after a prefill pass: more than one token through the first MoE layer), the text to put before it:
+    after a prefill pass, :attr:`LayerStep.is_prefill`), the text to put before it:
     :data:`ANSWER_BREAK`, after a closing fence when the answer before it left a code block open."""
     breaks: dict[int, str] = {}
     answer: list[str] = []
     after_prefill = False
     for event in events:
-        if isinstance(event, LayerStep) and event.layer == 0 and event.n_tokens > 1:
+        if isinstance(event, LayerStep) and event.is_prefill:
             after_prefill = True
         elif isinstance(event, TokenEvent):
             if (after_prefill or event.first) and answer:

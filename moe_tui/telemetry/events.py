@@ -67,6 +67,12 @@ class LayerStep:
         return sum(not hit for hit in self.hits) - self.host_computed
 
     @property
+    def is_prefill(self) -> bool:
+        """More than one token through the first MoE layer: the prefill that begins an answer (in traces written
+        before :attr:`TokenEvent.first` existed, the only sign of one)."""
+        return self.layer == 0 and self.n_tokens > 1
+
+    @property
     def host_computed(self) -> int:
         """Missed experts of this pass computed on the host from the store, without a copy."""
         return sum(self.host)

@@ -115,7 +115,7 @@ class Telemetry:
             self._last[layer] = step
             self._slide_window(layer, step)
             self._journal.append(step)
-            if layer == 0 and step.n_tokens > 1:  # a prefill starts a new answer: its rate starts afresh
+            if step.is_prefill:  # a new answer: its rate starts afresh
                 self._token_times.clear()
             self._layer_history[layer].append(_share(self._window_hits[layer], self._window_fetches[layer]))
             if step.step != self._last_step:
