@@ -482,6 +482,27 @@ def test_keymap_overrides_from_the_settings_file() -> None:
     run(check, app)
 
 
+def test_enter_sends_when_the_keymap_says_so() -> None:
+    """The text area takes enter as a new line whatever the bindings say; a keymap that moves sending to enter
+    (and the new line to ctrl+j) must still work, and the prompt's hint must name the key that sends."""
+    config.save_settings(config.Settings(keymap={"chat.send": "enter", "chat.newline": "ctrl+j"}))
+    app, session = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        prompt = app.screen.query_one(PromptInput)
+        assert prompt.placeholder == "Ask something… (enter sends)"
+        await type_text(pilot, "one")
+        await pilot.press("ctrl+j")
+        await type_text(pilot, "two")
+        assert prompt.text == "one\ntwo" and not session.prompts
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: bool(session.prompts) and not main_screen(app).generating)
+        assert session.prompts[0][-1]["content"] == "one\ntwo"
+        assert prompt.text == ""
+
+    run(check, app)
+
+
 def test_panels_redraw_only_when_the_snapshot_changes() -> None:
     app, session = make_app(FakeSession(words=3))
 

@@ -256,7 +256,7 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
 
     def key_for(self, binding_id: str) -> str:
         """The keys that trigger ``binding_id`` now (the user's keymap, else the default), as the help shows them."""
-        return keys.display_keys(self.keymap.get(binding_id, keys.BY_ID[binding_id].keys))
+        return keys.display_keys(",".join(keys.keys_in_effect(self.keymap, binding_id)))
 
     # ----------------------------------------------------------------- actions
     def action_help(self) -> None:

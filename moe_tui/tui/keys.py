@@ -44,6 +44,7 @@ KEYS: tuple[Key, ...] = (
     Key("app.quit", "ctrl+q", "app.quit", "Quit", "anywhere", priority=True),
     Key("app.theme", "ctrl+t", "app.next_theme", "Next theme", "anywhere", show=False),
     Key("chat.send", "ctrl+j,alt+enter", "submit", "Send", "prompt"),
+    Key("chat.newline", "enter", "newline", "New line", "prompt", show=False),
     Key("chat.stop", "escape", "stop", "Stop answer", "main screen"),
     Key("chat.new", "ctrl+n", "new_chat", "New chat", "main screen"),
     Key("chat.conversations", "f2", "toggle_conversations", "Chats", "main screen"),
@@ -145,6 +146,11 @@ def undelivered_keys(keymap: dict[str, str]) -> list[str]:
         for key in keys.split(",")
         if key.strip().startswith("alt+") and key.strip()[4:] in _ALT_KEYS_NOT_DELIVERED
     ]
+
+
+def keys_in_effect(keymap: dict[str, str], binding_id: str) -> list[str]:
+    """The keys that trigger ``binding_id``: the user's keymap entry if there is one, else the default."""
+    return [key.strip() for key in keymap.get(binding_id, BY_ID[binding_id].keys).split(",") if key.strip()]
 
 
 def display_keys(keys: str) -> str:

@@ -41,7 +41,7 @@ from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, NoBackend
 from moe_tui.tui.pacing import FramePacer
 from moe_tui.tui.palette import Command, MainCommands, main_commands
-from moe_tui.tui.widgets.chat import PROMPT_HINT, AnswerFeed, ChatView, PromptInput
+from moe_tui.tui.widgets.chat import AnswerFeed, ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
 from moe_tui.tui.widgets.dashboard import Dashboard
 from moe_tui.tui.widgets.memory import MemoryPanel
@@ -140,6 +140,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.set_class("chat" in self.settings.hidden_panels, "-chat-hidden")
         self.set_class(not self.dashboard.any_shown(), "-no-panels")
         self.query_one(ConversationList).display = False
+        self.query_one(PromptInput).use_keys(self.moe_app.keymap)
         self.set_interval(1 / REFRESH_HZ, self.tick)
         self._request_sample()
         self.attach(self.backend)
@@ -190,7 +191,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self._apply_generation_defaults()
         prompt = self.query_one(PromptInput)
         prompt.disabled = not backend.can_chat
-        prompt.placeholder = PROMPT_HINT if backend.can_chat else "no model to chat with"
+        prompt.placeholder = prompt.hint if backend.can_chat else "no model to chat with"
         if not backend.can_chat:
             self.chat.log_view.focus()
         if backend.mode == "replay":

@@ -1,6 +1,7 @@
 """The conversation view: messages as Markdown, the answer being generated streamed into a Markdown widget,
 and a multi-line prompt that sends with ctrl+j (terminals cannot tell ctrl+enter from enter, and most send alt+enter
-as plain enter; where the terminal reports it, alt+enter sends too)."""
+as plain enter; where the terminal reports it, alt+enter sends too). Both keys, and enter's new line, follow the
+user's keymap, so ``"chat.send" = "enter"`` makes enter send."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import threading
 import time
 from typing import ClassVar
 
-from textual import on
-from textual.binding import Binding, BindingType
+from textual import events, on
+from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
@@ -21,15 +22,18 @@ from moe_tui.tui import keys
 from moe_tui.tui.clipboard import code_blocks, copy_notice
 
 ROLE_TITLES = {"user": "you", "assistant": "model", "system": "system"}
-PROMPT_HINT = "Ask something… (ctrl+j sends)"
+
+
+def prompt_hint(send_key: str) -> str:
+    """The empty prompt's hint, naming the key that sends."""
+    return f"Ask something… ({send_key} sends)"
 
 
 class PromptInput(TextArea):
-    """Multi-line prompt: enter starts a new line, ctrl+j (or alt+enter, where the terminal reports it) sends."""
+    """Multi-line prompt: enter starts a new line, ctrl+j (or alt+enter, where the terminal reports it) sends;
+    :meth:`use_keys` sets other keys for both."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("ctrl+j,alt+enter", "submit", "Send", id="chat.send"),
-    ]
+    BINDINGS: ClassVar[list[BindingType]] = keys.bindings("chat.send")
 
     class Submitted(Message):
         """The user sent a prompt."""
@@ -44,9 +48,32 @@ class PromptInput(TextArea):
             show_line_numbers=False,
             compact=True,
             highlight_cursor_line=False,
-            placeholder=PROMPT_HINT,
             **kwargs,
         )
+        self.send_keys: list[str] = []
+        self.newline_keys: list[str] = []
+        self.hint = ""
+        self.use_keys({})
+
+    def use_keys(self, keymap: dict[str, str]) -> None:
+        """Take the send and new-line keys from the user's keymap (defaults where it has none)."""
+        self.send_keys = keys.keys_in_effect(keymap, "chat.send")
+        self.newline_keys = keys.keys_in_effect(keymap, "chat.newline")
+        self.hint = prompt_hint(keys.display_keys(self.send_keys[0]) if self.send_keys else "nothing")
+        self.placeholder = self.hint
+
+    async def _on_key(self, event: events.Key) -> None:
+        """Send and new-line keys as the keymap sets them (the text area would take enter as a new line whatever
+        the keymap says); enter that is neither does nothing; every other key edits as usual."""
+        if event.key not in self.send_keys and event.key not in self.newline_keys and event.key != "enter":
+            return  # the text area's own handler, next in line, edits
+        event.stop()
+        event.prevent_default()
+        if event.key in self.send_keys:
+            self.action_submit()
+        elif event.key in self.newline_keys and not self.read_only:
+            start, end = self.selection
+            self.replace("\n", start, end, maintain_selection_offset=False)
 
     def action_submit(self) -> None:
         """Send the prompt (ignored when empty) and clear the input."""
