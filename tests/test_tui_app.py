@@ -433,12 +433,12 @@ def test_every_alt_key_arrives_from_an_xterm_style_terminal() -> None:
 
 def test_keymap_keys_a_terminal_never_sends_are_named_at_start() -> None:
     """The app's list of alt keys that arrive as something else agrees with Textual's own parser for every letter
-    and digit, and a keymap entry using one is a warning when the app starts."""
+    and digit, and a keymap entry using one is a warning when the app starts, as is a key given to two bindings."""
     for character in "abcdefghijklmnopqrstuvwxyz0123456789":
         parsed = alt_key_from_terminal(character)
         flagged = keys.undelivered_keys({"panel.cache": f"alt+{character}"}) != []
         assert flagged == (parsed != [f"alt+{character}"]), f"alt+{character} arrives as {parsed}"
-    config.save_settings(config.Settings(keymap={"panel.heatmap": "alt+1", "panel.cache": "alt+c"}))
+    config.save_settings(config.Settings(keymap={"panel.heatmap": "alt+1", "panel.cache": "alt+c", "chat.new": "f2"}))
     app, _ = make_app()
     notices: list[str] = []
 
@@ -446,6 +446,7 @@ def test_keymap_keys_a_terminal_never_sends_are_named_at_start() -> None:
         notices.extend(str(note.message) for note in app._notifications)
         assert any("never send panel.heatmap = alt+1 as that key" in notice for notice in notices)
         assert not any("panel.cache" in notice for notice in notices)
+        assert any("f2 is set for both chat.new and chat.conversations" in notice for notice in notices)
 
     run(check, app)
 

@@ -11,7 +11,7 @@ from moe_tui.replay import Replay
 from moe_tui.system import HostSample, SystemSample
 from moe_tui.themes import DEFAULT_VARIABLES, load_themes
 from moe_tui.tui.backend import EngineBudget
-from moe_tui.tui.keys import KEYS, check_keymap, display_keys
+from moe_tui.tui.keys import KEYS, check_keymap, clashes, display_keys
 from moe_tui.tui.widgets import cache, heatmap, memory, prefetch, statusbar
 from moe_tui.tui.widgets.colours import Colours
 from moe_tui.tui.widgets.text import bar, sparkline
@@ -179,6 +179,14 @@ def test_keymap_ids_are_unique_and_checked() -> None:
     known, unknown = check_keymap({"chat.stop": "ctrl+x", "nope": "a"})
     assert known == {"chat.stop": "ctrl+x"} and unknown == ["nope"]
     assert display_keys("ctrl+j,alt+enter") == "ctrl+j / alt+enter"
+
+
+def test_keys_given_to_two_bindings_in_one_place_are_found() -> None:
+    assert clashes({}) == [], "the defaults never clash"
+    assert clashes({"chat.send": "enter"}) == ["enter is set for both chat.send and chat.newline"]
+    assert clashes({"chat.send": "enter", "chat.newline": "ctrl+j"}) == []
+    assert clashes({"chat.new": "f2"}) == ["f2 is set for both chat.new and chat.conversations"]
+    assert clashes({"conversations.rename": "c"}) == [], "c copies a message in the chat log, not in the chat list"
 
 
 def test_every_theme_gives_distinct_heat_cells() -> None:

@@ -95,6 +95,9 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
                 f"settings: xterm, tmux and most terminals over SSH never send {'; '.join(undelivered)} as that key"
                 " (only terminals with the kitty keyboard protocol do); choose an alt+letter or a function key"
             )
+        clashing = keys.clashes(known)
+        if clashing:
+            warnings.append(f"settings: {'; '.join(clashing)}, so only one of them runs (f1 lists the keys)")
         self.keymap = known
         self.set_keymap(known)
         store_error = self._open_store()

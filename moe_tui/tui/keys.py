@@ -148,6 +148,20 @@ def undelivered_keys(keymap: dict[str, str]) -> list[str]:
     ]
 
 
+def clashes(keymap: dict[str, str]) -> list[str]:
+    """``KEY is set for both ID and ID`` for each key that a user keymap gives to more than one binding in the
+    same place, where only one of them can run."""
+    owners: dict[tuple[str, str], list[str]] = {}
+    for key in KEYS:
+        for pressed in keys_in_effect(keymap, key.id):
+            owners.setdefault((key.where, pressed), []).append(key.id)
+    return [
+        f"{display_keys(pressed)} is set for both {' and '.join(ids)}"
+        for (_, pressed), ids in owners.items()
+        if len(ids) > 1
+    ]
+
+
 def keys_in_effect(keymap: dict[str, str], binding_id: str) -> list[str]:
     """The keys that trigger ``binding_id``: the user's keymap entry if there is one, else the default."""
     return [key.strip() for key in keymap.get(binding_id, BY_ID[binding_id].keys).split(",") if key.strip()]

@@ -71,7 +71,12 @@ class PromptInput(TextArea):
         event.prevent_default()
         if event.key in self.send_keys:
             self.action_submit()
-        elif event.key in self.newline_keys and not self.read_only:
+        elif event.key in self.newline_keys:
+            self.action_newline()
+
+    def action_newline(self) -> None:
+        """Start a new line at the cursor (replacing any selection)."""
+        if not self.read_only:
             start, end = self.selection
             self.replace("\n", start, end, maintain_selection_offset=False)
 
