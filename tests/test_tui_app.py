@@ -504,6 +504,26 @@ def test_enter_sends_when_the_keymap_says_so() -> None:
     run(check, app)
 
 
+def test_status_lines_name_the_keys_the_keymap_sets() -> None:
+    config.save_settings(config.Settings(keymap={"chat.stop": "ctrl+x", "chat.send": "ctrl+s"}))
+    app, _ = make_app(FakeSession(words=2))
+
+    def status() -> str:
+        return str(app.screen.query_one("#chat-status").render())
+
+    async def check(pilot: Pilot) -> None:
+        assert "ctrl+x stops an answer" in status()
+        await type_text(pilot, "hello")
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: len(messages(app)) == 2 and not main_screen(app).generating)
+        await pilot.press("f9")
+        assert "ctrl+s resends it" in status() and "ctrl+x cancels" in status()
+        assert app.key_for("chat.conversations") == "f2" and app.key_for("app.help") == "f1"
+        assert app.key_for("replay.pause") == "space" and app.key_for("conversations.all") == "esc"
+
+    run(check, app)
+
+
 def test_panels_redraw_only_when_the_snapshot_changes() -> None:
     app, session = make_app(FakeSession(words=3))
 

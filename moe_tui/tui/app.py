@@ -258,8 +258,9 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         self.push_screen(ErrorScreen(title, message.error, keep, message.details))
 
     def key_for(self, binding_id: str) -> str:
-        """The keys that trigger ``binding_id`` now (the user's keymap, else the default), as the help shows them."""
-        return keys.display_keys(",".join(keys.keys_in_effect(self.keymap, binding_id)))
+        """The (first) key that triggers ``binding_id`` now, from the user's keymap or else the default, as the
+        help shows it: what a status line or notice names."""
+        return keys.display_keys(next(iter(keys.keys_in_effect(self.keymap, binding_id)), "(no key)"))
 
     # ----------------------------------------------------------------- actions
     def action_help(self) -> None:

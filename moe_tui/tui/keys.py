@@ -168,6 +168,13 @@ def keys_in_effect(keymap: dict[str, str], binding_id: str) -> list[str]:
 
 
 def display_keys(keys: str) -> str:
-    """``ctrl+j,alt+enter`` as ``ctrl+j / alt+enter``, with a few key names spelled as typed."""
-    names = {"plus": "+", "minus": "-", "equals_sign": "=", "left_square_bracket": "[", "right_square_bracket": "]"}
+    """``ctrl+j,alt+enter`` as ``ctrl+j / alt+enter``, with a few key names spelled as typed (``escape`` as esc)."""
+    names = {
+        "escape": "esc",
+        "plus": "+",
+        "minus": "-",
+        "equals_sign": "=",
+        "left_square_bracket": "[",
+        "right_square_bracket": "]",
+    }
     return " / ".join(names.get(key.strip(), key.strip()) for key in keys.split(","))

@@ -195,10 +195,14 @@ class MainScreen(ReportsWorkerErrors, Screen):
         if not backend.can_chat:
             self.chat.log_view.focus()
         if backend.mode == "replay":
-            self.chat.set_status("replay: +/- speed · space pause · ctrl+r restart")
+            key = self.moe_app.key_for
+            self.chat.set_status(
+                f"replay: {key('replay.faster')}/{key('replay.slower')} speed · {key('replay.pause')} pause"
+                f" · {key('replay.restart')} restart"
+            )
             self._start_replay()
         elif backend.can_chat:
-            self.chat.set_status(f"{backend.name} ready · esc stops an answer")
+            self.chat.set_status(f"{backend.name} ready · {self.moe_app.key_for('chat.stop')} stops an answer")
             self.call_after_refresh(prompt.focus)
         elif self.loading_note:
             self._say_loading()
@@ -264,7 +268,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _show_status(self, snapshot: Snapshot | None) -> None:
         if self.generating:
-            activity = "generating… (esc stops)"
+            activity = f"generating… ({self.moe_app.key_for('chat.stop')} stops)"
         elif self.backend.mode == "replay":
             replay = self.backend.replay
             state = "finished" if replay.finished else "paused" if replay.paused else "playing"
@@ -298,7 +302,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _say_loading(self) -> None:
         self.query_one(PromptInput).placeholder = "the model is loading…"
-        self.chat.set_status("the model is loading · earlier chats: f2 · help: f1")
+        key = self.moe_app.key_for
+        self.chat.set_status(
+            f"the model is loading · earlier chats: {key('chat.conversations')} · help: {key('app.help')}"
+        )
 
     # --------------------------------------------------------------- sampling
     def _request_sample(self) -> None:
@@ -397,7 +404,11 @@ class MainScreen(ReportsWorkerErrors, Screen):
         prompt.focus()
         prompt.move_cursor(prompt.document.end)
         self.editing = True
-        self.chat.set_status("editing your last question · ctrl+j resends it (replacing its answer) · esc cancels")
+        key = self.moe_app.key_for
+        self.chat.set_status(
+            f"editing your last question · {key('chat.send')} resends it (replacing its answer)"
+            f" · {key('chat.stop')} cancels"
+        )
 
     async def _drop_last_turn(self, keep_question: bool) -> bool:
         """Remove the last answer (and with ``keep_question`` False the question before it) from the history and
