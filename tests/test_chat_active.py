@@ -66,3 +66,15 @@ def test_open_and_start_new(tmp_path: Path) -> None:
         title, turns = chat.open(first)
         assert chat.id == first and turns == [("user", "kept?"), ("assistant", "yes ")]
         assert title == store.conversation(first).title
+
+
+def test_a_question_that_failed_is_taken_back(chat: ActiveChat) -> None:
+    ask(chat, "first", "one")
+    chat.begin_answer("demo", "far too long").end(failed=True)
+    assert chat.withdraw_question() == [("user", "first"), ("assistant", "one ")]
+    assert chat.turns() == [{"role": "user", "content": "first"}, {"role": "assistant", "content": "one "}]
+    chat.start_new()
+    chat.begin_answer("demo", "far too long").end(failed=True)
+    assert chat.withdraw_question() == [] and chat.id is None
+    if chat.store is not None:  # the chat it began is not left behind empty
+        assert [conversation.title for conversation in chat.store.list_conversations()] == ["first"]

@@ -222,20 +222,29 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
     assert calls == ["bad", "later"]
 
 
-def test_generation_error_is_shown_and_the_next_prompt_works() -> None:
-    session = FakeSession(words=2, fail="out of memory while generating; try a smaller cache size")
+def test_generation_error_is_shown_and_the_question_goes_back_to_the_prompt() -> None:
+    """A question that fails before any answer leaves the conversation for the prompt: kept there, a question
+    too long for the context was merged with every later one, which then failed as well."""
+    session = FakeSession(words=2)
     app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe())
 
     async def check(pilot: Pilot) -> None:
+        prompt = app.main.query_one(PromptInput)
+        await send(pilot, "first")
+        await wait_for(pilot, lambda: len(session.prompts) == 1 and not app.main.generating)
+        session.fail = "out of memory while generating; try a smaller cache size"
         await send(pilot, "boom")
-        await wait_for(pilot, lambda: bool(session.prompts) and not app.main.generating)
-        await pilot.pause(0.1)
+        await wait_for(pilot, lambda: len(session.prompts) == 2 and not app.main.generating and prompt.text)
         assert any("out of memory" in note.message for note in app._notifications)
-        assert app.main.query_one("MessageView.failed")
-        assert app.store.messages(app.main.conversation_id)[-1].role == "user", "the empty answer is not kept"
+        assert "your question is back in the prompt" in str(app.main.query_one("#chat-status").render())
+        assert prompt.text == "boom", "the question that got no answer is back in the prompt"
+        assert [view.role for view in app.main.query(MessageView)] == ["user", "assistant"]
+        saved = app.store.messages(app.main.conversation_id)
+        assert [m.role for m in saved] == ["user", "assistant"] and saved[0].content == "first", "nothing of it kept"
         session.fail = ""
-        await send(pilot, "again")
-        await wait_for(pilot, lambda: len(session.prompts) == 2 and not app.main.generating)
+        await pilot.press("ctrl+j")
+        await wait_for(pilot, lambda: len(session.prompts) == 3 and not app.main.generating)
+        assert session.prompts[-1][-1] == {"role": "user", "content": "boom"}, "not merged with a failed copy"
         assert app.main.query(MessageView).last().source.startswith("The expert")
 
     run(app, check)

@@ -2,7 +2,8 @@
 there is no store (one that could not be opened).
 
 The screen asks it for the turns a prompt is built from, starts each answer through it (:class:`Answer`), and
-has it drop the last turn for regenerate and edit, so the two places turns can live are handled here only.
+has it drop the last turn for regenerate and edit (and a question that failed before its answer began), so the two
+places turns can live are handled here only.
 """
 
 from __future__ import annotations
@@ -74,3 +75,13 @@ class ActiveChat:
         else:
             del self._memory[cut:]
         return [(role, text) for role, text in turns[:cut] if text or role != "assistant"]
+
+    def withdraw_question(self) -> list[tuple[str, str]] | None:
+        """Take back the last question, one the model never answered (an error came before any text): it leaves
+        the conversation, so the next question is not merged with it, and a conversation it leaves empty leaves
+        the history. Returns the turns left to show (None when there was no question)."""
+        left = self.drop_last_turn(keep_question=False)
+        if left == [] and self.store is not None and self.id is not None:
+            self.store.delete_conversation(self.id)
+            self.start_new()
+        return left

@@ -26,6 +26,7 @@ class Answer:
     memory: list[Turn]  # the session's turns when there is no store
     pieces: list[str] = field(default_factory=list)
     warning: str = ""  # why the answer is not saved, when the store refused it
+    question: str | None = None  # the question it answers, when it was asked anew (not a regenerate)
 
     @classmethod
     def begin(
@@ -41,7 +42,7 @@ class Answer:
         if store is None:
             if question is not None:
                 memory.append({"role": "user", "content": question})
-            return cls(None, None, memory), conversation_id
+            return cls(None, None, memory, question=question), conversation_id
         try:
             if conversation_id is None:
                 conversation_id = store.create_conversation(model=model).id
@@ -50,7 +51,7 @@ class Answer:
             message_id = store.add_message(conversation_id, "assistant", "").id
         except UserError as error:
             return cls(None, None, [], warning=f"chat history: {error}; this answer will not be saved"), conversation_id
-        return cls(store, message_id, memory), conversation_id
+        return cls(store, message_id, memory, question=question), conversation_id
 
     @property
     def text(self) -> str:

@@ -264,7 +264,7 @@ class ChatSession:
                 break
         if limit and len(ids) >= limit:
             raise UserError(
-                f"the last message makes a prompt of {len(ids)} tokens but {self.model_name} reads at most {limit} "
+                f"the question makes a prompt of {len(ids)} tokens but {self.model_name} reads at most {limit} "
                 f"here ({len(ids) - limit + 1} tokens over, counting one for the answer); shorten it"
             )
         return ids, start

@@ -476,14 +476,36 @@ class MainScreen(ReportsWorkerErrors, Screen):
             note += " · stopped"
         return "", note
 
-    def on_generation_finished(self, message: GenerationFinished) -> None:
-        """Back to idle; close the answer in the history; report errors."""
+    async def on_generation_finished(self, message: GenerationFinished) -> None:
+        """Back to idle; close the answer in the history; report errors. A question that failed before any of
+        its answer goes back into the prompt, out of the conversation (the next question would be merged with
+        it, so a question too long for the context would make every later one too long as well)."""
         self.generating = False
-        message.answer.end(failed=bool(message.error))
+        answer = message.answer
+        unanswered = bool(message.error) and not answer.text and answer.question is not None and not answer.warning
+        answer.end(failed=bool(message.error))
         if message.error:
-            self.notify(message.error, title="Generation failed", severity="error", timeout=8)
+            returned = unanswered and await self._return_question(answer.question or "")
+            note = " · your question is back in the prompt" if returned else ""
+            if returned:  # the chat was redrawn without the question, and the answer's own note with it
+                self.chat.set_status(f"error: {message.error}{note}")
+            self.notify(message.error + note, title="Generation failed", severity="error", timeout=8)
         if self.query_one(ConversationList).display:
             self._refresh_conversations()
+
+    async def _return_question(self, question: str) -> bool:
+        """Move ``question`` from the conversation into the prompt, before anything typed there since; False
+        (with a notice) when the history refused, and then it stays where it is."""
+        try:
+            left = self.conversation.withdraw_question()
+        except UserError as error:
+            self.notify(f"chat history: {error}", severity="error")
+            return False
+        await self.chat.show_messages(left or [])
+        prompt = self.query_one(PromptInput)
+        prompt.text = f"{question}\n\n{prompt.text}" if prompt.text.strip() else question
+        prompt.move_cursor(prompt.document.end)
+        return True
 
     async def stop_generation(self, timeout: float) -> None:
         """Stop the answer being generated and wait (up to ``timeout`` s) for the generating thread to return."""
