@@ -12,6 +12,7 @@ from moe_tui.system import HostSample, SystemSample
 from moe_tui.themes import DEFAULT_VARIABLES, load_themes
 from moe_tui.tui.backend import EngineBudget
 from moe_tui.tui.keys import KEYS, check_keymap, clashes, display_keys
+from moe_tui.tui.screens.help import panel_help
 from moe_tui.tui.widgets import cache, heatmap, memory, prefetch, statusbar
 from moe_tui.tui.widgets.colours import Colours
 from moe_tui.tui.widgets.text import bar, sparkline
@@ -179,6 +180,13 @@ def test_keymap_ids_are_unique_and_checked() -> None:
     known, unknown = check_keymap({"chat.stop": "ctrl+x", "nope": "a"})
     assert known == {"chat.stop": "ctrl+x"} and unknown == ["nope"]
     assert display_keys("ctrl+j,alt+enter") == "ctrl+j / alt+enter"
+
+
+def test_the_help_text_names_the_keys_in_effect() -> None:
+    default = panel_help({})
+    assert "[ and ] move it, x hides it, f11 maximises it" in default and "To send with enter" in default
+    remapped = panel_help({"panel.hide": "h", "chat.send": "enter", "chat.newline": "ctrl+j"})
+    assert "h hides it" in remapped and "Send: enter, as your keymap says; a new line: ctrl+j." in remapped
 
 
 def test_keys_given_to_two_bindings_in_one_place_are_found() -> None:

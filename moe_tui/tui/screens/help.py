@@ -14,13 +14,28 @@ from moe_tui.config import settings_path
 from moe_tui.telemetry.live import WINDOW_STEPS
 from moe_tui.tui import keys
 
-PANEL_HELP = (
-    "Panels: tab / shift+tab move the focus; with a panel focused, [ and ] move it, x hides it, f11 maximises it.\n"
-    "Send: ctrl+j works in every terminal; alt+enter only where the terminal reports it (kitty, WezTerm, Ghostty).\n"
-    "Cache slots: id+mark, next victim first: + hit, ! miss (loaded), ^ prefetched and used, ~ prefetched unused;\n"
-    f"  the sparklines: hit rate over the last {WINDOW_STEPS} passes, one point per pass, newest right.\n"
-    "Heatmap: ● (or a weight) = picked for the last token; shade/colour = share of the last passes."
-)
+
+def panel_help(keymap: dict[str, str]) -> str:
+    """What the panels show and how the keys in effect work on them, one paragraph per line (left to wrap)."""
+
+    def key(binding_id: str) -> str:
+        return keys.display_keys(",".join(keys.keys_in_effect(keymap, binding_id)))
+
+    return "\n".join(
+        [
+            f"Panels: tab / shift+tab move the focus; with a panel focused, {key('panel.earlier')} and"
+            f" {key('panel.later')} move it, {key('panel.hide')} hides it, {key('panel.maximize')} maximises it.",
+            f"Send: {key('chat.send')}, as your keymap says; a new line: {key('chat.newline')}."
+            if "chat.send" in keymap or "chat.newline" in keymap
+            else "Send: ctrl+j works in every terminal; alt+enter only where the terminal reports it (kitty,"
+            ' WezTerm, Ghostty). To send with enter, set "chat.send" = "enter" and "chat.newline" = "ctrl+j"'
+            " under [keymap] (file below).",
+            "Cache slots: id+mark, next victim first: + hit, ! miss (loaded), ^ prefetched and used, ~ prefetched"
+            f" unused. The sparklines: hit rate over the last {WINDOW_STEPS} passes, one point per pass, newest"
+            " right.",
+            "Heatmap: ● (or a weight) = picked for the last token; shade/colour = share of the last passes.",
+        ]
+    )
 
 
 def keys_table(keymap: dict[str, str]) -> Table:
@@ -49,7 +64,7 @@ class HelpScreen(ModalScreen[None]):
         with VerticalScroll(classes="dialog-box", id="help-box"):
             yield Label("moe-tui keys", classes="dialog-title")
             yield Static(keys_table(self.keymap))
-            yield Static(PANEL_HELP, markup=False, id="help-panels")
+            yield Static(panel_help(self.keymap), markup=False, id="help-panels")
             yield Static(
                 f'Remap a key: add  "<id>" = "<keys>"  under [keymap] in {settings_path()}',
                 markup=False,
