@@ -505,7 +505,8 @@ def test_enter_sends_when_the_keymap_says_so() -> None:
 
 
 def test_status_lines_name_the_keys_the_keymap_sets() -> None:
-    config.save_settings(config.Settings(keymap={"chat.stop": "ctrl+x", "chat.send": "ctrl+s"}))
+    keymap = {"chat.stop": "ctrl+x", "chat.send": "ctrl+s", "settings.save": "f10", "chat.edit": "f7,f9"}
+    config.save_settings(config.Settings(keymap=keymap))
     app, _ = make_app(FakeSession(words=2))
 
     def status() -> str:
@@ -520,6 +521,14 @@ def test_status_lines_name_the_keys_the_keymap_sets() -> None:
         assert "ctrl+s resends it" in status() and "ctrl+x cancels" in status()
         assert app.key_for("chat.conversations") == "f2" and app.key_for("app.help") == "f1"
         assert app.key_for("replay.pause") == "space" and app.key_for("conversations.all") == "esc"
+        assert app.key_for("chat.edit") == "f7", "the first of several keys"
+        edit = next(command for command in main_commands(main_screen(app)) if command.title.startswith("Edit"))
+        assert edit.help == "change it and send it again (f7)"
+        await pilot.press("ctrl+x")  # stop editing
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        hints = " ".join(str(hint.render()) for hint in app.screen.query(".dialog-hint"))
+        assert "f10: save" in hints and "esc: cancel" in hints
 
     run(check, app)
 

@@ -88,7 +88,7 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         self.theme = self._initial_theme(warnings)
         known, unknown = keys.check_keymap(self.settings.keymap)
         if unknown:
-            warnings.append(f"settings: unknown key binding ids {', '.join(unknown)} (see f1 for the ids)")
+            warnings.append(f"settings: unknown key binding ids {', '.join(unknown)} (help lists the ids)")
         undelivered = keys.undelivered_keys(known)
         if undelivered:
             warnings.append(
@@ -97,7 +97,7 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             )
         clashing = keys.clashes(known)
         if clashing:
-            warnings.append(f"settings: {'; '.join(clashing)}, so only one of them runs (f1 lists the keys)")
+            warnings.append(f"settings: {'; '.join(clashing)}, so only one of them runs (help lists the keys)")
         self.keymap = known
         self.set_keymap(known)
         store_error = self._open_store()
@@ -253,7 +253,10 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             keep = f"Still using {self.main.backend.name}."
         else:
             self.main.attach(self.main.backend)  # the prompt, the status and the panels stop saying "loading"
-            keep = "You can browse earlier chats (f2) and load another model from the command palette (ctrl+p)."
+            keep = (
+                f"You can browse earlier chats ({self.key_for('chat.conversations')}) and load another model from"
+                f" the command palette ({self.key_for('app.palette')})."
+            )
         title = "Could not load the model" if message.user_error else "Loading failed unexpectedly"
         self.push_screen(ErrorScreen(title, message.error, keep, message.details))
 

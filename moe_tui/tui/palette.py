@@ -55,6 +55,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
     commands: list[Command] = []
     backend = screen.backend
     snapshot = backend.snapshot()
+    key = screen.moe_app.key_for
     if backend.can_tune and snapshot is not None:
         header = snapshot.header
         current_k = header.cache_size[0] if len(set(header.cache_size)) == 1 else None
@@ -95,9 +96,17 @@ def main_commands(screen: MainScreen) -> list[Command]:
         commands.append(
             Command("Regenerate the last answer", "answer the last question again", screen.action_regenerate)
         )
-        commands.append(Command("Edit the last question", "change it and send it again (f9)", screen.action_edit_last))
+        commands.append(
+            Command(
+                "Edit the last question", f"change it and send it again ({key('chat.edit')})", screen.action_edit_last
+            )
+        )
     commands.append(
-        Command("Copy the last answer", "to the clipboard, through the terminal (f8)", screen.action_copy_answer)
+        Command(
+            "Copy the last answer",
+            f"to the clipboard, through the terminal ({key('chat.copy')})",
+            screen.action_copy_answer,
+        )
     )
     commands.append(Command("Conversations", "show or hide the list of chats", screen.action_toggle_conversations))
     commands.append(Command("Export conversation to Markdown", "write this chat to a .md file", screen.action_export))
@@ -125,7 +134,7 @@ def main_commands(screen: MainScreen) -> list[Command]:
         commands.append(
             Command(
                 f"Maximise panel: {title}",
-                "fill the screen with one panel (f11 restores)",
+                f"fill the screen with one panel ({key('panel.maximize')} restores)",
                 partial(screen.maximize_panel, panel_id),
                 False,
             )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual.binding import BindingType
 from textual.containers import Vertical, VerticalScroll
@@ -10,6 +10,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Collapsible, Label, Static
 
 from moe_tui.tui import keys
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 
 class ErrorScreen(ModalScreen[str]):
@@ -34,11 +37,9 @@ class ErrorScreen(ModalScreen[str]):
             if self.details:
                 with Collapsible(title="technical details", collapsed=True), VerticalScroll(id="error-details"):
                     yield Static(self.details, markup=False)
-            keys_line = (
-                "enter: continue    d: technical details    ctrl+q: quit"
-                if self.details
-                else "enter: continue    ctrl+q: quit"
-            )
+            key = cast("MoeTuiApp", self.app).key_for
+            details = f"{key('error.details')}: technical details    " if self.details else ""
+            keys_line = f"{key('error.continue')}: continue    {details}{key('app.quit')}: quit"
             yield Static(keys_line, id="error-keys")
 
     def action_toggle_details(self) -> None:

@@ -160,6 +160,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
         """The app, with its settings and model loading."""
         return cast("MoeTuiApp", self.app)
 
+    def _key(self, binding_id: str) -> str:
+        """The key that does ``binding_id`` now (the user's keymap, else the default), for hints and notices."""
+        return self.moe_app.key_for(binding_id)
+
     @property
     def memory_panel(self) -> MemoryPanel:
         """The Memory panel."""
@@ -175,7 +179,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         width, height = event.size
         self.query_one("#too-small", Static).update(
             f"Terminal too small: {width}x{height}. moe-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}.\n"
-            "Enlarge the window (or reduce the font size). ctrl+q quits."
+            f"Enlarge the window (or reduce the font size). {self._key('app.quit')} quits."
         )
         self.refresh_status()
 
@@ -195,19 +199,22 @@ class MainScreen(ReportsWorkerErrors, Screen):
         if not backend.can_chat:
             self.chat.log_view.focus()
         if backend.mode == "replay":
-            key = self.moe_app.key_for
+            key = self._key
             self.chat.set_status(
                 f"replay: {key('replay.faster')}/{key('replay.slower')} speed · {key('replay.pause')} pause"
                 f" · {key('replay.restart')} restart"
             )
             self._start_replay()
         elif backend.can_chat:
-            self.chat.set_status(f"{backend.name} ready · {self.moe_app.key_for('chat.stop')} stops an answer")
+            self.chat.set_status(f"{backend.name} ready · {self._key('chat.stop')} stops an answer")
             self.call_after_refresh(prompt.focus)
         elif self.loading_note:
             self._say_loading()
         else:
-            self.chat.set_status("no model loaded · ctrl+p → Load model… · earlier chats: f2")
+            self.chat.set_status(
+                f"no model loaded · {self._key('app.palette')} → Load model…"
+                f" · earlier chats: {self._key('chat.conversations')}"
+            )
         if backend.snapshot() is None:  # no model: nothing of the last one stays on the panels
             note = "the model is loading…" if self.loading_note else "no model loaded"
             for panel in self.panels.values():
@@ -268,7 +275,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _show_status(self, snapshot: Snapshot | None) -> None:
         if self.generating:
-            activity = f"generating… ({self.moe_app.key_for('chat.stop')} stops)"
+            activity = f"generating… ({self._key('chat.stop')} stops)"
         elif self.backend.mode == "replay":
             replay = self.backend.replay
             state = "finished" if replay.finished else "paused" if replay.paused else "playing"
@@ -278,7 +285,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         else:
             activity = "" if self.backend.can_chat else "no model"
         if self.has_class("-narrow"):
-            activity = f"{activity} │ f6 chat/panels" if activity else "f6 chat/panels"
+            switch = f"{self._key('view.switch')} chat/panels"
+            activity = f"{activity} │ {switch}" if activity else switch
         self.query_one(StatusBar).show_status(self.backend.name, self.backend.mode, snapshot, activity)
 
     def show_loading(self, note: str) -> None:
@@ -302,7 +310,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _say_loading(self) -> None:
         self.query_one(PromptInput).placeholder = "the model is loading…"
-        key = self.moe_app.key_for
+        key = self._key
         self.chat.set_status(
             f"the model is loading · earlier chats: {key('chat.conversations')} · help: {key('app.help')}"
         )
@@ -351,10 +359,13 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def _can_answer(self) -> bool:
         if not self.backend.can_chat:
-            self.notify("no model is loaded: load one from the command palette (ctrl+p)", severity="warning")
+            self.notify(
+                f"no model is loaded: load one from the command palette ({self._key('app.palette')})",
+                severity="warning",
+            )
             return False
         if self.generating:
-            self.notify("still answering: press esc to stop first", severity="warning")
+            self.notify(f"still answering: press {self._key('chat.stop')} to stop first", severity="warning")
             return False
         return True
 
@@ -393,7 +404,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
     def action_edit_last(self) -> None:
         """Put the last question into the prompt; sending it replaces that question and its answer."""
         if self.generating:
-            self.notify("still answering: press esc to stop first", severity="warning")
+            self.notify(f"still answering: press {self._key('chat.stop')} to stop first", severity="warning")
             return
         question = self.conversation.last_question()
         if question is None:
@@ -404,7 +415,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         prompt.focus()
         prompt.move_cursor(prompt.document.end)
         self.editing = True
-        key = self.moe_app.key_for
+        key = self._key
         self.chat.set_status(
             f"editing your last question · {key('chat.send')} resends it (replacing its answer)"
             f" · {key('chat.stop')} cancels"
@@ -579,7 +590,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
             def search(text: str | None) -> None:
                 if text:
-                    listing.show_hits(text, self.store.search(text), self.conversation_id)
+                    hits = self.store.search(text)
+                    listing.show_hits(text, hits, self.conversation_id, self._key("conversations.all"))
                     listing.focus()
 
             self.app.push_screen(AskScreen("Search every chat for:", listing.query_text), search)
@@ -608,13 +620,14 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.notify(note)
         listing = self.query_one(ConversationList)
         if listing.query_text:
-            listing.show_hits(listing.query_text, self.store.search(listing.query_text), self.conversation_id)
+            hits = self.store.search(listing.query_text)
+            listing.show_hits(listing.query_text, hits, self.conversation_id, self._key("conversations.all"))
         else:
             self._refresh_conversations()
 
     def _delete_conversation(self, conversation_id: int) -> None:
         if conversation_id == self.conversation_id and self.generating:
-            raise UserError("this chat is still being answered: stop the answer first (esc)")
+            raise UserError(f"this chat is still being answered: stop the answer first ({self._key('chat.stop')})")
         self.store.delete_conversation(conversation_id)
         if conversation_id == self.conversation_id:
             self.conversation.start_new()
@@ -697,7 +710,9 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
         def load(choice: tuple[str, dict[str, Any]] | None) -> None:
             if choice and self.generating:
-                self.notify("stop the answer first (esc), then load the model", severity="warning")
+                self.notify(
+                    f"stop the answer first ({self._key('chat.stop')}), then load the model", severity="warning"
+                )
             elif choice:
                 spec, engine = choice
                 self.moe_app.load_model(spec or None, engine=engine)
@@ -802,7 +817,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
                 break
             focused = focused.parent if isinstance(focused.parent, Widget) else None
         if target is None:
-            self.notify("focus a panel first (tab), then f11", severity="warning")
+            self.notify(f"focus a panel first (tab), then {self._key('panel.maximize')}", severity="warning")
             return
         if isinstance(target, ChatView):
             self.maximize(target.log_view, container=False)
@@ -828,10 +843,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
         """Narrow terminals: switch between chat and panels; wider ones: move focus between them."""
         if self.has_class("-narrow"):
             if self.has_class("-chat-hidden"):
-                self.notify(f"the chat is hidden: {self.moe_app.key_for('panel.chat')} shows it")
+                self.notify(f"the chat is hidden: {self._key('panel.chat')} shows it")
                 return
             if self.has_class("-no-panels"):
-                shown_by = ", ".join(self.moe_app.key_for(f"panel.{panel}") for panel in self.panels)
+                shown_by = ", ".join(self._key(f"panel.{panel}") for panel in self.panels)
                 self.notify(f"every panel is hidden: {shown_by} show them")
                 return
             self.toggle_class("show-panels")
@@ -886,7 +901,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     def on_replay_ended(self, message: ReplayEnded) -> None:
         """Say the trace is over."""
-        self.notify("end of the trace · ctrl+r replays it")
+        self.notify(f"end of the trace · {self._key('replay.restart')} replays it")
         self.refresh_status()
 
     def action_replay_speed(self, factor: float) -> None:

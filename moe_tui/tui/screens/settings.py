@@ -8,7 +8,7 @@ already or that were changed here; ctrl+d drops all of yours, so every value fol
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.binding import BindingType
 from textual.containers import Grid, Vertical
@@ -18,6 +18,9 @@ from textual.widgets import Button, Input, Label, Static, Switch, TextArea
 from moe_tui.chat.generation import GenerationSettings
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 
 class SettingsScreen(ModalScreen[dict[str, Any] | None]):
@@ -53,7 +56,13 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
             yield self._label("system prompt", "system_prompt")
             yield TextArea(settings.system_prompt, id="system-prompt", compact=True)
             yield Static("", id="settings-error", markup=False)
-            yield Static("ctrl+s: save    ctrl+d: follow the model    escape: cancel", classes="dialog-hint")
+            key = cast("MoeTuiApp", self.app).key_for
+            yield Static(
+                f"{key('settings.save')}: save    {key('settings.follow_model')}: follow the model"
+                f"    {key('settings.cancel')}: cancel",
+                classes="dialog-hint",
+                markup=False,
+            )
             yield Button("Save", id="settings-save", variant="primary")
 
     def action_save(self) -> None:

@@ -59,11 +59,13 @@ class ConversationList(OptionList):
         now = self._clock()
         self._show([(c, when(c.updated_at, now)) for c in conversations], current, "no conversations yet")
 
-    def show_hits(self, query: str, hits: Sequence[SearchHit], current: int | None) -> None:
-        """List the conversations a search found, each with the text around its match."""
+    def show_hits(self, query: str, hits: Sequence[SearchHit], current: int | None, all_key: str = "esc") -> None:
+        """List the conversations a search found, each with the text around its match (``all_key`` lists every
+        conversation again, which an empty result says)."""
         self.query_text = query
         self.border_title = f"Search: {query}"
-        self._show([(hit.conversation, hit.snippet) for hit in hits], current, "nothing found · esc lists all")
+        empty = f"nothing found · {all_key} lists all"
+        self._show([(hit.conversation, hit.snippet) for hit in hits], current, empty)
 
     def _show(self, rows: Sequence[tuple[Conversation, str]], current: int | None, empty: str) -> None:
         self.clear_options()
