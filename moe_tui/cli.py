@@ -24,18 +24,36 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 DEFAULT_SUBCOMMAND = "chat"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class CommandParser(argparse.ArgumentParser):
+    """The top-level parser; it keeps each subcommand's parser, so that an option a subcommand does not know is
+    reported with that subcommand's usage rather than the top level's."""
+
+    subcommands: dict[str, argparse.ArgumentParser]
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        """Parse like argparse, but name an unknown option under the subcommand it was given to."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.subcommands.get(getattr(parsed, "command", None) or "", self).error(
+                f"unrecognized arguments: {' '.join(extras)}"
+            )
+        return parsed
+
+
+def build_parser() -> CommandParser:
     """Build the top-level parser; each subcommand's arguments come from its own module."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="moe-tui",
         description="Chat with an offloaded Mixture-of-Experts LLM and watch its experts, cache and memory live.",
         epilog=f"With no subcommand, '{DEFAULT_SUBCOMMAND}' runs on the bundled demo model.",
     )
     parser.add_argument("--version", action="version", version=f"moe-tui {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.subcommands = {}
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub = subparsers.add_parser(name, help=help_text, description=help_text)
         _command_module(module_name).add_arguments(sub)
+        parser.subcommands[name] = sub
     return parser
 
 

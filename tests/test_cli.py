@@ -51,6 +51,33 @@ def test_every_subcommand_parses_its_own_help(capsys: pytest.CaptureFixture[str]
         assert f"moe-tui {name}" in capsys.readouterr().out
 
 
+def test_an_unknown_option_is_named_under_its_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["ask", "--bogus", "hi"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "moe-tui ask: error: unrecognized arguments: --bogus" in err and "usage: moe-tui ask" in err
+
+
+def test_params_and_plan_take_the_model_either_way(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["params", "mixtral-8x7b", "--json"]) == 0
+    positional = capsys.readouterr().out
+    assert cli.main(["params", "--model", "mixtral-8x7b", "--json"]) == 0
+    assert capsys.readouterr().out == positional
+    assert cli.main(["params", "mixtral-8x7b", "--model", "mixtral-8x7b", "--depth", "0"]) == 0, "the same twice"
+    capsys.readouterr()
+    for argv, message in [
+        (
+            ["plan", "mixtral-8x7b", "--model", "olmoe-1b-7b"],
+            "two models given, mixtral-8x7b and olmoe-1b-7b: give one",
+        ),
+        (["plan"], "which model? give one as MODEL or --model (see --help)"),
+        (["params"], "which model? give one as MODEL or --model (see --help)"),
+    ]:
+        assert cli.main(argv) == 2
+        assert capsys.readouterr().err == f"moe-tui: error: {message}\n"
+
+
 def test_user_error_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "config.json"
     assert cli.main(["params", str(missing)]) == 2

@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 
 from moe_tui import precision as prec  # standard library only: cheap at import
+from moe_tui.commands import add_model_argument, chosen_model
 from moe_tui.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``moe-tui params``."""
-    parser.add_argument(
-        "model",
-        help="a config.json, a model directory, a bundled sample (e.g. mixtral-8x7b), demo-mixtral "
+    add_model_argument(
+        parser,
+        "a config.json, a model directory, a bundled sample (e.g. mixtral-8x7b), demo-mixtral "
         "or a hub id already in the local Hugging Face cache",
     )
     parser.add_argument("--json", action="store_true", help="print a machine-readable JSON document instead")
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Load the config, build the tree on the meta device and print it (Rich tree or JSON)."""
+    args.model = chosen_model(args)
     if args.depth is not None and args.depth < 0:
         raise UserError(f"--depth must be 0 or more, not {args.depth}")
     if args.group_size < 1:

@@ -6,6 +6,8 @@ import argparse
 import json
 import re
 
+from moe_tui.commands import add_model_argument, chosen_model
+
 FORMULA = (
     "C = bytes a token reads / compute bandwidth + unfused quantized bytes it reads / dequantization bandwidth "
     "+ per-token overhead O; "
@@ -33,9 +35,7 @@ _UNITS = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the ``plan`` subcommand."""
-    parser.add_argument(
-        "model", metavar="MODEL", help="config.json, model directory, bundled config name, demo-mixtral or hub id"
-    )
+    add_model_argument(parser, "config.json, model directory, bundled config name, demo-mixtral or hub id")
     parser.add_argument(
         "--vram", default=None, metavar="SIZE", help="GPU memory for the fast tier, e.g. 16GiB (omit: CPU only)"
     )
@@ -90,6 +90,7 @@ def parse_size(text: str, option: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Build the plan and print it; bad input raises UserError (exit 2)."""
+    args.model = chosen_model(args)
     from moe_tui import plan
     from moe_tui.errors import UserError
     from moe_tui.params import load_config
