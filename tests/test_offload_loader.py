@@ -129,6 +129,11 @@ def test_a_hub_id_resolves_only_through_the_local_cache(mixtral, tmp_path: Path,
     assert (logits(om.model, prompt(batch=2, length=7)) - expected).abs().max().item() <= TOLERANCE
     with pytest.raises(UserError, match="neither a model directory nor a model in the local Hugging Face cache"):
         load_offloaded("acme/not-downloaded", OffloadConfig())
+    with pytest.raises(UserError, match=re.escape("fetch it first: hf download acme/not-downloaded)")):
+        load_offloaded("acme/not-downloaded", OffloadConfig())
+    for path in ("./models/mixtral", "~/models/mixtral", "/srv/models/mixtral", "mixtral-dir"):
+        with pytest.raises(UserError, match=re.escape("(a hub id, owner/name, is looked up there)")):
+            load_offloaded(path, OffloadConfig())
 
 
 def test_the_store_cache_knows_a_checkpoint_by_its_contents_not_its_path(mixtral, tmp_path: Path) -> None:

@@ -57,10 +57,20 @@ def resolve_model_dir(spec: str | os.PathLike[str]) -> Path:
     try:
         return Path(snapshot_download(str(spec), local_files_only=True))
     except (LocalEntryNotFoundError, HFValidationError, OSError, ValueError):
+        if _looks_like_hub_id(str(spec)):
+            fetch = f"moe-tui never downloads; fetch it first: hf download {spec}"
+        else:
+            fetch = "a hub id, owner/name, is looked up there"
         raise UserError(
-            f"{spec} is neither a model directory nor a model in the local Hugging Face cache "
-            "(moe-tui never downloads; fetch it first with `hf download`)"
+            f"{spec} is neither a model directory nor a model in the local Hugging Face cache ({fetch})"
         ) from None
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    """``owner/name`` as the hub spells its ids, not a path (``./x``, ``/x``, ``~/x``, ``a/b/c``)."""
+    parts = spec.split("/")
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+    return len(parts) == 2 and all(part and set(part) <= allowed and not part.startswith(".") for part in parts)
 
 
 def read_model_config(directory: Path) -> object:
