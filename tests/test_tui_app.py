@@ -524,6 +524,8 @@ def test_status_lines_name_the_keys_the_keymap_sets() -> None:
         assert app.key_for("chat.edit") == "f7", "the first of several keys"
         edit = next(command for command in main_commands(main_screen(app)) if command.title.startswith("Edit"))
         assert edit.help == "change it and send it again (f7)"
+        helps = {command.title: command.help for command in main_commands(main_screen(app))}
+        assert helps["New chat"].endswith("(ctrl+n)") and helps["Hide panel: Memory"].endswith("(alt+m)")
         await pilot.press("ctrl+x")  # stop editing
         await pilot.press("f3")
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
