@@ -126,6 +126,7 @@ def test_unreadable_trace_is_reported_in_the_app(tmp_path: Path, content: str | 
 
     async def check(pilot: Pilot) -> None:
         assert "trace" in error_text(app) and str(path) in error_text(app)
+        assert "Could not open the trace" in error_text(app) and "the model" not in error_text(app)
         await continue_without_model(pilot, app)
 
     run(app, check)

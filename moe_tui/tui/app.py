@@ -34,12 +34,20 @@ ANSWER_STOP_TIMEOUT_S = 10.0
 class LoadFinished(Message):
     """The loading worker is done: a backend, or the error that stopped it."""
 
-    def __init__(self, backend: Backend | None, error: str = "", details: str = "", user_error: bool = True) -> None:
+    def __init__(
+        self,
+        backend: Backend | None,
+        error: str = "",
+        details: str = "",
+        user_error: bool = True,
+        subject: str = "model",
+    ) -> None:
         super().__init__()
         self.backend = backend
         self.error = error
         self.details = details
         self.user_error = user_error
+        self.subject = subject  # what was being opened: "model", or "trace" for a replay
 
 
 class MoeTuiApp(ReportsWorkerErrors, App[int]):
@@ -205,13 +213,14 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             self.post_message(LoadProgress(stage, done, total, started))
 
         self.model_loading = True
+        subject = "trace" if options.replay else "model"
         try:
             backend = self.loader(options, progress)
         except UserError as error:
-            self.post_message(LoadFinished(None, str(error)))
+            self.post_message(LoadFinished(None, str(error), subject=subject))
         except Exception as error:  # an unexpected failure still ends on a readable screen
             summary = traceback.format_exception_only(type(error), error)[-1].strip()
-            self.post_message(LoadFinished(None, summary, traceback.format_exc(), user_error=False))
+            self.post_message(LoadFinished(None, summary, traceback.format_exc(), user_error=False, subject=subject))
         else:
             self.post_message(LoadFinished(backend))
         finally:
@@ -257,7 +266,8 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
                 f"You can browse earlier chats ({self.key_for('chat.conversations')}) and load another model from"
                 f" the command palette ({self.key_for('app.palette')})."
             )
-        title = "Could not load the model" if message.user_error else "Loading failed unexpectedly"
+        verb = "open" if message.subject == "trace" else "load"
+        title = f"Could not {verb} the {message.subject}" if message.user_error else "Loading failed unexpectedly"
         self.push_screen(ErrorScreen(title, message.error, keep, message.details))
 
     def key_for(self, binding_id: str) -> str:
