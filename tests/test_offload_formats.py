@@ -9,7 +9,17 @@ from engine_checks import hqq_dequantized
 from offload_models import build, mixtral_config, prompt
 
 from moe_tui.offload import OffloadConfig, offload_model
-from moe_tui.offload.formats import DenseFormat, HqqFormat, Int4Format, Int8Format, fused_bits, make_format
+from moe_tui.offload.formats import (
+    DenseFormat,
+    HqqFormat,
+    Int2Format,
+    Int4Format,
+    Int8Format,
+    fused_bits,
+    make_format,
+)
+from moe_tui.offload.formats.int2 import chunk_rows
+from moe_tui.offload.formats.int4 import cpu_block_rows
 
 CUDA = pytest.param(
     "cuda",
@@ -70,6 +80,56 @@ def test_int4_weights_are_hqqs_four_bit_weights(device: str) -> None:
     assert (down.cpu().float() - weights[2]).abs().mean() < 0.012  # 4-bit error on weights of std 0.1
 
 
+@pytest.mark.parametrize(("budget", "chunks"), [(8192, 4), (16384, 2), (1 << 21, 1)])
+def test_int2_weights_are_hqqs_two_bit_weights_and_its_kernel_computes_them(monkeypatch, budget, chunks) -> None:
+    """2-bit values in the int4 kernel's layout, two bytes stored in one: the same weights as HQQ's own 2-bit
+    layout (up to the offset's rounding to bf16), in the same bytes, and the chunked kernel computes them."""
+    monkeypatch.setattr("moe_tui.offload.formats.int2.CHUNK_BYTES", budget)  # gate-up in chunks of 64, 128, 256 rows
+    shapes = SHAPES
+    fmt = make_format(shapes, torch.bfloat16, 2, 64, "cpu")
+    assert fmt.views(torch.zeros(fmt.nbytes, dtype=torch.uint8))[0].shape[0] == chunks
+    assert isinstance(fmt, Int2Format) and fmt.label() == "int2 (unfused)" and fmt.precision == "hqq2"
+    unfused = HqqFormat(shapes, torch.bfloat16, 2, 64)
+    assert fmt.nbytes == unfused.nbytes, "the same bytes as HQQ's 2-bit layout with 2-byte metadata"
+    weights, buffer = packed(fmt, "cpu")
+    gate_up, down = fmt.dequantize(buffer)
+    expected_gate_up = hqq_dequantized(torch.cat(weights[:2]), 2, 64, unfused)
+    expected_down = hqq_dequantized(weights[2], 2, 64, unfused)
+    # (q - 8) s + (8 - z) s equals (q - z) s up to one rounding of the offset (about 6.5 s here) to bf16
+    assert relative_error(gate_up, expected_gate_up) < 2e-2 and relative_error(down, expected_down) < 2e-2
+    for tokens in (1, 5):
+        x = torch.randn(tokens, 256, dtype=torch.bfloat16)
+        got = fmt.forward(fmt.views(buffer), x, lambda gate, up: F.silu(gate) * up)
+        assert relative_error(got, reference_forward(fmt, buffer, x)) < 2e-2
+    assert (down.float() - weights[2]).abs().mean() < 0.05  # 2-bit error on weights of std 0.1
+
+
+def test_int2_chunks_are_whole_kernel_blocks_that_fit_the_workspace() -> None:
+    assert chunk_rows(28672, 4096, 32) == 1024 and chunk_rows(4096, 14336, 64) == 256  # Mixtral: 2 MiB expanded
+    assert chunk_rows(256, 256, 64) == 256 and chunk_rows(64, 1 << 20, 64) == 64  # at least one block
+    assert chunk_rows(23 * 64, 4096, 64) == 64, "the largest whole-block chunk that divides N and fits"
+    fmt = Int2Format([(14336, 4096), (14336, 4096), (4096, 14336)], torch.bfloat16, 64)
+    assert fmt.workspace_bytes == 2 << 20
+    assert not Int2Format.supports(SHAPES, torch.bfloat16, 64, torch.device("cuda")), "CPU layout only"
+    odd = [(96, 256), (96, 256), (256, 96)]  # the int4 kernel takes it; 96 rows are not whole 64-row blocks
+    assert Int4Format.supports(odd, torch.bfloat16, 32, torch.device("cpu"))
+    assert make_format(odd, torch.bfloat16, 2, 32, "cpu").label() == "hqq2 (unfused)"
+
+
+def test_cpu_kernel_stores_record_the_kernels_row_blocks() -> None:
+    """The CPU int4 kernel packs rows in blocks of its vector width (32 with AVX2, 64 with AVX-512): a store
+    saved on one machine must not be read on another whose blocks differ, so the block size is in its key."""
+    rows = cpu_block_rows()
+    assert rows in (32, 64)
+    values = torch.arange(64 * 64, dtype=torch.int32).reshape(64, 64) % 16
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2)
+    alone = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values[:rows].contiguous(), 2)
+    assert torch.equal(whole[:rows], alone)
+    for bits in (2, 4):
+        assert make_format(SHAPES, torch.bfloat16, bits, 64, "cpu").describe()["block_rows"] == rows
+    assert "block_rows" not in Int4Format(SHAPES, torch.bfloat16, 64, torch.device("cuda")).describe()
+
+
 def test_int8_is_symmetric_per_channel_and_close() -> None:
     fmt = make_format(SHAPES, torch.bfloat16, 8, 64, "cpu")
     weights, buffer = packed(fmt, "cpu")
@@ -86,9 +146,11 @@ def test_formats_without_a_kernel_fall_back_to_unfused_hqq_and_say_so() -> None:
     assert 4 not in fused_bits(SHAPES, torch.bfloat16, "cpu", 16)  # nor a group size below 32
     odd = [(40, 48), (40, 48), (48, 40)]
     assert 4 not in fused_bits(odd, torch.bfloat16, "cpu", 16)
-    two = make_format(SHAPES, torch.bfloat16, 2, 64, "cpu")
-    assert (two.name, two.fused, two.label()) == ("hqq2", False, "hqq2 (unfused)")
-    assert two.workspace_bytes > 0 and make_format(SHAPES, torch.bfloat16, 4, 64, "cpu").workspace_bytes == 0
+    three = make_format(SHAPES, torch.bfloat16, 3, 64, "cpu")
+    assert (three.name, three.fused, three.label()) == ("hqq3", False, "hqq3 (unfused)")
+    assert three.workspace_bytes > 0 and make_format(SHAPES, torch.bfloat16, 4, 64, "cpu").workspace_bytes == 0
+    assert make_format(SHAPES, torch.bfloat16, 2, 64, "cpu", fused=False).label() == "hqq2 (unfused)"
+    assert make_format(SHAPES, torch.float32, 2, 64, "cpu").label() == "hqq2 (unfused)"  # no bf16 kernel
     assert isinstance(make_format(SHAPES, torch.bfloat16, None), DenseFormat)
 
 
@@ -114,13 +176,15 @@ def dequantized_reference(config, om, seed: int):
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "hqq2")])
+@pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "int2"), (3, "hqq3")])
 def test_every_format_matches_transformers_with_the_formats_weights(device: str, bits, name: str) -> None:
     config = mixtral_config(experts=4, hidden=64, intermediate=64, layers=3)
     settings = OffloadConfig(cache_size=2, prefetch=1, expert_bits=bits, group_size=32, dtype="bf16", device=device)
     om = offload_model(build(config, seed=31), settings)
     if device == "cuda" and bits == 8 and not om.format.fused:
         name = "hqq8"
+    if device == "cuda" and bits == 2:
+        name = "hqq2"  # the int2 expansion is laid out for the CPU kernel
     assert om.format.name == name
     reference = dequantized_reference(config, om, seed=31).to(device)
     ids = prompt(batch=3, length=7, seed=2).to(device)

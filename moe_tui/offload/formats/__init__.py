@@ -8,8 +8,12 @@ kernel reads, so computing with a cached expert reads only those bytes:
   (``_weight_int4pack_mm_for_cpu`` on CPU, ``_weight_int4pack_mm`` on CUDA), whose packed layout differs
   between the two devices;
 * :class:`~.int8.Int8Format` (8 bits): per-output-channel int8 with PyTorch's ``_weight_int8pack_mm``;
-* :class:`~.hqq.HqqFormat` (2 and 3 bits, and 4 or 8 bits where no kernel fits): HQQ's bit-packed layout,
-  dequantized into a workspace on every use. It is the only **unfused** format, and says so.
+* :class:`~.int2.Int2Format` (2 bits on CPU): HQQ's 2-bit values in the int4 kernel's layout, two packed bytes
+  per stored byte, expanded a cache-sized chunk at a time before the int4 kernel;
+* :class:`~.hqq.HqqFormat` (3 bits, 2 bits on CUDA, and 4 or 8 bits where no kernel fits): HQQ's bit-packed
+  layout, dequantized into a workspace on every use.
+
+The two that unpack on every use (int2 into a chunk, HQQ's into a whole expert) are **unfused**, and say so.
 
 :func:`make_format` picks the format once; the store, the slots, the engine, the planner and the benchmarks
 all take that object and never re-derive it.
@@ -23,6 +27,7 @@ from moe_tui import precision
 from moe_tui.offload.formats.base import ExpertFormat, Views
 from moe_tui.offload.formats.dense import DenseFormat
 from moe_tui.offload.formats.hqq import HqqFormat
+from moe_tui.offload.formats.int2 import Int2Format
 from moe_tui.offload.formats.int4 import Int4Format
 from moe_tui.offload.formats.int8 import Int8Format
 
@@ -30,6 +35,7 @@ __all__ = [
     "DenseFormat",
     "ExpertFormat",
     "HqqFormat",
+    "Int2Format",
     "Int4Format",
     "Int8Format",
     "Views",
@@ -50,7 +56,8 @@ def make_format(
     """The format for experts of ``shapes`` (gate, up, down) computed in ``dtype`` on ``device``.
 
     ``bits`` None keeps them unquantized. At 4 and 8 bits the fused kernel formats are used where the device,
-    dtype and shapes allow them; elsewhere (and with ``fused=False``) HQQ's unfused format. ``optimize`` is
+    dtype and shapes allow them, at 2 bits on CPU the int4 kernel's expansion; elsewhere (and with
+    ``fused=False``) HQQ's unfused format. ``optimize`` is
     HQQ's zero-point optimisation when quantizing (off: min-max rounding, much faster).
     """
     device = torch.device(device)
@@ -59,6 +66,8 @@ def make_format(
         return DenseFormat(shapes, dtype)
     if fused and bits == 4 and Int4Format.supports(shapes, dtype, group_size, device):
         fmt = Int4Format(shapes, dtype, group_size, device)
+    elif fused and bits == 2 and Int2Format.supports(shapes, dtype, group_size, device):
+        fmt = Int2Format(shapes, dtype, group_size)
     elif fused and bits == 8 and Int8Format.supports(shapes, dtype, device):
         return Int8Format(shapes, dtype, device)  # its own round-to-nearest: nothing to optimise
     else:

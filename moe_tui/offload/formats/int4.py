@@ -13,6 +13,9 @@ both, so the buffer has the size of HQQ's 4-bit layout with 2-byte metadata.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -21,10 +24,25 @@ from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views, aligned, region
 
 GROUP_SIZES = (32, 64, 128, 256)
+PORTABLE_BLOCK_ROWS = 64  # the CPU kernel packs rows in blocks of 4 vector widths: 32 with AVX2, 64 with AVX-512
 CUDA_INNER_K_TILES = 8
 # Where the kernels are fast: on this CPU the fp16 path of the int4 kernel took 119 ms for a 28672 x 4096 matrix
 # against 3.2 ms in bf16 (the unfused path is faster than that), and the CUDA kernel takes bf16 only.
 KERNEL_DTYPES = {"cpu": (torch.bfloat16,), "cuda": (torch.bfloat16,)}
+
+
+@functools.cache
+def cpu_block_rows() -> int:
+    """Rows the CPU int4 kernel packs together on this machine (it depends on the CPU's vector width): a block of
+    rows packed alone gives the same bytes as those rows of a larger matrix. Saved stores record it, since a
+    buffer packed with one block size is garbage to a machine with another."""
+    values = torch.arange(PORTABLE_BLOCK_ROWS * 64, dtype=torch.int32).reshape(PORTABLE_BLOCK_ROWS, 64) % 16
+    whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2)
+    for rows in (16, 32):
+        alone = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values[:rows].contiguous(), 2)
+        if torch.equal(whole[:rows], alone):
+            return rows
+    return PORTABLE_BLOCK_ROWS
 
 
 class Int4Format(ExpertFormat):
@@ -57,6 +75,13 @@ class Int4Format(ExpertFormat):
             return i % 8 == 0 and h % 8 == 0 and i % tile == 0 and h % tile == 0
         return i % 16 == 0 and h % 16 == 0 and i % group_size == 0 and h % group_size == 0
 
+    def describe(self) -> dict[str, Any]:
+        """The base description, with the CPU kernel's row blocking (the packed bytes depend on it)."""
+        described = super().describe()
+        if self.layout == "cpu":
+            described["block_rows"] = cpu_block_rows()
+        return described
+
     def pack(self, gate: Tensor, up: Tensor, down: Tensor, out: Tensor) -> None:
         """Quantize gate-up and down with HQQ and write them in the kernel's layout (packed on ``layout``'s device)."""
         self.check_weights(gate, up, down)
@@ -64,7 +89,7 @@ class Int4Format(ExpertFormat):
             n, k = weight.shape
             values, scale, zero = quant.quantize_matrix(weight, 4, self.group_size, self.optimize)
             packed = self._kernel_pack(values.view(n, k))
-            scales, offsets = _kernel_meta(scale.view(n, -1), zero.view(n, -1), self.dtype)
+            scales, offsets = kernel_meta(scale.view(n, -1), zero.view(n, -1), self.dtype)
             meta = torch.stack([scales, offsets], dim=-1).transpose(0, 1).contiguous()  # (K / g, N, 2)
             raw = packed.contiguous().view(torch.uint8).reshape(-1)
             out[self._offsets[index] : self._offsets[index] + raw.numel()].copy_(raw)
@@ -116,7 +141,7 @@ class Int4Format(ExpertFormat):
         return result[0], result[1]
 
 
-def _kernel_meta(scale: Tensor, zero: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+def kernel_meta(scale: Tensor, zero: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """HQQ's (scale, zero) per group as the kernel's (scale, offset): ``(q - z) s = (q - 8) s + (8 - z) s``.
 
     The scale and zero are first rounded to the 2-byte metadata dtype as HQQ's own layout stores them.
