@@ -1,9 +1,10 @@
 """Per-expert compute time of every expert format at real models' expert shapes, next to the memory bound.
 
 For Mixtral-8x7B (hidden 4096, expert width 14336) and Qwen3-30B-A3B (hidden 2048, expert width 768) it packs
-one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels; HQQ 4, 3 and
-2 bits dequantized on every use), then times ``format.forward`` for one token (and for 8 tokens) on this
-machine: the median of several runs after a warm-up. Next to each time stands the bound a decode step cannot
+one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels; 2 bits
+expanded chunk by chunk for the int4 kernel; HQQ 4, 3 and 2 bits dequantized on every use), then times
+``format.forward`` for one token (and for 8 tokens) on this machine: the median of several runs after a
+warm-up. Next to each time stands the bound a decode step cannot
 beat, the format's bytes divided by the streaming read bandwidth measured in the same run (one pass over a
 1 GiB buffer with every core), and the ratio to bf16.
 
@@ -42,6 +43,7 @@ FORMATS = (  # (label, bits, fused)
     ("bf16", None, True),
     ("int4", 4, True),
     ("int8", 8, True),
+    ("int2 (unfused)", 2, True),
     ("hqq4 (unfused)", 4, False),
     ("hqq3 (unfused)", 3, False),
     ("hqq2 (unfused)", 2, False),

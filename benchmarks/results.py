@@ -674,7 +674,8 @@ def real_headlines(data: dict) -> list[str]:
             f"- Two real-size Mixtral-8x7B layers on this CPU: resident bf16 {resident:.2f} tok/s; k=2 at 4 bits "
             f"(int4 kernel) {speed('k=2,bits=4,optimize=off')} with misses copied, "
             f"{speed('k=2,bits=4,optimize=off,miss=host')} computed on the host; the old unfused 4-bit path "
-            f"{speed('k=2,bits=4,optimize=off,fused=off')}; 2 bits on the host "
+            f"{speed('k=2,bits=4,optimize=off,fused=off')}; 2 bits on the host in "
+            f"{real['k=2,bits=2,optimize=off,miss=host'].get('expert_format') or 'hqq2'} "
             f"{speed('k=2,bits=2,optimize=off,miss=host')}."
         )
     if KERNELS in data:
@@ -685,6 +686,14 @@ def real_headlines(data: dict) -> list[str]:
             f"**{1 / int4['vs_bf16']:.1f}x faster than bf16** and {unfused['median_s_1'] / int4['median_s_1']:.0f}x "
             f"faster than the unfused HQQ 4-bit path; {int4['vs_bound']:.2f}x its memory-bandwidth bound."
         )
+        int2, hqq2 = rows.get(("Mixtral-8x7B", "int2 (unfused)")), rows[("Mixtral-8x7B", "hqq2 (unfused)")]
+        if int2 is not None:
+            lines.append(
+                f"- At 2 bits: int2 (expanded for the int4 kernel a block at a time) "
+                f"{1000 * int2['median_s_1']:.1f} ms, {int2['vs_bf16']:.2f}x bf16's time for "
+                f"{int2['nbytes'] / rows[('Mixtral-8x7B', 'bf16')]['nbytes']:.2f}x its bytes, "
+                f"**{hqq2['median_s_1'] / int2['median_s_1']:.1f}x faster than HQQ's own 2-bit path**."
+            )
     return lines
 
 
