@@ -136,16 +136,21 @@ DEQUANT_PROBE_ELEMENTS = 2 * 1024 * 1024
 def dequant_bandwidth(
     shapes: list[tuple[int, ...]], bits: int, dtype: str = "bf16", device: str = "cpu", group_size: int = 64
 ) -> float:
-    """Bytes/s of packed expert buffer that the engine dequantizes (HQQ at ``bits``) on ``device``.
+    """Bytes/s of packed expert buffer that the engine unpacks before computing, at ``bits`` on ``device``.
 
-    Times the engine's own unpacking on an expert of the same aspect, scaled down to about 2 M elements per
-    matrix (dequantization is elementwise, so its rate per byte does not depend on the size).
+    Times the engine's own unpacking: for HQQ's layout on an expert of the same aspect, scaled down to about 2 M
+    elements per matrix (dequantization is elementwise, so its rate per byte does not depend on the size); for
+    the CPU's int2 layout, its block-by-block expansion of one whole expert.
     """
     import torch
 
     from moe_tui.engine_config import dtype_named
-    from moe_tui.offload.formats import HqqFormat
+    from moe_tui.offload.formats import HqqFormat, Int2Format, make_format
 
+    engine_format = make_format([tuple(s) for s in shapes], dtype_named(dtype), bits, group_size, device)
+    if isinstance(engine_format, Int2Format):
+        views = engine_format.views(torch.zeros(engine_format.nbytes, dtype=torch.uint8))
+        return engine_format.nbytes / _best_seconds(lambda: engine_format.unpack(views), False)
     scale = math.sqrt(max(1.0, max(math.prod(s) for s in shapes) / DEQUANT_PROBE_ELEMENTS))
     small = [tuple(max(group_size, round(d / scale / group_size) * group_size) for d in s) for s in shapes]
     fmt = HqqFormat(small, dtype_named(dtype), bits, group_size)

@@ -166,6 +166,20 @@ def test_probes_measure_something() -> None:
     assert probes.transfer_bandwidth(nbytes=1 << 20) > 0
     assert probes.compute_bandwidth(nbytes=1 << 20) > 0
     assert probes.dequant_bandwidth([(128, 64), (128, 64), (64, 128)], bits=4, dtype="fp32") > 0
+
+
+def test_the_unpacking_probe_times_the_format_the_engine_uses(monkeypatch) -> None:
+    """At 2 bits in bf16 on a CPU the engine expands int2 blocks rather than dequantizing HQQ's layout, and plan's
+    unpacking rate is that expansion's."""
+    from moe_tui.offload.formats import Int2Format
+
+    calls: list[int] = []
+    expand = Int2Format.unpack
+    monkeypatch.setattr(Int2Format, "unpack", lambda fmt, views: (calls.append(fmt.nbytes), expand(fmt, views)))
+    shapes = [(128, 256), (128, 256), (256, 128)]
+    assert probes.dequant_bandwidth(shapes, bits=2, dtype="bf16") > 0 and calls
+    calls.clear()
+    assert probes.dequant_bandwidth(shapes, bits=2, dtype="fp32") > 0 and not calls, "no int2 in fp32: HQQ's"
     assert 0 < probes.per_token_overhead(num_layers=1, num_experts=2, top_k=1, tokens=4, warmup=1) < 10
 
 

@@ -166,7 +166,7 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
             for bits in (2, 3, 4, 8)
             if f"hqq{bits}" not in fused  # attention at 8 bits is always unpacked (HQQLinear)
         }
-        sources["dequant"] = f"measured here (the engine's HQQ unpacking on {device})"
+        sources["dequant"] = f"measured here (the engine's own unpacking on {device}: HQQ's layout, or int2's blocks)"
     machine = Machine(
         host_bytes=host,
         fast_bytes=fast,

@@ -117,16 +117,21 @@ class Int2Format(ExpertFormat):
         count, half = chunks.shape
         rows = meta.shape[2]
         workspace = torch.empty(2 * half, dtype=torch.uint8)
-        low, high = workspace[:half], workspace[half:]
         kernel_view = workspace.view(rows, -1)
         out = torch.empty(x.shape[0], count * rows, dtype=x.dtype)
         for chunk in range(count):
-            torch.bitwise_and(chunks[chunk], PAIR_MASK, out=low)
-            torch.bitwise_right_shift(chunks[chunk], 2, out=high)
-            high.bitwise_and_(PAIR_MASK)
+            _expand(chunks[chunk], workspace)
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(x, kernel_view, self.group_size, meta[chunk])
             out[:, chunk * rows : (chunk + 1) * rows] = part
         return out
+
+    def unpack(self, views: Views) -> None:
+        """Expand every chunk, as computing does before each kernel call (and nothing else): what ``plan`` times
+        as this format's unpacking rate."""
+        for chunks in views[:2]:
+            workspace = torch.empty(2 * chunks.shape[1], dtype=torch.uint8)
+            for chunk in chunks:
+                _expand(chunk, workspace)
 
     def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Gate-up and down through the expanded chunks, and the gated activation between them."""
@@ -142,3 +147,13 @@ class Int2Format(ExpertFormat):
             eye = torch.eye(k, dtype=self.dtype)
             result.append(self._mm(eye, views[index], views[2 + index]).t().contiguous())
         return result[0], result[1]
+
+
+def _expand(paired: Tensor, workspace: Tensor) -> None:
+    """One chunk's stored bytes into the kernel's packed bytes: the low pair of bits of every nibble to the first
+    half of ``workspace``, the high pair to the second."""
+    half = paired.numel()
+    torch.bitwise_and(paired, PAIR_MASK, out=workspace[:half])
+    high = workspace[half:]
+    torch.bitwise_right_shift(paired, 2, out=high)
+    high.bitwise_and_(PAIR_MASK)
