@@ -505,8 +505,11 @@ class MainScreen(ReportsWorkerErrors, Screen):
             self._refresh_conversations()
 
     async def _return_question(self, question: str) -> bool:
-        """Move ``question`` from the conversation into the prompt, before anything typed there since; False
-        (with a notice) when the history refused, and then it stays where it is."""
+        """Move ``question`` from the conversation into the prompt, before anything typed there since; False when
+        it is no longer the open chat's last question (another chat was opened meanwhile) or the history refused
+        (with a notice), and then it stays where it is."""
+        if self.conversation.last_question() != question:
+            return False
         try:
             left = self.conversation.withdraw_question()
         except UserError as error:
