@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_trace
-from tui_helpers import send, wait_for
+from tui_helpers import send, type_text, wait_for
 
 from moe_tui import paths
 from moe_tui.engine_config import OffloadConfig
@@ -247,6 +247,24 @@ def test_generation_error_is_shown_and_the_question_goes_back_to_the_prompt() ->
         await wait_for(pilot, lambda: len(session.prompts) == 3 and not app.main.generating)
         assert session.prompts[-1][-1] == {"role": "user", "content": "boom"}, "not merged with a failed copy"
         assert app.main.query(MessageView).last().source.startswith("The expert")
+
+    run(app, check)
+
+
+def test_a_failed_question_goes_back_before_what_was_typed_meanwhile() -> None:
+    session = FakeSession(words=2, fail="out of memory while generating")
+    session.fail_when = threading.Event()
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        prompt = app.main.query_one(PromptInput)
+        await send(pilot, "boom")
+        await wait_for(pilot, lambda: app.main.generating and prompt.text == "")
+        await type_text(pilot, "next one")
+        session.fail_when.set()
+        await wait_for(pilot, lambda: not app.main.generating and prompt.text != "next one")
+        assert prompt.text == "boom\n\nnext one", "nothing typed is lost, and the question comes first"
+        assert not app.main.query(MessageView)
 
     run(app, check)
 

@@ -305,12 +305,15 @@ class FakeSession:
         self.kv_bytes = 0  # KV_BYTES_PER_WORD for each word of the last answer, like a kept KV cache
         self.kv_tokens = 0
         self.fits: int | None = None  # the most messages a prompt holds; older ones are left out, as a full context
+        self.fail_when: threading.Event | None = None  # with ``fail``: fail once this is set, as a slow prefill would
 
     def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
         """Stream ``words`` words (or fewer when stopped)."""
         self.prompts.append([dict(message) for message in messages])
         left_out = max(len(messages) - self.fits, 0) if self.fits else 0
         if self.fail:
+            if self.fail_when is not None:
+                self.fail_when.wait(10)
             raise UserError(self.fail)
         start = time.perf_counter()
         self.engine.forward(n_tokens=8)
