@@ -117,10 +117,10 @@ def test_int2_chunks_are_whole_kernel_blocks_that_fit_the_workspace() -> None:
 
 
 def test_cpu_kernel_stores_record_the_kernels_row_blocks() -> None:
-    """The CPU int4 kernel packs rows in blocks of its vector width (32 with AVX2, 64 with AVX-512): a store
+    """The CPU int4 kernel packs rows in blocks of four float vectors (32 with AVX2, 64 with AVX-512): a store
     saved on one machine must not be read on another whose blocks differ, so the block size is in its key."""
     rows = cpu_block_rows()
-    assert rows in (32, 64)
+    assert rows in (16, 32, 64)  # four float vectors: NEON, AVX2, AVX-512
     values = torch.arange(64 * 64, dtype=torch.int32).reshape(64, 64) % 16
     whole = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values, 2)
     alone = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values[:rows].contiguous(), 2)
