@@ -359,3 +359,28 @@ def test_a_worker_error_nobody_handled_is_shown_not_swallowed() -> None:
         assert notices == [("describe-models failed", "RuntimeError: the disk went away")]
 
     run(check, app)
+
+
+def test_a_problem_in_load_model_is_scrolled_into_view_on_a_short_terminal(tmp_path) -> None:
+    """At 60x20 the model list, the field and a three-line problem do not all fit: the dialog scrolls to show
+    the problem whole (it used to be cut after two lines)."""
+    from moe_tui.tui.screens.models import ModelPickerScreen
+
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        main_screen(app).action_load_model()
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, ModelPickerScreen) and bool(app.screen.query("#model-path"))
+        )
+        field = app.screen.query_one("#model-path")
+        field.focus()
+        field.value = str(tmp_path / "nowhere" / "a-model-directory-with-a-rather-long-name")
+        await pilot.press("enter")
+        note = app.screen.query_one("#model-note")
+        box = app.screen.query_one("#models-box")
+        await wait_for(pilot, lambda: note.has_class("-problem"), timeout=60)
+        await wait_for(pilot, lambda: box.content_region.contains_region(note.region), timeout=2)
+        assert note.size.height >= 3, "the problem takes three lines here, and all three are in view"
+
+    run(check, app, size=(60, 20))

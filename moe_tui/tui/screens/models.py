@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.binding import BindingType
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -39,7 +39,7 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
 
     def compose(self):
         """Title, the model list, the path field, a hint."""
-        with Vertical(classes="dialog-box", id="models-box"):
+        with VerticalScroll(classes="dialog-box", id="models-box"):  # scrolls on a short terminal
             yield Label("Load model", classes="dialog-title")
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
             yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
@@ -134,6 +134,8 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
         note = self.query_one("#model-note", Static)
         note.update(text)
         note.set_class(problem, "-problem")
+        if problem:  # on a short terminal the note is below the fold: bring it (and the field above it) into view
+            self.call_after_refresh(self.query_one("#models-box", VerticalScroll).scroll_end, animate=False)
 
 
 class LoadOptionsScreen(ModalScreen[Choice | None]):
