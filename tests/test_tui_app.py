@@ -26,7 +26,7 @@ from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
 from moe_tui.tui.palette import main_commands
-from moe_tui.tui.screens.dialogs import AskScreen
+from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, StageRow
 from moe_tui.tui.screens.main import MainScreen
@@ -505,7 +505,14 @@ def test_enter_sends_when_the_keymap_says_so() -> None:
 
 
 def test_status_lines_name_the_keys_the_keymap_sets() -> None:
-    keymap = {"chat.stop": "ctrl+x", "chat.send": "ctrl+s", "settings.save": "f10", "chat.edit": "f7,f9"}
+    keymap = {
+        "chat.stop": "ctrl+x",
+        "chat.send": "ctrl+s",
+        "settings.save": "f10",
+        "chat.edit": "f7,f9",
+        "dialog.cancel": "f12",
+        "confirm.no": "n,escape,q",
+    }
     config.save_settings(config.Settings(keymap=keymap))
     app, _ = make_app(FakeSession(words=2))
 
@@ -531,6 +538,16 @@ def test_status_lines_name_the_keys_the_keymap_sets() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
         hints = " ".join(str(hint.render()) for hint in app.screen.query(".dialog-hint"))
         assert "f10: save" in hints and "esc: cancel" in hints
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        for dialog, expected in (
+            (AskScreen("Title?"), "enter: OK    f12: cancel"),
+            (ConfirmScreen("Sure?"), "y: yes    n: no"),
+        ):
+            app.push_screen(dialog)
+            await wait_for(pilot, lambda dialog=dialog: app.screen is dialog and bool(dialog.query(".dialog-hint")))
+            assert str(dialog.query_one(".dialog-hint").render()) == expected
+            app.pop_screen()
 
     run(check, app)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual.binding import BindingType
 from textual.containers import Vertical
@@ -10,6 +10,9 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from moe_tui.tui import keys
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 
 class AskScreen(ModalScreen[str | None]):
@@ -21,11 +24,10 @@ class AskScreen(ModalScreen[str | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
-    def __init__(self, question: str, value: str = "", hint: str = "", extend: bool = False) -> None:
+    def __init__(self, question: str, value: str = "", extend: bool = False) -> None:
         super().__init__(classes="dialog")
         self.question = question
         self.value = value
-        self.hint = hint
         self.extend = extend
 
     def compose(self):
@@ -33,7 +35,8 @@ class AskScreen(ModalScreen[str | None]):
         with Vertical(classes="dialog-box"):
             yield Label(self.question, classes="dialog-title")
             yield Input(value=self.value, id="ask-input", select_on_focus=not self.extend)
-            yield Static(self.hint or "enter: OK    escape: cancel", classes="dialog-hint", markup=False)
+            cancel = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
+            yield Static(f"enter: OK    {cancel}: cancel", classes="dialog-hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Answer with the text typed."""
@@ -54,4 +57,5 @@ class ConfirmScreen(ModalScreen[bool]):
         """Question and hint."""
         with Vertical(classes="dialog-box"):
             yield Label(self.question, classes="dialog-title", markup=False)
-            yield Static("y: yes    n / escape: no", classes="dialog-hint")
+            key = cast("MoeTuiApp", self.app).key_for
+            yield Static(f"{key('confirm.yes')}: yes    {key('confirm.no')}: no", classes="dialog-hint", markup=False)

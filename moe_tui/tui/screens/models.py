@@ -5,7 +5,7 @@ described the same way before anything is loaded, so a wrong one is refused here
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from rich.text import Text
 from textual import on, work
@@ -20,6 +20,9 @@ from moe_tui.engine_config import EXPERT_BITS, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
 from moe_tui.tui.workers import ReportsWorkerErrors
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 # What the picker hands back: the model spec to load and the engine options chosen for it.
 Choice = tuple[str, dict[str, Any]]
@@ -44,7 +47,8 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
             yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
             yield Static("", id="model-note", markup=False)
-            yield Static("enter: choose    tab: type a path    escape: cancel", classes="dialog-hint", markup=False)
+            cancel = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
+            yield Static(f"enter: choose    tab: type a path    {cancel}: cancel", classes="dialog-hint", markup=False)
 
     def on_mount(self) -> None:
         """Describe the models in a worker (their configs and parameter trees take a moment each)."""
@@ -166,7 +170,8 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
             )
             yield Static(planned, classes="dialog-hint", markup=False)
             yield Static("", id="load-error", markup=False)
-            yield Static("enter: load    escape: back", classes="dialog-hint", markup=False)
+            back = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
+            yield Static(f"enter: load    {back}: back", classes="dialog-hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Check the fields and load, or say what is wrong."""
