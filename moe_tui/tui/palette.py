@@ -89,24 +89,38 @@ def main_commands(screen: MainScreen) -> list[Command]:
         for mode, help_text in MISS_COMMANDS.items():
             mark = CURRENT if mode == header.miss else ""
             commands.append(Command(f"Misses: {mode}{mark}", help_text, partial(screen.set_miss, mode)))
+
+    def keyed(title: str, help_text: str, binding_id: str, run: Callable[[], object]) -> Command:
+        """A command whose help ends with the key that does the same."""
+        return Command(title, f"{help_text} ({key(binding_id)})", run)
+
     if screen.generating:
-        commands.append(Command("Stop generation", f"end the answer now ({key('chat.stop')})", screen.action_stop))
-    commands.append(Command("New chat", f"start an empty conversation ({key('chat.new')})", screen.action_new_chat))
+        commands.append(keyed("Stop generation", "end the answer now", "chat.stop", screen.action_stop))
+    commands.append(keyed("New chat", "start an empty conversation", "chat.new", screen.action_new_chat))
     if backend.can_chat and not screen.generating:
-        regenerate_help = f"answer the last question again ({key('chat.regenerate')})"
-        commands.append(Command("Regenerate the last answer", regenerate_help, screen.action_regenerate))
-        edit_help = f"change it and send it again ({key('chat.edit')})"
-        commands.append(Command("Edit the last question", edit_help, screen.action_edit_last))
-    copy_help = f"to the clipboard, through the terminal ({key('chat.copy')})"
-    commands.append(Command("Copy the last answer", copy_help, screen.action_copy_answer))
-    chats_help = f"show or hide the list of chats ({key('chat.conversations')})"
-    commands.append(Command("Conversations", chats_help, screen.action_toggle_conversations))
-    export_help = f"write this chat to a .md file ({key('chat.export')})"
-    commands.append(Command("Export conversation to Markdown", export_help, screen.action_export))
-    settings_help = f"temperature, top-p, max new tokens, system prompt ({key('chat.settings')})"
-    commands.append(Command("Generation settings", settings_help, screen.action_generation_settings))
-    lab_help = f"hit rate per policy and k against Belady's optimum ({key('lab.open')})"
-    commands.append(Command("Cache lab", lab_help, screen.action_open_lab))
+        commands += [
+            keyed(
+                "Regenerate the last answer",
+                "answer the last question again",
+                "chat.regenerate",
+                screen.action_regenerate,
+            ),
+            keyed("Edit the last question", "change it and send it again", "chat.edit", screen.action_edit_last),
+        ]
+    commands += [
+        keyed("Copy the last answer", "to the clipboard, through the terminal", "chat.copy", screen.action_copy_answer),
+        keyed(
+            "Conversations", "show or hide the list of chats", "chat.conversations", screen.action_toggle_conversations
+        ),
+        keyed("Export conversation to Markdown", "write this chat to a .md file", "chat.export", screen.action_export),
+        keyed(
+            "Generation settings",
+            "temperature, top-p, max new tokens, system prompt",
+            "chat.settings",
+            screen.action_generation_settings,
+        ),
+        keyed("Cache lab", "hit rate per policy and k against Belady's optimum", "lab.open", screen.action_open_lab),
+    ]
     commands.append(Command("Load model…", "open another model directory or cached hub id", screen.action_load_model))
     for theme in screen.app.moe_themes:
         mark = CURRENT if theme == screen.app.theme else ""
@@ -115,13 +129,8 @@ def main_commands(screen: MainScreen) -> list[Command]:
         )
     for panel_id, title in screen.panel_titles().items():
         shown = "Hide" if screen.panel_shown(panel_id) else "Show"
-        commands.append(
-            Command(
-                f"{shown} panel: {title}",
-                f"toggle a dashboard panel ({key(f'panel.{panel_id}')})",
-                partial(screen.action_toggle_panel, panel_id),
-            )
-        )
+        toggle = partial(screen.action_toggle_panel, panel_id)
+        commands.append(keyed(f"{shown} panel: {title}", "toggle a dashboard panel", f"panel.{panel_id}", toggle))
         commands.append(
             Command(
                 f"Maximise panel: {title}",
