@@ -15,11 +15,16 @@ from moe_tui.telemetry.live import WINDOW_STEPS
 from moe_tui.tui import keys
 
 
+def shown_keys(keymap: dict[str, str], binding_id: str) -> str:
+    """Every key that does ``binding_id`` now (the user's keymap, else the default), as the help shows them."""
+    return keys.display_keys(",".join(keys.keys_in_effect(keymap, binding_id)))
+
+
 def panel_help(keymap: dict[str, str]) -> str:
     """What the panels show and how the keys in effect work on them, one paragraph per line (left to wrap)."""
 
     def key(binding_id: str) -> str:
-        return keys.display_keys(",".join(keys.keys_in_effect(keymap, binding_id)))
+        return shown_keys(keymap, binding_id)
 
     return "\n".join(
         [
@@ -46,7 +51,7 @@ def keys_table(keymap: dict[str, str]) -> Table:
     table.add_column("does")
     table.add_column("id", style="dim", no_wrap=True)
     for key in keys.KEYS:
-        table.add_row(key.where, keys.display_keys(keymap.get(key.id, key.keys)), key.description, key.id)
+        table.add_row(key.where, shown_keys(keymap, key.id), key.description, key.id)
     return table
 
 
