@@ -29,7 +29,13 @@ from torch import Tensor
 from moe_tui.offload import quant
 from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views, aligned, region
-from moe_tui.offload.formats.int4 import PORTABLE_BLOCK_ROWS, Int4Format, cpu_block_rows, kernel_meta
+from moe_tui.offload.formats.int4 import (
+    PORTABLE_BLOCK_ROWS,
+    Int4Format,
+    cpu_block_rows,
+    kernel_meta,
+    weights_by_identity,
+)
 
 CHUNK_BYTES = 2 << 20  # expanded bytes per chunk (at most): near a core's L2 cache; 1 MiB was 3% slower, 256 KiB 2x
 PAIR_MASK = 0x33  # the bits of a packed byte whose two nibbles are each at most 3
@@ -141,12 +147,7 @@ class Int2Format(ExpertFormat):
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding)."""
-        views = self.views(buffer)
-        result = []
-        for index, (_, k) in enumerate(self._matrices):
-            eye = torch.eye(k, dtype=self.dtype)
-            result.append(self._mm(eye, views[index], views[2 + index]).t().contiguous())
-        return result[0], result[1]
+        return weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
 
 
 def _expand(paired: Tensor, workspace: Tensor) -> None:

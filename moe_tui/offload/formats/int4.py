@@ -14,6 +14,7 @@ both, so the buffer has the size of HQQ's 4-bit layout with 2-byte metadata.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -133,12 +134,22 @@ class Int4Format(ExpertFormat):
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding)."""
-        views = self.views(buffer)
-        result = []
-        for index, (_, k) in enumerate(self._matrices):
-            eye = torch.eye(k, dtype=self.dtype, device=buffer.device)
-            result.append(self._mm(eye, views[index], views[2 + index]).t().contiguous())
-        return result[0], result[1]
+        return weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
+
+
+MatrixProduct = Callable[[Tensor, Tensor, Tensor], Tensor]  # x, one matrix's packed view, its scales -> x W^T
+
+
+def weights_by_identity(
+    mm: MatrixProduct, views: Views, widths: list[int], dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """Gate-up and down as a kernel format computes with them (views: both packed matrices, then their scales;
+    ``widths``: each matrix's K): the product of the identity with each, transposed."""
+    weights = []
+    for index, k in enumerate(widths):
+        eye = torch.eye(k, dtype=dtype, device=views[index].device)
+        weights.append(mm(eye, views[index], views[2 + index]).t().contiguous())
+    return weights[0], weights[1]
 
 
 def kernel_meta(scale: Tensor, zero: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
