@@ -4,7 +4,10 @@
   host RAM on a CPU-only machine; pinned host memory to the GPU with CUDA);
 * compute: bytes/s at which a batch-1 matrix-vector product reads weights in the fast tier, the work that
   bounds decoding one token at a time;
-* dequantization: bytes/s of packed HQQ expert buffers the engine turns back into weights before computing;
+* dequantization: bytes/s of HQQ-packed weights turned back into floats before computing (what non-expert
+  weights quantized with HQQ pay on every use);
+* experts: bytes/s of packed expert read while one token goes through one expert, per precision, in the
+  format the engine picks (kernels read their bytes at different rates, and some formats unpack first);
 * overhead: seconds per decoded token that do not depend on weight size (the decoder's and the engine's
   per-layer bookkeeping), from a miniature model of the same depth.
 
@@ -131,28 +134,66 @@ def per_token_overhead(
 
 
 DEQUANT_PROBE_ELEMENTS = 2 * 1024 * 1024
+EXPERT_PROBE_BYTES = 64 * 1024 * 1024  # an expert whose buffer is larger is timed scaled down to about this
+SCALED_MULTIPLE = 128  # scaled dimensions stay multiples of every kernel's block, group and tile
 
 
 def dequant_bandwidth(
     shapes: list[tuple[int, ...]], bits: int, dtype: str = "bf16", device: str = "cpu", group_size: int = 64
 ) -> float:
-    """Bytes/s of packed expert buffer that the engine unpacks before computing, at ``bits`` on ``device``.
+    """Bytes/s of HQQ-packed weight that HQQ's layout unpacks before computing, at ``bits`` on ``device``: what
+    non-expert weights quantized with HQQ (attention, shared experts) pay on every use.
 
-    Times the engine's own unpacking: for HQQ's layout on an expert of the same aspect, scaled down to about 2 M
-    elements per matrix (dequantization is elementwise, so its rate per byte does not depend on the size); for
-    the CPU's int2 layout, its block-by-block expansion of one whole expert.
+    Timed on matrices of the aspect of ``shapes``, scaled down to about 2 M elements each (dequantization is
+    elementwise, so its rate per byte does not depend on the size).
     """
     import torch
 
     from moe_tui.engine_config import dtype_named
-    from moe_tui.offload.formats import HqqFormat, Int2Format, make_format
+    from moe_tui.offload.formats import HqqFormat
 
-    engine_format = make_format([tuple(s) for s in shapes], dtype_named(dtype), bits, group_size, device)
-    if isinstance(engine_format, Int2Format):
-        views = engine_format.views(torch.zeros(engine_format.nbytes, dtype=torch.uint8))
-        return engine_format.nbytes / _best_seconds(lambda: engine_format.unpack(views), False)
     scale = math.sqrt(max(1.0, max(math.prod(s) for s in shapes) / DEQUANT_PROBE_ELEMENTS))
     small = [tuple(max(group_size, round(d / scale / group_size) * group_size) for d in s) for s in shapes]
     fmt = HqqFormat(small, dtype_named(dtype), bits, group_size)
     buffer = torch.zeros(fmt.nbytes, dtype=torch.uint8, device=device)  # random bytes would make denormals
     return fmt.nbytes / _best_seconds(lambda: fmt.dequantize(buffer), device == "cuda")
+
+
+def expert_bandwidth(
+    shapes: list[tuple[int, ...]], bits: int | None, dtype: str = "bf16", device: str = "cpu", group_size: int = 64
+) -> float:
+    """Bytes/s of packed expert that computing one token through one expert reads, in the format the engine
+    picks for ``shapes`` at ``bits`` (None: unquantized) on ``device``, its unpacking included.
+
+    Kernels differ: on a CPU with AVX2, PyTorch's int4 kernel reads its bytes at a fraction of the rate of a
+    bf16 product, and int2 and HQQ's layouts unpack before computing, so the bytes an expert holds do not give
+    its time. The format's own ``forward`` is timed on a zeroed buffer (the kernels' speed does not depend on
+    the values); an expert whose buffer is larger than :data:`EXPERT_PROBE_BYTES` is scaled down to about that
+    size, keeping its aspect and its format (a batch-1 product's rate per byte holds once the packed bytes
+    outgrow the caches, which a smaller buffer read again and again would not).
+    """
+    import torch
+
+    from moe_tui.engine_config import dtype_named
+    from moe_tui.offload.formats import HqqFormat, make_format
+
+    torch_dtype = dtype_named(dtype)
+    shapes = [(int(s[0]), int(s[1])) for s in shapes]
+    engine_format = make_format(shapes, torch_dtype, bits, group_size, device)
+    scale = math.sqrt(max(1.0, engine_format.nbytes / EXPERT_PROBE_BYTES))
+    if scale > 1:
+        width, hidden = (max(SCALED_MULTIPLE, round(d / scale / SCALED_MULTIPLE) * SCALED_MULTIPLE) for d in shapes[0])
+        scaled = [(width, hidden), (width, hidden), (hidden, width)]
+        probe = make_format(scaled, torch_dtype, bits, group_size, device)
+        if type(probe) is not type(engine_format):  # the real shapes missed a kernel that the rounded ones fit
+            probe = HqqFormat(scaled, torch_dtype, bits, group_size)
+        engine_format = probe
+    views = engine_format.views(torch.zeros(engine_format.nbytes, dtype=torch.uint8, device=device))
+    x = torch.randn(1, engine_format.hidden, dtype=torch_dtype, device=device)
+
+    def glu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.silu(gate) * up
+
+    with torch.inference_mode():
+        seconds = _best_seconds(lambda: engine_format.forward(views, x, glu), device == "cuda")
+    return engine_format.nbytes / seconds

@@ -15,7 +15,6 @@ from moe_tui.offload.formats import (
     Int2Format,
     Int4Format,
     Int8Format,
-    fused_bits,
     make_format,
 )
 from moe_tui.offload.formats.int2 import chunk_rows
@@ -137,6 +136,11 @@ def test_int8_is_symmetric_per_channel_and_close() -> None:
     assert relative_error(down, weights[2]) < 0.01
     values = fmt.views(buffer)[1]
     assert values.dtype == torch.int8 and values.abs().amax(dim=1).eq(127).all()
+
+
+def fused_bits(shapes: list[tuple[int, int]], dtype: torch.dtype, device: str, group_size: int) -> set[int]:
+    """The expert bit widths that get a fused kernel for these shapes, dtype and device."""
+    return {bits for bits in (2, 3, 4, 8) if make_format(shapes, dtype, bits, group_size, device).fused}
 
 
 def test_formats_without_a_kernel_fall_back_to_unfused_hqq_and_say_so() -> None:

@@ -154,33 +154,52 @@ def test_estimate_adds_dequantization_and_overhead() -> None:
         context=0,
         overhead_s=0.25,
         dequant_bandwidth={"hqq4": 4_000.0, "hqq8": 8_000.0},
+        expert_bandwidth={"hqq4": 2_000.0},
     )
     c = plan.estimate(facts, machine, "hqq4", "hqq8", k=2, prefetch=0, copies=(0.0, 0.0, 1.0))
-    reads = 6_000 + 2 * 2 * 400  # non-expert weights + top-2 x 2 layers x one 4-bit expert
-    unpacked = 2 * 2 * 400 / 4_000 + (6_000 - 2_000) / 8_000  # experts at hqq4, the quantized rest at hqq8
-    assert c.compute_s == pytest.approx(reads / 10_000 + unpacked + 0.25)
+    dense = 6_000 / 10_000 + (6_000 - 2_000) / 8_000  # non-expert weights read, the quantized ones unpacked (hqq8)
+    experts = 2 * 2 * 400 / 2_000  # top-2 x 2 layers x one 4-bit expert, at the 4-bit experts' own rate
+    assert c.compute_s == pytest.approx(dense + experts + 0.25)
     assert c.seconds_per_token == pytest.approx(c.compute_s)
+    # a precision whose expert rate is unknown is read at the compute bandwidth, and 4-bit attention is unpacked
+    c = plan.estimate(facts, machine, "hqq2", "hqq4", k=2, prefetch=0, copies=(0.0, 0.0, 1.0))
+    assert c.compute_s == pytest.approx(6_000 / 10_000 + 4_000 / 4_000 + 2 * 2 * 250 / 10_000 + 0.25)
+
+
+def test_the_fast_tier_counts_the_workspace_of_the_engines_format() -> None:
+    """int2 unpacks a chunk at a time, so its workspace is not HQQ's whole dequantized expert."""
+    facts = facts_by_hand()
+    hqq = plan.fast_tier_need(facts, "hqq2", "bf16", k=1, context=0, workspace=None)
+    chunked = plan.fast_tier_need(facts, "hqq2", "bf16", k=1, context=0, workspace={"hqq2": 7})
+    assert chunked.total == hqq.total - facts.workspace_bytes.get("hqq2", 0) + 7
 
 
 def test_probes_measure_something() -> None:
     assert probes.transfer_bandwidth(nbytes=1 << 20) > 0
     assert probes.compute_bandwidth(nbytes=1 << 20) > 0
     assert probes.dequant_bandwidth([(128, 64), (128, 64), (64, 128)], bits=4, dtype="fp32") > 0
-
-
-def test_the_unpacking_probe_times_the_format_the_engine_uses(monkeypatch) -> None:
-    """At 2 bits in bf16 on a CPU the engine expands int2 blocks rather than dequantizing HQQ's layout, and plan's
-    unpacking rate is that expansion's."""
-    from moe_tui.offload.formats import Int2Format
-
-    calls: list[int] = []
-    expand = Int2Format.unpack
-    monkeypatch.setattr(Int2Format, "unpack", lambda fmt, views: (calls.append(fmt.nbytes), expand(fmt, views)))
-    shapes = [(128, 256), (128, 256), (256, 128)]
-    assert probes.dequant_bandwidth(shapes, bits=2, dtype="bf16") > 0 and calls
-    calls.clear()
-    assert probes.dequant_bandwidth(shapes, bits=2, dtype="fp32") > 0 and not calls, "no int2 in fp32: HQQ's"
     assert 0 < probes.per_token_overhead(num_layers=1, num_experts=2, top_k=1, tokens=4, warmup=1) < 10
+
+
+def test_the_expert_probe_times_the_format_the_engine_uses(monkeypatch) -> None:
+    """Plan's expert rate is the engine's own format computing one token: at 2 bits in bf16 on a CPU int2's
+    expansion and the int4 kernel, in fp32 HQQ's layout; a large expert is timed scaled down, in its format."""
+    from moe_tui.offload.formats import ExpertFormat, HqqFormat, Int2Format
+
+    timed: list[ExpertFormat] = []
+    for cls in (Int2Format, HqqFormat):
+        forward = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda fmt, v, x, glu, f=forward: (timed.append(fmt), f(fmt, v, x, glu))[1])
+    shapes = [(256, 128), (256, 128), (128, 256)]
+    assert probes.expert_bandwidth(shapes, bits=2, dtype="bf16") > 0
+    assert {type(fmt) for fmt in timed} == {Int2Format} and timed[0].shapes == shapes
+    timed.clear()
+    assert probes.expert_bandwidth(shapes, bits=2, dtype="fp32") > 0
+    assert {type(fmt) for fmt in timed} == {HqqFormat}, "no int2 in fp32: HQQ's"
+    timed.clear()
+    monkeypatch.setattr(probes, "EXPERT_PROBE_BYTES", 8 * 1024)  # about a quarter of this 2-bit expert's buffer
+    assert probes.expert_bandwidth(shapes, bits=2, dtype="bf16") > 0
+    assert {type(fmt) for fmt in timed} == {Int2Format} and timed[0].shapes == [(128, 128), (128, 128), (128, 128)]
 
 
 def test_without_bandwidths_memory_only() -> None:
@@ -314,7 +333,9 @@ def test_cli_plan_cpu_only_measures_bandwidth(tiny_config: Path, capsys: pytest.
     assert cli.main(["plan", str(tiny_config), "--ram", "1GiB"]) == 0
     out = capsys.readouterr().out
     assert "fast tier host RAM (CPU only)" in out and "measured here (host RAM to host RAM)" in out
-    assert "per-token overhead O:" in out and "dequantization bandwidth: hqq2" in out
+    assert "per-token overhead O:" in out and "dequantization bandwidth: hqq4" in out
+    assert "expert bandwidth: fp32 " in out and "hqq2 (unfused) " in out and "hqq3 (unfused) " in out
+    assert "\nhqq4 (unfused)  " in out, "the experts column names the engine's format (no fp32 kernel)"
 
 
 def error_of(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:

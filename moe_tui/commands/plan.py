@@ -9,8 +9,8 @@ import re
 from moe_tui.commands import add_model_argument, chosen_model
 
 FORMULA = (
-    "C = bytes a token reads / compute bandwidth + unfused quantized bytes it reads / dequantization bandwidth "
-    "+ per-token overhead O; "
+    "C = non-expert bytes a token reads / compute bandwidth + quantized non-expert bytes / dequantization "
+    "bandwidth + expert bytes it reads / expert bandwidth (per precision) + per-token overhead O; "
     "M = misses/token x expert bytes / transfer bandwidth; "
     "P = prefetch copies/token x expert bytes / transfer bandwidth; seconds/token = C + M + P on CPU, "
     "max(C, P) + M on CUDA; bound = transfer when M + P > C, else compute"
@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="GB/s",
-        help="speed at which decoding reads fast-tier weights (default: measured)",
+        help="speed at which decoding reads fast-tier non-expert weights, and experts where their own rate cannot "
+        "be measured (default: measured)",
     )
     parser.add_argument(
         "--overhead-ms",
@@ -131,7 +132,8 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
 
     from moe_tui import probes
     from moe_tui.fit import context_tokens
-    from moe_tui.plan import Machine
+    from moe_tui.plan import ATTN_BITS, EXPERT_BITS, Machine
+    from moe_tui.precision import precision_for_bits
 
     host = parse_size(args.ram, "--ram") if args.ram else psutil.virtual_memory().total
     fast = parse_size(args.vram, "--vram") if args.vram else None
@@ -140,12 +142,14 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
     compute = args.compute_bandwidth * 1e9 if args.compute_bandwidth else None
     overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
     sources = {"transfer": "given", "compute": "given", "overhead": "given", "dequant": "not measured"}
-    fused = _fused_precisions(facts, device)
+    sources["experts"] = "not measured: experts are read at the compute bandwidth"
+    formats, workspace = _engine_formats(facts, device)
     dequant: dict[str, float] = {}
+    experts: dict[str, float] = {}
     if device == "cuda" and not _cuda_available():
         unknown = "no CUDA device here to measure it"
         if transfer is None or compute is None:
-            sources = {"transfer": unknown, "compute": unknown, "overhead": unknown, "dequant": unknown}
+            sources = dict.fromkeys(sources, unknown)
             transfer = compute = overhead = None
         elif overhead is None:
             sources["overhead"] = unknown + ": left out, pass --overhead-ms"
@@ -162,11 +166,20 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
             overhead = probes.per_token_overhead(layers, facts.num_experts, facts.top_k, device)
             sources["overhead"] = f"measured here (engine on a hidden-64 Mixtral of {layers} layers, {device})"
         dequant = {
-            f"hqq{bits}": probes.dequant_bandwidth(facts.expert_shapes, bits, facts.dtype, device)
-            for bits in (2, 3, 4, 8)
-            if f"hqq{bits}" not in fused  # attention at 8 bits is always unpacked (HQQLinear)
+            precision_for_bits(bits, facts.dtype): probes.dequant_bandwidth(
+                facts.expert_shapes, bits, facts.dtype, device
+            )
+            for bits in ATTN_BITS
+            if bits is not None
         }
-        sources["dequant"] = f"measured here (the engine's own unpacking on {device}: HQQ's layout, or int2's blocks)"
+        sources["dequant"] = f"measured here (HQQ's layout, as HQQLinear unpacks non-expert weights, on {device})"
+        experts = {
+            precision_for_bits(bits, facts.dtype): probes.expert_bandwidth(
+                facts.expert_shapes, bits, facts.dtype, device
+            )
+            for bits in EXPERT_BITS
+        }
+        sources["experts"] = f"measured here (one token through one expert in the engine's format on {device})"
     machine = Machine(
         host_bytes=host,
         fast_bytes=fast,
@@ -175,18 +188,29 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
         context=context_tokens(args.context, facts.context_limit),
         overhead_s=overhead or 0.0,
         dequant_bandwidth=dequant,
-        fused=fused,
+        expert_bandwidth=experts,
+        formats=formats,
+        workspace_bytes=workspace,
     )
     return machine, sources
 
 
-def _fused_precisions(facts, device: str) -> frozenset[str]:
-    """The expert precisions a fused kernel computes for this model on ``device`` (the engine's own choice)."""
+def _engine_formats(facts, device: str) -> tuple[dict[str, str], dict[str, int]]:
+    """For each expert precision the planner plans, the label of the format the engine would compute it in on
+    ``device`` (``int4``, ``int2 (unfused)``, ``hqq3 (unfused)``) and the workspace that format takes there."""
     from moe_tui.engine_config import dtype_named
-    from moe_tui.offload.formats import fused_bits
+    from moe_tui.offload.formats import make_format
+    from moe_tui.plan import EXPERT_BITS
+    from moe_tui.precision import precision_for_bits
 
-    fused = fused_bits(list(facts.expert_shapes), dtype_named(facts.dtype), device, 64)
-    return frozenset(f"hqq{bits}" for bits in (2, 3, 4) if bits in fused)  # the expert widths the planner plans
+    formats = {
+        precision_for_bits(bits, facts.dtype): make_format(
+            list(facts.expert_shapes), dtype_named(facts.dtype), bits, 64, device
+        )
+        for bits in EXPERT_BITS
+    }
+    labels = {precision: fmt.label() for precision, fmt in formats.items()}
+    return labels, {precision: fmt.workspace_bytes for precision, fmt in formats.items()}
 
 
 def _cuda_available() -> bool:
@@ -242,7 +266,8 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         f"transfer bandwidth: {_gbps(machine.transfer_bandwidth)} ({sources['transfer']})",
         f"compute bandwidth: {_gbps(machine.compute_bandwidth)} ({sources['compute']})",
         f"per-token overhead O: {1000 * machine.overhead_s:.2f} ms ({sources['overhead']})",
-        f"dequantization bandwidth: {_dequant_text(machine.dequant_bandwidth)} ({sources['dequant']})",
+        f"dequantization bandwidth: {_rates_text(machine.dequant_bandwidth)} ({sources['dequant']})",
+        f"expert bandwidth: {_rates_text(machine.expert_bandwidth, machine.formats)} ({sources['experts']})",
         f"estimate: {FORMULA}",
         "",
     ]
@@ -253,7 +278,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         speed = "-" if c.tokens_per_s is None else f"{c.tokens_per_s:.2f}"
         rows.append(
             [
-                _expert_text(c.expert_precision, machine),
+                machine.formats.get(c.expert_precision, c.expert_precision),
                 c.attn_precision,
                 _k_text(c),
                 str(c.prefetch),
@@ -336,15 +361,10 @@ def bench_command(candidates, model: str, machine) -> str:
     return shlex.join(["moe-tui", "bench", "--model", model, "--device", machine.device, "--compare", *specs])
 
 
-def _expert_text(precision: str, machine) -> str:
-    """The expert precision, marked "unfused" when the engine dequantizes it before every use."""
-    from moe_tui.precision import HQQ_BITS
-
-    return f"{precision} unfused" if precision in HQQ_BITS and precision not in machine.fused else precision
-
-
-def _dequant_text(rates: dict[str, float]) -> str:
-    return ", ".join(f"{p} {_gbps(v)}" for p, v in sorted(rates.items())) or "left out"
+def _rates_text(rates: dict[str, float], names: dict[str, str] | None = None) -> str:
+    """``hqq4 0.8 GB/s, hqq8 1.6 GB/s``, each precision under its name in ``names`` when it has one."""
+    named = (((names or {}).get(p, p), v) for p, v in sorted(rates.items()))
+    return ", ".join(f"{name} {_gbps(v)}" for name, v in named) or "left out"
 
 
 def _k_text(candidate) -> str:
@@ -362,7 +382,7 @@ def _as_json(facts, machine, sources, routing, shown, fitting: int) -> dict:
 
     return {
         "model": asdict(facts),
-        "machine": {**asdict(machine), "device": machine.device, "fused": sorted(machine.fused)},
+        "machine": {**asdict(machine), "device": machine.device},
         "bandwidth_sources": sources,
         "routing": routing,
         "formula": FORMULA,

@@ -11,9 +11,11 @@ cache size k (the same for every MoE layer) and prefetch depth, the planner adds
 
 and keeps the configurations that fit. Its decode estimate (one token at a time, batch 1) is:
 
-    C = bytes a token reads (non-expert weights + top_k x MoE layers x one expert) / compute bandwidth
-        + quantized bytes a token reads / dequantization bandwidth (unfused HQQ weights are unpacked each
-          use; experts that a fused kernel computes (4 bits where PyTorch's int4 kernel fits) skip this term)
+    C = non-expert bytes a token reads / compute bandwidth
+        + quantized non-expert bytes it reads / dequantization bandwidth (HQQ's layout is unpacked each use)
+        + top_k x MoE layers x one expert's bytes / expert bandwidth (measured per precision by computing
+          one token through an expert in the engine's own format: kernels read packed bytes at different
+          rates, and unfused formats unpack first)
         + O, the per-token overhead that does not depend on weight size (decoder and engine bookkeeping)
     M = demand misses per token x expert bytes / transfer bandwidth      (copies the layer waits for)
     P = prefetch copies per token x expert bytes / transfer bandwidth    (copies started ahead of use)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -31,9 +31,17 @@ class Machine:
     compute_bandwidth: float | None = None  # bytes/s at which decoding reads weights in the fast tier
     context: int = 4096
     overhead_s: float = 0.0  # seconds per token independent of weight size
-    dequant_bandwidth: dict[str, float] = field(default_factory=dict)  # packed bytes/s per HQQ precision
-    # expert precisions a fused kernel computes on this machine: no dequantization time, no workspace
-    fused: frozenset[str] = frozenset()
+    # packed bytes/s at which HQQ's layout unpacks, per precision of the non-expert weights (HQQLinear)
+    dequant_bandwidth: dict[str, float] = field(default_factory=dict)
+    # packed bytes/s at which computing one token through one expert reads it, per expert precision, in the
+    # format the engine uses (its unpacking included); a precision left out is read at compute_bandwidth
+    expert_bandwidth: dict[str, float] = field(default_factory=dict)
+    # the engine's expert format per expert precision on this machine, as bench and the panels name it
+    # (int4, int2 (unfused), hqq3 (unfused), bf16)
+    formats: dict[str, str] = field(default_factory=dict)
+    # the workspace the engine's expert format takes per expert precision on this machine (0 for a fused
+    # kernel, a chunk for int2); a precision left out takes HQQ's, a whole dequantized expert
+    workspace_bytes: dict[str, int] = field(default_factory=dict)
 
     @property
     def can_estimate(self) -> bool:
@@ -92,9 +100,7 @@ def per_layer_candidate(
 ) -> Candidate | None:
     """The configuration that spends every slot the budget allows, spread over layers by their trace
     replays; None when it misses no less than the best uniform k or not even k=1 fits."""
-    base = fast_tier_need(
-        facts, expert_precision, attn_precision, 0, machine.context, fused=machine.fused, device=machine.device
-    ).total
+    base = _need(facts, machine, expert_precision, attn_precision, 0).total
     if machine.fast_bytes is not None:
         room = machine.fast_bytes - base
     else:
@@ -119,15 +125,37 @@ def fast_tier_need(
     k: int,
     context: int,
     layer_sizes: Sequence[int] = (),
-    fused: Collection[str] = (),
+    workspace: Mapping[str, int] | None = None,
     device: str = "cpu",
 ) -> FastTierNeed:
     """What the fast tier holds, part by part (:mod:`moe_tui.fit`): non-expert weights, k slots per MoE
-    layer (or ``layer_sizes``), the dequantization workspace (none for the precisions in ``fused``), the KV cache,
-    a prefill chunk's activations and the margin of ``device``."""
+    layer (or ``layer_sizes``), the expert format's workspace (``workspace`` by precision, else HQQ's), the
+    KV cache, a prefill chunk's activations and the margin of ``device``."""
     slots = (sum(layer_sizes) if layer_sizes else k * facts.moe_layers) * facts.expert_bytes[expert_precision]
-    workspace = 0 if expert_precision in fused else facts.workspace_bytes.get(expert_precision, 0)
-    return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, workspace, facts.costs, context, device)
+    hqq = facts.workspace_bytes.get(expert_precision, 0)
+    unpacked = (workspace or {}).get(expert_precision, hqq)
+    return fit.fast_tier_need(facts.dense_bytes[attn_precision], slots, unpacked, facts.costs, context, device)
+
+
+def _need(
+    facts: ModelFacts,
+    machine: Machine,
+    expert_precision: str,
+    attn_precision: str,
+    k: int,
+    layer_sizes: Sequence[int] = (),
+) -> FastTierNeed:
+    """:func:`fast_tier_need` on ``machine``: its context, its formats' workspaces, its device."""
+    return fast_tier_need(
+        facts,
+        expert_precision,
+        attn_precision,
+        k,
+        machine.context,
+        layer_sizes,
+        machine.workspace_bytes,
+        machine.device,
+    )
 
 
 def store_bytes(facts: ModelFacts, expert_precision: str) -> int:
@@ -147,9 +175,7 @@ def estimate(
 ) -> Candidate:
     """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
     misses, prefetched, hit_rate = copies
-    fast = fast_tier_need(
-        facts, expert_precision, attn_precision, k, machine.context, layer_sizes, machine.fused, machine.device
-    ).total
+    fast = _need(facts, machine, expert_precision, attn_precision, k, layer_sizes).total
     memory = Candidate(
         expert_precision=expert_precision,
         attn_precision=attn_precision,
@@ -165,15 +191,16 @@ def estimate(
     if not machine.transfer_bandwidth or not machine.compute_bandwidth:
         return memory
     expert = facts.expert_bytes[expert_precision]
-    active = facts.dense_active_bytes[attn_precision] + facts.top_k * facts.moe_layers * expert
-    compute_s = active / machine.compute_bandwidth + machine.overhead_s
-    unpacked = (
-        (expert_precision, 0 if expert_precision in machine.fused else facts.top_k * facts.moe_layers * expert),
-        (attn_precision, facts.dense_active_bytes[attn_precision] - facts.rest_active_bytes),
+    dense = facts.dense_active_bytes[attn_precision]
+    experts = facts.top_k * facts.moe_layers * expert
+    compute_s = (
+        dense / machine.compute_bandwidth
+        + experts / machine.expert_bandwidth.get(expert_precision, machine.compute_bandwidth)
+        + machine.overhead_s
     )
-    for precision, nbytes in unpacked:
-        if nbytes and precision in machine.dequant_bandwidth:
-            compute_s += nbytes / machine.dequant_bandwidth[precision]
+    quantized = dense - facts.rest_active_bytes
+    if quantized and attn_precision in machine.dequant_bandwidth:
+        compute_s += quantized / machine.dequant_bandwidth[attn_precision]
     miss_s = misses * expert / machine.transfer_bandwidth
     prefetch_s = prefetched * expert / machine.transfer_bandwidth
     overlapped = machine.device == "cuda"
@@ -226,7 +253,7 @@ def nothing_fits_message(facts: ModelFacts, machine: Machine) -> str:
     least = smallest(facts, machine)
     setup = "k=1 at 2 bits (4-bit attention)"
     if machine.fast_bytes is not None and least.fast_bytes > machine.fast_bytes:
-        need = fast_tier_need(facts, "hqq2", "hqq4", 1, machine.context, (), machine.fused, machine.device)
+        need = _need(facts, machine, "hqq2", "hqq4", 1)
         return (
             f"{facts.name} does not fit: even {setup} needs {format_bytes(least.fast_bytes)} of fast-tier memory "
             f"({need.parts()}); you have {format_bytes(machine.fast_bytes)}"

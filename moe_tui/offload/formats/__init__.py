@@ -39,7 +39,6 @@ __all__ = [
     "Int4Format",
     "Int8Format",
     "Views",
-    "fused_bits",
     "make_format",
 ]
 
@@ -74,11 +73,3 @@ def make_format(
         fmt = HqqFormat(shapes, dtype, bits, group_size)
     fmt.optimize = optimize
     return fmt
-
-
-def fused_bits(
-    shapes: list[tuple[int, int]], dtype: torch.dtype, device: torch.device | str, group_size: int
-) -> set[int]:
-    """The expert bit widths that get a fused kernel for these shapes, dtype and device."""
-    device = torch.device(device)
-    return {bits for bits in (2, 3, 4, 8) if make_format(shapes, dtype, bits, group_size, device).fused}
