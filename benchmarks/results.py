@@ -17,7 +17,9 @@ Each measurement is a ``moe-tui`` command run in a fresh process with ``--json``
    resident model against k=2 with misses copied, computed on the host and chosen by the cost model, at 4
    bits (PyTorch's int4 kernel), 4 bits unfused (the old path) and 2 bits, every core;
 7. ``expert-kernels``: ``benchmarks/expert_kernels.py``, one expert of each format at Mixtral-8x7B's and
-   Qwen3-30B-A3B's shapes against the memory-bandwidth bound.
+   Qwen3-30B-A3B's shapes against the memory-bandwidth bound;
+8. ``real-shapes-plan``: ``moe-tui plan`` on the config of step 6's model (``benchmarks/configs/``), every
+   core, its estimate next to step 6's measurement for the configurations both have.
 
 Usage: ``python benchmarks/results.py [--quick] [--only NAME ...]`` (``--quick``: fewer tokens and runs, for a
 smoke test; ``--only``: re-measure those steps, keep the others' JSON).
@@ -57,6 +59,7 @@ REAL_COMPARE = [
     "k=2,bits=4,optimize=off,fused=off",
 ]
 KERNELS = "expert-kernels"
+REAL_CONFIG = REPO / "benchmarks" / "configs" / "mixtral-8x7b-2-layers.json"  # the model of REAL_SHAPES
 
 
 def commands(quick: bool, threads: int) -> dict[str, list[str]]:
@@ -90,6 +93,9 @@ def commands(quick: bool, threads: int) -> dict[str, list[str]]:
             *(["--tokens", "4", "--runs", "1"] if quick else ["--tokens", "16", "--runs", "2"]),
             "--threads", str(os.cpu_count() or 1), "--json",
         ],
+        "real-shapes-plan": [
+            "plan", str(REAL_CONFIG.relative_to(REPO)), "--threads", str(os.cpu_count() or 1), "--all", "--json",
+        ],
     }  # fmt: skip
 
 
@@ -97,6 +103,8 @@ def run(name: str, argv: list[str]) -> dict:
     """Run ``moe-tui ARGV`` (or the expert-kernels script) in a fresh process, keep its JSON under results/."""
     print(f"[{name}] moe-tui {shlex.join(argv)}", file=sys.stderr, flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    if name == "demo":
+        DEMO_TRACE.unlink(missing_ok=True)  # bench --record never overwrites a trace; this one is the script's own
     if name == KERNELS:
         script = [sys.executable, str(REPO / "benchmarks" / "expert_kernels.py"), *argv]
         subprocess.run(script, cwd=REPO, env=env, check=True, capture_output=True, text=True)
@@ -252,7 +260,7 @@ def main() -> None:
     print(f"wrote {RESULTS_MD.relative_to(REPO)}", file=sys.stderr)
 
 
-STEPS = "demo, synthetic, telemetry, plan, real-shapes, expert-kernels"
+STEPS = "demo, synthetic, telemetry, plan, real-shapes, expert-kernels, real-shapes-plan"
 
 
 def _kept(name: str) -> dict:
@@ -417,6 +425,8 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         ]
     if "real-shapes" in data:
         lines += real_shapes_section(data["real-shapes"], command("real-shapes"), meta)
+        if "real-shapes-plan" in data:
+            lines += real_plan_section(data["real-shapes-plan"], data["real-shapes"], command("real-shapes-plan"), meta)
     if KERNELS in data:
         lines += kernels_section(data[KERNELS], meta)
     for checkpoint in saved("real-checkpoint.json"):
@@ -736,6 +746,65 @@ def real_shapes_section(data: dict, command: str, meta: dict) -> list[str]:
         "",
         "On a CPU the fast tier is the host too, so a copied miss is a memcpy that computing from the store "
         "skips: `miss=host` never copies, and `miss=auto` measures both and picks the host here.",
+        "",
+    ]
+
+
+def real_plan_section(plan: dict, measured: dict, command: str, meta: dict) -> list[str]:
+    """Section 6's configurations next to the planner's estimate of them (those that copy their misses:
+    the planner does not model computing misses on the host)."""
+    num_experts = plan["model"]["num_experts"]
+    dtype = plan["model"]["dtype"]
+    rows = []
+    for r in measured["results"]:
+        parts = dict(part.split("=", 1) for part in r["label"].split(",") if "=" in part)
+        if r["label"] == "resident":
+            wanted = (num_experts, dtype)
+        elif set(parts) == {"k", "bits", "optimize"}:
+            wanted = (int(parts["k"]), f"hqq{parts['bits']}")
+        else:
+            continue
+        estimate = next(
+            c for c in plan["configurations"]
+            if (c["cache_size"], c["expert_precision"]) == wanted and c["attn_precision"] == dtype
+            and c["prefetch"] == 0 and not c["layer_sizes"]
+        )  # fmt: skip
+        engine = r["engine"] or {}
+        rows.append(
+            [
+                r["label"] + (" (plan: k=E)" if r["label"] == "resident" else ""),
+                r.get("expert_format") or "bf16 (resident)",
+                f"{100 * estimate['hit_rate']:.1f}%",
+                "-" if not engine else f"{100 * engine['hit_rate']:.1f}%",
+                f"{estimate['tokens_per_s']:.2f}",
+                f"{r['decode_tokens_per_s']:.2f}",
+                f"{r['decode_tokens_per_s'] / estimate['tokens_per_s']:.2f}",
+                estimate["bound"],
+            ]
+        )
+    names = plan["machine"]["formats"]
+    rates = ", ".join(
+        f"{names.get(name, name)} {rate / 1e9:.1f}"
+        for name, rate in sorted(plan["machine"]["expert_bandwidth"].items())
+    )
+    headers = [
+        "config", "experts", "hit rate (plan, uniform)", "hit rate (measured)", "estimate tok/s", "measured tok/s",
+        "measured / estimate", "bound",
+    ]  # fmt: skip
+    when = meta.get("remeasured", {}).get("real-shapes-plan")
+    return [
+        "### The planner at real shapes",
+        "",
+        "`moe-tui plan` on the same model's config, in its own process"
+        + (f" ({when})" if when else "")
+        + f": expert bandwidth in GB/s {rates} ({plan['bandwidth_sources']['experts']}); compute "
+        f"{plan['machine']['compute_bandwidth'] / 1e9:.1f} GB/s, transfer "
+        f"{plan['machine']['transfer_bandwidth'] / 1e9:.1f} GB/s. The resident model is set against the plan's "
+        "k=E (every expert in a slot); the configurations that compute misses on the host have no plan row.",
+        "",
+        command,
+        "",
+        table(headers, rows),
         "",
     ]
 
