@@ -290,6 +290,9 @@ def test_greedy_stream_matches_model_generate(style: str) -> None:
     assert all(pieces)
     assert not result.stopped
     assert result.seconds > 0 and result.tokens_per_s > 0
+    assert result.first_token_s is not None and 0 < result.first_token_s < result.seconds
+    decode = (result.tokens - 1) / (result.seconds - result.first_token_s)
+    assert result.decode_tokens_per_s == pytest.approx(decode) and decode > result.tokens_per_s
 
 
 def test_answer_streamed_into_the_history_store(chat: ChatSession, tmp_path: Path) -> None:

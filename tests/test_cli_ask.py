@@ -33,6 +33,7 @@ def test_ask_json_holds_the_text_and_the_engines_counters(capsys: pytest.Capture
     code, out, _ = run_cli(["ask", "Explain zip()", "--json", "--temperature", "0", "--max-new-tokens", "8"], capsys)
     report = json.loads(out)
     assert code == 0 and report["model"] == "demo-mixtral" and report["tokens"] == 8 and report["text"]
+    assert 0 < report["first_token_s"] < report["seconds"] and report["decode_tokens_per_s"] > report["tokens_per_s"]
     counters = report["counters"]
     # 6 MoE layers, top-2: each single-token pass uses 12 experts; the prompt's pass uses fewer than 12 per token.
     accesses = counters["hits"] + counters["misses"] + counters["host"]

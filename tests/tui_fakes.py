@@ -277,11 +277,19 @@ class FakeResult:
     prompt_tokens: int = 0
     dropped_turns: int = 0
     reused_tokens: int = 0
+    first_token_s: float | None = None
 
     @property
     def tokens_per_s(self) -> float:
         """Tokens per second."""
         return self.tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens per second after the first."""
+        if self.tokens < 2 or self.first_token_s is None or self.seconds <= self.first_token_s:
+            return None
+        return (self.tokens - 1) / (self.seconds - self.first_token_s)
 
 
 KV_BYTES_PER_WORD = 4096
@@ -316,6 +324,7 @@ class FakeSession:
                 self.fail_when.wait(10)
             raise UserError(self.fail)
         start = time.perf_counter()
+        first = None  # seconds to the first piece
         self.engine.forward(n_tokens=8)
         pieces = []
         self.started.set()
@@ -323,8 +332,11 @@ class FakeSession:
             for offset in range(0, len(self.reply), 7):
                 pieces.append(self.reply[offset : offset + 7])
                 self.engine.forward()
+                if len(pieces) == 1:
+                    first = time.perf_counter() - start
                 on_text(pieces[-1])
-            return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, False, 8, left_out)
+            seconds = time.perf_counter() - start + 1e-9
+            return FakeResult("".join(pieces), len(pieces), seconds, False, 8, left_out, first_token_s=first)
         for index in range(self.words):
             if stop_event is not None and stop_event.is_set():
                 break
@@ -334,11 +346,14 @@ class FakeSession:
             piece = ("" if index == 0 else " ") + WORDS[index % len(WORDS)]
             self.engine.telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece))
             pieces.append(piece)
+            if len(pieces) == 1:
+                first = time.perf_counter() - start
             on_text(piece)
         stopped = stop_event is not None and stop_event.is_set()
         self.kv_tokens = len(pieces)
         self.kv_bytes = KV_BYTES_PER_WORD * self.kv_tokens
-        return FakeResult("".join(pieces), len(pieces), time.perf_counter() - start + 1e-9, stopped, 8, left_out)
+        seconds = time.perf_counter() - start + 1e-9
+        return FakeResult("".join(pieces), len(pieces), seconds, stopped, 8, left_out, first_token_s=first)
 
     def close(self) -> None:
         """Remember that the app released the session."""

@@ -35,8 +35,8 @@ Progress = Callable[[str, int, int], None]
 @dataclass(frozen=True)
 class GenerationResult:
     """One answer: its text (exactly the pieces given to ``on_text``, joined), tokens generated, wall seconds,
-    whether the stop event ended it early, the prompt's length in tokens, and how many of the oldest turns
-    were left out of the prompt to fit the model's context."""
+    whether the stop event ended it early, the prompt's length in tokens, how many of the oldest turns
+    were left out of the prompt to fit the model's context, and the seconds until the first new token."""
 
     text: str
     tokens: int
@@ -45,11 +45,20 @@ class GenerationResult:
     prompt_tokens: int = 0
     dropped_turns: int = 0
     reused_tokens: int = 0  # prompt tokens whose keys and values came from the previous answer's cache
+    first_token_s: float | None = None  # the prompt's processing and the first new token (None: no token)
 
     @property
     def tokens_per_s(self) -> float:
         """Generated tokens per second of wall time, prompt processing included."""
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Tokens per second after the first one, the prompt's processing left out (as ``bench`` measures
+        decoding); None with fewer than two tokens."""
+        if self.tokens < 2 or self.first_token_s is None or self.seconds <= self.first_token_s:
+            return None
+        return (self.tokens - 1) / (self.seconds - self.first_token_s)
 
 
 class Engine(Protocol):
@@ -170,9 +179,12 @@ class ChatSession:
 
         telemetry = self.engine.telemetry
         tokens_so_far = itertools.count()
+        first_token_at: list[float] = []
 
         def on_token(piece: str) -> None:
             first = next(tokens_so_far) == 0
+            if first:
+                first_token_at.append(time.perf_counter() - started)
             telemetry.record_token(TokenEvent(step=self.engine.last_step, text=piece, first=first))
             if piece:
                 on_text(piece)
@@ -217,6 +229,7 @@ class ChatSession:
             prompt_tokens=len(prompt_ids),
             dropped_turns=dropped,
             reused_tokens=reused,
+            first_token_s=first_token_at[0] if first_token_at else None,
         )
 
     def model_defaults(self) -> dict[str, Any]:

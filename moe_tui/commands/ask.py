@@ -3,8 +3,9 @@
 The question is the argument, or standard input when it is ``-``. The model and engine options are ``chat``'s;
 sampling follows the same order as the app (a flag, else the user's saved setting, else the model's
 ``generation_config.json``, else moe-tui's default). Loading progress goes to stderr (nothing on a pipe).
-With ``--json`` nothing is streamed: one JSON object at the end holds the text, its token counts and timing,
-and the engine's counters (hits, misses, prefetch, bytes copied).
+With ``--json`` nothing is streamed: one JSON object at the end holds the text, its token counts and timing
+(seconds in all, to the first token, and the rate after it), and the engine's counters (hits, misses,
+prefetch, bytes copied).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
                 "prompt_tokens": result.prompt_tokens,
                 "seconds": round(result.seconds, 4),
                 "tokens_per_s": round(result.tokens_per_s, 3),
+                "first_token_s": None if result.first_token_s is None else round(result.first_token_s, 4),
+                "decode_tokens_per_s": None
+                if result.decode_tokens_per_s is None
+                else round(result.decode_tokens_per_s, 3),
                 "counters": session.engine.stats(),
             }
             print(json.dumps(report, indent=1))
