@@ -644,10 +644,12 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
         await pilot.press("enter")
         table = lab.query_one(DataTable)
         await wait_for(pilot, lambda: table.row_count > 0, timeout=60)
+        await pilot.pause()
+        assert table.virtual_size.width <= table.size.width, "every policy and MIN fit 100 columns, none cut"
         field = await field_after_o(pilot)
         assert field.value == str(samples / "demo-off-topic.jsonl")
 
-    run(check, app)
+    run(check, app, size=(100, 30))
 
 
 def test_palette_maximises_every_pane_the_chat_included() -> None:
