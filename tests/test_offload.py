@@ -25,7 +25,7 @@ from offload_models import (
 
 from moe_tui import fit
 from moe_tui.errors import UserError
-from moe_tui.offload import OffloadConfig, offload_model
+from moe_tui.offload import OffloadConfig, offload_model, transfer
 from moe_tui.offload import memory as offload_memory
 from moe_tui.precision import format_bytes
 from moe_tui.telemetry import LayerStep, read_trace
@@ -37,13 +37,24 @@ CUDA = pytest.param(
 DEVICES = ["cpu", CUDA]
 
 
+@pytest.fixture(params=["background thread", "computing thread"])
+def cpu_copies(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with CPU copies on a copy thread and on the computing thread (the engine picks by whether a
+    core is free of torch's threads, so a machine would only ever test one of them)."""
+    background = request.param == "background thread"
+    monkeypatch.setattr(transfer, "copies_can_overlap", lambda *args: background)
+    return request.param
+
+
 # ----------------------------------------------------------------------------------------------- exactness
 @pytest.mark.parametrize("device", DEVICES)
-def test_logits_equal_transformers_for_every_cache_size_with_and_without_prefetch(device: str) -> None:
+def test_logits_equal_transformers_for_every_cache_size_with_and_without_prefetch(device: str, cpu_copies: str) -> None:
     config = mixtral_config(experts=4)
     reference, model = twin(config)
     reference.to(device)
     om = offload_model(model, OffloadConfig(cache_size=4, prefetch=0, device=device))
+    if device == "cpu":
+        assert om.engine.mover.background == (cpu_copies == "background thread")
     ids = prompt(batch=2, length=9)
     expected = generate(reference, ids)
     for k in range(1, config.num_local_experts + 1):
@@ -357,7 +368,7 @@ def test_an_exception_inside_generation_leaves_the_engine_usable(device: str) ->
     assert_same_generation(reference, om, prompt(batch=2, length=6))
 
 
-def test_a_failed_background_copy_empties_its_slot_and_the_engine_recovers() -> None:
+def test_a_failed_copy_empties_its_slot_and_the_engine_recovers(cpu_copies: str) -> None:
     config = mixtral_config()
     reference, model = twin(config, seed=15)
     om = offload_model(model, OffloadConfig(cache_size=2, prefetch=1))
@@ -671,3 +682,28 @@ def test_trace_lines_are_json_with_the_documented_schema(tmp_path) -> None:
     assert records[0]["type"] == "header" and records[0]["schema"] == 1
     fields = {"step", "layer", "n_tokens", "experts", "counts", "weights", "hits", "prefetch_hits"}
     assert all(fields <= set(r) for r in records[1:] if r["type"] == "step")
+
+
+def test_cpu_copies_run_beside_torch_only_on_a_core_torch_leaves_free() -> None:
+    assert transfer.copies_can_overlap(threads=1, cores=2)
+    assert not transfer.copies_can_overlap(threads=2, cores=2)
+    assert not transfer.copies_can_overlap(threads=4, cores=2)
+
+
+def test_a_copy_on_the_computing_thread_is_made_at_once_and_counted_as_load_time() -> None:
+    from moe_tui.offload.cache import LayerCache
+    from moe_tui.policies import make_policy
+
+    mover = transfer.CpuMover(background=False)
+    cache = LayerCache(0, capacity=2, nbytes=1 << 20, device=torch.device("cpu"), policy=make_policy("lru"))
+    source = torch.full((1 << 20,), 7, dtype=torch.uint8)
+    timer = transfer.Timer(cuda=False)
+    mover.load(cache, 1, source, timer)
+    assert torch.equal(cache.slots[1], source) and timer.load_s > 0
+    mover.before_compute(cache, 1, timer)
+    assert not cache.pending[1]
+    mover.load(cache, 0, source[:-1], timer)  # the wrong size: the error waits for the computing step
+    with pytest.raises(RuntimeError):
+        mover.before_compute(cache, 0, timer)
+    mover.drain()
+    mover.close()

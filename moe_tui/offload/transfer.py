@@ -1,15 +1,20 @@
 """Moving expert buffers from the slow tier into slots, and timing copies against computation.
 
-On CPU a copy is a ``copy_`` from the store (RAM or a mapped file) into a slot, run on a background thread
-so that it overlaps computation (and the page faults of a mapped store) on another core; the time the
-computing thread waits for it is load time. On CUDA copies run on a separate stream with
-``non_blocking=True`` from pinned memory; the compute stream waits on a per-slot ``ready`` event, and a copy
-into a slot waits on that slot's ``free`` event, so the host never waits for a copy. Time is measured with
-CUDA events (resolved after the forward pass): load time is how long the compute stream stalled waiting.
+On CPU a copy is a ``copy_`` from the store (RAM or a mapped file) into a slot. When a core is free of
+torch's computing threads it runs on a background thread there, so that it overlaps computation (and the
+page faults of a mapped store), and the time the computing thread waits for it is load time; when torch
+computes on every core it runs on the computing thread (torch spreads it over its threads), where a copy
+thread would only take turns with them and stall each of their barriers, and its whole time is load time.
+
+On CUDA copies run on a separate stream with ``non_blocking=True`` from pinned memory; the compute stream
+waits on a per-slot ``ready`` event, and a copy into a slot waits on that slot's ``free`` event, so the host
+never waits for a copy. Time is measured with CUDA events (resolved after the forward pass): load time is
+how long the compute stream stalled waiting.
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -47,27 +52,47 @@ def _timed_event(stream: torch.cuda.Stream) -> torch.cuda.Event:
     return event
 
 
-class CpuMover:
-    """Copies on one background thread, so that a copy overlaps computation on another core.
+def copies_can_overlap(threads: int | None = None, cores: int | None = None) -> bool:
+    """Whether a background copy thread would have a core of its own: torch computes on fewer threads
+    (``torch.get_num_threads()``) than this process may run on (its CPU affinity)."""
+    if threads is None:
+        threads = torch.get_num_threads()
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return threads < cores
 
-    ``load`` queues the copy and returns; computation on a slot first waits for that slot's copy (the wait
-    is the load time). Copies run in queue order, and a slot is only queued for a copy after the host has
-    finished computing with it, so no copy ever overwrites a slot that is being read.
+
+class CpuMover:
+    """Copies on one background thread when a core is free for it (see :func:`copies_can_overlap`), so that a
+    copy overlaps computation; else on the computing thread, as it is asked for.
+
+    ``load`` queues the copy and returns (or copies, timing it as load time); computation on a slot first waits
+    for that slot's copy (the wait is the load time). Copies run in queue order, and a slot is only queued
+    for a copy after the host has finished computing with it, so no copy ever overwrites a slot being read.
     """
 
     cuda = False
 
-    def __init__(self) -> None:
+    def __init__(self, background: bool | None = None) -> None:
+        self.background = copies_can_overlap() if background is None else background
         self._jobs: queue.SimpleQueue[_CopyJob | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="moe-tui-expert-copies", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
+        if self.background:
+            self._thread = threading.Thread(target=self._run, name="moe-tui-expert-copies", daemon=True)
+            self._thread.start()
 
     def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
-        """Queue the copy of ``source`` into ``slot``."""
+        """Queue the copy of ``source`` into ``slot`` (or make it now, without a copy thread)."""
         job = _CopyJob(cache.slots[slot], source)
         cache.ready[slot] = job
         cache.pending[slot] = True
-        self._jobs.put(job)
+        if self._thread is not None:
+            self._jobs.put(job)
+            return
+        start = time.perf_counter() if timer is not None else 0.0
+        job.run()
+        if timer is not None:
+            timer.load_s += time.perf_counter() - start
 
     def before_compute(self, cache: LayerCache, slot: int, timer: Timer | None) -> None:
         """Wait for the slot's copy, timing the wait; a failed copy empties the slot and raises here."""
@@ -105,23 +130,21 @@ class CpuMover:
 
     def drain(self) -> None:
         """Wait until every queued copy has finished."""
+        if self._thread is None:
+            return
         marker = _CopyJob(None, None)
         self._jobs.put(marker)
         marker.done.wait()
 
     def close(self) -> None:
         """Stop the copy thread after the queued copies."""
-        self._jobs.put(None)
-        self._thread.join()
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
-            try:
-                if job.target is not None:
-                    job.target.copy_(job.source)
-            except BaseException as error:  # handed to the computing thread
-                job.error = error
-            job.done.set()
+            job.run()
 
 
 class _CopyJob:
@@ -134,6 +157,15 @@ class _CopyJob:
         self.source = source
         self.done = threading.Event()
         self.error: BaseException | None = None
+
+    def run(self) -> None:
+        """Make the copy; an error is kept for the computing thread (:meth:`CpuMover.before_compute` raises it)."""
+        try:
+            if self.target is not None:
+                self.target.copy_(self.source)
+        except BaseException as error:
+            self.error = error
+        self.done.set()
 
 
 class CudaMover:
