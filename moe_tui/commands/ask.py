@@ -80,10 +80,8 @@ def run(args: argparse.Namespace) -> int:
                 "prompt_tokens": result.prompt_tokens,
                 "seconds": round(result.seconds, 4),
                 "tokens_per_s": round(result.tokens_per_s, 3),
-                "first_token_s": None if result.first_token_s is None else round(result.first_token_s, 4),
-                "decode_tokens_per_s": None
-                if result.decode_tokens_per_s is None
-                else round(result.decode_tokens_per_s, 3),
+                "first_token_s": _rounded(result.first_token_s, 4),
+                "decode_tokens_per_s": _rounded(result.decode_tokens_per_s, 3),
                 "counters": session.engine.stats(),
             }
             print(json.dumps(report, indent=1))
@@ -92,3 +90,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         session.close()
     return 0
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    """``value`` rounded, None kept (a figure that an answer of fewer than two tokens does not have)."""
+    return None if value is None else round(value, digits)
