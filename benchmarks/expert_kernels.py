@@ -1,7 +1,7 @@
 """Per-expert compute time of every expert format at real models' expert shapes, next to the memory bound.
 
 For Mixtral-8x7B (hidden 4096, expert width 14336) and Qwen3-30B-A3B (hidden 2048, expert width 768) it packs
-one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels; 2 bits
+one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels; 2 and 3 bits
 expanded chunk by chunk for the int4 kernel; HQQ 4, 3 and 2 bits dequantized on every use), then times
 ``format.forward`` for one token (and for 8 tokens) on this machine: the median of several runs after a
 warm-up. Next to each time stands the bound a decode step cannot
@@ -44,6 +44,7 @@ FORMATS = (  # (label, bits, fused)
     ("int4", 4, True),
     ("int8", 8, True),
     ("int2 (unfused)", 2, True),
+    ("int3 (unfused)", 3, True),
     ("hqq4 (unfused)", 4, False),
     ("hqq3 (unfused)", 3, False),
     ("hqq2 (unfused)", 2, False),

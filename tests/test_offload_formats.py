@@ -13,6 +13,7 @@ from moe_tui.offload.formats import (
     DenseFormat,
     HqqFormat,
     Int2Format,
+    Int3Format,
     Int4Format,
     Int8Format,
     make_format,
@@ -79,28 +80,34 @@ def test_int4_weights_are_hqqs_four_bit_weights(device: str) -> None:
     assert (down.cpu().float() - weights[2]).abs().mean() < 0.012  # 4-bit error on weights of std 0.1
 
 
+@pytest.mark.parametrize(("bits", "cls", "error"), [(2, Int2Format, 0.05), (3, Int3Format, 0.025)])
 @pytest.mark.parametrize(("budget", "chunks"), [(8192, 4), (16384, 2), (1 << 21, 1)])
-def test_int2_weights_are_hqqs_two_bit_weights_and_its_kernel_computes_them(monkeypatch, budget, chunks) -> None:
-    """2-bit values in the int4 kernel's layout, two bytes stored in one: the same weights as HQQ's own 2-bit
-    layout (up to the offset's rounding to bf16), in the same bytes, and the chunked kernel computes them."""
+def test_int2_and_int3_weights_are_hqqs_and_the_int4_kernel_computes_them(
+    monkeypatch, bits, cls, error, budget, chunks
+):
+    """2- and 3-bit values in the int4 kernel's layout, squeezed (two bytes stored in one; three in four): the
+    same weights as HQQ's own layout at that width (up to the offset's rounding to bf16), in the same bytes at
+    2 bits and 3/3.2 of them at 3, and the chunked kernel computes them."""
     monkeypatch.setattr("moe_tui.offload.formats.int2.CHUNK_BYTES", budget)  # gate-up in chunks of 64, 128, 256 rows
     shapes = SHAPES
-    fmt = make_format(shapes, torch.bfloat16, 2, 64, "cpu")
+    fmt = make_format(shapes, torch.bfloat16, bits, 64, "cpu")
     assert fmt.views(torch.zeros(fmt.nbytes, dtype=torch.uint8))[0].shape[0] == chunks
-    assert isinstance(fmt, Int2Format) and fmt.label() == "int2 (unfused)" and fmt.precision == "hqq2"
-    unfused = HqqFormat(shapes, torch.bfloat16, 2, 64)
-    assert fmt.nbytes == unfused.nbytes, "the same bytes as HQQ's 2-bit layout with 2-byte metadata"
+    assert isinstance(fmt, cls) and fmt.label() == f"int{bits} (unfused)" and fmt.precision == f"hqq{bits}"
+    unfused = HqqFormat(shapes, torch.bfloat16, bits, 64)
+    two_bits = HqqFormat(shapes, torch.bfloat16, 2, 64).nbytes  # HQQ's 2-bit layout with 2-byte metadata
+    assert fmt.nbytes == two_bits + (bits - 2) * (256 * 256 + 256 * 128) // 8, "its bits per weight, HQQ's metadata"
+    assert fmt.nbytes <= unfused.nbytes  # HQQ's 3-bit layout packs ten values in 32 bits
     weights, buffer = packed(fmt, "cpu")
     gate_up, down = fmt.dequantize(buffer)
-    expected_gate_up = hqq_dequantized(torch.cat(weights[:2]), 2, 64, unfused)
-    expected_down = hqq_dequantized(weights[2], 2, 64, unfused)
+    expected_gate_up = hqq_dequantized(torch.cat(weights[:2]), bits, 64, unfused)
+    expected_down = hqq_dequantized(weights[2], bits, 64, unfused)
     # (q - 8) s + (8 - z) s equals (q - z) s up to one rounding of the offset (about 6.5 s here) to bf16
     assert relative_error(gate_up, expected_gate_up) < 2e-2 and relative_error(down, expected_down) < 2e-2
     for tokens in (1, 5):
         x = torch.randn(tokens, 256, dtype=torch.bfloat16)
         got = fmt.forward(fmt.views(buffer), x, lambda gate, up: F.silu(gate) * up)
         assert relative_error(got, reference_forward(fmt, buffer, x)) < 2e-2
-    assert (down.float() - weights[2]).abs().mean() < 0.05  # 2-bit error on weights of std 0.1
+    assert (down.float() - weights[2]).abs().mean() < error  # the width's error on weights of std 0.1
 
 
 def test_int2_chunks_are_whole_kernel_blocks_that_fit_the_workspace() -> None:
@@ -109,6 +116,8 @@ def test_int2_chunks_are_whole_kernel_blocks_that_fit_the_workspace() -> None:
     assert chunk_rows(23 * 64, 4096, 64) == 64, "the largest whole-block chunk that divides N and fits"
     fmt = Int2Format([(14336, 4096), (14336, 4096), (4096, 14336)], torch.bfloat16, 64)
     assert fmt.workspace_bytes == 2 << 20
+    three = Int3Format([(14336, 4096), (14336, 4096), (4096, 14336)], torch.bfloat16, 64)
+    assert three.workspace_bytes == (2 << 20) + (2 << 20) // 4, "and a quarter for the high bits"
     assert not Int2Format.supports(SHAPES, torch.bfloat16, 64, torch.device("cuda")), "CPU layout only"
     odd = [(96, 256), (96, 256), (256, 96)]  # the int4 kernel takes it; 96 rows are not whole 64-row blocks
     assert Int4Format.supports(odd, torch.bfloat16, 32, torch.device("cpu"))
@@ -150,9 +159,11 @@ def test_formats_without_a_kernel_fall_back_to_unfused_hqq_and_say_so() -> None:
     assert 4 not in fused_bits(SHAPES, torch.bfloat16, "cpu", 16)  # nor a group size below 32
     odd = [(40, 48), (40, 48), (48, 40)]
     assert 4 not in fused_bits(odd, torch.bfloat16, "cpu", 16)
-    three = make_format(SHAPES, torch.bfloat16, 3, 64, "cpu")
+    three = make_format(SHAPES, torch.bfloat16, 3, 64, "cpu", fused=False)
     assert (three.name, three.fused, three.label()) == ("hqq3", False, "hqq3 (unfused)")
     assert three.workspace_bytes > 0 and make_format(SHAPES, torch.bfloat16, 4, 64, "cpu").workspace_bytes == 0
+    assert make_format(SHAPES, torch.bfloat16, 3, 64, "cpu").label() == "int3 (unfused)"
+    assert make_format(SHAPES, torch.bfloat16, 3, 64, "cuda").label() == "hqq3 (unfused)", "int3 is CPU only"
     assert make_format(SHAPES, torch.bfloat16, 2, 64, "cpu", fused=False).label() == "hqq2 (unfused)"
     assert make_format(SHAPES, torch.float32, 2, 64, "cpu").label() == "hqq2 (unfused)"  # no bf16 kernel
     assert isinstance(make_format(SHAPES, torch.bfloat16, None), DenseFormat)
@@ -180,15 +191,15 @@ def dequantized_reference(config, om, seed: int):
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "int2"), (3, "hqq3")])
+@pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "int2"), (3, "int3")])
 def test_every_format_matches_transformers_with_the_formats_weights(device: str, bits, name: str) -> None:
     config = mixtral_config(experts=4, hidden=64, intermediate=64, layers=3)
     settings = OffloadConfig(cache_size=2, prefetch=1, expert_bits=bits, group_size=32, dtype="bf16", device=device)
     om = offload_model(build(config, seed=31), settings)
     if device == "cuda" and bits == 8 and not om.format.fused:
         name = "hqq8"
-    if device == "cuda" and bits == 2:
-        name = "hqq2"  # the int2 expansion is laid out for the CPU kernel
+    if device == "cuda" and bits in (2, 3):
+        name = f"hqq{bits}"  # the int2 and int3 expansions are laid out for the CPU kernel
     assert om.format.name == name
     reference = dequantized_reference(config, om, seed=31).to(device)
     ids = prompt(batch=3, length=7, seed=2).to(device)

@@ -59,10 +59,15 @@ def test_expert_buffer_size_equals_the_parameter_breakdown(group_size: int) -> N
     for precision_name in ("hqq2", "hqq3", "hqq4", "hqq8", "fp32", "bf16", "fp16"):
         bits = precision.HQQ_BITS.get(precision_name)
         dtype = {"fp32": torch.float32, "fp16": torch.float16}.get(precision_name, torch.bfloat16)
-        for fused in (False, True):  # the fused int4 layout has HQQ's 4-bit size
+        for fused in (False, True):  # the fused int4 layout has HQQ's 4-bit size, int2's HQQ's 2-bit size
             fmt = make_format(shapes, dtype, bits, group_size, "cpu", fused=fused and bits != 8)
-            assert fmt.nbytes == routed_expert_bytes(config, precision_name, group_size)
             assert fmt.precision == precision_name
+            if fmt.name == "int3":  # exactly 3 bits a weight, where HQQ's layout packs ten in 32 bits
+                weights = 3 * 14336 * 4096
+                assert fmt.nbytes == routed_expert_bytes(config, "hqq2", group_size) + weights // 8
+                assert fmt.nbytes < routed_expert_bytes(config, precision_name, group_size)
+                continue
+            assert fmt.nbytes == routed_expert_bytes(config, precision_name, group_size)
     int8 = make_format(shapes, torch.bfloat16, 8, group_size, "cpu")
     assert (int8.name, int8.fused) == ("int8", True)
     assert int8.nbytes == routed_expert_bytes(config, "int8", group_size)

@@ -430,3 +430,21 @@ def test_every_bundled_moe_config_can_be_planned(name: str) -> None:
     assert facts.workspace_bytes["hqq2"] > 0 and facts.workspace_bytes[facts.dtype] == 0
     machine = plan.Machine(host_bytes=1 << 50, fast_bytes=1 << 50)
     assert plan.candidates(facts, machine, plan.uniform_copy_model(facts))
+
+
+def test_plan_counts_experts_in_the_format_the_engine_would_use(tmp_path: Path, capsys) -> None:
+    """On a CPU in bf16, 3-bit experts are int3 (3 bits a weight, not HQQ's 3.2): plan's bytes, name and
+    workspace are that format's, as the loader's memory check counts them."""
+    import torch
+
+    from moe_tui.offload.formats import make_format
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**TINY, "hidden_size": 128, "intermediate_size": 128, "torch_dtype": "bfloat16"}))
+    argv = ["plan", str(path), "--ram", "1GiB", "--bandwidth", "10", "--compute-bandwidth", "100", "--overhead-ms", "1"]
+    assert cli.main([*argv, "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    int3 = make_format([(128, 128), (128, 128), (128, 128)], torch.bfloat16, 3, 64, "cpu")
+    assert data["model"]["expert_bytes"]["hqq3"] == int3.nbytes
+    assert data["machine"]["formats"]["hqq3"] == "int3 (unfused)"
+    assert data["machine"]["workspace_bytes"]["hqq3"] == int3.workspace_bytes

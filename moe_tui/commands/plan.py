@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import replace
 
 from moe_tui.commands import add_model_argument, chosen_model
 
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     facts = plan.model_facts(load_config(args.model), name=args.model)
-    machine, sources = _machine(args, facts)
+    formats = _engine_formats(facts, "cpu" if args.vram is None else "cuda")
+    # an expert's bytes in the engine's own format (int3 packs 3 bits where HQQ's layout takes 3.2)
+    facts = replace(facts, expert_bytes={**facts.expert_bytes, **{p: f.nbytes for p, f in formats.items()}})
+    machine, sources = _machine(args, facts, formats)
     copy_model, layer_misses, routing = _copy_model(args, facts)
     every = plan.candidates(facts, machine, copy_model, prefetch_depths=range(facts.num_experts + 1))
     if layer_misses is not None:
@@ -126,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _machine(args: argparse.Namespace, facts) -> tuple:
+def _machine(args: argparse.Namespace, facts, formats: dict) -> tuple:
     """The budget, the bandwidths and the per-token overhead (given, measured here, or unknown) with sources."""
     import psutil
 
@@ -143,7 +147,6 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
     overhead = args.overhead_ms / 1000 if args.overhead_ms is not None else None
     sources = {"transfer": "given", "compute": "given", "overhead": "given", "dequant": "not measured"}
     sources["experts"] = "not measured: experts are read at the compute bandwidth"
-    formats, workspace = _engine_formats(facts, device)
     dequant: dict[str, float] = {}
     experts: dict[str, float] = {}
     if device == "cuda" and not _cuda_available():
@@ -189,28 +192,26 @@ def _machine(args: argparse.Namespace, facts) -> tuple:
         overhead_s=overhead or 0.0,
         dequant_bandwidth=dequant,
         expert_bandwidth=experts,
-        formats=formats,
-        workspace_bytes=workspace,
+        formats={precision: fmt.label() for precision, fmt in formats.items()},
+        workspace_bytes={precision: fmt.workspace_bytes for precision, fmt in formats.items()},
     )
     return machine, sources
 
 
-def _engine_formats(facts, device: str) -> tuple[dict[str, str], dict[str, int]]:
-    """For each expert precision the planner plans, the label of the format the engine would compute it in on
-    ``device`` (``int4``, ``int2 (unfused)``, ``hqq3 (unfused)``) and the workspace that format takes there."""
+def _engine_formats(facts, device: str) -> dict:
+    """For each expert precision the planner plans, the format the engine would compute it in on ``device``
+    (``int4``, ``int2 (unfused)``, ``hqq3 (unfused)`` on CUDA): its label, bytes and workspace are the plan's."""
     from moe_tui.engine_config import dtype_named
     from moe_tui.offload.formats import make_format
     from moe_tui.plan import EXPERT_BITS
     from moe_tui.precision import precision_for_bits
 
-    formats = {
+    return {
         precision_for_bits(bits, facts.dtype): make_format(
             list(facts.expert_shapes), dtype_named(facts.dtype), bits, 64, device
         )
         for bits in EXPERT_BITS
     }
-    labels = {precision: fmt.label() for precision, fmt in formats.items()}
-    return labels, {precision: fmt.workspace_bytes for precision, fmt in formats.items()}
 
 
 def _cuda_available() -> bool:

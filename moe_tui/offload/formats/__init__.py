@@ -10,10 +10,13 @@ kernel reads, so computing with a cached expert reads only those bytes:
 * :class:`~.int8.Int8Format` (8 bits): per-output-channel int8 with PyTorch's ``_weight_int8pack_mm``;
 * :class:`~.int2.Int2Format` (2 bits on CPU): HQQ's 2-bit values in the int4 kernel's layout, two packed bytes
   per stored byte, expanded a cache-sized chunk at a time before the int4 kernel;
-* :class:`~.hqq.HqqFormat` (3 bits, 2 bits on CUDA, and 4 or 8 bits where no kernel fits): HQQ's bit-packed
+* :class:`~.int3.Int3Format` (3 bits on CPU): the same for 3-bit values, three stored bytes for four of the
+  kernel's (int2's pairs, and a byte of high bits for four);
+* :class:`~.hqq.HqqFormat` (2 and 3 bits on CUDA, and 4 or 8 bits where no kernel fits): HQQ's bit-packed
   layout, dequantized into a workspace on every use.
 
-The two that unpack on every use (int2 into a chunk, HQQ's into a whole expert) are **unfused**, and say so.
+The three that unpack on every use (int2 and int3 into a chunk, HQQ's into a whole expert) are **unfused**, and
+say so.
 
 :func:`make_format` picks the format once; the store, the slots, the engine, the planner and the benchmarks
 all take that object and never re-derive it.
@@ -28,6 +31,7 @@ from moe_tui.offload.formats.base import ExpertFormat, Views
 from moe_tui.offload.formats.dense import DenseFormat
 from moe_tui.offload.formats.hqq import HqqFormat
 from moe_tui.offload.formats.int2 import Int2Format
+from moe_tui.offload.formats.int3 import Int3Format
 from moe_tui.offload.formats.int4 import Int4Format
 from moe_tui.offload.formats.int8 import Int8Format
 
@@ -36,6 +40,7 @@ __all__ = [
     "ExpertFormat",
     "HqqFormat",
     "Int2Format",
+    "Int3Format",
     "Int4Format",
     "Int8Format",
     "Views",
@@ -55,7 +60,7 @@ def make_format(
     """The format for experts of ``shapes`` (gate, up, down) computed in ``dtype`` on ``device``.
 
     ``bits`` None keeps them unquantized. At 4 and 8 bits the fused kernel formats are used where the device,
-    dtype and shapes allow them, at 2 bits on CPU the int4 kernel's expansion; elsewhere (and with
+    dtype and shapes allow them, at 2 and 3 bits on CPU the int4 kernel's expansion; elsewhere (and with
     ``fused=False``) HQQ's unfused format. ``optimize`` is
     HQQ's zero-point optimisation when quantizing (off: min-max rounding, much faster).
     """
@@ -67,6 +72,8 @@ def make_format(
         fmt = Int4Format(shapes, dtype, group_size, device)
     elif fused and bits == 2 and Int2Format.supports(shapes, dtype, group_size, device):
         fmt = Int2Format(shapes, dtype, group_size)
+    elif fused and bits == 3 and Int3Format.supports(shapes, dtype, group_size, device):
+        fmt = Int3Format(shapes, dtype, group_size)
     elif fused and bits == 8 and Int8Format.supports(shapes, dtype, device):
         return Int8Format(shapes, dtype, device)  # its own round-to-nearest: nothing to optimise
     else:

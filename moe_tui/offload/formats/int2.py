@@ -52,26 +52,54 @@ def chunk_rows(n: int, k: int, block: int) -> int:
 
 
 class Int2Format(ExpertFormat):
-    """HQQ 2-bit experts stored two per int4 byte, expanded chunk by chunk for PyTorch's CPU int4 kernel."""
+    """HQQ 2-bit experts stored two per int4 byte, expanded chunk by chunk for PyTorch's CPU int4 kernel.
+
+    Subclasses store other widths below 4 bits the same way: ``BITS``, the stored bytes per kernel byte
+    (``STORED``, a fraction), and how a chunk's kernel bytes are squeezed and expanded again.
+    """
 
     fused = False  # the kernel reads an expansion, made on every use (of a cache-sized chunk, not the matrix)
+    BITS = 2
+    STORED = (1, 2)  # stored bytes per kernel byte: numerator, denominator
 
     def __init__(self, shapes: list[tuple[int, int]], dtype: torch.dtype, group_size: int):
-        super().__init__(shapes, dtype, 2, group_size)
+        super().__init__(shapes, dtype, self.BITS, group_size)
+        self.name = f"int{self.BITS}"
         if not self.supports(shapes, dtype, group_size, torch.device("cpu")):
-            raise ValueError(f"no int2 layout for {shapes} at group size {group_size} in {dtype}")
-        self.name = "int2"
-        self.precision = "hqq2"
+            raise ValueError(f"no {self.name} layout for {shapes} at group size {group_size} in {dtype}")
+        self.precision = f"hqq{self.BITS}"
         self.layout = "cpu"
         i, h = self.intermediate, self.hidden
         self._matrices = ((2 * i, h), (h, i))  # (N, K) of gate_up and down
         self._rows = tuple(chunk_rows(n, k, cpu_block_rows()) for n, k in self._matrices)
-        packed = [aligned(n * k // 4) for n, k in self._matrices]
+        packed = [aligned(self._stored(n * k // 2)) for n, k in self._matrices]
         meta = [aligned(k // group_size * n * 2 * dtype.itemsize) for n, k in self._matrices]
         self._offsets = [0, packed[0], packed[0] + packed[1], packed[0] + packed[1] + meta[0]]
         self.nbytes = sum(packed) + sum(meta)
-        self.workspace_bytes = max(rows * k // 2 for rows, (_, k) in zip(self._rows, self._matrices, strict=True))
+        chunk_bytes = (rows * k // 2 for rows, (_, k) in zip(self._rows, self._matrices, strict=True))
+        self.workspace_bytes = max(self._workspace(nbytes) for nbytes in chunk_bytes)
         self.pack_transient_bytes = QUANTIZE_BYTES_PER_ELEMENT * 2 * i * h  # gate-up is quantized as one matrix
+
+    def _stored(self, kernel_bytes: int) -> int:
+        """Stored bytes of ``kernel_bytes`` of the kernel's packed layout."""
+        numerator, denominator = self.STORED
+        return kernel_bytes * numerator // denominator
+
+    def _workspace(self, kernel_bytes: int) -> int:
+        """Bytes that expanding a chunk of ``kernel_bytes`` takes: the expansion itself."""
+        return kernel_bytes
+
+    @staticmethod
+    def _squeeze(chunks: Tensor) -> Tensor:
+        """Each row of ``chunks`` (one chunk's kernel bytes) as stored: byte ``j`` of the first half paired with
+        byte ``j`` of the second."""
+        half = chunks.shape[1] // 2
+        return chunks[:, :half] | (chunks[:, half:] << 2)
+
+    @staticmethod
+    def _expand(stored: Tensor, workspace: Tensor) -> None:
+        """One chunk's stored bytes into the kernel's packed bytes at the start of ``workspace``."""
+        expand_pairs(stored, workspace)
 
     @staticmethod
     def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, group_size: int, device: torch.device) -> bool:
@@ -86,18 +114,15 @@ class Int2Format(ExpertFormat):
         return {**super().describe(), "block_rows": cpu_block_rows()}
 
     def pack(self, gate: Tensor, up: Tensor, down: Tensor, out: Tensor) -> None:
-        """Quantize gate-up and down to 2 bits with HQQ, lay them out for the int4 kernel and pair the bytes."""
+        """Quantize gate-up and down with HQQ, lay them out for the int4 kernel and squeeze the bytes."""
         self.check_weights(gate, up, down)
         for index, weight in enumerate((torch.cat([gate, up]), down)):
             n, k = weight.shape
-            values, scale, zero = quant.quantize_matrix(weight, 2, self.group_size, self.optimize)
+            values, scale, zero = quant.quantize_matrix(weight, self.BITS, self.group_size, self.optimize)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(values.view(n, k).cpu().to(torch.int32), 2)
             packed = packed.view(torch.uint8).reshape(n, k // 2)
             rows = self._rows[index]
-            chunks = packed.reshape(n // rows, rows * k // 2)
-            half = rows * k // 4
-            paired = chunks[:, :half] | (chunks[:, half:] << 2)
-            raw = paired.reshape(-1)
+            raw = self._squeeze(packed.reshape(n // rows, rows * k // 2)).reshape(-1)
             out[self._offsets[index] : self._offsets[index] + raw.numel()].copy_(raw)
             scales, offsets = kernel_meta(scale.view(n, -1), zero.view(n, -1), self.dtype)
             meta = torch.stack([scales, offsets], dim=-1).transpose(0, 1)  # (K / g, N, 2)
@@ -106,11 +131,11 @@ class Int2Format(ExpertFormat):
             out[self._offsets[2 + index] : self._offsets[2 + index] + raw_meta.numel()].copy_(raw_meta)
 
     def views(self, buffer: Tensor) -> Views:
-        """Paired gate-up and down chunks, then their per-chunk scale/offset tensors."""
+        """Stored gate-up and down chunks, then their per-chunk scale/offset tensors."""
         views = []
         for index, (n, k) in enumerate(self._matrices):
-            rows = self._rows[index]
-            views.append(region(buffer, self._offsets[index], n * k // 4, torch.uint8, (n // rows, rows * k // 4)))
+            rows, stored = self._rows[index], self._stored(n * k // 2)
+            views.append(region(buffer, self._offsets[index], stored, torch.uint8, (n // rows, stored * rows // n)))
         for index, (n, k) in enumerate(self._matrices):
             rows, groups = self._rows[index], k // self.group_size
             size = groups * n * 2 * self.dtype.itemsize
@@ -120,13 +145,13 @@ class Int2Format(ExpertFormat):
 
     def _mm(self, x: Tensor, chunks: Tensor, meta: Tensor) -> Tensor:
         """``x`` times one matrix (N, K): each chunk expanded into the workspace, then the int4 kernel."""
-        count, half = chunks.shape
-        rows = meta.shape[2]
-        workspace = torch.empty(2 * half, dtype=torch.uint8)
-        kernel_view = workspace.view(rows, -1)
+        count, rows = chunks.shape[0], meta.shape[2]
+        kernel_bytes = rows * x.shape[1] // 2
+        workspace = torch.empty(self._workspace(kernel_bytes), dtype=torch.uint8)
+        kernel_view = workspace[:kernel_bytes].view(rows, -1)
         out = torch.empty(x.shape[0], count * rows, dtype=x.dtype)
         for chunk in range(count):
-            _expand(chunks[chunk], workspace)
+            self._expand(chunks[chunk], workspace)
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(x, kernel_view, self.group_size, meta[chunk])
             out[:, chunk * rows : (chunk + 1) * rows] = part
         return out
@@ -134,10 +159,11 @@ class Int2Format(ExpertFormat):
     def unpack(self, views: Views) -> None:
         """Expand every chunk, as computing does before each kernel call (and nothing else): what ``plan`` times
         as this format's unpacking rate."""
+        numerator, denominator = self.STORED
         for chunks in views[:2]:
-            workspace = torch.empty(2 * chunks.shape[1], dtype=torch.uint8)
+            workspace = torch.empty(self._workspace(chunks.shape[1] * denominator // numerator), dtype=torch.uint8)
             for chunk in chunks:
-                _expand(chunk, workspace)
+                self._expand(chunk, workspace)
 
     def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Gate-up and down through the expanded chunks, and the gated activation between them."""
@@ -150,11 +176,11 @@ class Int2Format(ExpertFormat):
         return weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
 
 
-def _expand(paired: Tensor, workspace: Tensor) -> None:
-    """One chunk's stored bytes into the kernel's packed bytes: the low pair of bits of every nibble to the first
-    half of ``workspace``, the high pair to the second."""
+def expand_pairs(paired: Tensor, workspace: Tensor) -> None:
+    """Paired bytes back into ``2 * paired.numel()`` kernel bytes at the start of ``workspace``: the low pair of
+    bits of every nibble makes the first half, the high pair the second."""
     half = paired.numel()
     torch.bitwise_and(paired, PAIR_MASK, out=workspace[:half])
-    high = workspace[half:]
+    high = workspace[half : 2 * half]
     torch.bitwise_right_shift(paired, 2, out=high)
     high.bitwise_and_(PAIR_MASK)
