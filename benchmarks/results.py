@@ -696,21 +696,22 @@ def real_headlines(data: dict) -> list[str]:
             f"**{1 / int4['vs_bf16']:.1f}x faster than bf16** and {unfused['median_s_1'] / int4['median_s_1']:.0f}x "
             f"faster than the unfused HQQ 4-bit path; {int4['vs_bound']:.2f}x its memory-bandwidth bound."
         )
-        int2, hqq2 = rows.get(("Mixtral-8x7B", "int2 (unfused)")), rows[("Mixtral-8x7B", "hqq2 (unfused)")]
-        if int2 is not None:
-            lines.append(
-                f"- At 2 bits: int2 (expanded for the int4 kernel a block at a time) "
-                f"{1000 * int2['median_s_1']:.1f} ms, {int2['vs_bf16']:.2f}x bf16's time for "
-                f"{int2['nbytes'] / rows[('Mixtral-8x7B', 'bf16')]['nbytes']:.2f}x its bytes, "
-                f"**{hqq2['median_s_1'] / int2['median_s_1']:.1f}x faster than HQQ's own 2-bit path**."
+        bf16 = rows[("Mixtral-8x7B", "bf16")]
+        below = []
+        for bits in (2, 3):
+            ours, hqq = (
+                rows.get(("Mixtral-8x7B", f"int{bits} (unfused)")),
+                rows[("Mixtral-8x7B", f"hqq{bits} (unfused)")],
             )
-        int3, hqq3 = rows.get(("Mixtral-8x7B", "int3 (unfused)")), rows[("Mixtral-8x7B", "hqq3 (unfused)")]
-        if int3 is not None:
-            lines.append(
-                f"- At 3 bits: int3 (the same expansion, one more byte of high bits for four) "
-                f"{1000 * int3['median_s_1']:.1f} ms, **{hqq3['median_s_1'] / int3['median_s_1']:.1f}x faster than "
-                f"HQQ's own 3-bit path**, in {int3['nbytes'] / hqq3['nbytes']:.2f}x its bytes."
-            )
+            if ours is not None:
+                faster = hqq["median_s_1"] / ours["median_s_1"]
+                below.append(
+                    f"int{bits} {1000 * ours['median_s_1']:.1f} ms ({ours['vs_bf16']:.2f}x bf16's time for "
+                    f"{ours['nbytes'] / bf16['nbytes']:.2f}x its bytes), **{faster:.1f}x faster than HQQ's own "
+                    f"{bits}-bit path**"
+                )
+        if below:
+            lines.append(f"- Below 4 bits, expanded for the int4 kernel a block at a time: {'; '.join(below)}.")
     return lines
 
 
