@@ -37,7 +37,7 @@ class Machine:
     # format the engine uses (its unpacking included); a precision left out is read at compute_bandwidth
     expert_bandwidth: dict[str, float] = field(default_factory=dict)
     # the engine's expert format per expert precision on this machine, as bench and the panels name it
-    # (int4, int2 (unfused), hqq3 (unfused), bf16)
+    # (int4, int2 (unfused), int3 (unfused), bf16 on a CPU; hqq3 (unfused) on CUDA)
     formats: dict[str, str] = field(default_factory=dict)
     # the workspace the engine's expert format takes per expert precision on this machine (0 for a fused
     # kernel, a chunk for int2); a precision left out takes HQQ's, a whole dequantized expert
