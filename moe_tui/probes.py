@@ -166,8 +166,8 @@ def expert_bandwidth(
     picks for ``shapes`` at ``bits`` (None: unquantized) on ``device``, its unpacking included.
 
     Kernels differ: on a CPU with AVX2, PyTorch's int4 kernel reads its bytes at a fraction of the rate of a
-    bf16 product, and int2 and HQQ's layouts unpack before computing, so the bytes an expert holds do not give
-    its time. The format's own ``forward`` is timed on a zeroed buffer (the kernels' speed does not depend on
+    bf16 product, and int2, int3 and HQQ's layouts unpack before computing, so the bytes an expert holds do not
+    give its time. The format's own ``forward`` is timed on a zeroed buffer (the kernels' speed does not depend on
     the values); an expert whose buffer is larger than :data:`EXPERT_PROBE_BYTES` is scaled down to about that
     size, keeping its aspect and its format (a batch-1 product's rate per byte holds once the packed bytes
     outgrow the caches, which a smaller buffer read again and again would not).

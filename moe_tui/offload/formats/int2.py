@@ -156,15 +156,6 @@ class Int2Format(ExpertFormat):
             out[:, chunk * rows : (chunk + 1) * rows] = part
         return out
 
-    def unpack(self, views: Views) -> None:
-        """Expand every chunk, as computing does before each kernel call (and nothing else): what ``plan`` times
-        as this format's unpacking rate."""
-        numerator, denominator = self.STORED
-        for chunks in views[:2]:
-            workspace = torch.empty(self._workspace(chunks.shape[1] * denominator // numerator), dtype=torch.uint8)
-            for chunk in chunks:
-                self._expand(chunk, workspace)
-
     def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Gate-up and down through the expanded chunks, and the gated activation between them."""
         gate_up, down, gate_up_meta, down_meta = views
