@@ -31,6 +31,13 @@ def test_chat_flags_reach_the_engine_settings(tmp_path: Path) -> None:
     assert config.quant_cache_dir == str(tmp_path / "q")
 
 
+@pytest.mark.parametrize("command", ["chat", "bench"])
+def test_dtype_takes_the_short_names_the_app_shows(command: str) -> None:
+    """Every panel, plan and bench table says bf16; --dtype bf16 was refused with a list of long names."""
+    for short, long in (("bf16", "bfloat16"), ("fp16", "float16"), ("fp32", "float32"), ("bfloat16", "bfloat16")):
+        assert cli.build_parser().parse_args([command, "--dtype", short]).dtype == long
+
+
 def test_the_settings_files_engine_table_gives_defaults_that_flags_override() -> None:
     saved = {"expert_bits": 4, "cache_size": 3, "device": "cpu"}
     engine = options_from_args(parse(), saved).engine
@@ -57,6 +64,7 @@ def test_quantized_stores_are_kept_in_the_user_cache_unless_told_otherwise() -> 
         (["--group-size", "0"], "must be at least 1"),
         (["--context", "0"], "must be at least 1"),
         (["--quant-optimize", "maybe"], "invalid choice: 'maybe'"),
+        (["--dtype", "bf17"], "unknown dtype 'bf17'; choose from bfloat16 (bf16), float16 (fp16), float32 (fp32)"),
     ],
 )
 def test_bad_engine_flags_are_one_line(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -26,3 +26,20 @@ def chosen_model(args: argparse.Namespace) -> str:
     if len(set(given)) > 1:
         raise UserError(f"two models given, {given[0]} and {given[1]}: give one")
     return given[0]
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help_text: str) -> None:
+    """``--dtype``, by its long name (``bfloat16``) or the short one moe-tui shows everywhere (``bf16``); the
+    long name reaches ``args.dtype``."""
+    from moe_tui.engine_config import COMPUTE_DTYPES, DTYPE_NAMES
+
+    def long_name(text: str) -> str:
+        if text not in DTYPE_NAMES:
+            aliases = {
+                long: [name for name, of in DTYPE_NAMES.items() if of == long != name] for long in COMPUTE_DTYPES
+            }
+            names = ", ".join(f"{long} ({', '.join(short)})" for long, short in aliases.items())
+            raise argparse.ArgumentTypeError(f"unknown dtype {text!r}; choose from {names}")
+        return DTYPE_NAMES[text]
+
+    parser.add_argument("--dtype", type=long_name, choices=COMPUTE_DTYPES, help=help_text)

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from moe_tui.commands import add_dtype_argument
+
 if TYPE_CHECKING:
     from moe_tui.bench import BenchModel, Spec
 
@@ -39,9 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--kv-heads", type=int, default=2, help="synthetic: key/value heads (default 2)")
     source.add_argument("--vocab", type=int, default=4096, help="synthetic: vocabulary size (default 4096)")
     source.add_argument("--seed", type=int, default=0, help="synthetic: weight seed (default 0)")
-    source.add_argument(
-        "--dtype", choices=("float32", "bfloat16", "float16"), default=None, help="weights (default: the model's)"
-    )
+    add_dtype_argument(source, "weights; bf16, fp16 and fp32 are taken too (default: the model's)")
     source.add_argument(
         "--routing", default=None, metavar="TRACE", help="force routing from a recorded trace ('-': stdin)"
     )

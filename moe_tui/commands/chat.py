@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_tui import engine_config
+from moe_tui.commands import add_dtype_argument
 from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.telemetry.trace import check_new_trace_path
@@ -116,9 +117,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
         choices=engine_config.STORES,
         help="where all experts live: host RAM (pinned with CUDA), or a memory-mapped file for stores larger than RAM",
     )
-    parser.add_argument(
-        "--dtype", choices=engine_config.COMPUTE_DTYPES, help="compute dtype (default: the checkpoint's own)"
-    )
+    add_dtype_argument(parser, "compute dtype; bf16, fp16 and fp32 are taken too (default: the checkpoint's own)")
     parser.add_argument("--group-size", type=_positive_int, metavar="G", help="HQQ group size (default 64)")
     parser.add_argument(
         "--quant-optimize",
