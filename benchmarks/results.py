@@ -169,6 +169,25 @@ def by_label(data: dict) -> dict[str, dict]:
     return {r["label"]: r for r in data["results"]}
 
 
+def bench_settings(label: str) -> dict[str, str]:
+    """A bench configuration's settings from its label: ``k=2,bits=4`` gives k and bits; ``resident`` none."""
+    return dict(part.split("=", 1) for part in label.split(",") if "=" in part)
+
+
+def planned(plan: dict, k: int, prefetch: int, expert_precision: str) -> dict | None:
+    """The plan's configuration with these settings, one k for every layer and unquantized other weights (None
+    when the plan does not list it)."""
+    dtype = plan["model"]["dtype"]
+    return next(
+        (
+            c for c in plan["configurations"]
+            if (c["cache_size"], c["prefetch"], c["expert_precision"], c["attn_precision"])
+            == (k, prefetch, expert_precision, dtype) and not c["layer_sizes"]
+        ),
+        None,
+    )  # fmt: skip
+
+
 def plan_check(plan: dict, demo: dict) -> str:
     """The planner's estimate next to the measured decode speed for the engine configurations of step 1."""
     num_experts = plan["model"]["num_experts"]
@@ -178,17 +197,11 @@ def plan_check(plan: dict, demo: dict) -> str:
     for label, result in measured.items():
         if result["kind"] != "engine":
             continue
-        parts = dict(part.split("=") for part in label.split(","))
+        parts = bench_settings(label)
         k, prefetch = int(parts["k"]), int(parts.get("prefetch", 0))
-        match = [
-            c
-            for c in plan["configurations"]
-            if c["cache_size"] == k and c["prefetch"] == prefetch and c["expert_precision"] == dtype
-            and c["attn_precision"] == dtype
-        ]  # fmt: skip
-        if not match:
+        estimate = planned(plan, k, prefetch, dtype)
+        if estimate is None:
             continue
-        estimate = match[0]
         engine = result["engine"]
         rows.append(
             [
@@ -765,18 +778,13 @@ def real_plan_section(plan: dict, measured: dict, command: str, meta: dict) -> l
     dtype = plan["model"]["dtype"]
     rows = []
     for r in measured["results"]:
-        parts = dict(part.split("=", 1) for part in r["label"].split(",") if "=" in part)
+        parts = bench_settings(r["label"])
         if r["label"] == "resident":
-            wanted = (num_experts, dtype)
+            estimate = planned(plan, num_experts, 0, dtype)
         elif set(parts) == {"k", "bits", "optimize"}:
-            wanted = (int(parts["k"]), f"hqq{parts['bits']}")
+            estimate = planned(plan, int(parts["k"]), 0, f"hqq{parts['bits']}")
         else:
             continue
-        estimate = next(
-            c for c in plan["configurations"]
-            if (c["cache_size"], c["expert_precision"]) == wanted and c["attn_precision"] == dtype
-            and c["prefetch"] == 0 and not c["layer_sizes"]
-        )  # fmt: skip
         engine = r["engine"] or {}
         rows.append(
             [
