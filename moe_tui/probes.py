@@ -23,6 +23,10 @@ import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from moe_tui.offload.formats import ExpertFormat
 
 PROBE_BYTES = 64 * 1024 * 1024
 REPEATS = 7
@@ -159,11 +163,9 @@ def dequant_bandwidth(
     return fmt.nbytes / _best_seconds(lambda: fmt.dequantize(buffer), device == "cuda")
 
 
-def expert_bandwidth(
-    shapes: list[tuple[int, ...]], bits: int | None, dtype: str = "bf16", device: str = "cpu", group_size: int = 64
-) -> float:
-    """Bytes/s of packed expert that computing one token through one expert reads, in the format the engine
-    picks for ``shapes`` at ``bits`` (None: unquantized) on ``device``, its unpacking included.
+def expert_bandwidth(fmt: ExpertFormat, device: str = "cpu") -> float:
+    """Bytes/s of packed expert that computing one token through one expert reads in ``fmt`` (the format the
+    engine picks, :func:`moe_tui.offload.formats.make_format`) on ``device``, its unpacking included.
 
     Kernels differ: on a CPU with AVX2, PyTorch's int4 kernel reads its bytes at a fraction of the rate of a
     bf16 product, and int2, int3 and HQQ's layouts unpack before computing, so the bytes an expert holds do not
@@ -174,26 +176,24 @@ def expert_bandwidth(
     """
     import torch
 
-    from moe_tui.engine_config import dtype_named
     from moe_tui.offload.formats import HqqFormat, make_format
 
-    torch_dtype = dtype_named(dtype)
-    shapes = [(int(s[0]), int(s[1])) for s in shapes]
-    engine_format = make_format(shapes, torch_dtype, bits, group_size, device)
-    scale = math.sqrt(max(1.0, engine_format.nbytes / EXPERT_PROBE_BYTES))
+    scale = math.sqrt(max(1.0, fmt.nbytes / EXPERT_PROBE_BYTES))
     if scale > 1:
-        width, hidden = (max(SCALED_MULTIPLE, round(d / scale / SCALED_MULTIPLE) * SCALED_MULTIPLE) for d in shapes[0])
+        width, hidden = (
+            max(SCALED_MULTIPLE, round(d / scale / SCALED_MULTIPLE) * SCALED_MULTIPLE) for d in fmt.shapes[0]
+        )
         scaled = [(width, hidden), (width, hidden), (hidden, width)]
-        probe = make_format(scaled, torch_dtype, bits, group_size, device)
-        if type(probe) is not type(engine_format):  # the real shapes missed a kernel that the rounded ones fit
-            probe = HqqFormat(scaled, torch_dtype, bits, group_size)
-        engine_format = probe
-    views = engine_format.views(torch.zeros(engine_format.nbytes, dtype=torch.uint8, device=device))
-    x = torch.randn(1, engine_format.hidden, dtype=torch_dtype, device=device)
+        probe = make_format(scaled, fmt.dtype, fmt.bits, fmt.group_size, device)
+        if type(probe) is not type(fmt):  # the real shapes missed a kernel that the rounded ones fit
+            probe = HqqFormat(scaled, fmt.dtype, fmt.bits, fmt.group_size)
+        fmt = probe
+    views = fmt.views(torch.zeros(fmt.nbytes, dtype=torch.uint8, device=device))
+    x = torch.randn(1, fmt.hidden, dtype=fmt.dtype, device=device)
 
     def glu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.silu(gate) * up
 
     with torch.inference_mode():
-        seconds = _best_seconds(lambda: engine_format.forward(views, x, glu), device == "cuda")
-    return engine_format.nbytes / seconds
+        seconds = _best_seconds(lambda: fmt.forward(views, x, glu), device == "cuda")
+    return fmt.nbytes / seconds

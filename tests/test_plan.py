@@ -182,23 +182,26 @@ def test_probes_measure_something() -> None:
 
 
 def test_the_expert_probe_times_the_format_the_engine_uses(monkeypatch) -> None:
-    """Plan's expert rate is the engine's own format computing one token: at 2 bits in bf16 on a CPU int2's
-    expansion and the int4 kernel, in fp32 HQQ's layout; a large expert is timed scaled down, in its format."""
-    from moe_tui.offload.formats import ExpertFormat, HqqFormat, Int2Format
+    """The expert probe times the format it is given, the engine's choice (at 2 bits in bf16 on a CPU int2's
+    expansion and the int4 kernel, in fp32 HQQ's layout); a large expert is timed scaled down, in its format."""
+    import torch
+
+    from moe_tui.offload.formats import ExpertFormat, HqqFormat, Int2Format, make_format
 
     timed: list[ExpertFormat] = []
     for cls in (Int2Format, HqqFormat):
         forward = cls.forward
         monkeypatch.setattr(cls, "forward", lambda fmt, v, x, glu, f=forward: (timed.append(fmt), f(fmt, v, x, glu))[1])
     shapes = [(256, 128), (256, 128), (128, 256)]
-    assert probes.expert_bandwidth(shapes, bits=2, dtype="bf16") > 0
+    two_bits = make_format(shapes, torch.bfloat16, 2, 64, "cpu")
+    assert probes.expert_bandwidth(two_bits) > 0
     assert {type(fmt) for fmt in timed} == {Int2Format} and timed[0].shapes == shapes
     timed.clear()
-    assert probes.expert_bandwidth(shapes, bits=2, dtype="fp32") > 0
+    assert probes.expert_bandwidth(make_format(shapes, torch.float32, 2, 64, "cpu")) > 0
     assert {type(fmt) for fmt in timed} == {HqqFormat}, "no int2 in fp32: HQQ's"
     timed.clear()
     monkeypatch.setattr(probes, "EXPERT_PROBE_BYTES", 8 * 1024)  # about a quarter of this 2-bit expert's buffer
-    assert probes.expert_bandwidth(shapes, bits=2, dtype="bf16") > 0
+    assert probes.expert_bandwidth(two_bits) > 0
     assert {type(fmt) for fmt in timed} == {Int2Format} and timed[0].shapes == [(128, 128), (128, 128), (128, 128)]
 
 

@@ -136,7 +136,7 @@ def _machine(args: argparse.Namespace, facts, formats: dict) -> tuple:
 
     from moe_tui import probes
     from moe_tui.fit import context_tokens
-    from moe_tui.plan import ATTN_BITS, EXPERT_BITS, Machine
+    from moe_tui.plan import ATTN_BITS, Machine
     from moe_tui.precision import precision_for_bits
 
     host = parse_size(args.ram, "--ram") if args.ram else psutil.virtual_memory().total
@@ -176,12 +176,7 @@ def _machine(args: argparse.Namespace, facts, formats: dict) -> tuple:
             if bits is not None
         }
         sources["dequant"] = f"measured here (HQQ's layout, as HQQLinear unpacks non-expert weights, on {device})"
-        experts = {
-            precision_for_bits(bits, facts.dtype): probes.expert_bandwidth(
-                facts.expert_shapes, bits, facts.dtype, device
-            )
-            for bits in EXPERT_BITS
-        }
+        experts = {precision: probes.expert_bandwidth(fmt, device) for precision, fmt in formats.items()}
         sources["experts"] = f"measured here (one token through one expert in the engine's format on {device})"
     machine = Machine(
         host_bytes=host,
