@@ -74,12 +74,16 @@ class CpuMover:
     cuda = False
 
     def __init__(self, background: bool | None = None) -> None:
-        self.background = copies_can_overlap() if background is None else background
         self._jobs: queue.SimpleQueue[_CopyJob | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
-        if self.background:
+        if copies_can_overlap() if background is None else background:
             self._thread = threading.Thread(target=self._run, name="moe-tui-expert-copies", daemon=True)
             self._thread.start()
+
+    @property
+    def background(self) -> bool:
+        """Whether copies run on the copy thread (else on the computing thread)."""
+        return self._thread is not None
 
     def load(self, cache: LayerCache, slot: int, source: Tensor, timer: Timer | None) -> None:
         """Queue the copy of ``source`` into ``slot`` (or make it now, without a copy thread)."""
