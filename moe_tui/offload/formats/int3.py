@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from moe_tui.offload.formats.int2 import Int2Format, expand_pairs
+from moe_tui.offload.formats.int2 import PAIR_MASK, Int2Format, expand_pairs
 
 HIGH_MASK = 0x44  # bit 2 of each nibble: what a 3-bit value has beyond int2's pair
 # the shift that moves each quarter's high bits into the stored byte (negative: to the right), and back
@@ -40,7 +40,7 @@ class Int3Format(Int2Format):
     def _squeeze(chunks: Tensor) -> Tensor:
         """Each row of ``chunks`` (one chunk's kernel bytes) as stored: the pairs, then the high bits."""
         quarter = chunks.shape[1] // 4
-        pairs = Int2Format._squeeze(chunks & 0x33)
+        pairs = Int2Format._squeeze(chunks & PAIR_MASK)
         high = torch.zeros(chunks.shape[0], quarter, dtype=torch.uint8)
         for index, shift in enumerate(QUARTER_SHIFTS):
             part = chunks[:, index * quarter : (index + 1) * quarter] & HIGH_MASK
