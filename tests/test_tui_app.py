@@ -17,11 +17,12 @@ import pytest
 from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label
-from tui_fakes import KV_BYTES_PER_WORD, FakeProbe, FakeResult, FakeSession, header
+from tui_fakes import KV_BYTES_PER_WORD, FakeProbe, FakeSession, header
 from tui_helpers import cache_slot_counts, main_screen, make_app, messages, palette, run, send, type_text, wait_for
 
 from moe_tui import config, paths
 from moe_tui.chat.history import HistoryStore
+from moe_tui.chat.session import GenerationResult
 from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
@@ -280,11 +281,11 @@ def test_changing_k_from_the_palette_shows_k_slots_per_layer() -> None:
 
 def test_the_answers_note_separates_the_first_token_from_the_decoding_rate() -> None:
     """The rate is the one after the first token (a long prompt's processing would hide it), as bench reports."""
-    note = answer_note(FakeResult("a b c", tokens=25, seconds=2.5, stopped=False, first_token_s=0.5))
+    note = answer_note(GenerationResult("a b c", tokens=25, seconds=2.5, stopped=False, first_token_s=0.5))
     assert note == "25 tokens in 2.5 s · first 0.50 s · 12.0 tok/s"
-    one = answer_note(FakeResult("a", tokens=1, seconds=0.4, stopped=True, prompt_tokens=9, first_token_s=0.4))
+    one = answer_note(GenerationResult("a", tokens=1, seconds=0.4, stopped=True, prompt_tokens=9, first_token_s=0.4))
     assert one == "1 token in 0.4 s · first 0.40 s · stopped"
-    none = answer_note(FakeResult("", tokens=0, seconds=0.1, stopped=True, reused_tokens=4, prompt_tokens=9))
+    none = answer_note(GenerationResult("", tokens=0, seconds=0.1, stopped=True, reused_tokens=4, prompt_tokens=9))
     assert none == "0 tokens in 0.1 s · 4 of 9 prompt tokens from the kept cache · stopped"
 
 

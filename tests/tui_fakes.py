@@ -8,10 +8,11 @@ import json
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from moe_tui.chat.session import GenerationResult
 from moe_tui.errors import UserError
 from moe_tui.policies import make_policy
 from moe_tui.system import GpuSample, HostSample, SystemSample
@@ -266,32 +267,6 @@ class FakeEngine:
         """Nothing to release."""
 
 
-@dataclass(frozen=True)
-class FakeResult:
-    """Mirrors the chat package's GenerationResult."""
-
-    text: str
-    tokens: int
-    seconds: float
-    stopped: bool
-    prompt_tokens: int = 0
-    dropped_turns: int = 0
-    reused_tokens: int = 0
-    first_token_s: float | None = None
-
-    @property
-    def tokens_per_s(self) -> float:
-        """Tokens per second."""
-        return self.tokens / self.seconds if self.seconds else 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float | None:
-        """Tokens per second after the first."""
-        if self.tokens < 2 or self.first_token_s is None or self.seconds <= self.first_token_s:
-            return None
-        return (self.tokens - 1) / (self.seconds - self.first_token_s)
-
-
 KV_BYTES_PER_WORD = 4096
 
 
@@ -315,7 +290,7 @@ class FakeSession:
         self.fits: int | None = None  # the most messages a prompt holds; older ones are left out, as a full context
         self.fail_when: threading.Event | None = None  # with ``fail``: fail once this is set, as a slow prefill would
 
-    def generate(self, messages, settings, on_text, stop_event=None) -> FakeResult:
+    def generate(self, messages, settings, on_text, stop_event=None) -> GenerationResult:
         """Stream ``words`` words (or fewer when stopped)."""
         self.prompts.append([dict(message) for message in messages])
         left_out = max(len(messages) - self.fits, 0) if self.fits else 0
@@ -336,7 +311,7 @@ class FakeSession:
                     first = time.perf_counter() - start
                 on_text(pieces[-1])
             seconds = time.perf_counter() - start + 1e-9
-            return FakeResult("".join(pieces), len(pieces), seconds, False, 8, left_out, first_token_s=first)
+            return GenerationResult("".join(pieces), len(pieces), seconds, False, 8, left_out, first_token_s=first)
         for index in range(self.words):
             if stop_event is not None and stop_event.is_set():
                 break
@@ -353,7 +328,7 @@ class FakeSession:
         self.kv_tokens = len(pieces)
         self.kv_bytes = KV_BYTES_PER_WORD * self.kv_tokens
         seconds = time.perf_counter() - start + 1e-9
-        return FakeResult("".join(pieces), len(pieces), seconds, stopped, 8, left_out, first_token_s=first)
+        return GenerationResult("".join(pieces), len(pieces), seconds, stopped, 8, left_out, first_token_s=first)
 
     def close(self) -> None:
         """Remember that the app released the session."""
