@@ -8,15 +8,23 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Tree
+from textual.widgets.tree import TreeNode
 from tui_fakes import FakeProbe
 from tui_helpers import cache_slot_counts, palette, send, wait_for
 
 from moe_tui import config, paths
 from moe_tui.engine_config import OffloadConfig
+from moe_tui.precision import format_bytes
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
 from moe_tui.tui.widgets.chat import ChatView, MessageView
 from moe_tui.tui.widgets.memory import MemoryView
+
+
+def walk_tree(node: TreeNode) -> list[TreeNode]:
+    """``node`` and everything under it in a Textual tree."""
+    return [node, *(below for child in node.children for below in walk_tree(child))]
+
 
 pytestmark = pytest.mark.skipif(
     not (paths.DEMO_MODEL_DIR / "model.safetensors").exists(), reason="the bundled demo model is not there"
@@ -54,6 +62,10 @@ def test_demo_model_chat_k_change_lab_and_panels(tmp_path: Path) -> None:
         tree = screen.panels["params"].query_one(Tree)
         await wait_for(pilot, lambda: tree.display)
         assert "Mixtral" in str(tree.root.label)
+        experts = next(node for node in walk_tree(tree.root) if node.data.kind == "experts")
+        header = backend.snapshot().header
+        held = header.expert_bytes * header.num_layers * header.num_experts
+        assert str(experts.label).endswith(format_bytes(held)), "the experts as the engine holds them"
 
         await palette(pilot, "k 3")
         await send(pilot, "And a tuple?")

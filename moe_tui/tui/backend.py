@@ -17,11 +17,13 @@ from moe_tui.engine_config import OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.import_lock import TRANSFORMERS_IMPORTS
 from moe_tui.telemetry import Snapshot, TokenEvent, TraceError, TraceEvent, TraceHeader, parse_trace_lines
+from moe_tui.tui.params_view import HeldPrecisions
 
 if TYPE_CHECKING:
     from moe_tui.replay import Replay
 
 Progress = Callable[[str, int, int], None]
+_TORCH_PRECISIONS = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
 
 
 def _engine_default() -> OffloadConfig:
@@ -143,6 +145,10 @@ class Backend:
         """The model's transformers config, for the parameter tree (None when unknown)."""
         return None
 
+    def held_precisions(self) -> HeldPrecisions | None:
+        """How the engine holds the model's weights, for the parameter tree's bytes (None when unknown)."""
+        return None
+
     def model_defaults(self) -> dict[str, Any]:
         """Sampling values the model recommends (its generation_config.json); none without a model."""
         return {}
@@ -239,6 +245,20 @@ class LiveBackend(Backend):
     def model_config(self) -> Any:
         """The transformers config of the running model."""
         return getattr(getattr(self.engine, "model", None), "config", None)
+
+    def held_precisions(self) -> HeldPrecisions:
+        """The engine's dtype, bit widths and group size, and its expert format's name and bytes."""
+        settings = self.engine.config
+        header = self.snapshot().header
+        dtype = _TORCH_PRECISIONS.get(str(getattr(self.engine.model, "dtype", "")), "bf16")
+        return HeldPrecisions.from_settings(
+            dtype,
+            settings.expert_bits,
+            settings.attn_bits,
+            settings.group_size,
+            expert_format=header.expert_format,
+            expert_bytes=header.expert_bytes,
+        )
 
     def model_defaults(self) -> dict[str, Any]:
         """The session's model's recommended sampling values."""

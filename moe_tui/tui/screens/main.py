@@ -52,6 +52,7 @@ from moe_tui.tui.workers import ReportsWorkerErrors
 
 if TYPE_CHECKING:
     from moe_tui.tui.app import MoeTuiApp
+    from moe_tui.tui.params_view import HeldPrecisions
 
 REFRESH_HZ = 10.0
 MIN_REFRESH_HZ = 2.0
@@ -227,19 +228,20 @@ class MainScreen(ReportsWorkerErrors, Screen):
         panel = self.panels["params"]
         assert isinstance(panel, ParamsPanel)
         config = self.backend.model_config()
-        if config is None:
+        held = self.backend.held_precisions()
+        if config is None or held is None:
             note = "replayed trace: no model to break down" if self.backend.mode == "replay" else "no model loaded"
             panel.show_note(note)
             return
         panel.show_note("building the parameter tree…")
-        self._build_params(config)
+        self._build_params(config, held)
 
     @work(thread=True, exclusive=True, group="params", exit_on_error=False)
-    def _build_params(self, config: Any) -> None:
+    def _build_params(self, config: Any, held: HeldPrecisions) -> None:
         from moe_tui.tui.params_view import params_tree
 
         try:
-            root, size_of, note = params_tree(config, self.backend)
+            root, size_of, note = params_tree(config, held)
         except Exception as error:  # a model family the breakdown does not know must not break the dashboard
             self.app.call_from_thread(self.panels["params"].show_note, f"no parameter breakdown: {error}")
             return
