@@ -302,7 +302,7 @@ def test_60x20_terminal_stays_usable_and_smaller_says_so() -> None:
 
     async def check(pilot: Pilot) -> None:
         screen = app.main
-        assert screen.has_class("-narrow")
+        assert screen.has_class("-narrow") and screen.has_class("-one-pane")
         assert "f6 chat/panels" in str(screen.query_one("#status").render())
         await send(pilot, "small")
         await wait_for(pilot, lambda: len(screen.query(MessageView)) == 2 and not screen.generating)
@@ -319,6 +319,32 @@ def test_60x20_terminal_stays_usable_and_smaller_says_so() -> None:
         assert too_small.region.width == 0 and screen.query_one("#body").region.height > 0
 
     run(app, check, size=(60, 20))
+
+
+def test_the_conversation_list_on_a_medium_terminal_makes_chat_and_panels_take_turns() -> None:
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(FakeSession()), probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        screen = app.main
+        chat, dashboard = screen.query_one(ChatView), screen.query_one("#dashboard")
+        assert not screen.has_class("-one-pane") and dashboard.region.width > 0
+        await pilot.press("f2")
+        await pilot.pause(0.1)
+        assert screen.has_class("-one-pane")  # 30 columns of list would leave chat and panels ~25 each
+        assert dashboard.region.width == 0 and chat.region.width >= 60
+        assert "f6 chat/panels" in str(screen.query_one("#status").render())
+        await pilot.press("f6")
+        await pilot.pause(0.1)
+        assert chat.region.width == 0 and screen.panels["heatmap"].region.width >= 55
+        await pilot.resize_terminal(140, 30)  # room for all three
+        await pilot.pause(0.2)
+        assert not screen.has_class("-one-pane") and chat.region.width > 0 and dashboard.region.width > 0
+        await pilot.resize_terminal(90, 30)
+        await pilot.press("f2")  # the list closes: side by side again
+        await pilot.pause(0.1)
+        assert not screen.has_class("-one-pane") and chat.region.width > 0 and dashboard.region.width > 0
+
+    run(app, check, size=(90, 30))
 
 
 def test_replay_drives_the_panels_and_speed_keys(tmp_path: Path) -> None:

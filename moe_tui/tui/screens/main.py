@@ -59,6 +59,8 @@ MIN_REFRESH_HZ = 2.0
 UI_CPU_BUDGET = 0.05  # share of one core the UI thread may use for drawing before redraws slow down
 SAMPLE_INTERVAL_S = 1.0
 MIN_WIDTH, MIN_HEIGHT = 60, 20
+ONE_PANE_WIDTH = 80  # below this the chat and the panels take turns (f6 switches) ...
+ONE_PANE_WIDTH_WITH_LIST = 110  # ... and below this too while the conversation list is open
 
 
 class SystemSampled(Message):
@@ -178,11 +180,18 @@ class MainScreen(ReportsWorkerErrors, Screen):
     def on_resize(self, event: Resize) -> None:
         """Say so when the terminal is too small to be useful."""
         width, height = event.size
+        self.update_one_pane(width)
         self.query_one("#too-small", Static).update(
             f"Terminal too small: {width}x{height}. moe-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}.\n"
             f"Enlarge the window (or reduce the font size). {self._key('app.quit')} quits."
         )
         self.refresh_status()
+
+    def update_one_pane(self, width: int) -> None:
+        """Show the chat and the panels side by side, or one at a time (f6 switches) where both would be cramped:
+        under 80 columns, or under 110 while the conversation list takes 30 of them."""
+        listing = self.query_one(ConversationList).display
+        self.set_class(width < (ONE_PANE_WIDTH_WITH_LIST if listing else ONE_PANE_WIDTH), "-one-pane")
 
     # ---------------------------------------------------------------- backend
     def attach(self, backend: Backend) -> None:
@@ -228,7 +237,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         panel = self.panels["params"]
         assert isinstance(panel, ParamsPanel)
         config = self.backend.model_config()
-        held = self.backend.held_precisions()
+        held = None if config is None else self.backend.held_precisions()
         if config is None or held is None:
             note = "replayed trace: no model to break down" if self.backend.mode == "replay" else "no model loaded"
             panel.show_note(note)
@@ -286,7 +295,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
             activity = self.loading_note
         else:
             activity = "" if self.backend.can_chat else "no model"
-        if self.has_class("-narrow"):
+        if self.has_class("-one-pane"):
             switch = f"{self._key('view.switch')} chat/panels"
             activity = f"{activity} │ {switch}" if activity else switch
         self.query_one(StatusBar).show_status(self.backend.name, self.backend.mode, snapshot, activity)
@@ -553,6 +562,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         listing = self.query_one(ConversationList)
         listing.display = not listing.display
         self.set_class(listing.display, "-conversations")
+        self.update_one_pane(self.size.width)
+        self.refresh_status()
         if listing.display:
             self._refresh_conversations()
             listing.focus()
@@ -765,8 +776,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         """Show or hide a panel (or the chat pane).
 
         The chat and the dashboard as a whole are shown or hidden by classes on the screen, never by their own
-        ``display``: an inline display would override the narrow layout's rules (one pane at a time, f6 switches),
-        and both would end up side by side in 60-79 columns.
+        ``display``: an inline display would override the one-pane layout's rules (f6 switches), and both would
+        end up side by side in 60-79 columns.
         """
         panel = None if panel_id == "chat" else self.panels[panel_id]
         if panel is not None:
@@ -781,7 +792,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.set_class(chat_hidden, "-chat-hidden")
         self.set_class(not panels_shown, "-no-panels")
         if (panel is None and not chat_hidden) or not panels_shown:
-            self.remove_class("show-panels")  # narrow terminals: show the chat brought back, not an empty dashboard
+            self.remove_class("show-panels")  # one pane at a time: show the chat brought back, not an empty dashboard
         if panel is None:  # the keys go where the eyes go: the first panel, or the prompt brought back
             first = next((shown for shown in self.dashboard.in_order() if shown.display), None)
             prompt = self.query_one(PromptInput) if self.backend.can_chat else self.chat.log_view
@@ -836,8 +847,9 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.action_toggle_panel(message.panel.PANEL_ID)
 
     def action_switch_view(self) -> None:
-        """Narrow terminals: switch between chat and panels; wider ones: move focus between them."""
-        if self.has_class("-narrow"):
+        """One pane at a time (see :meth:`update_one_pane`): switch between chat and panels; side by side: move
+        focus between them."""
+        if self.has_class("-one-pane"):
             if self.has_class("-chat-hidden"):
                 self.notify(f"the chat is hidden: {self._key('panel.chat')} shows it")
                 return
