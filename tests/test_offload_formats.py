@@ -117,11 +117,30 @@ def test_int2_chunks_are_whole_kernel_blocks_that_fit_the_workspace() -> None:
     fmt = Int2Format([(14336, 4096), (14336, 4096), (4096, 14336)], torch.bfloat16, 64)
     assert fmt.workspace_bytes == 2 << 20
     three = Int3Format([(14336, 4096), (14336, 4096), (4096, 14336)], torch.bfloat16, 64)
-    assert three.workspace_bytes == (2 << 20) + (2 << 20) // 4, "and a quarter for the high bits"
+    assert three.workspace_bytes == (2 << 20) + (2 << 20) // 4, "and a quarter for the last quarter's parts"
     assert not Int2Format.supports(SHAPES, torch.bfloat16, 64, torch.device("cuda")), "CPU layout only"
     odd = [(96, 256), (96, 256), (256, 96)]  # the int4 kernel takes it; 96 rows are not whole 64-row blocks
     assert Int4Format.supports(odd, torch.bfloat16, 32, torch.device("cpu"))
     assert make_format(odd, torch.bfloat16, 2, 32, "cpu").label() == "hqq2 (unfused)"
+
+
+@pytest.mark.parametrize(("cls", "used"), [(Int2Format, 0x33), (Int3Format, 0x77)])
+def test_squeezed_chunks_expand_to_the_very_same_kernel_bytes(cls, used) -> None:
+    """Any kernel bytes whose nibbles fit the width come back bit for bit, in the stored share of the bytes."""
+    torch.manual_seed(0)
+    chunks = torch.randint(0, 256, (3, 1024), dtype=torch.uint8) & used
+    stored = cls._squeeze(chunks)
+    numerator, denominator = cls.STORED
+    assert stored.shape == (3, 1024 * numerator // denominator)
+    for chunk, squeezed in zip(chunks, stored, strict=True):
+        workspace = torch.full((1024 + 256,), 0xFF, dtype=torch.uint8)  # stale bytes must not leak through
+        cls._expand(squeezed.contiguous(), workspace)
+        assert torch.equal(workspace[:1024], chunk)
+
+
+def test_a_store_saved_in_the_first_int3_packing_is_not_reused() -> None:
+    three = Int3Format(SHAPES, torch.bfloat16, 64)
+    assert three.describe()["packing"] == "spread-free-bits"  # part of the quantized-store cache key
 
 
 def test_cpu_kernel_stores_record_the_kernels_row_blocks() -> None:

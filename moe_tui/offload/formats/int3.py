@@ -1,29 +1,32 @@
 """3-bit experts on the CPU, computed by PyTorch's int4 kernel after a per-chunk expansion (as :mod:`.int2`).
 
 HQQ's 3-bit values (0..7) fit the int4 kernel's 4-bit fields, so in the kernel's packed layout every nibble
-uses bits 0-2 only: a packed byte is ``(x & 0x33) | (x & 0x44)``. The ``0x33`` parts of two bytes share one
-stored byte, as in int2; the ``0x44`` parts (bits 2 and 6) of four bytes share another, each shifted into a
-pair of bit positions of its own. A chunk of the kernel's bytes, cut into quarters ``Q0 Q1 Q2 Q3``, is stored as
+leaves its top bit clear: a packed byte uses ``0x77`` only, and bits 3 and 7 are free. A chunk of the kernel's
+bytes, cut into quarters ``Q0 Q1 Q2 Q3``, is stored as its first three quarters with the six bits of each ``Q3``
+byte spread over the free bits of the three bytes in the same position:
 
-* pairs: ``low(Q0 Q1) | low(Q2 Q3) << 2``, half the chunk's size, ``low`` being ``& 0x33``;
-* high bits: ``high(Q0) >> 2 | high(Q1) >> 1 | high(Q2) | high(Q3) << 1``, a quarter, ``high`` being ``& 0x44``;
+* ``Q0 | (Q3 & 0x11) << 3``, ``Q1 | (Q3 & 0x22) << 2``, ``Q2 | (Q3 & 0x44) << 1``;
 
 three bytes for every four of the kernel's, exactly 3 bits per weight (HQQ's own 3-bit layout packs ten values
-in 32 bits, 3.2 bits). Expanding a chunk is int2's AND and shift for the pairs, then four shifts, ANDs and ORs
-of the high bits into the quarters, in a workspace that stays in cache. One Mixtral-8x7B expert, one token:
-see ``benchmarks/expert_kernels.py``.
+in 32 bits, 3.2 bits). Expanding a chunk is one AND that clears the free bits of the three stored quarters in
+place in the workspace, then ``Q3`` put together from three shifts and masks of them. The first packing (pairs
+as in int2, plus a byte of high bits per four) took int2's expansion and four shift-mask-ORs more: one
+Mixtral-8x7B expert, one token, 2 threads, took 37 ms with it and 29 ms with this one, timed in turn in one
+process (int2: 24 ms; across formats see ``benchmarks/expert_kernels.py``).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
-from moe_tui.offload.formats.int2 import PAIR_MASK, Int2Format, expand_pairs
+from moe_tui.offload.formats.int2 import Int2Format
 
-HIGH_MASK = 0x44  # bit 2 of each nibble: what a 3-bit value has beyond int2's pair
-# the shift that moves each quarter's high bits into the stored byte (negative: to the right), and back
-QUARTER_SHIFTS = (-2, -1, 0, 1)
+USED_MASK = 0x77  # the bits of a packed byte whose nibbles each hold a 3-bit value
+# the bits of a Q3 byte that each stored quarter carries, and how far left they move into its free bits 3 and 7
+SPREAD = ((0x11, 3), (0x22, 2), (0x44, 1))
 
 
 class Int3Format(Int2Format):
@@ -33,33 +36,38 @@ class Int3Format(Int2Format):
     STORED = (3, 4)
 
     def _workspace(self, kernel_bytes: int) -> int:
-        """The expansion, and a quarter of it more for the high bits on their way into place."""
+        """The expansion, and a quarter of it more for the last quarter's parts on their way into place."""
         return kernel_bytes + kernel_bytes // 4
+
+    def describe(self) -> dict[str, Any]:
+        """The base description and the packing (a saved store in the first int3 packing is not reused)."""
+        return {**super().describe(), "packing": "spread-free-bits"}
 
     @staticmethod
     def _squeeze(chunks: Tensor) -> Tensor:
-        """Each row of ``chunks`` (one chunk's kernel bytes) as stored: the pairs, then the high bits."""
+        """Each row of ``chunks`` (one chunk's kernel bytes) as stored: the first three quarters carrying the last
+        one in their free bits."""
         quarter = chunks.shape[1] // 4
-        pairs = Int2Format._squeeze(chunks & PAIR_MASK)
-        high = torch.zeros(chunks.shape[0], quarter, dtype=torch.uint8)
-        for index, shift in enumerate(QUARTER_SHIFTS):
-            part = chunks[:, index * quarter : (index + 1) * quarter] & HIGH_MASK
-            high |= part << shift if shift >= 0 else part >> -shift
-        return torch.cat([pairs, high], dim=1)
+        last = chunks[:, 3 * quarter :]
+        parts = [
+            chunks[:, index * quarter : (index + 1) * quarter] | ((last & mask) << shift)
+            for index, (mask, shift) in enumerate(SPREAD)
+        ]
+        return torch.cat(parts, dim=1)
 
     @staticmethod
     def _expand(stored: Tensor, workspace: Tensor) -> None:
         """One chunk's stored bytes into the kernel's packed bytes at the start of ``workspace``; its last
-        fifth holds each quarter's high bits on their way."""
-        kernel_bytes = stored.numel() * 4 // 3
-        quarter = kernel_bytes // 4
-        pairs, high = stored[: 2 * quarter], stored[2 * quarter :]
-        expand_pairs(pairs, workspace)
-        scratch = workspace[kernel_bytes : kernel_bytes + quarter]
-        for index, shift in enumerate(QUARTER_SHIFTS):
-            if shift <= 0:  # back the other way
-                torch.bitwise_left_shift(high, -shift, out=scratch)
-            else:
-                torch.bitwise_right_shift(high, shift, out=scratch)
-            scratch.bitwise_and_(HIGH_MASK)
-            workspace[index * quarter : (index + 1) * quarter].bitwise_or_(scratch)
+        fifth holds each part of the last quarter on its way."""
+        three = stored.numel()
+        quarter = three // 3
+        torch.bitwise_and(stored, USED_MASK, out=workspace[:three])
+        last = workspace[three : three + quarter]
+        scratch = workspace[three + quarter : three + 2 * quarter]
+        for index, (mask, shift) in enumerate(SPREAD):
+            part = stored[index * quarter : (index + 1) * quarter]
+            target = last if index == 0 else scratch
+            torch.bitwise_right_shift(part, shift, out=target)
+            target.bitwise_and_(mask)
+            if index:
+                last.bitwise_or_(scratch)
