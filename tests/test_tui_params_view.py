@@ -61,7 +61,7 @@ def test_only_the_decoder_layers_linears_take_the_attention_bits() -> None:
     assert find(by_path, "/input_layernorm") == LAYERS * hidden * 2
     # without the engine's figure the experts are estimated at HQQ's 4-bit layout
     assert find(by_path, "/mlp/experts") == root.find("experts").bytes("hqq4")
-    assert "attention hqq4, the rest bf16" in held.note()
+    assert "experts int4, attention hqq4, others bf16" in held.note()
 
 
 def test_a_node_without_weights_of_its_own_is_the_sum_of_its_children() -> None:

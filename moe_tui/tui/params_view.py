@@ -53,8 +53,8 @@ class HeldPrecisions:
     def note(self) -> str:
         """The panel's line saying what the bytes column counts."""
         if self.linears == self.dtype:
-            return f"bytes as held: experts {self.expert_format}, other weights {self.dtype}"
-        return f"bytes as held: experts {self.expert_format}, attention {self.linears}, the rest {self.dtype}"
+            return f"bytes as held: experts {self.expert_format}, others {self.dtype}"
+        return f"bytes as held: experts {self.expert_format}, attention {self.linears}, others {self.dtype}"
 
 
 def params_tree(config: Any, held: HeldPrecisions) -> tuple[Any, Callable[[Any], int], str]:
