@@ -174,15 +174,17 @@ def bench_settings(label: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in label.split(",") if "=" in part)
 
 
-def planned(plan: dict, k: int, prefetch: int, expert_precision: str) -> dict | None:
+def planned(plan: dict, k: int, prefetch: int, expert_precision: str, miss: str = "copy") -> dict | None:
     """The plan's configuration with these settings, one k for every layer and unquantized other weights (None
-    when the plan does not list it)."""
+    when the plan does not list it); with misses computed on the host k makes no difference, and the plan
+    lists that at k=1."""
     dtype = plan["model"]["dtype"]
+    k = 1 if miss == "host" else k
     return next(
         (
             c for c in plan["configurations"]
-            if (c["cache_size"], c["prefetch"], c["expert_precision"], c["attn_precision"])
-            == (k, prefetch, expert_precision, dtype) and not c["layer_sizes"]
+            if (c["cache_size"], c["prefetch"], c["expert_precision"], c["attn_precision"], c.get("miss", "copy"))
+            == (k, prefetch, expert_precision, dtype, miss) and not c["layer_sizes"]
         ),
         None,
     )  # fmt: skip
@@ -772,8 +774,8 @@ def real_shapes_section(data: dict, command: str, meta: dict) -> list[str]:
 
 
 def real_plan_section(plan: dict, measured: dict, command: str, meta: dict) -> list[str]:
-    """Section 6's configurations next to the planner's estimate of them (those that copy their misses:
-    the planner does not model computing misses on the host)."""
+    """Section 6's configurations next to the planner's estimate of them (``miss=auto`` has no plan row: it
+    decides per pass)."""
     num_experts = plan["model"]["num_experts"]
     dtype = plan["model"]["dtype"]
     rows = []
@@ -781,9 +783,11 @@ def real_plan_section(plan: dict, measured: dict, command: str, meta: dict) -> l
         parts = bench_settings(r["label"])
         if r["label"] == "resident":
             estimate = planned(plan, num_experts, 0, dtype)
-        elif set(parts) == {"k", "bits", "optimize"}:
-            estimate = planned(plan, int(parts["k"]), 0, f"hqq{parts['bits']}")
+        elif set(parts) - {"miss"} == {"k", "bits", "optimize"} and parts.get("miss", "copy") != "auto":
+            estimate = planned(plan, int(parts["k"]), 0, f"hqq{parts['bits']}", parts.get("miss", "copy"))
         else:
+            continue
+        if estimate is None:
             continue
         engine = r["engine"] or {}
         rows.append(
@@ -816,7 +820,8 @@ def real_plan_section(plan: dict, measured: dict, command: str, meta: dict) -> l
         + f": expert bandwidth in GB/s {rates} ({plan['bandwidth_sources']['experts']}); compute "
         f"{plan['machine']['compute_bandwidth'] / 1e9:.1f} GB/s, transfer "
         f"{plan['machine']['transfer_bandwidth'] / 1e9:.1f} GB/s. The resident model is set against the plan's "
-        "k=E (every expert in a slot); the configurations that compute misses on the host have no plan row.",
+        "k=E (every expert in a slot); `miss=host` against the plan's host row (nothing copied, k=1), and "
+        "`miss=auto`, which decides per pass, has none.",
         "",
         command,
         "",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moe_tui import cli, fit, plan, probes
-from moe_tui.commands.plan import parse_size
+from moe_tui.commands.plan import bench_spec, chat_command, parse_size
 from moe_tui.errors import UserError
 from moe_tui.params import load_config, routed_expert_bytes
 from moe_tui.precision import format_bytes
@@ -132,6 +132,29 @@ def test_estimate_on_cpu_adds_copies_to_compute() -> None:
     assert c.tokens_per_s == pytest.approx(1 / 3)
     assert c.bound == "transfer"
     assert c.host_bytes == plan.store_bytes(facts, "bf16") + c.fast_bytes  # one RAM for both tiers
+
+
+def test_on_a_cpu_misses_computed_from_the_store_cost_no_copies() -> None:
+    """The host RAM is both tiers on a CPU: a miss read from the store costs what a hit read from a slot
+    does, so ``--miss host`` at k=1 beats every copying configuration of its precisions and takes least RAM."""
+    facts = facts_by_hand()
+    machine = plan.Machine(host_bytes=10**9, transfer_bandwidth=1000.0, compute_bandwidth=10_000.0, context=0)
+    every = plan.candidates(facts, machine, plan.uniform_copy_model(facts), prefetch_depths=(0, 1))
+    host = [c for c in every if c.miss == "host"]
+    assert len(host) == len(plan.EXPERT_BITS) * len(plan.ATTN_BITS)  # one per precision pair
+    for c in host:
+        assert (c.cache_size, c.prefetch, c.misses_per_token, c.miss_s, c.prefetch_s) == (1, 0, 0.0, 0.0, 0.0)
+        assert c.seconds_per_token == pytest.approx(c.compute_s) and c.bound == "compute"
+        same = [o for o in every if (o.expert_precision, o.attn_precision) == (c.expert_precision, c.attn_precision)]
+        assert all(c.seconds_per_token <= o.seconds_per_token and c.host_bytes <= o.host_bytes for o in same)
+    best = plan.best_per_precision(every)
+    assert {c.miss for c in best if c.expert_precision == "hqq4" and c.attn_precision == "bf16"} == {"copy", "host"}
+    assert best[0].seconds_per_token == pytest.approx(min(c.seconds_per_token for c in host))  # ties: k=E copies
+    shown = next(c for c in best if c.miss == "host")
+    assert chat_command(shown, "toy", machine).endswith("--miss host --context 0 --device cpu")
+    assert bench_spec(shown).endswith(",miss=host")
+    gpu = replace(machine, fast_bytes=10**9)
+    assert all(c.miss == "copy" for c in plan.candidates(facts, gpu, plan.uniform_copy_model(facts)))
 
 
 def test_estimate_on_cuda_overlaps_prefetch_with_compute() -> None:

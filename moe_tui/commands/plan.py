@@ -14,7 +14,8 @@ FORMULA = (
     "bandwidth + expert bytes it reads / expert bandwidth (per precision) + per-token overhead O; "
     "M = misses/token x expert bytes / transfer bandwidth; "
     "P = prefetch copies/token x expert bytes / transfer bandwidth; seconds/token = C + M + P on CPU, "
-    "max(C, P) + M on CUDA; bound = transfer when M + P > C, else compute"
+    "max(C, P) + M on CUDA; bound = transfer when M + P > C, else compute; with --miss host (CPU) nothing is "
+    "copied: M = P = 0"
 )
 _UNITS = {
     "": 1,
@@ -267,7 +268,9 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
         f"estimate: {FORMULA}",
         "",
     ]
-    headers = ["experts", "other", "k", "prefetch", "fast tier", "host", "hit rate", "copies/token", "tok/s", "bound"]
+    headers = [
+        "experts", "other", "k", "prefetch", "miss", "fast tier", "host", "hit rate", "copies/token", "tok/s", "bound",
+    ]  # fmt: skip
     rows = []
     for c in shown:
         copies = f"{c.misses_per_token:.2f}" + (f" +{c.prefetch_per_token:.2f} pf" if c.prefetch else "")
@@ -278,6 +281,7 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
                 c.attn_precision,
                 _k_text(c),
                 str(c.prefetch),
+                c.miss,
                 format_bytes(c.fast_bytes),
                 format_bytes(c.host_bytes),
                 percent(c.hit_rate),
@@ -296,7 +300,8 @@ def _as_text(facts, machine, sources, routing, shown, fitting: int, every: bool)
             f"  ({facts.name} is a config bundled with moe-tui, not a checkpoint: give chat and bench the model's "
             "directory or hub id instead)"
         )
-    scope = "every fitting configuration" if every else "the best k per precision pair and prefetch depth (--all: all)"
+    best = "the best k per precision pair, prefetch depth and miss (--all: all)"
+    scope = "every fitting configuration" if every else best
     lines.append(f"\n{fitting} configurations fit; shown: {scope}.")
     from moe_tui.fit import MARGIN, PREFILL_CHUNK
 
@@ -325,15 +330,18 @@ def chat_command(candidate, model: str, machine) -> str:
     parts += ["--prefetch", str(candidate.prefetch)]
     for which, bits in _quantized_bits(candidate).items():
         parts += [f"--{which}-bits", str(bits)]
+    if candidate.miss != "copy":
+        parts += ["--miss", candidate.miss]
     parts += ["--context", str(machine.context), "--device", machine.device]
     return shlex.join(parts)
 
 
 def bench_spec(candidate) -> str:
-    """``candidate`` as a ``moe-tui bench`` configuration (``k=3,2,2,prefetch=1,bits=4``)."""
+    """``candidate`` as a ``moe-tui bench`` configuration (``k=3,2,2,prefetch=1,bits=4``, ``...,miss=host``)."""
     names = {"expert": "bits", "attn": "attn-bits"}
     spec = f"k={_cache_size(candidate)},prefetch={candidate.prefetch}"
-    return spec + "".join(f",{names[which]}={bits}" for which, bits in _quantized_bits(candidate).items())
+    spec += "".join(f",{names[which]}={bits}" for which, bits in _quantized_bits(candidate).items())
+    return spec if candidate.miss == "copy" else f"{spec},miss={candidate.miss}"
 
 
 def _cache_size(candidate) -> str:

@@ -5,17 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING
 
 from moe_tui import fit
 from moe_tui.fit import FastTierNeed
 from moe_tui.plan.copies import CopyModel, spread_slots
 from moe_tui.plan.facts import ModelFacts
 from moe_tui.precision import format_bytes, precision_for_bits
-
-if TYPE_CHECKING:
-    pass
-
 
 EXPERT_BITS: tuple[int | None, ...] = (2, 3, 4, None)
 ATTN_BITS: tuple[int | None, ...] = (4, 8, None)
@@ -73,6 +68,7 @@ class Candidate:
     seconds_per_token: float | None = None
     bound: str = ""
     layer_sizes: tuple[int, ...] = ()  # k of each MoE layer when they differ (cache_size is then their mean)
+    miss: str = "copy"  # what a miss does: copied into a slot, or computed on the host from the store (CPU only)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -172,8 +168,10 @@ def estimate(
     prefetch: int,
     copies: tuple[float, float, float],
     layer_sizes: Sequence[int] = (),
+    miss: str = "copy",
 ) -> Candidate:
-    """Memory and decode estimate of one configuration (see the module docstring for the formula)."""
+    """Memory and decode estimate of one configuration (see the module docstring for the formula); ``miss``
+    names what a miss does (``copies`` give the copies either way: none for ``host``)."""
     misses, prefetched, hit_rate = copies
     fast = _need(facts, machine, expert_precision, attn_precision, k, layer_sizes).total
     memory = Candidate(
@@ -187,6 +185,7 @@ def estimate(
         misses_per_token=misses,
         prefetch_per_token=prefetched,
         layer_sizes=tuple(layer_sizes),
+        miss=miss,
     )
     if not machine.transfer_bandwidth or not machine.compute_bandwidth:
         return memory
@@ -229,7 +228,12 @@ def candidates(
     expert_bits: Sequence[int | None] = EXPERT_BITS,
     attn_bits: Sequence[int | None] = ATTN_BITS,
 ) -> list[Candidate]:
-    """Every configuration the copy model can estimate, fitting or not, best first (see :meth:`Candidate.rank`)."""
+    """Every configuration the copy model can estimate, fitting or not, best first (see :meth:`Candidate.rank`).
+
+    On a CPU-only machine each precision pair also gets ``--miss host`` at k=1: every miss is computed from the
+    store, which is host RAM read at the same expert bandwidth as a slot, so nothing is copied and the slots
+    never fill (one per layer is the least the engine takes).
+    """
     result = []
     for e_bits in expert_bits:
         for a_bits in attn_bits:
@@ -240,6 +244,8 @@ def candidates(
                     copies = copy_model(k, prefetch)
                     if copies is not None:
                         result.append(estimate(facts, machine, e_prec, a_prec, k, prefetch, copies))
+            if machine.device == "cpu":
+                result.append(estimate(facts, machine, e_prec, a_prec, 1, 0, (0.0, 0.0, 0.0), miss="host"))
     return sorted(result, key=Candidate.rank)
 
 
@@ -266,10 +272,10 @@ def nothing_fits_message(facts: ModelFacts, machine: Machine) -> str:
 
 
 def best_per_precision(fitting: Sequence[Candidate]) -> list[Candidate]:
-    """For each (expert precision, attention precision, prefetch), the best fitting configuration."""
-    best: dict[tuple[str, str, int], Candidate] = {}
+    """For each (expert precision, attention precision, prefetch, miss), the best fitting configuration."""
+    best: dict[tuple[str, str, int, str], Candidate] = {}
     for candidate in fitting:
-        key = (candidate.expert_precision, candidate.attn_precision, candidate.prefetch)
+        key = (candidate.expert_precision, candidate.attn_precision, candidate.prefetch, candidate.miss)
         if key not in best or candidate.rank() < best[key].rank():
             best[key] = candidate
     return sorted(best.values(), key=Candidate.rank)
