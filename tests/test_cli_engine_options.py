@@ -113,6 +113,45 @@ def test_cache_command_lists_sizes_and_removes_entries(capsys: pytest.CaptureFix
     assert list(root.iterdir()) == []
 
 
+def test_cache_command_finds_the_entries_no_start_will_read_and_removes_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A store laid out as an older version laid out its format (int3's first packing had no "packing" key) is
+    never looked at again, since its name digests the format's description: the listing says so."""
+    from moe_tui.offload import OffloadConfig, load_offloaded
+
+    root = paths.quant_cache_dir()
+    names = []
+    for bits in (3, 2):
+        settings = OffloadConfig(
+            cache_size=2, expert_bits=bits, dtype="bfloat16", quant_cache_dir=root, quant_optimize=False
+        )
+        om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+        names.append(Path(om.load_info["store_dir"]).name)
+        om.close()
+    int3, int2 = names
+    description = root / int3 / "store.json"
+    meta = json.loads(description.read_text())
+    assert meta["format"].pop("packing") == "spread-free-bits"
+    description.write_text(json.dumps(meta))  # as the first int3 packing described itself
+    (root / "half-written").mkdir()
+
+    assert cli.main(["cache", "--json"]) == 0
+    entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["entries"]}
+    assert entries[int3]["outdated"] and entries[int3]["unused"] and entries[int3]["complete"]
+    assert not entries[int2]["outdated"] and not entries[int2]["unused"]
+    assert entries["half-written"]["unused"]
+    assert cli.main(["cache"]) == 0
+    table = capsys.readouterr().out
+    assert any(line.startswith(int3) and line.endswith("outdated") for line in table.splitlines())
+    assert "--remove-outdated frees" in table
+    assert cli.main(["cache", "--remove-outdated", "--clear"]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert cli.main(["cache", "--remove-outdated"]) == 0
+    assert "removed 2 entries" in capsys.readouterr().out
+    assert sorted(path.name for path in root.iterdir()) == [int2]
+
+
 def test_the_hqq_optimiser_defaults_to_off_when_quantizing_on_a_cpu() -> None:
     from offload_models import build, mixtral_config
 

@@ -2,7 +2,9 @@
 
 A quantized start of ``chat`` (``--expert-bits``) keeps its packed store under the user cache directory (or
 ``--quant-cache DIR``), one directory per checkpoint and format, so the next start skips quantization. An entry
-without its description file is incomplete (a start stopped while saving) and is rebuilt when next needed.
+without its description file is incomplete (a start stopped while saving) and is rebuilt when next needed. An
+entry whose format this version lays out differently (int3's packing changed once) is outdated: its name is a
+digest of the format's description, so no start will look at it again, and ``--remove-outdated`` frees it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dir", metavar="DIR", help="the cache directory (default: the user cache directory)")
     parser.add_argument("--remove", nargs="+", metavar="NAME", help="remove these entries (names as listed)")
     parser.add_argument("--clear", action="store_true", help="remove every entry")
+    parser.add_argument(
+        "--remove-outdated",
+        action="store_true",
+        help="remove the entries no start of this version will read (incomplete, or an older layout)",
+    )
     parser.add_argument("--json", action="store_true", help="print the entries as JSON")
 
 
@@ -35,6 +42,12 @@ class CacheEntry:
     bytes: int
     written: str
     complete: bool
+    outdated: bool = False  # laid out as this version no longer lays out its format (never read again)
+
+    @property
+    def unused(self) -> bool:
+        """Whether no start of this version will read it."""
+        return not self.complete or self.outdated
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     if root.exists() and not root.is_dir():
         raise UserError(f"{root} is not a directory")
     entries = list_entries(root)
-    if args.remove or args.clear:
-        if args.remove and args.clear:
-            raise UserError("choose either --remove NAME ... or --clear")
+    if args.remove or args.clear or args.remove_outdated:
+        if sum(map(bool, (args.remove, args.clear, args.remove_outdated))) > 1:
+            raise UserError("choose one of --remove NAME ..., --clear and --remove-outdated")
         names = {entry.name for entry in entries}
-        chosen = names if args.clear else set(args.remove)
+        if args.remove_outdated:
+            chosen = {entry.name for entry in entries if entry.unused}
+        else:
+            chosen = names if args.clear else set(args.remove)
         unknown = sorted(chosen - names)
         if unknown:
             raise UserError(f"no cache entry named {', '.join(unknown)} in {root} (see `moe-tui cache`)")
@@ -61,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed} freed")
         return 0
     if args.json:
-        print(json.dumps({"directory": str(root), "entries": [asdict(entry) for entry in entries]}, indent=1))
+        listed = [{**asdict(entry), "unused": entry.unused} for entry in entries]
+        print(json.dumps({"directory": str(root), "entries": listed}, indent=1))
     else:
         print(format_entries(root, entries))
     return 0
@@ -84,9 +101,41 @@ def list_entries(root: Path) -> list[CacheEntry]:
                 bytes=size,
                 written=datetime.datetime.fromtimestamp(written).strftime("%Y-%m-%d %H:%M"),
                 complete=meta is not None,
+                outdated=meta is not None and outdated(meta),
             )
         )
     return entries
+
+
+def outdated(meta: dict) -> bool:
+    """Whether this version would not read a store described by ``meta``: another store version, or a format
+    that this version (on this kind of CPU, for the CPU kernels' layouts) describes differently."""
+    import torch
+
+    from moe_tui.offload.build import STORE_VERSION
+    from moe_tui.offload.formats import make_format
+
+    written = meta.get("format")
+    if meta.get("version") != STORE_VERSION or not isinstance(written, dict):
+        return True
+    try:
+        fmt = make_format(
+            [(int(rows), int(cols)) for rows, cols in written["shapes"]],
+            getattr(torch, str(written["dtype"]).removeprefix("torch.")),
+            written["bits"],
+            int(written["group_size"]),
+            "cuda" if written.get("layout") == "cuda" else "cpu",
+            fused=not str(written["format"]).startswith("hqq"),  # HQQ's own layout is the unfused one
+            optimize=bool(written.get("optimize", True)),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return True
+    return _plain(fmt.describe()) != _plain(written)
+
+
+def _plain(description: dict) -> object:
+    """A description as its JSON reads back (tuples as lists, dtypes as text)."""
+    return json.loads(json.dumps(description, default=str))
 
 
 def _model_of(meta: dict | None) -> str:
@@ -113,9 +162,15 @@ def format_entries(root: Path, entries: list[CacheEntry]) -> str:
         return f"no quantized stores in {root}"
     headers = ["entry", "model", "format", "size", "written"]
     rows = [[e.name, e.model, e.format, format_bytes(e.bytes), e.written] for e in entries]
-    if not all(e.complete for e in entries):  # a column of its own only when some entry is incomplete
+    if any(e.unused for e in entries):  # a column of its own only when some entry will not be read
         headers.append("")
-        rows = [[*row, "" if e.complete else "incomplete"] for row, e in zip(rows, entries, strict=True)]
+        states = ["incomplete" if not e.complete else "outdated" if e.outdated else "" for e in entries]
+        rows = [[*row, state] for row, state in zip(rows, states, strict=True)]
     total = format_bytes(sum(e.bytes for e in entries))
     table = format_table(headers, rows)
-    return f"quantized stores in {root} ({total}):\n\n{table}\n\nremove with: moe-tui cache --remove NAME (or --clear)"
+    hint = "remove with: moe-tui cache --remove NAME (or --clear)"
+    unused = [e for e in entries if e.unused]
+    if unused:
+        freed = format_bytes(sum(e.bytes for e in unused))
+        hint += f"\nno start will read the incomplete or outdated ones: --remove-outdated frees {freed}"
+    return f"quantized stores in {root} ({total}):\n\n{table}\n\n{hint}"
