@@ -101,13 +101,13 @@ def list_entries(root: Path) -> list[CacheEntry]:
                 bytes=size,
                 written=datetime.datetime.fromtimestamp(written).strftime("%Y-%m-%d %H:%M"),
                 complete=meta is not None,
-                outdated=meta is not None and outdated(meta),
+                outdated=meta is not None and is_outdated(meta),
             )
         )
     return entries
 
 
-def outdated(meta: dict) -> bool:
+def is_outdated(meta: dict) -> bool:
     """Whether this version would not read a store described by ``meta``: another store version, or a format
     that this version (on this kind of CPU, for the CPU kernels' layouts) describes differently."""
     import torch
