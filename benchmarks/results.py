@@ -670,15 +670,20 @@ def cuda_section(data: dict, name: str) -> list[str]:
                 c["format"],
                 str(c["k"]),
                 str(c["prefetch"]),
+                c.get("miss", "copy"),
                 f"{c['tokens_per_s']:.1f}",
                 f"{100 * c['hit_rate']:.1f}%",
                 gib(c["copied_bytes_per_token"]),
+                f"{c.get('host_per_token', 0.0):.1f}",
                 "-" if c["copy_bound_tps"] is None else f"{c['copy_bound_tps']:.1f}",
                 f"{c['build_s']:.0f}",
             ]
             for c in mixtral["configurations"]
         ]
-        headers = ["experts", "k", "prefetch", "tok/s", "hit rate", "copied/token", "copy bound tok/s", "build s"]
+        headers = [
+            "experts", "k", "prefetch", "miss", "tok/s", "hit rate", "copied/token", "host/token", "copy bound tok/s",
+            "build s",
+        ]  # fmt: skip
         lines += [f"{mixtral['layers']} Mixtral-8x7B layers on the GPU:", "", table(headers, config_rows), ""]
     return lines
 

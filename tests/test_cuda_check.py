@@ -35,3 +35,25 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     assert {"bf16", "int4", "int8", "hqq2 (unfused)"} <= set(formats)
     assert all(row["median_s_1"] > 0 and row["bound_s"] > 0 for row in formats.values())
     assert "no step failed" in done.stdout
+
+
+def test_decode_speed_counts_misses_the_host_computed_apart_from_copies() -> None:
+    """The mixtral step's measure, run on the CPU: misses left to the host are neither hits nor copies."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cuda_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    om = offload_model(cuda_check.small_mixtral(), OffloadConfig(cache_size=2, prefetch=0, device="cpu"))
+    try:
+        copied = cuda_check.decode_speed(om, 4)
+        assert copied["tokens_per_s"] > 0 and copied["host_per_token"] == 0
+        assert copied["copied_bytes_per_token"] > 0 and 0 <= copied["hit_rate"] < 1
+        om.set_miss("host")
+        on_host = cuda_check.decode_speed(om, 4)
+        assert on_host["host_per_token"] > 0 and on_host["copied_bytes_per_token"] == 0
+        assert on_host["host_per_token"] <= 4 * 2  # four MoE layers, top-2
+    finally:
+        om.close()
