@@ -135,9 +135,13 @@ def test_cache_command_finds_the_entries_no_start_will_read_and_removes_them(
     assert meta["format"].pop("packing") == "spread-free-bits"
     description.write_text(json.dumps(meta))  # as the first int3 packing described itself
     (root / "half-written").mkdir()
+    (root / "hand-edited").mkdir()  # a description nothing can be built from: outdated, not a traceback
+    broken = {**meta, "format": {**meta["format"], "group_size": 0}}
+    (root / "hand-edited" / "store.json").write_text(json.dumps(broken))
 
     assert cli.main(["cache", "--json"]) == 0
     entries = {entry["name"]: entry for entry in json.loads(capsys.readouterr().out)["entries"]}
+    assert entries["hand-edited"]["outdated"]
     assert entries[int3]["outdated"] and entries[int3]["unused"] and entries[int3]["complete"]
     assert not entries[int2]["outdated"] and not entries[int2]["unused"]
     assert entries["half-written"]["unused"]
@@ -148,7 +152,7 @@ def test_cache_command_finds_the_entries_no_start_will_read_and_removes_them(
     assert cli.main(["cache", "--remove-outdated", "--clear"]) == 2
     assert "choose one of" in capsys.readouterr().err
     assert cli.main(["cache", "--remove-outdated"]) == 0
-    assert "removed 2 entries" in capsys.readouterr().out
+    assert "removed 3 entries" in capsys.readouterr().out
     assert sorted(path.name for path in root.iterdir()) == [int2]
 
 

@@ -128,7 +128,7 @@ def is_outdated(meta: dict) -> bool:
             fused=not str(written["format"]).startswith("hqq"),  # HQQ's own layout is the unfused one
             optimize=bool(written.get("optimize", True)),
         )
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except Exception:  # any description this version cannot rebuild is one it would not read
         return True
     return _plain(fmt.describe()) != _plain(written)
 
