@@ -170,13 +170,17 @@ def test_trace_round_trip(tmp_path):
         ]
         for step in steps:
             telemetry.record_step(step)
-        telemetry.record_token(TokenEvent(step=0, text=" hello", time=1.5))
+        telemetry.record_token(TokenEvent(step=0, text=" hello", time=1.5, first=True))
+        telemetry.record_token(TokenEvent(step=1, text=" world", time=1.6))
         telemetry.record_config(ConfigEvent(step=1, cache_size=(1, 1), policy="fifo", prefetch=0))
     header, events = read_trace(path)
     assert header == HEADER
     assert events[:2] == steps
-    assert events[2] == TokenEvent(step=0, text=" hello", time=1.5)
-    assert events[3] == ConfigEvent(step=1, cache_size=(1, 1), policy="fifo", prefetch=0)
+    assert events[2] == TokenEvent(step=0, text=" hello", time=1.5, first=True)
+    assert events[3] == TokenEvent(step=1, text=" world", time=1.6)
+    assert events[4] == ConfigEvent(step=1, cache_size=(1, 1), policy="fifo", prefetch=0)
+    tokens = [json.loads(line) for line in path.read_text().splitlines() if '"type":"token"' in line]
+    assert [token.get("first") for token in tokens] == [True, None], "only an answer's first token says so"
 
 
 def test_replaying_a_trace_rebuilds_the_same_counters(tmp_path):

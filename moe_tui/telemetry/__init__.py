@@ -28,7 +28,8 @@ Trace schema (version 1), one JSON object per line:
   ones too: a prefetch never evicts a guess). ``slots`` is the slot content after the pass in eviction
   order (next victim first; ``null`` is an empty slot). ``host`` (optional, empty or absent when none) marks
   the misses computed on the host straight from the store, without a copy and without entering a slot.
-* ``{"type": "token", "step": int, "text": str, "time": float}``: the text of the token a step produced.
+* ``{"type": "token", "step": int, "text": str, "time": float, "first": true}``: the text of the token a step
+  produced; ``first`` (optional, written only when true) marks the first token of an answer.
 * ``{"type": "config", "step": int, "cache_size": [int], "policy": str, "prefetch": int, "miss": str}``:
   settings changed between tokens (``miss`` optional).
 

@@ -147,7 +147,10 @@ class Telemetry:
             self._token_times.append(event.time)
             self._journal.append(event)
             self._version = next(_VERSIONS)
-            self._write({"type": "token", **_jsonable(asdict(event))})
+            record = asdict(event)
+            if not record["first"]:
+                del record["first"]  # only an answer's first token says so (the reader's default is False)
+            self._write({"type": "token", **_jsonable(record)})
 
     def record_config(self, event: ConfigEvent) -> None:
         """Apply changed settings (cache sizes, policy, prefetch) to the header shown from now on."""
