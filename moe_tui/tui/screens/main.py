@@ -178,7 +178,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         return cast(ParamsPanel, self.panels["params"])
 
     def on_resize(self, event: Resize) -> None:
-        """Say so when the terminal is too small to be useful."""
+        """Lay chat and panels side by side or one at a time for the new width, and say so when the terminal is
+        too small to be useful."""
         width, height = event.size
         self.update_one_pane(width)
         self.query_one("#too-small", Static).update(
