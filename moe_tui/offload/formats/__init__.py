@@ -11,7 +11,7 @@ kernel reads, so computing with a cached expert reads only those bytes:
 * :class:`~.int2.Int2Format` (2 bits on CPU): HQQ's 2-bit values in the int4 kernel's layout, two packed bytes
   per stored byte, expanded a cache-sized chunk at a time before the int4 kernel;
 * :class:`~.int3.Int3Format` (3 bits on CPU): the same for 3-bit values, three stored bytes for four of the
-  kernel's (int2's pairs, and a byte of high bits for four);
+  kernel's (a chunk's last quarter carried in the free top bits of the other three);
 * :class:`~.hqq.HqqFormat` (2 and 3 bits on CUDA, and 4 or 8 bits where no kernel fits): HQQ's bit-packed
   layout, dequantized into a workspace on every use.
 

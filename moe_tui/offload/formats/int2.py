@@ -98,8 +98,13 @@ class Int2Format(ExpertFormat):
 
     @staticmethod
     def _expand(stored: Tensor, workspace: Tensor) -> None:
-        """One chunk's stored bytes into the kernel's packed bytes at the start of ``workspace``."""
-        expand_pairs(stored, workspace)
+        """One chunk's stored bytes into the kernel's packed bytes at the start of ``workspace``: the low pair of
+        bits of every nibble makes the first half, the high pair the second."""
+        half = stored.numel()
+        torch.bitwise_and(stored, PAIR_MASK, out=workspace[:half])
+        high = workspace[half : 2 * half]
+        torch.bitwise_right_shift(stored, 2, out=high)
+        high.bitwise_and_(PAIR_MASK)
 
     @staticmethod
     def supports(shapes: list[tuple[int, int]], dtype: torch.dtype, group_size: int, device: torch.device) -> bool:
@@ -165,13 +170,3 @@ class Int2Format(ExpertFormat):
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding)."""
         return weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
-
-
-def expand_pairs(paired: Tensor, workspace: Tensor) -> None:
-    """Paired bytes back into ``2 * paired.numel()`` kernel bytes at the start of ``workspace``: the low pair of
-    bits of every nibble makes the first half, the high pair the second."""
-    half = paired.numel()
-    torch.bitwise_and(paired, PAIR_MASK, out=workspace[:half])
-    high = workspace[half : 2 * half]
-    torch.bitwise_right_shift(paired, 2, out=high)
-    high.bitwise_and_(PAIR_MASK)
