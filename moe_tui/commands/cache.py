@@ -108,17 +108,16 @@ def list_entries(root: Path) -> list[CacheEntry]:
 
 
 def is_outdated(meta: dict) -> bool:
-    """Whether this version would not read a store described by ``meta``: another store version, or a format
-    that this version (on this kind of CPU, for the CPU kernels' layouts) describes differently."""
+    """Whether this version would not read a store described by ``meta``: its version, format or checkpoint
+    differ from what the loader would describe (:func:`moe_tui.offload.build.store_description`) for the format
+    this version builds from the recorded settings (on this kind of CPU, for the CPU kernels' layouts)."""
     import torch
 
-    from moe_tui.offload.build import STORE_VERSION
+    from moe_tui.offload.build import store_description
     from moe_tui.offload.formats import make_format
 
-    written = meta.get("format")
-    if meta.get("version") != STORE_VERSION or not isinstance(written, dict):
-        return True
     try:
+        written = meta["format"]
         fmt = make_format(
             [(int(rows), int(cols)) for rows, cols in written["shapes"]],
             getattr(torch, str(written["dtype"]).removeprefix("torch.")),
@@ -128,9 +127,10 @@ def is_outdated(meta: dict) -> bool:
             fused=not str(written["format"]).startswith("hqq"),  # HQQ's own layout is the unfused one
             optimize=bool(written.get("optimize", True)),
         )
+        expected = store_description(fmt, meta.get("source"))
     except Exception:  # any description this version cannot rebuild is one it would not read
         return True
-    return _plain(fmt.describe()) != _plain(written)
+    return _plain(expected) != _plain({key: meta.get(key) for key in expected})
 
 
 def _plain(description: dict) -> object:

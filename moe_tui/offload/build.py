@@ -178,7 +178,7 @@ def build_store(
     layers, experts = len(moe.layers), moe.num_experts
     fmt = plan.format
     cache_dir = _store_dir(cfg, moe, fmt, source)
-    description = _store_description(fmt, source)
+    description = store_description(fmt, source)
     notes: list[str] = []
     if cache_dir is not None:
         loading = "loading saved expert store"
@@ -268,8 +268,9 @@ def offloaded_experts(moe: MoEModel, index: int, experts: nn.Module) -> Offloade
     return OffloadedExperts(index, moe.num_experts, family.glu(experts), biases, family.split_bias)
 
 
-def _store_description(fmt: ExpertFormat, source: dict[str, object]) -> dict[str, object]:
-    """What a saved store must match to be reused: the store version, the format and the checkpoint."""
+def store_description(fmt: ExpertFormat, source: object) -> dict[str, object]:
+    """What a saved store must match to be reused: the store version, the format and the checkpoint (``moe-tui
+    cache`` checks listed entries against it too)."""
     return {"version": STORE_VERSION, "format": fmt.describe(), "source": source}
 
 
@@ -278,7 +279,7 @@ def saved_store_usable(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, sou
     directory = _store_dir(cfg, moe, fmt, source)
     if directory is None or not directory.is_dir():
         return False
-    description = _store_description(fmt, source)
+    description = store_description(fmt, source)
     return not ExpertStore.saved_problem(directory, len(moe.layers), moe.num_experts, fmt.nbytes, description)
 
 
@@ -286,7 +287,7 @@ def _store_dir(cfg: OffloadConfig, moe: MoEModel, fmt: ExpertFormat, source: dic
     """The quantized-store cache directory for this model and format (None without ``quant_cache_dir``)."""
     if cfg.quant_cache_dir is None:
         return None
-    key = json.dumps(_store_description(fmt, source), sort_keys=True, default=str)
+    key = json.dumps(store_description(fmt, source), sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "-", moe.family.name)
     return Path(cfg.quant_cache_dir).expanduser() / f"{label}-{fmt.precision}-{digest}"
