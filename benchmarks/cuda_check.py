@@ -175,10 +175,10 @@ def passes_syncs(model, ids: torch.Tensor) -> dict:
     """Syncs of one prefill pass and one decode pass of ``model`` (a transformers causal LM on the GPU)."""
     with torch.no_grad():
         out = model(ids, use_cache=True)
-        past = out.past_key_values
+        past = out.cache
         next_id = out.logits[:, -1:].argmax(-1)
         prefill = count_syncs(lambda: model(ids, use_cache=True))
-        decode = count_syncs(lambda: model(next_id, past_key_values=past, use_cache=True))
+        decode = count_syncs(lambda: model(next_id, cache=past, use_cache=True))
     return {"prefill": prefill, "decode": decode}
 
 
@@ -366,13 +366,13 @@ def decode_speed(om, new_tokens: int) -> dict:
 
     with torch.no_grad():
         out = om.model(ids, use_cache=True)  # prefill (and warm-up)
-        past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+        past, token = out.cache, out.logits[:, -1:].argmax(-1)
         before = om.stats()
         synchronize()
         start = time.perf_counter()
         for _ in range(new_tokens):
-            out = om.model(token, past_key_values=past, use_cache=True)
-            past, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            out = om.model(token, cache=past, use_cache=True)
+            past, token = out.cache, out.logits[:, -1:].argmax(-1)
         synchronize()
         elapsed = time.perf_counter() - start
     after = om.stats()
