@@ -223,6 +223,47 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
     assert calls == ["bad", "later"]
 
 
+@pytest.mark.parametrize("outcome", ["loaded", "failed"])
+def test_a_load_that_ends_under_the_help_screen_does_not_leave_the_loading_screen_behind(outcome: str) -> None:
+    """Help (or the palette) opened over the loading screen may still be open when the load ends: closing it
+    shows the model (or the error), not a loading screen that counts seconds forever."""
+    from moe_tui.errors import UserError
+    from moe_tui.tui.screens.help import HelpScreen
+
+    release = threading.Event()
+
+    def slow(options, progress):
+        progress("reading shards", 1, 3)
+        if not release.wait(timeout=30):
+            raise RuntimeError("the test never released the load")
+        if outcome == "failed":
+            raise UserError("bad model")
+        return LiveBackend(FakeSession(words=2))
+
+    app = MoeTuiApp(LaunchOptions(), loader=slow, probe=FakeProbe())
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            try:
+                await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and len(app.screen.stages) == 1)
+                await pilot.press("f1")
+                await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            finally:
+                release.set()
+            await wait_for(pilot, lambda: app.loading_screen is None and not app.model_loading)
+            if outcome == "failed":
+                await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+                await pilot.press("enter")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+            await pilot.pause(0.2)
+            assert isinstance(app.screen, MainScreen) and len(app.screen_stack) == 2  # the default screen, main
+            assert app.main.backend.can_chat == (outcome == "loaded")
+
+    asyncio.run(main())
+
+
 def test_generation_error_is_shown_and_the_question_goes_back_to_the_prompt() -> None:
     """A question that fails before any answer leaves the conversation for the prompt: kept there, a question
     too long for the context was merged with every later one, which then failed as well."""

@@ -244,9 +244,11 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
 
     def on_load_finished(self, message: LoadFinished) -> None:
         """Attach the loaded backend, or explain why loading failed and carry on without a model."""
-        if isinstance(self.screen, LoadingScreen):
+        loading, self.loading_screen = self.loading_screen, None
+        if loading is not None and loading is self.screen:
             self.pop_screen()
-        self.loading_screen = None
+        elif loading is not None and loading in self.screen_stack:
+            loading.finish()  # covered by the palette or help: it leaves when what covers it closes
         assert self.main is not None
         self.main.show_loading("")
         if message.backend is not None:

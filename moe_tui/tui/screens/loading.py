@@ -41,6 +41,7 @@ class LoadingScreen(Screen):
         self.what = what
         self.stages: dict[str, StageRow] = {}
         self._started = time.monotonic()
+        self.finished = False
 
     def compose(self):
         """Title, stage list (filled in as stages report), elapsed time."""
@@ -56,6 +57,15 @@ class LoadingScreen(Screen):
 
     def _tick(self) -> None:
         self.query_one("#loading-elapsed", Static).update(f"{time.monotonic() - self._started:.0f} s")
+
+    def finish(self) -> None:
+        """The load ended while another screen covered this one: leave as soon as this one is shown again."""
+        self.finished = True
+
+    def on_screen_resume(self) -> None:
+        """Back on top (a palette or help closed): if the load has ended meanwhile, make way for the model."""
+        if self.finished:
+            self.dismiss()  # not awaited: this screen's own handler cannot wait for its removal
 
     def action_hide(self) -> None:
         """Go to the main screen while the model keeps loading (earlier chats, help and settings work)."""
