@@ -210,6 +210,9 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
     app = MoeTuiApp(LaunchOptions(), loader=loader, probe=FakeProbe())
 
     async def check(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: main_screen(app).backend.can_chat)
+        main_screen(app).set_policy("lfu")  # as the palette switches them while a model runs
+        main_screen(app).set_miss("host")
         main_screen(app).action_load_model()
         await wait_for(pilot, lambda: isinstance(app.screen, ModelPickerScreen))
         picker = app.screen
@@ -225,6 +228,14 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen))
         assert app.screen.query_one("#load-k").value == "8" and app.screen.query_one("#load-bits").value == "none"
         assert app.screen.query_one("#load-prefetch").value == "0"  # every expert cached: nothing to prefetch
+        # the running engine's policy and miss mode, switched above, are what the next model starts with
+        assert app.screen.query_one("#load-policy").value == "lfu"
+        assert app.screen.query_one("#load-miss").value == "host"
+        app.screen.query_one("#load-miss").value = "sometimes"
+        app.screen.query_one("#load-miss").focus()
+        await pilot.press("enter")
+        assert "unknown miss mode 'sometimes'" in str(app.screen.query_one("#load-error").render())
+        app.screen.query_one("#load-miss").value = "Auto"
         app.screen.query_one("#load-bits").value = "5"
         app.screen.query_one("#load-bits").focus()
         await pilot.press("enter")
@@ -238,6 +249,7 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         assert (loaded[-1].model, chosen.cache_size, chosen.expert_bits, chosen.prefetch) == (
             None, 3, 4, 1,
         )  # fmt: skip
+        assert (chosen.policy, chosen.miss) == ("lfu", "auto")
 
     run(check, app)
 

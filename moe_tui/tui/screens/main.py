@@ -712,7 +712,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.app.push_screen(LabScreen(self.backend))
 
     def action_load_model(self) -> None:
-        """Pick a model on this machine (or type a path or hub id), then its cache size, bits and prefetch."""
+        """Pick a model on this machine (or type a path or hub id), then its cache size, bits, prefetch, policy
+        and miss mode (the last two preset to what the running engine uses, palette switches included)."""
         from moe_tui.catalog import local_models
         from moe_tui.tui.screens.models import ModelPickerScreen
 
@@ -728,7 +729,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
         sample = self.probe.sample()
         gpu = next((g.memory_total for g in sample.gpus if g.memory_total), None)
         entries = local_models(self.moe_app.settings.recent_models)
-        self.app.push_screen(ModelPickerScreen(entries, sample.host.ram_total, gpu), load)
+        running = self.backend.snapshot() if self.backend.can_chat else None
+        engine = running.header if running is not None else self.moe_app.options.engine
+        picker = ModelPickerScreen(entries, sample.host.ram_total, gpu, policy=engine.policy, miss=engine.miss)
+        self.app.push_screen(picker, load)
 
     # ---------------------------------------------------------- engine tuning
     def set_cache_size(self, k: int) -> None:

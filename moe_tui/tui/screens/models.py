@@ -1,7 +1,8 @@
 """Load model…: the models on this machine (the demo, the directories loaded before, the local Hugging Face
-cache), described one by one in a worker (MoE or not, parameters, what fits), then k, bits and prefetch for the
-chosen one with the planner's suggestion filled in. A path or hub id can be typed instead: it is resolved and
-described the same way before anything is loaded, so a wrong one is refused here and the model in use stays."""
+cache), described one by one in a worker (MoE or not, parameters, what fits), then the settings for the chosen
+one: k, bits and prefetch preset to the planner's suggestion, eviction policy and miss mode to what the running
+engine uses. A path or hub id can be typed instead: it is resolved and described the same way before anything is
+loaded, so a wrong one is refused here and the model in use stays."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from moe_tui.catalog import ModelEntry, ModelReport, describe, typed_entry
-from moe_tui.engine_config import EXPERT_BITS, OffloadConfig
+from moe_tui.engine_config import EXPERT_BITS, MISS_MODES, POLICY_NAMES, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
 from moe_tui.tui.workers import ReportsWorkerErrors
@@ -33,11 +34,20 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
-    def __init__(self, entries: list[ModelEntry], host_bytes: int, gpu_bytes: int | None) -> None:
+    def __init__(
+        self,
+        entries: list[ModelEntry],
+        host_bytes: int,
+        gpu_bytes: int | None,
+        policy: str = "lru",
+        miss: str = "copy",
+    ) -> None:
         super().__init__(classes="dialog")
         self.entries = entries
         self.host_bytes = host_bytes
         self.gpu_bytes = gpu_bytes
+        self.policy = policy  # the running engine's, kept for the next model unless changed in the form
+        self.miss = miss
         self.reports: dict[int, ModelReport] = {}
 
     def compose(self):
@@ -94,7 +104,7 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
         if report.problem:
             self.notify(f"{report.entry.name}: {report.problem}", severity="error")
             return
-        self.app.push_screen(LoadOptionsScreen(report), self._options_chosen)
+        self.app.push_screen(LoadOptionsScreen(report, self.policy, self.miss), self._options_chosen)
 
     def _options_chosen(self, choice: Choice | None) -> None:
         if choice is not None:
@@ -143,16 +153,19 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
 
 
 class LoadOptionsScreen(ModalScreen[Choice | None]):
-    """Cache size, expert bits and prefetch for one model, preset to the planner's suggestion."""
+    """Cache size, expert bits and prefetch for one model, preset to the planner's suggestion; eviction policy and
+    miss mode, preset to what the running engine uses."""
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
 
-    def __init__(self, report: ModelReport) -> None:
+    def __init__(self, report: ModelReport, policy: str = "lru", miss: str = "copy") -> None:
         super().__init__(classes="dialog")
         self.report = report
+        self.policy = policy
+        self.miss = miss
 
     def compose(self):
-        """The three fields, preset, and what the suggestion is based on."""
+        """The five fields, preset, and what the suggestion is based on."""
         suggestion = self.report.suggestion
         k = str(suggestion.cache_size) if suggestion else "1"
         bits = str(suggestion.expert_bits) if suggestion and suggestion.expert_bits else ("none" if suggestion else "2")
@@ -165,6 +178,10 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
                 yield Input(bits, id="load-bits")
                 yield Label("prefetch")
                 yield Input(str(suggestion.prefetch) if suggestion else "1", id="load-prefetch")
+                yield Label(f"eviction policy ({', '.join(POLICY_NAMES)})")
+                yield Input(self.policy, id="load-policy")
+                yield Label(f"misses ({', '.join(MISS_MODES)})")
+                yield Input(self.miss, id="load-miss")
             planned = (
                 f"suggested for this machine: {suggestion.describe()}" if suggestion else "nothing fits this machine"
             )
@@ -181,6 +198,8 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
                 self.query_one("#load-k", Input).value,
                 self.query_one("#load-bits", Input).value,
                 self.query_one("#load-prefetch", Input).value,
+                self.query_one("#load-policy", Input).value,
+                self.query_one("#load-miss", Input).value,
             )
         except UserError as error:
             self.query_one("#load-error", Static).update(str(error))
@@ -188,7 +207,7 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
         self.dismiss((self.report.entry.spec, options))
 
 
-def load_options(k: str, bits: str, prefetch: str) -> dict[str, Any]:
+def load_options(k: str, bits: str, prefetch: str, policy: str = "lru", miss: str = "copy") -> dict[str, Any]:
     """The engine settings the form's text chooses, checked as the engine checks them; UserError naming a bad
     field."""
     try:
@@ -203,6 +222,12 @@ def load_options(k: str, bits: str, prefetch: str) -> dict[str, Any]:
         expert_bits = int(text)
     else:
         raise UserError(f"expert bits must be 2, 3, 4, 8 or none, not {bits!r}")
-    chosen = {"cache_size": cache_size, "expert_bits": expert_bits, "prefetch": prefetch_depth}
+    chosen = {
+        "cache_size": cache_size,
+        "expert_bits": expert_bits,
+        "prefetch": prefetch_depth,
+        "policy": policy.strip().lower(),
+        "miss": miss.strip().lower(),
+    }
     OffloadConfig(**chosen)  # the engine's own checks, before the app leaves the form
     return chosen
