@@ -230,6 +230,11 @@ def test_load_model_lists_local_models_with_what_fits_and_presets_the_planners_c
         assert app.screen.query_one("#load-prefetch").value == "0"  # every expert cached: nothing to prefetch
         # the running engine's policy and miss mode, switched above, are what the next model starts with
         assert app.screen.query_one("#load-policy").value == "lfu"
+        fields = ["load-k", "load-bits", "load-prefetch", "load-policy", "load-miss"]
+        assert app.focused.id == fields[0]  # enter loads the suggestion as it stands
+        for field in fields[1:] + fields[:1]:  # tab goes from field to field, never to the scrolling box
+            await pilot.press("tab")
+            assert app.focused.id == field
         assert app.screen.query_one("#load-miss").value == "host"
         app.screen.query_one("#load-miss").value = "sometimes"
         app.screen.query_one("#load-miss").focus()

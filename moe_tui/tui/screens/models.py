@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, cast
 from rich.text import Text
 from textual import on, work
 from textual.binding import BindingType
-from textual.containers import Grid, Vertical, VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -52,7 +52,7 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
 
     def compose(self):
         """Title, the model list, the path field, a hint."""
-        with VerticalScroll(classes="dialog-box", id="models-box"):  # scrolls on a short terminal
+        with _scroll_box("models-box"):
             yield Label("Load model", classes="dialog-title")
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
             yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
@@ -169,7 +169,7 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
         suggestion = self.report.suggestion
         k = str(suggestion.cache_size) if suggestion else "1"
         bits = str(suggestion.expert_bits) if suggestion and suggestion.expert_bits else ("none" if suggestion else "2")
-        with Vertical(classes="dialog-box", id="load-options-box"):
+        with _scroll_box("load-options-box"):
             yield Label(f"Load {self.report.entry.name}", classes="dialog-title", markup=False)
             with Grid(id="load-options-grid"):
                 yield Label("cache size k")
@@ -178,7 +178,7 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
                 yield Input(bits, id="load-bits")
                 yield Label("prefetch")
                 yield Input(str(suggestion.prefetch) if suggestion else "1", id="load-prefetch")
-                yield Label(f"eviction policy ({', '.join(POLICY_NAMES)})")
+                yield Label(f"policy ({', '.join(POLICY_NAMES)})")
                 yield Input(self.policy, id="load-policy")
                 yield Label(f"misses ({', '.join(MISS_MODES)})")
                 yield Input(self.miss, id="load-miss")
@@ -189,6 +189,10 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
             yield Static("", id="load-error", markup=False)
             back = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
             yield Static(f"enter: load    {back}: back", classes="dialog-hint", markup=False)
+
+    def on_mount(self) -> None:
+        """Enter loads with the suggestion as it stands; tab goes through the fields."""
+        self.query_one("#load-k", Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Check the fields and load, or say what is wrong."""
@@ -203,8 +207,18 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
             )
         except UserError as error:
             self.query_one("#load-error", Static).update(str(error))
+            # on a short terminal the error is below the fold: bring it into view
+            self.call_after_refresh(self.query_one("#load-options-box", VerticalScroll).scroll_end, animate=False)
             return
         self.dismiss((self.report.entry.spec, options))
+
+
+def _scroll_box(box_id: str) -> VerticalScroll:
+    """A dialog's box that scrolls on a short terminal; never focused itself, so tab goes from field to field
+    (the focused field is scrolled into view)."""
+    box = VerticalScroll(classes="dialog-box", id=box_id)
+    box.can_focus = False
+    return box
 
 
 def load_options(k: str, bits: str, prefetch: str, policy: str = "lru", miss: str = "copy") -> dict[str, Any]:
