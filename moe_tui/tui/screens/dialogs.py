@@ -10,6 +10,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
 from moe_tui.tui import keys
+from moe_tui.tui.widgets.fields import TextField
 
 if TYPE_CHECKING:
     from moe_tui.tui.app import MoeTuiApp
@@ -34,7 +35,7 @@ class AskScreen(ModalScreen[str | None]):
         """Question, input, hint."""
         with Vertical(classes="dialog-box"):
             yield Label(self.question, classes="dialog-title")
-            yield Input(value=self.value, id="ask-input", select_on_focus=not self.extend)
+            yield TextField(value=self.value, id="ask-input", select_on_focus=not self.extend)
             cancel = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
             yield Static(f"enter: OK    {cancel}: cancel", classes="dialog-hint", markup=False)
 

@@ -20,6 +20,7 @@ from moe_tui.catalog import ModelEntry, ModelReport, describe, typed_entry
 from moe_tui.engine_config import EXPERT_BITS, MISS_MODES, POLICY_NAMES, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+from moe_tui.tui.widgets.fields import TextField
 from moe_tui.tui.workers import ReportsWorkerErrors
 
 if TYPE_CHECKING:
@@ -55,7 +56,7 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
         with _scroll_box("models-box"):
             yield Label("Load model", classes="dialog-title")
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
-            yield Input(placeholder="or a model directory / cached hub id, then enter", id="model-path")
+            yield TextField(placeholder="or a model directory / cached hub id, then enter", id="model-path")
             yield Static("", id="model-note", markup=False)
             cancel = cast("MoeTuiApp", self.app).key_for("dialog.cancel")
             yield Static(f"enter: choose    tab: type a path    {cancel}: cancel", classes="dialog-hint", markup=False)
@@ -173,15 +174,15 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
             yield Label(f"Load {self.report.entry.name}", classes="dialog-title", markup=False)
             with Grid(id="load-options-grid"):
                 yield Label("cache size k")
-                yield Input(k, id="load-k")
+                yield TextField(k, id="load-k")
                 yield Label("expert bits (2, 3, 4, 8, none)")
-                yield Input(bits, id="load-bits")
+                yield TextField(bits, id="load-bits")
                 yield Label("prefetch")
-                yield Input(str(suggestion.prefetch) if suggestion else "1", id="load-prefetch")
+                yield TextField(str(suggestion.prefetch) if suggestion else "1", id="load-prefetch")
                 yield Label(f"policy ({', '.join(POLICY_NAMES)})")
-                yield Input(self.policy, id="load-policy")
+                yield TextField(self.policy, id="load-policy")
                 yield Label(f"misses ({', '.join(MISS_MODES)})")
-                yield Input(self.miss, id="load-miss")
+                yield TextField(self.miss, id="load-miss")
             planned = (
                 f"suggested for this machine: {suggestion.describe()}" if suggestion else "nothing fits this machine"
             )

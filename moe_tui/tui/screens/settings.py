@@ -18,6 +18,7 @@ from textual.widgets import Button, Input, Label, Static, Switch, TextArea
 from moe_tui.chat.generation import GenerationSettings
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+from moe_tui.tui.widgets.fields import TextBox, TextField
 
 if TYPE_CHECKING:
     from moe_tui.tui.app import MoeTuiApp
@@ -45,16 +46,16 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
             yield Label("Generation settings  [yours / model / default]", classes="dialog-title", markup=False)
             with Grid(id="settings-grid"):
                 yield self._label("temperature (0 = greedy)", "temperature")
-                yield Input(str(settings.temperature), id="temperature")
+                yield TextField(str(settings.temperature), id="temperature")
                 yield self._label("top-p", "top_p")
-                yield Input(str(settings.top_p), id="top-p")
+                yield TextField(str(settings.top_p), id="top-p")
                 yield self._label("max new tokens", "max_new_tokens")
-                yield Input(str(settings.max_new_tokens), id="max-new-tokens")
+                yield TextField(str(settings.max_new_tokens), id="max-new-tokens")
                 thinking = "thinking" if self.can_think else "thinking (this model has no switch)"
                 yield self._label(thinking, "thinking")
                 yield Switch(settings.thinking, id="thinking", disabled=not self.can_think)
             yield self._label("system prompt", "system_prompt")
-            yield TextArea(settings.system_prompt, id="system-prompt", compact=True)
+            yield TextBox(settings.system_prompt, id="system-prompt", compact=True)
             yield Static("", id="settings-error", markup=False)
             key = cast("MoeTuiApp", self.app).key_for
             yield Static(

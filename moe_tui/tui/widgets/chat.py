@@ -20,6 +20,7 @@ from textual.widgets.markdown import MarkdownStream
 from moe_tui.chat.thinking import ThinkingSplitter, split_thinking
 from moe_tui.tui import keys
 from moe_tui.tui.clipboard import code_blocks, copy_notice
+from moe_tui.tui.widgets.fields import KeysInOrder
 
 ROLE_TITLES = {"user": "you", "assistant": "model", "system": "system"}
 
@@ -29,7 +30,7 @@ def prompt_hint(send_key: str) -> str:
     return f"Ask something… ({send_key} sends)"
 
 
-class PromptInput(TextArea):
+class PromptInput(KeysInOrder, TextArea):
     """Multi-line prompt: enter starts a new line, ctrl+j (or alt+enter, where the terminal reports it) sends;
     :meth:`use_keys` sets other keys for both."""
 
