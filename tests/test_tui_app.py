@@ -23,11 +23,13 @@ from tui_helpers import cache_slot_counts, main_screen, make_app, messages, pale
 from moe_tui import config, paths
 from moe_tui.chat.history import HistoryStore
 from moe_tui.chat.session import GenerationResult
+from moe_tui.errors import UserError
 from moe_tui.tui import keys
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
 from moe_tui.tui.palette import main_commands
 from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
+from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, StageRow
 from moe_tui.tui.screens.main import MainScreen, answer_note
@@ -589,7 +591,7 @@ def test_history_store_failure_does_not_stop_chatting(tmp_path: Path) -> None:
 
     async def check(pilot: Pilot) -> None:
         assert app.store is None
-        await wait_for(pilot, lambda: app.screen.id == "error")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
         await send(pilot, "one")
@@ -597,6 +599,32 @@ def test_history_store_failure_does_not_stop_chatting(tmp_path: Path) -> None:
         await send(pilot, "two")
         await wait_for(pilot, lambda: len(messages(app)) == 4 and not main_screen(app).generating)
         assert session.prompts[-1][0]["content"] == "one", "context kept in memory"
+
+    run(check, app)
+
+
+def test_a_failed_load_over_the_history_error_shows_both_errors_in_turn(tmp_path: Path) -> None:
+    """The history error is shown at start, the load runs over it; a load that fails then stacks a second error
+    on the first (both had one fixed screen id, and the second push crashed the app)."""
+    bad = tmp_path / "history.sqlite3"
+    bad.write_bytes(b"this is not a database" * 100)
+
+    def failing(options, progress):
+        raise UserError("cannot find 'nowhere'")
+
+    app = MoeTuiApp(LaunchOptions(), loader=failing, probe=FakeProbe(), store_factory=lambda: HistoryStore(bad))
+
+    def error_titles() -> list[str]:
+        return [str(screen.title_text) for screen in app.screen_stack if isinstance(screen, ErrorScreen)]
+
+    async def check(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: len(error_titles()) == 2)
+        assert error_titles() == ["Chat history unavailable", "Could not load the model"]
+        await pilot.press("enter")
+        assert error_titles() == ["Chat history unavailable"]
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert not main_screen(app).backend.can_chat
 
     run(check, app)
 

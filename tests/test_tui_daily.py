@@ -10,6 +10,7 @@ from tui_fakes import FakeSession
 from tui_helpers import main_screen, make_app, messages, run, send, wait_for
 
 from moe_tui.tui.screens.dialogs import AskScreen, ConfirmScreen
+from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.main import MainScreen
 from moe_tui.tui.widgets.chat import ChatLog, PromptInput, ThinkingView
 from moe_tui.tui.widgets.conversations import ConversationList
@@ -351,7 +352,7 @@ def test_panels_draw_a_newly_loaded_model_at_once_and_drop_one_that_is_gone() ->
         await send(pilot, "a question")
         await wait_for(pilot, lambda: answered(app))
         app.load_model("elsewhere")
-        await wait_for(pilot, lambda: app.screen.id == "error")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
         await pilot.press("enter")
         assert {str(view.render()) for view in views()} == {"no model loaded"}
         assert screen.query_one(PromptInput).placeholder == "no model to chat with"

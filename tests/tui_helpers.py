@@ -12,6 +12,7 @@ from tui_fakes import FakeProbe, FakeSession
 
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend
+from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.main import MainScreen
 from moe_tui.tui.widgets.cache import CacheView
 from moe_tui.tui.widgets.chat import MessageView, PromptInput
@@ -29,7 +30,7 @@ def run(test: Callable[[Pilot], object], app: MoeTuiApp, size: tuple[int, int] =
 
     async def main() -> None:
         async with app.run_test(size=size) as pilot:
-            await wait_for(pilot, lambda: ready(app) or app.screen.id == "error")
+            await wait_for(pilot, lambda: ready(app) or isinstance(app.screen, ErrorScreen))
             await test(pilot)
 
     asyncio.run(main())

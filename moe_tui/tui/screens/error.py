@@ -21,7 +21,7 @@ class ErrorScreen(ModalScreen[str]):
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("error")
 
     def __init__(self, title: str, message: str, hint: str = "", details: str = "") -> None:
-        super().__init__(id="error")
+        super().__init__()  # no fixed id: a second error (a load failing under the first) may be stacked on it
         self.title_text = title
         self.message = message
         self.hint = hint
