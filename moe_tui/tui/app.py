@@ -181,7 +181,8 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
     # ----------------------------------------------------------------- loading
     def load_model(self, model: str | None, replay: str | None = None, engine: dict[str, Any] | None = None) -> None:
         """Load a model (or open a trace) in a worker behind the loading screen; ``engine`` replaces engine
-        settings of the launch (cache size, expert bits, prefetch chosen in the model picker)."""
+        settings of the launch (cache size, expert bits, prefetch, policy and miss mode chosen in the model
+        picker)."""
         if self.loading_screen is not None:
             # A load runs to its end (its thread cannot be stopped); a second one beside it would hold two
             # stores at once, which is what switching one model for another must never do.
