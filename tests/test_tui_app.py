@@ -33,6 +33,7 @@ from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, StageRow
 from moe_tui.tui.screens.main import MainScreen, answer_note
+from moe_tui.tui.screens.models import ModelPickerScreen
 from moe_tui.tui.screens.settings import SettingsScreen
 from moe_tui.tui.widgets.chat import ChatView, PromptInput
 from moe_tui.tui.widgets.conversations import ConversationList
@@ -227,6 +228,40 @@ def write_settings_file(text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     return path
+
+
+def test_on_an_80x24_terminal_the_forms_scroll_their_error_into_view() -> None:
+    """The settings form and Load model's form are taller than 24 rows: a refused value's message, below the
+    fold, is scrolled into view rather than left unseen with the form doing nothing."""
+    from moe_tui.tui.screens.models import LoadOptionsScreen
+
+    app, _ = make_app()
+
+    def shown(box_id: str, message_id: str) -> bool:
+        box, message = app.screen.query_one(box_id), app.screen.query_one(message_id)
+        text = str(message.render())
+        return bool(text) and box.max_scroll_y > 0 and box.scrollable_content_region.contains_region(message.region)
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        assert not shown("#settings-box", "#settings-error")
+        app.screen.query_one("#temperature", Input).value = "x"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: shown("#settings-box", "#settings-error"))
+        assert "temperature" in str(app.screen.query_one("#settings-error").render())
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        main_screen(app).action_load_model()
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelPickerScreen))
+        await wait_for(pilot, lambda: 0 in app.screen.reports, timeout=60)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen))
+        app.screen.query_one("#load-k", Input).value = "many"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: shown("#load-options-box", "#load-error"))
+
+    run(check, app, size=(80, 24))
 
 
 def test_a_settings_file_with_errors_is_left_alone_until_a_setting_changes() -> None:

@@ -1,11 +1,12 @@
-"""Small modal dialogs: a one-line text question (model path, export file, a title) and a yes/no question."""
+"""Small modal dialogs: a one-line text question (model path, export file, a title) and a yes/no question; the
+scrolling box the larger forms are laid out in."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual.binding import BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
@@ -14,6 +15,14 @@ from moe_tui.tui.widgets.fields import TextField
 
 if TYPE_CHECKING:
     from moe_tui.tui.app import MoeTuiApp
+
+
+def scrolling_box(box_id: str) -> VerticalScroll:
+    """A form's box that scrolls on a short terminal; never focused itself, so tab goes from field to field
+    (the focused field is scrolled into view)."""
+    box = VerticalScroll(classes="dialog-box", id=box_id)
+    box.can_focus = False
+    return box
 
 
 class AskScreen(ModalScreen[str | None]):

@@ -20,6 +20,7 @@ from moe_tui.catalog import ModelEntry, ModelReport, describe, typed_entry
 from moe_tui.engine_config import EXPERT_BITS, MISS_MODES, POLICY_NAMES, OffloadConfig
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+from moe_tui.tui.screens.dialogs import scrolling_box
 from moe_tui.tui.widgets.fields import TextField
 from moe_tui.tui.workers import ReportsWorkerErrors
 
@@ -53,7 +54,7 @@ class ModelPickerScreen(ReportsWorkerErrors, ModalScreen[Choice | None]):
 
     def compose(self):
         """Title, the model list, the path field, a hint."""
-        with _scroll_box("models-box"):
+        with scrolling_box("models-box"):
             yield Label("Load model", classes="dialog-title")
             yield OptionList(*(self._option(index, None) for index in range(len(self.entries))), id="model-list")
             yield TextField(placeholder="or a model directory / cached hub id, then enter", id="model-path")
@@ -170,7 +171,7 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
         suggestion = self.report.suggestion
         k = str(suggestion.cache_size) if suggestion else "1"
         bits = str(suggestion.expert_bits) if suggestion and suggestion.expert_bits else ("none" if suggestion else "2")
-        with _scroll_box("load-options-box"):
+        with scrolling_box("load-options-box"):
             yield Label(f"Load {self.report.entry.name}", classes="dialog-title", markup=False)
             with Grid(id="load-options-grid"):
                 yield Label("cache size k")
@@ -212,14 +213,6 @@ class LoadOptionsScreen(ModalScreen[Choice | None]):
             self.call_after_refresh(self.query_one("#load-options-box", VerticalScroll).scroll_end, animate=False)
             return
         self.dismiss((self.report.entry.spec, options))
-
-
-def _scroll_box(box_id: str) -> VerticalScroll:
-    """A dialog's box that scrolls on a short terminal; never focused itself, so tab goes from field to field
-    (the focused field is scrolled into view)."""
-    box = VerticalScroll(classes="dialog-box", id=box_id)
-    box.can_focus = False
-    return box
 
 
 def load_options(k: str, bits: str, prefetch: str, policy: str = "lru", miss: str = "copy") -> dict[str, Any]:

@@ -11,13 +11,14 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from textual.binding import BindingType
-from textual.containers import Grid, Vertical
+from textual.containers import Grid, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static, Switch, TextArea
 
 from moe_tui.chat.generation import GenerationSettings
 from moe_tui.errors import UserError
 from moe_tui.tui import keys
+from moe_tui.tui.screens.dialogs import scrolling_box
 from moe_tui.tui.widgets.fields import TextBox, TextField
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
     def compose(self):
         """Number fields and the thinking switch with their sources, the system prompt, an error line, buttons."""
         settings = self.settings
-        with Vertical(classes="dialog-box", id="settings-box"):
+        with scrolling_box("settings-box"):
             yield Label("Generation settings  [yours / model / default]", classes="dialog-title", markup=False)
             with Grid(id="settings-grid"):
                 yield self._label("temperature (0 = greedy)", "temperature")
@@ -77,7 +78,10 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
                 self.query_one("#thinking", Switch).value,
             )
         except UserError as error:
-            self.query_one("#settings-error", Static).update(str(error))
+            message = self.query_one("#settings-error", Static)
+            message.update(str(error))
+            box = self.query_one("#settings-box", VerticalScroll)
+            self.call_after_refresh(box.scroll_to_widget, message, animate=False)  # below the fold when short
             return
         before, after = asdict(self.settings), asdict(settings)
         chosen = {
