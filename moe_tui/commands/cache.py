@@ -5,6 +5,8 @@ A quantized start of ``chat`` (``--expert-bits``) keeps its packed store under t
 without its description file is incomplete (a start stopped while saving) and is rebuilt when next needed. An
 entry whose format this version lays out differently (int3's packing changed once) is outdated: its name is a
 digest of the format's description, so no start will look at it again, and ``--remove-outdated`` frees it.
+An entry a running moe-tui is building or saving (it holds the entry's lock) is listed as being written and is
+never removed.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from moe_tui.errors import UserError
+from moe_tui.offload.store_lock import is_locked
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,11 +46,19 @@ class CacheEntry:
     written: str
     complete: bool
     outdated: bool = False  # laid out as this version no longer lays out its format (never read again)
+    writing: bool = False  # a running moe-tui holds its lock: building or saving it now
 
     @property
     def unused(self) -> bool:
-        """Whether no start of this version will read it."""
-        return not self.complete or self.outdated
+        """Whether no start of this version will read it (one being written will be read once saved)."""
+        return not self.writing and (not self.complete or self.outdated)
+
+    @property
+    def state(self) -> str:
+        """``being written``, ``incomplete``, ``outdated``, or "" for an entry the next start can read."""
+        if self.writing:
+            return "being written"
+        return "incomplete" if not self.complete else "outdated" if self.outdated else ""
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,11 +81,15 @@ def run(args: argparse.Namespace) -> int:
         unknown = sorted(chosen - names)
         if unknown:
             raise UserError(f"no cache entry named {', '.join(unknown)} in {root} (see `moe-tui cache`)")
-        removed = [entry for entry in entries if entry.name in chosen]
+        busy = sorted(entry.name for entry in entries if entry.name in chosen and entry.writing)
+        if busy and not args.clear:
+            raise UserError(f"{', '.join(busy)}: a running moe-tui is writing it; remove it once that start is done")
+        removed = [entry for entry in entries if entry.name in chosen and not entry.writing]
         for entry in removed:
             shutil.rmtree(root / entry.name)
         freed = format_bytes(sum(entry.bytes for entry in removed))
-        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed} freed")
+        kept = f"; kept {', '.join(busy)}: a running moe-tui is writing it" if busy else ""
+        print(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'}, {freed} freed{kept}")
         return 0
     if args.json:
         listed = [{**asdict(entry), "unused": entry.unused} for entry in entries]
@@ -102,6 +117,7 @@ def list_entries(root: Path) -> list[CacheEntry]:
                 written=datetime.datetime.fromtimestamp(written).strftime("%Y-%m-%d %H:%M"),
                 complete=meta is not None,
                 outdated=meta is not None and is_outdated(meta),
+                writing=is_locked(directory),
             )
         )
     return entries
@@ -162,10 +178,9 @@ def format_entries(root: Path, entries: list[CacheEntry]) -> str:
         return f"no quantized stores in {root}"
     headers = ["entry", "model", "format", "size", "written"]
     rows = [[e.name, e.model, e.format, format_bytes(e.bytes), e.written] for e in entries]
-    if any(e.unused for e in entries):  # a column of its own only when some entry will not be read
+    if any(e.state for e in entries):  # a column of its own only when some entry cannot be read now
         headers.append("")
-        states = ["incomplete" if not e.complete else "outdated" if e.outdated else "" for e in entries]
-        rows = [[*row, state] for row, state in zip(rows, states, strict=True)]
+        rows = [[*row, e.state] for row, e in zip(rows, entries, strict=True)]
     total = format_bytes(sum(e.bytes for e in entries))
     table = format_table(headers, rows)
     hint = "remove with: moe-tui cache --remove NAME (or --clear)"

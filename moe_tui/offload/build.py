@@ -29,6 +29,7 @@ from moe_tui.offload.formats import ExpertFormat, make_format
 from moe_tui.offload.model import OffloadedModel, Progress
 from moe_tui.offload.quant import quantize_linears
 from moe_tui.offload.store import ExpertStore
+from moe_tui.offload.store_lock import store_lock
 
 STORE_VERSION = 1
 ExpertReader = Callable[[int, int], tuple[Tensor, Tensor, Tensor]]
@@ -173,11 +174,27 @@ def build_store(
 
     ``read(layer, expert)`` returns one expert's gate, up and down weights. With ``replace_as_packed`` each
     layer's original experts module is dropped as soon as it is packed, so its memory is freed layer by layer.
-    ``model`` names the model in a saved store's description (for ``moe-tui cache``).
+    ``model`` names the model in a saved store's description (for ``moe-tui cache``). A saved store is looked
+    at, built and saved under its lock (:mod:`moe_tui.offload.store_lock`): a second start of the same store
+    waits for the first, then reads what it saved.
     """
+    cache_dir = _store_dir(cfg, moe, plan.format, source)
+    with store_lock(cache_dir, report):
+        return _reuse_or_build(cache_dir, moe, plan, read, source, report, replace_as_packed, model)
+
+
+def _reuse_or_build(
+    cache_dir: Path | None,
+    moe: MoEModel,
+    plan: Plan,
+    read: ExpertReader,
+    source: dict[str, object],
+    report: Progress,
+    replace_as_packed: bool,
+    model: str,
+) -> tuple[ExpertStore, dict[str, object]]:
     layers, experts = len(moe.layers), moe.num_experts
     fmt = plan.format
-    cache_dir = _store_dir(cfg, moe, fmt, source)
     description = store_description(fmt, source)
     notes: list[str] = []
     if cache_dir is not None:
