@@ -24,7 +24,9 @@ A file that cannot be read never stops the app and is never lost: :func:`load_se
 it can read, uses the default for each broken one (wrong type, out of range, unknown key, or the whole file
 when it is not valid TOML) and returns a warning naming the file, the line and the key. The file itself is
 left as it is until the app saves settings again, and :func:`save_settings` first copies a broken file to
-``settings.toml.broken-<time>`` beside it. Only this module writes the file.
+``settings.toml.broken-<time>`` beside it. Only this module writes the file, and the app writes it through
+:func:`update_settings`: what it changed, over the file as it is at that moment, so that a hand edit made while
+the app runs, or another moe-tui's change, is not overwritten by what the app read at its start.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +185,16 @@ def _checked(name: str, table: dict[str, Any], where: _Locator, problems: list[s
         else:
             problems.append(f"{where.line(name, key)}{name}.{key}{joiner}{why} ({instead})")
     return chosen
+
+
+def update_settings(changes: dict[str, Any], path: Path | None = None) -> tuple[Settings, Path | None]:
+    """Apply ``changes`` (by Settings field name) to the settings file as it is now and write it atomically;
+    every value it holds that is not changed stays, whoever wrote it. Returns the settings written and the copy
+    of a broken file kept beside it (see :func:`save_settings`); raises OSError when the file cannot be
+    written."""
+    path = path or settings_path()
+    updated = replace(load_settings(path)[0], **changes)
+    return updated, save_settings(updated, path)
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path | None:

@@ -264,6 +264,28 @@ def test_on_an_80x24_terminal_the_forms_scroll_their_error_into_view() -> None:
     run(check, app, size=(80, 24))
 
 
+def test_a_setting_changed_in_the_app_keeps_what_was_written_to_the_file_since_the_start() -> None:
+    """The app saves what it changed over the file as it is now: a hand edit made while it runs (or another
+    moe-tui's change) is not replaced by the settings the app read when it started."""
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        path = config.settings_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            'recent_models = ["/models/other"]\n\n[engine]\nexpert_bits = 4\n\n[keymap]\n"chat.stop" = "ctrl+x"\n'
+        )
+        app.set_theme("moe-light")
+        await pilot.pause()
+        saved, warning = config.load_settings()
+        assert warning == "" and saved.theme == "moe-light"
+        assert saved.engine == {"expert_bits": 4} and saved.keymap == {"chat.stop": "ctrl+x"}
+        assert saved.recent_models == ("/models/other",)
+        assert app.settings.theme == "moe-light"
+
+    run(check, app)
+
+
 def test_a_settings_file_with_errors_is_left_alone_until_a_setting_changes() -> None:
     """Starting up wrote the start-up theme back at once, so a file with one typo was rewritten (its own text
     moved aside) before the user had touched anything, and the warning that said "the file is kept" was wrong."""

@@ -303,10 +303,11 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             self.main.redraw_all()
 
     def remember(self, **changes: Any) -> None:
-        """Update and save the settings file; a failed write is reported, never fatal."""
+        """Save ``changes`` in the settings file (over what it holds now: an edit made since the start stays) and
+        in the settings this run uses; a failed write is reported, never fatal."""
         self.settings = replace(self.settings, **changes)
         try:
-            kept = config.save_settings(self.settings)
+            _, kept = config.update_settings(changes)
         except OSError as error:
             self.notify(f"could not save settings: {error}", severity="warning")
             return
