@@ -120,3 +120,32 @@ def test_lab_and_plan_read_a_trace_from_stdin(tmp_path: Path, capsys: pytest.Cap
     plan += ["--overhead-ms", "0", "--trace", "-"]
     code, out, _ = run_cli(plan, capsys, text, monkeypatch)
     assert code == 0 and "LRU replay of trace -" in json.loads(out)["routing"]
+
+
+def test_an_answer_piped_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`moe-tui ask ... | head -c 20`: the reader closes the pipe mid-answer; the answer stops there, with no
+    traceback and the status of a process ended by SIGPIPE."""
+    import os
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "MOE_TUI_DATA_DIR": str(tmp_path), "MOE_TUI_CONFIG_DIR": str(tmp_path)}
+    question = ["ask", "Tell me about lists and tuples", "--temperature", "0", "--max-new-tokens", "64"]
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'set -o pipefail; "$@" | head -c 20 > /dev/null',
+            "ask",
+            sys.executable,
+            "-m",
+            "moe_tui",
+            *question,
+        ],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=300,
+    )
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 141
