@@ -144,3 +144,21 @@ def test_cache_command_leaves_an_entry_being_written_alone(capsys: pytest.Captur
         holder.release()
     assert cli.main(["cache", "--remove", "being-built"]) == 0
     assert sorted(root.iterdir()) == []
+
+
+def test_a_file_system_without_locks_works_unlocked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where flock fails outright (ENOLCK on some network mounts), a start neither waits forever nor fails: it
+    works on the store unlocked, as before there was a lock."""
+    import errno
+
+    from moe_tui.offload import store_lock as module
+
+    def no_locks(handle: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(module.fcntl, "flock", no_locks)
+    entry = tmp_path / "quantized" / "entry"
+    reports: list[tuple[str, int, int]] = []
+    with store_lock(entry, lambda *report: reports.append(report)):
+        assert not is_locked(entry)
+    assert reports == [] and not lock_path(entry).exists()

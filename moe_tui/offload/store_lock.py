@@ -57,11 +57,17 @@ def _acquire(path: Path, report: Callable[[str, int, int], None]) -> int | None:
         handle = _open(path)
         if handle is None:
             return None
-        while not _try_lock(handle):
-            if not waited:
-                report(WAITING, 0, 1)
-                waited = True
-            time.sleep(POLL_S)
+        try:
+            while not _try_lock(handle):
+                if not waited:
+                    report(WAITING, 0, 1)
+                    waited = True
+                time.sleep(POLL_S)
+        except OSError:  # a file system without locks (some network mounts): work unlocked, as before
+            os.close(handle)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
         if _is_file_at(handle, path):
             if waited:
                 report(WAITING, 1, 1)
@@ -80,6 +86,8 @@ def is_locked(directory: Path) -> bool:
         return False
     try:
         return not _try_lock(handle)  # taken (and let go at once): nobody held it
+    except OSError:  # no locks on this file system: nothing can be known, nothing is held
+        return False
     finally:
         os.close(handle)
 
@@ -104,6 +112,7 @@ def _is_file_at(handle: int, path: Path) -> bool:
 
 
 def _try_lock(handle: int) -> bool:
+    """Take the lock if it is free (False: another holds it); OSError where the file system has no locks."""
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
