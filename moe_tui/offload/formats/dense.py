@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import ExpertFormat, Views
+from moe_tui.offload.formats.linear import linear
 
 PRECISION_OF = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
@@ -40,8 +40,8 @@ class DenseFormat(ExpertFormat):
     def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Two matmuls and the gated activation."""
         gate_up, down = views
-        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-        return F.linear(glu(gate, up), down)
+        gate, up = linear(x, gate_up).chunk(2, dim=-1)
+        return linear(glu(gate, up), down)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """The matrices themselves."""

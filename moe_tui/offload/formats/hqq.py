@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from moe_tui import precision
 from moe_tui.offload import quant
 from moe_tui.offload.families.base import GatedUnit
 from moe_tui.offload.formats.base import QUANTIZE_BYTES_PER_ELEMENT, ExpertFormat, Views
+from moe_tui.offload.formats.linear import linear
 from moe_tui.offload.quant import pack_factor, pack_rows
 
 META_BYTES = precision.META_BYTES
@@ -112,8 +112,8 @@ class HqqFormat(ExpertFormat):
     def forward(self, views: Views, x: Tensor, glu: GatedUnit) -> Tensor:
         """Dequantize into the workspace, then two matmuls."""
         gate_up, down = self.dequantize(views[0])
-        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-        return F.linear(glu(gate, up), down)
+        gate, up = linear(x, gate_up).chunk(2, dim=-1)
+        return linear(glu(gate, up), down)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
         """Gate-up and down unpacked into the device's workspace (views, valid until the next call)."""
