@@ -24,9 +24,11 @@ class KeysInOrder:
     typed characters."""
 
     async def _on_key(self: Widget, event: events.Key) -> None:
+        if event.is_printable:
+            return  # typed text: the text widget inserts it and stops it before any binding sees it
         active = self.screen.active_bindings.get(event.key)
         if active is None or active.node is not self or active.binding.priority or not active.enabled:
-            return  # typed text, or a key for someone else: the widget's usual handling and the app's bindings
+            return  # a key for someone else: the app's bindings, as usual
         if await self.app.run_action(active.binding.action, self):
             event.stop()
             event.prevent_default()  # the text widget's own handler must not see the key a second time
