@@ -193,8 +193,9 @@ def update_settings(changes: dict[str, Any], path: Path | None = None) -> tuple[
     of a broken file kept beside it (see :func:`save_settings`); raises OSError when the file cannot be
     written."""
     path = path or settings_path()
-    updated = replace(load_settings(path)[0], **changes)
-    return updated, save_settings(updated, path)
+    current, warning = load_settings(path)
+    updated = replace(current, **changes)
+    return updated, _write(updated, path, broken=path.is_file() and bool(warning))
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path | None:
@@ -204,9 +205,15 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path | None:
     edit gone wrong is never lost; returns that copy's path (None when there was nothing to keep).
     """
     path = path or settings_path()
+    return _write(settings, path, broken=path.is_file() and bool(load_settings(path)[1]))
+
+
+def _write(settings: Settings, path: Path, broken: bool) -> Path | None:
+    """Write ``settings`` to ``path`` atomically, first copying the file there aside when it is ``broken``;
+    returns that copy's path."""
     path.parent.mkdir(parents=True, exist_ok=True)
     kept = None
-    if path.is_file() and load_settings(path)[1]:
+    if broken:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         kept = path.with_name(f"{path.name}.broken-{stamp}")
         counter = 1
