@@ -22,15 +22,12 @@ def reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_many_tokens_are_multiplied_in_fp32_slabs_and_give_the_product(without_native_half, dtype) -> None:
+def test_many_tokens_are_multiplied_in_fp32_slabs_and_give_the_product(without_native_half, dtype, monkeypatch) -> None:
     torch.manual_seed(0)
     weight = torch.randn(300, 2000).to(dtype)  # 300 rows: several slabs and a short last one
     x = torch.randn(2, 5, 2000).to(dtype)  # 10 tokens in a batch of 2
-    module.SLAB_BYTES, saved = 4 * 2000 * 128, module.SLAB_BYTES
-    try:
-        got = module.linear(x, weight)
-    finally:
-        module.SLAB_BYTES = saved
+    monkeypatch.setattr(module, "SLAB_BYTES", 4 * 2000 * 128)  # slabs of 128 rows
+    got = module.linear(x, weight)
     expected = reference(x, weight)
     assert got.shape == (2, 5, 300) and got.dtype == dtype
     close = torch.isclose(got.float(), expected.float(), rtol=0, atol=0).float().mean().item()
