@@ -22,10 +22,14 @@ Steps, each reported as passed, failed or skipped (with the reason):
    expert store's registered (``cudaHostRegister``) layers: the store must be page-locked, take its exact size
    (process RSS growth against the store's bytes; PyTorch's pinned allocator reserving nothing) and copy as
    fast as PyTorch's own pinned memory.
-6. ``fit``: the fit check against the GPU memory an answer really takes: two layers each of Mixtral-8x7B (SDPA
+6. ``cli``: the commands a user runs, on the GPU, each as its own process: ``ask`` on the demo model (its
+   greedy answer compared with the CPU's), ``ask`` with 4-bit experts from a memory-mapped store twice (the
+   second reads the quantized-store cache), ``bench`` of five configurations, ``plan`` for Mixtral-8x7B on a
+   24 GiB card, ``cache``, and one reading of the NVML probe while this process holds GPU memory.
+7. ``fit``: the fit check against the GPU memory an answer really takes: two layers each of Mixtral-8x7B (SDPA
    attention) and gpt-oss-20b (eager attention) at k=2, a ~3500-token answer; PyTorch's peak reserved memory
    plus what CUDA holds outside it must stay within the count ``chat`` checks before loading.
-7. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
+8. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
    4 bits, then decode tokens/s at k=8, k=2 and k=2 with prefetch, in bf16 and at 4 bits, with the measured
    hit rate and the bound that copies at that hit rate put on tokens/s; and k=2 with ``miss=auto``, where the
    engine may have the CPU compute a missed expert from pinned memory instead of copying it (bf16 only: the
@@ -281,7 +285,65 @@ def store_registration(target: torch.Tensor) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------------------------- 6. fit
+# ----------------------------------------------------------------------------------------------- 6. cli
+def moe_tui(*arguments: str, env: dict) -> dict:
+    """Run ``moe-tui ARGUMENTS`` as a user would; its exit code, seconds, output and parsed JSON (when it printed
+    one object)."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "moe_tui", *arguments], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    report: dict = {"command": "moe-tui " + " ".join(arguments), "rc": done.returncode}
+    report["seconds"] = time.perf_counter() - start
+    try:
+        report["json"] = json.loads(done.stdout)
+    except ValueError:
+        report["stdout_tail"] = done.stdout[-3000:]
+    report["stderr_tail"] = done.stderr[-2000:]
+    return report
+
+
+def step_cli(quick: bool) -> dict:
+    """The commands a user runs, on the GPU: ask (plain, and 4-bit from a mmap store twice, the second from the
+    quantized-store cache), bench, plan for Mixtral on a 24 GiB card, and one reading of the NVML probe."""
+    if not cuda():
+        raise Skipped("no CUDA device: the test suite runs these commands on the CPU")
+    import os
+    import tempfile
+
+    from moe_tui.system import SystemProbe
+
+    home = Path(tempfile.mkdtemp(prefix="moe-tui-cuda-check-"))
+    env = {**os.environ, **{f"MOE_TUI_{kind}_DIR": str(home / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")}}
+    question = ("--temperature", "0", "--max-new-tokens", "24", "--json", "What do experts do?")
+    int4_mmap = ("--device", "cuda", "--expert-bits", "4", "--store", "mmap")
+    runs = {
+        "ask_cuda": moe_tui("ask", "--device", "cuda", *question, env=env),
+        "ask_cpu": moe_tui("ask", "--device", "cpu", *question, env=env),
+        "ask_int4_mmap_first": moe_tui("ask", *int4_mmap, *question, env=env),
+        "ask_int4_mmap_cached": moe_tui("ask", *int4_mmap, *question, env=env),
+        "bench": moe_tui(
+            "bench", "--device", "cuda", "--compare", "resident", "k=2", "k=2,prefetch=1", "k=2,bits=4",
+            "k=2,miss=auto", "--tokens", "16", "--runs", "1", "--json", env=env,
+        ),
+        "plan_mixtral_24g": moe_tui("plan", "mixtral-8x7b", "--vram", "24GiB", "--json", env=env),
+        "cache": moe_tui("cache", "--json", env=env),
+    }  # fmt: skip
+    texts = {name: runs[name].get("json", {}).get("text") for name in ("ask_cuda", "ask_cpu")}
+    held = torch.ones(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB this process holds, for the probe
+    probe = SystemProbe()
+    sample = probe.sample()
+    probe.close()
+    del held
+    return {
+        "passed": all(run["rc"] == 0 for run in runs.values()) and bool(sample.gpus),
+        "runs": runs,
+        "greedy_text_same_on_cuda_and_cpu": texts["ask_cuda"] == texts["ask_cpu"],
+        "probe": {"gpu_status": sample.gpu_status, "gpus": [str(gpu) for gpu in sample.gpus]},
+    }
+
+
+# ----------------------------------------------------------------------------------------------- 7. fit
 def step_fit(quick: bool) -> dict:
     """The fit check's count against the GPU memory a long answer really takes, at two real shapes.
 
@@ -343,7 +405,7 @@ def step_fit(quick: bool) -> dict:
     return result
 
 
-# ----------------------------------------------------------------------------------------------- 6. mixtral
+# ----------------------------------------------------------------------------------------------- 8. mixtral
 def mixtral_layers(layers: int):
     """A Mixtral-8x7B-shaped model of ``layers`` decoder layers with random bf16 weights, on the CPU."""
     from transformers import MixtralConfig, MixtralForCausalLM
@@ -450,29 +512,35 @@ def main() -> int:
         "tests": lambda: step_tests(args.quick),
         "streams": lambda: step_streams(args.quick),
         "syncs": lambda: step_syncs(args.quick),
-        "kernels": lambda: step_kernels(args.quick),
         "transfer": lambda: step_transfer(args.quick),
+        "cli": lambda: step_cli(args.quick),
         "fit": lambda: step_fit(args.quick),
+        "kernels": lambda: step_kernels(args.quick),
         "mixtral": lambda: step_mixtral(args.quick, steps.get("transfer", {}).get("pinned_gbps")),
     }
+    gpu = torch.cuda.get_device_name(0) if cuda() else None
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else "check-cpu-only"
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"cuda-{slug}.json"
     for name, work in plan.items():
         steps[name] = {"status": "skipped", "reason": "--skip"} if name in args.skip else run_step(name, work)
-    gpu = torch.cuda.get_device_name(0) if cuda() else None
+        write_report(path, gpu, args.quick, steps)  # after every step: a run cut short keeps what it measured
+    failed = [name for name, step in steps.items() if step["status"] == "failed"]
+    print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
+    return 1 if failed else 0
+
+
+def write_report(path: Path, gpu: str | None, quick: bool, steps: dict[str, dict]) -> None:
+    """Write the steps run so far, with the machine's description, as JSON."""
     data = {
         "gpu": gpu,
         "when": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
-        "quick": args.quick,
+        "quick": quick,
         "steps": steps,
     }
-    slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else "check-cpu-only"
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"cuda-{slug}.json"
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    failed = [name for name, step in steps.items() if step["status"] == "failed"]
-    print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     assert data["gpu"] is None
     steps = data["steps"]
     skipped = {name for name, step in steps.items() if step["status"] == "skipped"}
-    assert skipped == {"tests", "streams", "syncs", "transfer", "fit", "mixtral"}
+    assert skipped == {"tests", "streams", "syncs", "transfer", "cli", "fit", "mixtral"}
     assert all(steps[name]["reason"].startswith("no CUDA device") for name in skipped)
     kernels = steps["kernels"]
     assert kernels["status"] == "passed" and kernels["device"] == "cpu"
