@@ -351,13 +351,26 @@ def test_60x20_terminal_stays_usable_and_smaller_says_so() -> None:
         await pilot.press("f6")
         await pilot.pause(0.1)
         assert screen.has_class("show-panels") and screen.panels["heatmap"].region.width > 0
+        focused = screen.focused
+        assert focused is screen.panels["heatmap"]
         await pilot.resize_terminal(50, 15)
         await pilot.pause(0.2)
         too_small = screen.query_one("#too-small", Static)
         assert too_small.region.width > 0 and "Terminal too small: 50x15" in str(too_small.render())
+        # keys typed at a window the user cannot read do nothing: no question sent, no chat started or panel moved
+        await send(pilot, "unseen")
+        await pilot.press("ctrl+n", "f6", "f2")
+        await pilot.pause(0.2)
+        assert len(screen.query(MessageView)) == 2 and not screen.generating
+        assert screen.query_one(PromptInput).text == "" and screen.has_class("show-panels")
+        assert not screen.query_one(ConversationList).display
         await pilot.resize_terminal(100, 30)
         await pilot.pause(0.2)
         assert too_small.region.width == 0 and screen.query_one("#body").region.height > 0
+        assert screen.focused is focused  # the keys go on where they went
+        await pilot.click(PromptInput)
+        await send(pilot, "seen")
+        await wait_for(pilot, lambda: len(screen.query(MessageView)) == 4 and not screen.generating)
 
     run(app, check, size=(60, 20))
 

@@ -116,6 +116,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.backend: Backend = NoBackend()
         self.editing = False  # the prompt holds the last question, to replace it when sent
         self.redraws = 0
+        self.too_small = False  # below MIN_WIDTH x MIN_HEIGHT: the body is hidden and takes no keys
+        self._focus_before_small: Widget | None = None
         self._serial = 0
         self._stop = threading.Event()
         self._replay_stop = threading.Event()
@@ -186,7 +188,25 @@ class MainScreen(ReportsWorkerErrors, Screen):
             f"Terminal too small: {width}x{height}. moe-tui needs at least {MIN_WIDTH}x{MIN_HEIGHT}.\n"
             f"Enlarge the window (or reduce the font size). {self._key('app.quit')} quits."
         )
+        self._set_too_small(width < MIN_WIDTH or height < MIN_HEIGHT)
         self.refresh_status()
+
+    def _set_too_small(self, small: bool) -> None:
+        """While the terminal is too small the body is disabled, so keys typed at a window the user cannot read
+        neither type nor send, and the screen's bindings are off; enlarged again, focus returns where it was."""
+        if small == self.too_small:
+            return
+        self.too_small = small
+        if small:
+            self._focus_before_small = self.focused
+        self.query_one("#body").disabled = small
+        if not small:
+            before, self._focus_before_small = self._focus_before_small, None
+            if before is not None and before.is_attached and before.focusable:
+                before.focus()
+            else:
+                self.query_one(PromptInput).focus()
+        self.refresh_bindings()
 
     def update_one_pane(self, width: int) -> None:
         """Show the chat and the panels side by side, or one at a time (f6 switches) where both would be cramped:
@@ -937,7 +957,10 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self.refresh_status()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Replay keys only while replaying; stop only while generating (or a panel is maximised)."""
+        """None while the terminal is too small; replay keys only while replaying; stop only while generating
+        (or a panel is maximised)."""
+        if self.too_small:
+            return False
         if action.startswith("replay_"):
             return self.backend.mode == "replay"
         if action == "stop":
