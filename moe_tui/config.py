@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -187,14 +188,29 @@ def _checked(name: str, table: dict[str, Any], where: _Locator, problems: list[s
     return chosen
 
 
+def apply_changes(settings: Settings, changes: dict[str, Any]) -> Settings:
+    """``settings`` with ``changes`` (by Settings field name) applied; a change may be a function of the field's
+    value there (as :func:`with_recent_model` is), so that a list is added to rather than replaced."""
+    resolved = {
+        name: change(getattr(settings, name)) if callable(change) else change for name, change in changes.items()
+    }
+    return replace(settings, **resolved)
+
+
+def with_recent_model(directory: str) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    """A change of ``recent_models`` that puts ``directory`` first (moved there if listed), keeping the others in
+    order up to :data:`RECENT_MODELS`."""
+    return lambda names: (directory, *(name for name in names if name != directory))[:RECENT_MODELS]
+
+
 def update_settings(changes: dict[str, Any], path: Path | None = None) -> tuple[Settings, Path | None]:
-    """Apply ``changes`` (by Settings field name) to the settings file as it is now and write it atomically;
+    """Apply ``changes`` (see :func:`apply_changes`) to the settings file as it is now and write it atomically;
     every value it holds that is not changed stays, whoever wrote it. Returns the settings written and the copy
     of a broken file kept beside it (see :func:`save_settings`); raises OSError when the file cannot be
     written."""
     path = path or settings_path()
     current, warning = load_settings(path)
-    updated = replace(current, **changes)
+    updated = apply_changes(current, changes)
     return updated, _write(updated, path, broken=path.is_file() and bool(warning))
 
 

@@ -18,7 +18,18 @@ from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label
 from tui_fakes import KV_BYTES_PER_WORD, FakeProbe, FakeSession, header
-from tui_helpers import cache_slot_counts, main_screen, make_app, messages, palette, run, send, type_text, wait_for
+from tui_helpers import (
+    cache_slot_counts,
+    main_screen,
+    make_app,
+    messages,
+    palette,
+    ready,
+    run,
+    send,
+    type_text,
+    wait_for,
+)
 
 from moe_tui import config, paths
 from moe_tui.chat.history import HistoryStore
@@ -282,6 +293,25 @@ def test_a_setting_changed_in_the_app_keeps_what_was_written_to_the_file_since_t
         assert saved.engine == {"expert_bits": 4} and saved.keymap == {"chat.stop": "ctrl+x"}
         assert saved.recent_models == ("/models/other",)
         assert app.settings.theme == "moe-light"
+
+    run(check, app)
+
+
+def test_a_model_loaded_adds_to_the_recent_models_another_moe_tui_saved_since_the_start() -> None:
+    """The picker's recent models were written from this run's list, so a model another moe-tui had added to the
+    file in the meantime was dropped; now the loaded model goes in front of the list the file holds."""
+    session = FakeSession()
+    session.directory = Path("/models/mine")
+    app, _ = make_app(session)
+
+    async def check(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: config.load_settings()[0].recent_models == ("/models/mine",))
+        config.update_settings({"recent_models": ("/models/other", "/models/mine")})  # the other moe-tui
+        app.load_model("/models/mine")
+        await wait_for(pilot, lambda: not app.model_loading and ready(app))
+        await pilot.pause(0.2)
+        assert config.load_settings()[0].recent_models == ("/models/mine", "/models/other")
+        assert app.settings.recent_models == ("/models/mine", "/models/other")  # the picker lists both
 
     run(check, app)
 

@@ -233,8 +233,7 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         directory = getattr(backend, "model_directory", None)
         if backend.mode != "live" or directory is None or Path(directory) == paths.DEMO_MODEL_DIR:
             return
-        recent = (str(directory), *(name for name in self.settings.recent_models if name != str(directory)))
-        self.remember(recent_models=recent[: config.RECENT_MODELS])
+        self.remember(recent_models=config.with_recent_model(str(directory)))
 
     async def on_load_progress(self, message: LoadProgress) -> None:
         """Move the loading screen's bars (if it is shown) and the status bar's note."""
@@ -303,14 +302,16 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             self.main.redraw_all()
 
     def remember(self, **changes: Any) -> None:
-        """Save ``changes`` in the settings file (over what it holds now: an edit made since the start stays) and
-        in the settings this run uses; a failed write is reported, never fatal."""
-        self.settings = replace(self.settings, **changes)
+        """Save ``changes`` (see ``config.apply_changes``) in the settings file, over what it holds now (an edit
+        made since the start stays), and take the fields written into the settings this run uses; a failed write
+        is reported, never fatal."""
         try:
-            _, kept = config.update_settings(changes)
+            updated, kept = config.update_settings(changes)
         except OSError as error:
+            self.settings = config.apply_changes(self.settings, changes)
             self.notify(f"could not save settings: {error}", severity="warning")
             return
+        self.settings = replace(self.settings, **{name: getattr(updated, name) for name in changes})
         if kept is not None:
             self.notify(f"the settings file had errors; your version is kept as {kept}", severity="warning", timeout=10)
 
