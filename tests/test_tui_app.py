@@ -762,6 +762,8 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
         await wait_for(pilot, lambda: table.row_count > 0, timeout=60)
         await pilot.pause()
         assert table.virtual_size.width <= table.size.width, "every policy and MIN fit 100 columns, none cut"
+        # the +host column's low hit rate at k=8 is its rule, said beside it: only prefetches fill its slots
+        assert "+host: misses are computed on the host and never copied" in str(note.render())
         field = await field_after_o(pilot)
         assert field.value == str(samples / "demo-off-topic.jsonl")
 

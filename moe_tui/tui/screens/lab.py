@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Label, Static
 
 from moe_tui.errors import UserError
 from moe_tui.paths import TRACES_DIR
+from moe_tui.sim.lab import HOST_SUFFIX
 from moe_tui.telemetry import LayerStep, TraceError, TraceEvent, TraceHeader, read_trace
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend
@@ -118,6 +119,11 @@ class LabScreen(ReportsWorkerErrors, Screen):
             " Each cell: simulated hit rate (points vs MIN, Belady's optimum:"
             " no cache of that size misses less on this trace)."
         )
+        if any(policy.endswith(HOST_SUFFIX) for policy in report.policies):
+            note += (
+                f" {HOST_SUFFIX}: misses are computed on the host and never copied, so only prefetched experts"
+                " fill the slots (the engine's miss=host)."
+            )
         self.query_one("#lab-note", Static).update(note)
         table = self.query_one(DataTable)
         columns, rows = lab_rows(report)
