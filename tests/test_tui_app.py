@@ -167,6 +167,13 @@ def test_new_chat_conversation_list_and_export(tmp_path: Path, monkeypatch: pyte
         await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
         await pilot.press("enter")  # the folder itself: a file named after the chat's title
         await wait_for(pilot, lambda: len(list(tmp_path.iterdir())) == 2)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        await pilot.press("f5")  # an absolute path typed on from the folder starts over, as in a shell
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        await type_text(pilot, f"{elsewhere}{os.sep}kept.md")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: (elsewhere / "kept.md").exists())
 
     run(check, app)
 

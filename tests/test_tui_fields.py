@@ -4,6 +4,7 @@ backspace, only after the characters queued behind it)."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from textual import events
@@ -11,6 +12,7 @@ from textual.app import App
 from textual.widgets import Input, TextArea
 from tui_helpers import make_app, ready, run, wait_for
 
+from moe_tui.tui.screens.dialogs import typed_path
 from moe_tui.tui.widgets.chat import PromptInput
 from moe_tui.tui.widgets.fields import TextBox, TextField
 
@@ -71,3 +73,20 @@ def test_the_chat_prompt_takes_a_burst_in_order_and_still_sends_with_its_key() -
         assert prompt.text == ""
 
     run(check, app)
+
+
+@pytest.mark.parametrize(
+    ("typed", "meant"),
+    [
+        ("/home/me/notes.md", "/home/me/notes.md"),  # typed on from the folder
+        ("/home/me//tmp/x.md", "/tmp/x.md"),  # an absolute path after it
+        ("/home/me/~/x.md", "~/x.md"),  # home after it
+        ("/home/me/~", "~"),
+        ("/home/me/~user.md", "/home/me/~user.md"),  # a name that starts with ~ is a name
+        ("/home/me//tmp/~/a//b", "/b"),  # the last start counts
+        ("/home/me/~/a//b", "/b"),
+        ("/home/me//a/~/b", "~/b"),
+    ],
+)
+def test_a_path_typed_on_from_a_folder_starts_over_at_a_slash_or_tilde(typed: str, meant: str) -> None:
+    assert typed_path(typed.replace("/", os.sep)) == meant.replace("/", os.sep)

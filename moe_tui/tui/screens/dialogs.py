@@ -3,6 +3,7 @@ scrolling box the larger forms are laid out in."""
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual.binding import BindingType
@@ -29,7 +30,8 @@ class AskScreen(ModalScreen[str | None]):
     """Ask for one line of text; enter answers, escape cancels (dismisses with None).
 
     The starting ``value`` is selected, so typing replaces it (a title to rename); with ``extend`` it is a path
-    to type on from: the cursor starts after it and nothing is selected.
+    to type on from: the cursor starts after it and nothing is selected, and an absolute path or ``~`` typed
+    after it starts over (:func:`typed_path`).
     """
 
     BINDINGS: ClassVar[list[BindingType]] = keys.bindings_where("dialog")
@@ -49,9 +51,24 @@ class AskScreen(ModalScreen[str | None]):
             yield Static(f"enter: OK    {cancel}: cancel", classes="dialog-hint", markup=False)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
-        """Answer with the text typed."""
+        """Answer with the text typed (with ``extend``, read as :func:`typed_path`)."""
         event.stop()
-        self.dismiss(event.value.strip() or None)
+        text = event.value.strip()
+        self.dismiss((typed_path(text) if self.extend else text) or None)
+
+
+def typed_path(text: str) -> str:
+    """A path typed on from a folder already in the field, read as its typist means it: an absolute path or a
+    ``~`` typed after the folder starts over, so ``/home/me//tmp/x.md`` is ``/tmp/x.md`` and
+    ``/home/me/~/x.md`` is ``~/x.md``."""
+    start = 0
+    double = text.rfind(os.sep + os.sep)
+    if double >= 0:
+        start = double + 1
+    home = text.rfind(os.sep + "~")
+    if home >= start and text[home + 2 : home + 3] in ("", os.sep):
+        start = home + 1
+    return text[start:]
 
 
 class ConfirmScreen(ModalScreen[bool]):
