@@ -6,6 +6,8 @@ Run on a machine with an NVIDIA GPU (under 8 minutes on one H100/H200)::
 
 On the lent GPU machine, which cannot download anything, ``sh scripts/device_wheels.sh`` first (here): it puts
 the wheels that machine lacks into ``.whl/`` and prints the command that installs them there and runs this.
+There, give ``--deadline SECONDS`` a minute under the call's time limit: the step running at the deadline is cut
+off and the rest skipped, each said so in the JSON, which is rewritten after every step.
 
 Steps, each reported as passed, failed or skipped (with the reason):
 
@@ -44,9 +46,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -305,7 +309,8 @@ def moe_tui(*arguments: str, env: dict) -> dict:
 
 def step_cli(quick: bool) -> dict:
     """The commands a user runs, on the GPU: ask (plain, and 4-bit from a mmap store twice, the second from the
-    quantized-store cache), bench, plan for Mixtral on a 24 GiB card, and one reading of the NVML probe."""
+    quantized-store cache), bench, plan for Mixtral on a 24 GiB card, and one reading of the NVML probe, which
+    must see this process's memory on the GPU."""
     if not cuda():
         raise Skipped("no CUDA device: the test suite runs these commands on the CPU")
     import os
@@ -336,10 +341,10 @@ def step_cli(quick: bool) -> dict:
     probe.close()
     del held
     return {
-        "passed": all(run["rc"] == 0 for run in runs.values()) and bool(sample.gpus),
+        "passed": all(run["rc"] == 0 for run in runs.values()) and any(gpu.process_allocated for gpu in sample.gpus),
         "runs": runs,
         "greedy_text_same_on_cuda_and_cpu": texts["ask_cuda"] == texts["ask_cpu"],
-        "probe": {"gpu_status": sample.gpu_status, "gpus": [str(gpu) for gpu in sample.gpus]},
+        "probe": {"gpu_status": sample.gpu_status, "gpus": [dataclasses.asdict(gpu) for gpu in sample.gpus]},
     }
 
 
@@ -484,19 +489,50 @@ def step_mixtral(quick: bool, pinned_gbps: float | None) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- driver
-def run_step(name: str, work: Callable[[], dict]) -> dict:
-    """Run one step, turning a skip or an error into its report."""
+class OutOfTime(BaseException):
+    """The run's ``--deadline`` passed during a step (a BaseException, so that no step's own handler takes it)."""
+
+
+def cut_off(signum: int, frame: object) -> None:
+    """SIGALRM's handler while a step runs under a deadline."""
+    raise OutOfTime
+
+
+def run_step(name: str, work: Callable[[], dict], seconds_left: float | None = None) -> dict:
+    """Run one step, turning a skip or an error into its report; with ``seconds_left`` (until the run's deadline)
+    it is skipped when none are left and cut off when they run out."""
     print(f"[{name}]", flush=True)
+    start = time.perf_counter()
+    if seconds_left is not None and seconds_left <= 0:
+        report = {"status": "skipped", "reason": "out of time: the run's --deadline passed before this step"}
+    else:
+        report = step_report(work, seconds_left)
+    report["seconds"] = time.perf_counter() - start
+    print(f"[{name}] {report['status']} in {report['seconds']:.0f} s {report.get('reason', '')}", flush=True)
+    return report
+
+
+def step_report(work: Callable[[], dict], seconds_left: float | None) -> dict:
+    """``work()``'s report with its status, or the skip, error or deadline that ended it."""
+    if seconds_left is not None:
+        signal.signal(signal.SIGALRM, cut_off)
+        signal.setitimer(signal.ITIMER_REAL, seconds_left)
     start = time.perf_counter()
     try:
         report = work()
         report["status"] = "passed" if report.get("passed", True) else "failed"
     except Skipped as reason:
         report = {"status": "skipped", "reason": str(reason)}
+    except OutOfTime:
+        report = {
+            "status": "failed",
+            "error": f"cut off by the run's --deadline after {time.perf_counter() - start:.0f} s",
+        }
     except Exception as error:  # a failure is reported and the next step still runs
         report = {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": traceback.format_exc()}
-    report["seconds"] = time.perf_counter() - start
-    print(f"[{name}] {report['status']} in {report['seconds']:.0f} s {report.get('reason', '')}", flush=True)
+    finally:
+        if seconds_left is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
     return report
 
 
@@ -506,7 +542,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the script)")
     parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
     parser.add_argument("--out", type=Path, default=OUT, help="where the JSON goes (default benchmarks/results)")
+    parser.add_argument(
+        "--deadline", type=float, metavar="SECONDS",
+        help="end within this many seconds: the step running then is cut off and the rest are skipped, each said so"
+        " in the JSON (for a lent machine's time limit)",
+    )  # fmt: skip
     args = parser.parse_args()
+    started = time.perf_counter()
     steps: dict[str, dict] = {}
     plan: dict[str, Callable[[], dict]] = {
         "tests": lambda: step_tests(args.quick),
@@ -523,7 +565,10 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cuda-{slug}.json"
     for name, work in plan.items():
-        steps[name] = {"status": "skipped", "reason": "--skip"} if name in args.skip else run_step(name, work)
+        seconds_left = None if args.deadline is None else args.deadline - (time.perf_counter() - started)
+        steps[name] = (
+            {"status": "skipped", "reason": "--skip"} if name in args.skip else run_step(name, work, seconds_left)
+        )
         write_report(path, gpu, args.quick, steps)  # after every step: a run cut short keeps what it measured
     failed = [name for name, step in steps.items() if step["status"] == "failed"]
     print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))

@@ -656,6 +656,15 @@ def cuda_section(data: dict, name: str) -> list[str]:
                 f"counted, {gib(m['outside_allocator'])} outside PyTorch's allocator (margin {gib(report['margin'])})"
                 for m in report["models"]
             )
+        if step == "cli" and "runs" in report:
+            runs = report["runs"].items()
+            detail = ", ".join(f"{name} exit {run['rc']} in {run['seconds']:.0f} s" for name, run in runs)
+            same = "the same" if report["greedy_text_same_on_cuda_and_cpu"] else "different"
+            gpus = ", ".join(
+                f"{gpu['name']} {gib(gpu['memory_used'] or 0)} used, this process {gib(gpu['process_allocated'] or 0)}"
+                for gpu in report["probe"]["gpus"]
+            )
+            detail += f"; greedy answer on CUDA and CPU {same}; NVML: {gpus or report['probe']['gpu_status']}"
         if step == "kernels" and "rows" in report:
             int4 = [r for r in report["rows"] if r["format"] == "int4"]
             detail = ", ".join(

@@ -37,6 +37,24 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     assert "no step failed" in done.stdout
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's steps are the ones this times")
+def test_a_deadline_cuts_off_the_step_running_then_and_skips_the_rest(tmp_path: Path) -> None:
+    """A lent GPU machine's limit ends a run; --deadline ends it first, with every step's report written."""
+    script = REPO / "benchmarks" / "cuda_check.py"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--deadline", "2", "--out", str(tmp_path)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    steps = json.loads((tmp_path / "cuda-check-cpu-only.json").read_text())["steps"]
+    assert steps["kernels"]["status"] == "failed"  # the CPU's one long step, running when the deadline passed
+    assert steps["kernels"]["error"].startswith("cut off by the run's --deadline after")
+    assert steps["mixtral"] == {**steps["mixtral"], "status": "skipped"}
+    assert steps["mixtral"]["reason"].startswith("out of time")
+    assert steps["tests"]["reason"].startswith("no CUDA device")  # steps before it ran as usual
+
+
 def test_decode_speed_counts_misses_the_host_computed_apart_from_copies() -> None:
     """The mixtral step's measure, run on the CPU: misses left to the host are neither hits nor copies."""
     sys.path.insert(0, str(REPO / "benchmarks"))
