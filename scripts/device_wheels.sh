@@ -22,4 +22,5 @@ python3 -m pip wheel --quiet --no-deps --wheel-dir .whl "hqq==0.2.8.post1"
 du -sh .whl
 echo "on the device: python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
 --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:\$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 || exit; \
-python3 benchmarks/cuda_check.py --deadline 480 --out \$OUT 2>&1 | tee \$OUT/log.txt (with a call limit of 540 s)"
+python3 benchmarks/cuda_check.py --deadline 480 --out \$OUT 2>&1 | tee \$OUT/log.txt"
+echo "(give the call a time limit a minute over --deadline: 540 s for the 480 above)"
