@@ -376,3 +376,34 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_nothing_half_writte
     again = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
     assert again.load_info["store"] == "built" and again.load_info["notes"] == []
     again.close()
+
+
+@pytest.mark.parametrize(("store", "stage"), [("mmap", "quantizing"), ("ram", "quantizing"), ("ram", "saving")])
+def test_a_load_stopped_while_the_store_is_built_or_saved_leaves_no_entry(
+    tmp_path: Path, store: str, stage: str
+) -> None:
+    """A cancelled load in the app, or ctrl+c on a command, stops at a progress report: the mmap store's partial
+    file (the whole store's size) and a half-saved entry are removed, and the next start builds it afresh."""
+    from moe_tui.offload import OffloadConfig, load_offloaded
+
+    class Stopped(Exception):
+        pass
+
+    def stop_in_stage(name: str, done: int, total: int) -> None:
+        if name.startswith(stage) and done >= 1:
+            raise Stopped
+
+    root = tmp_path / "q"
+    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=root, quant_optimize=False)
+    with pytest.raises(Stopped):
+        load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=stop_in_stage)
+    assert list(root.iterdir()) == []  # no entry, no partial file, no lock file
+    again = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    assert again.load_info["store"] == "built" and again.load_info["notes"] == []
+    again.close()
+    stage = "loading saved expert store"  # a start stopped while reading a saved store leaves it as it was
+    with pytest.raises(Stopped):
+        load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=stop_in_stage)
+    third = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
+    assert third.load_info["store"] == "reused"
+    third.close()

@@ -15,7 +15,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_trace
-from tui_helpers import send, type_text, wait_for
+from tui_helpers import palette, send, type_text, wait_for
 
 from moe_tui import paths
 from moe_tui.engine_config import OffloadConfig
@@ -221,6 +221,45 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
 
     asyncio.run(main())
     assert calls == ["bad", "later"]
+
+
+def test_a_load_is_cancelled_from_the_loading_screen_or_the_palette_and_the_app_goes_on_without_a_model() -> None:
+    """A model picked by mistake can take an hour to quantize: c on the loading screen (or the palette's "Cancel
+    loading" once the screen is hidden) stops it at its next progress report."""
+    import time
+
+    reports: list[str | None] = []
+
+    def loader(options, progress):
+        for step in range(200):  # at most 4 s, so a failing check cannot hang the test
+            progress("quantizing experts to 4 bits", step, 200)
+            reports.append(options.model)
+            time.sleep(0.02)
+        return LiveBackend(FakeSession())
+
+    app = MoeTuiApp(LaunchOptions(model="first"), loader=loader, probe=FakeProbe())
+
+    def cancelled() -> int:
+        return sum("was cancelled" in note.message for note in app._notifications)
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and len(reports) > 2)
+            await pilot.press("c")
+            await wait_for(pilot, lambda: not app.model_loading and isinstance(app.screen, MainScreen))
+            assert len(reports) < 200 and cancelled() == 1
+            status = app.main.chat.query_one("#chat-status", Static)
+            assert not app.main.backend.can_chat and "no model loaded" in str(status.render())
+            app.load_model("second")
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and "second" in reports)
+            await pilot.press("escape")  # use the app while it loads
+            await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+            await palette(pilot, "cancel loading")
+            await wait_for(pilot, lambda: not app.model_loading and cancelled() == 2)
+            assert reports.count("second") < 200 and not app.main.backend.can_chat
+            assert not any(isinstance(screen, (LoadingScreen, ErrorScreen)) for screen in app.screen_stack)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("outcome", ["loaded", "failed"])

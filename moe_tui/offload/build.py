@@ -176,11 +176,18 @@ def build_store(
     layer's original experts module is dropped as soon as it is packed, so its memory is freed layer by layer.
     ``model`` names the model in a saved store's description (for ``moe-tui cache``). A saved store is looked
     at, built and saved under its lock (:mod:`moe_tui.offload.store_lock`): a second start of the same store
-    waits for the first, then reads what it saved.
+    waits for the first, then reads what it saved. A build stopped by an exception (``progress`` raising for a
+    cancelled load, ctrl+c) takes what it had written with it.
     """
     cache_dir = _store_dir(cfg, moe, plan.format, source)
     with store_lock(cache_dir, report):
-        return _reuse_or_build(cache_dir, moe, plan, read, source, report, replace_as_packed, model)
+        try:
+            return _reuse_or_build(cache_dir, moe, plan, read, source, report, replace_as_packed, model)
+        except BaseException:  # a cancelled load, ctrl+c, an error: no partial file of gigabytes is left behind
+            if cache_dir is not None:
+                with contextlib.suppress(OSError):
+                    ExpertStore.discard_unfinished(cache_dir)
+            raise
 
 
 def _reuse_or_build(

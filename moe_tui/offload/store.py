@@ -201,6 +201,17 @@ class ExpertStore:
         if directory.is_dir() and not any(directory.iterdir()):
             directory.rmdir()
 
+    @staticmethod
+    def discard_unfinished(directory: Path) -> None:
+        """Remove what a build or save that stopped left in ``directory``: its partial files, and the data file
+        of an entry without a description (one being rebuilt). A saved entry, description and all, stays."""
+        for name in (META_FILE + ".partial", STORE_FILE + ".partial"):
+            _remove(directory / name)
+        if not (directory / META_FILE).exists():
+            _remove(directory / STORE_FILE)
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+
     def close(self) -> None:
         """Drop the buffers (a pinned store's registration first; an mmap store's mapping goes with its last
         view)."""

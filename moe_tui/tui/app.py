@@ -3,6 +3,7 @@ attaches a model session or a replayed trace to the main screen; any failure tur
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -31,8 +32,12 @@ Loader = Callable[[LaunchOptions, Progress], Backend]
 ANSWER_STOP_TIMEOUT_S = 10.0
 
 
+class LoadCancelled(Exception):
+    """Raised in the loading worker, at its next progress report, once the user has cancelled the load."""
+
+
 class LoadFinished(Message):
-    """The loading worker is done: a backend, or the error that stopped it."""
+    """The loading worker is done: a backend, the error that stopped it, or the user's cancel."""
 
     def __init__(
         self,
@@ -41,6 +46,7 @@ class LoadFinished(Message):
         details: str = "",
         user_error: bool = True,
         subject: str = "model",
+        cancelled: bool = False,
     ) -> None:
         super().__init__()
         self.backend = backend
@@ -48,6 +54,7 @@ class LoadFinished(Message):
         self.details = details
         self.user_error = user_error
         self.subject = subject  # what was being opened: "model", or "trace" for a replay
+        self.cancelled = cancelled
 
 
 class MoeTuiApp(ReportsWorkerErrors, App[int]):
@@ -82,6 +89,7 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         self.loading_screen: LoadingScreen | None = None
         self.startup_s: float | None = None
         self.model_loading = False
+        self._cancel_load = threading.Event()  # set by cancel_load; each load starts with a fresh one
         self._started = time.perf_counter()
 
     def get_theme_variable_defaults(self) -> dict[str, str]:
@@ -200,16 +208,30 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
                 old.close()
         loading = LoadingScreen(what)
         self.loading_screen = loading
+        self._cancel_load = threading.Event()
         self.push_screen(loading)
         # Start the heavy imports only once the loading screen is on the terminal: the import holds the GIL
         # for long stretches and would otherwise delay the first frame.
-        self.call_after_refresh(self._load, options, loading)
+        self.call_after_refresh(self._load, options, self._cancel_load)
+
+    def cancel_load(self) -> None:
+        """Stop the model loading now: the worker ends at its next progress report (after the read or the expert
+        under way), leaving no half-saved store, and the app carries on without a model."""
+        if self.loading_screen is None or self._cancel_load.is_set():
+            return
+        self._cancel_load.set()
+        if self.loading_screen.is_attached:  # not after esc hid it
+            self.loading_screen.show_cancelling()
+        if self.main is not None:
+            self.main.show_loading("cancelling the load…")
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
-    def _load(self, options: LaunchOptions, loading: LoadingScreen) -> None:
+    def _load(self, options: LaunchOptions, cancel: threading.Event) -> None:
         first_reports: dict[str, float] = {}
 
         def progress(stage: str, done: int, total: int) -> None:
+            if cancel.is_set():
+                raise LoadCancelled
             started = first_reports.setdefault(stage, time.monotonic())
             self.post_message(LoadProgress(stage, done, total, started))
 
@@ -217,6 +239,11 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         subject = "trace" if options.replay else "model"
         try:
             backend = self.loader(options, progress)
+            if cancel.is_set():  # cancelled after the last report: the user asked for no model
+                backend.close()
+                raise LoadCancelled
+        except LoadCancelled:
+            self.post_message(LoadFinished(None, subject=subject, cancelled=True))
         except UserError as error:
             self.post_message(LoadFinished(None, str(error), subject=subject))
         except Exception as error:  # an unexpected failure still ends on a readable screen
@@ -259,6 +286,11 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
                 old.close()
             for note in message.backend.notes:
                 self.notify(note, title="Note", severity="warning", timeout=10)
+            return
+        if message.cancelled:
+            if isinstance(self.main.backend, NoBackend):
+                self.main.attach(self.main.backend)  # the prompt, the status and the panels stop saying "loading"
+            self.notify(f"loading the {message.subject} was cancelled", title="Cancelled")
             return
         if not isinstance(self.main.backend, NoBackend):
             keep = f"Still using {self.main.backend.name}."

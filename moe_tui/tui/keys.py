@@ -90,6 +90,7 @@ KEYS: tuple[Key, ...] = (
     Key("help.close", "escape,f1", "app.pop_screen", "Back", "help"),
     Key("loading.quit", "ctrl+q", "app.quit", "Quit", "loading"),
     Key("loading.hide", "escape", "hide", "Use the app while loading", "loading"),
+    Key("loading.cancel", "c", "cancel_load", "Cancel loading", "loading"),
     Key("error.continue", "enter,escape", "dismiss('continue')", "Continue", "error", priority=True),
     Key("error.details", "d", "toggle_details", "Details", "error"),
     Key("dialog.cancel", "escape", "dismiss(None)", "Cancel", "dialog"),

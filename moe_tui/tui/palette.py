@@ -121,6 +121,10 @@ def main_commands(screen: MainScreen) -> list[Command]:
         ),
         keyed("Cache lab", "hit rate per policy and k against Belady's optimum", "lab.open", screen.action_open_lab),
     ]
+    if screen.moe_app.loading_screen is not None:
+        commands.append(
+            Command("Cancel loading", "stop loading the model; carry on without one", screen.moe_app.cancel_load)
+        )
     commands.append(Command("Load model…", "open another model directory or cached hub id", screen.action_load_model))
     for theme in screen.app.moe_themes:
         mark = CURRENT if theme == screen.app.theme else ""

@@ -4,7 +4,7 @@ line with its time for each stage done, so that the list fits a small terminal."
 from __future__ import annotations
 
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar, cast
 
 from textual.binding import BindingType
 from textual.containers import Vertical
@@ -13,6 +13,9 @@ from textual.screen import Screen
 from textual.widgets import Footer, Label, ProgressBar, Static
 
 from moe_tui.tui import keys
+
+if TYPE_CHECKING:
+    from moe_tui.tui.app import MoeTuiApp
 
 
 class LoadProgress(Message):
@@ -66,6 +69,14 @@ class LoadingScreen(Screen):
         """Back on top (a palette or help closed): if the load has ended meanwhile, make way for the model."""
         if self.finished:
             self.dismiss()  # not awaited: this screen's own handler cannot wait for its removal
+
+    def action_cancel_load(self) -> None:
+        """Stop loading (the app goes on without a model)."""
+        cast("MoeTuiApp", self.app).cancel_load()
+
+    def show_cancelling(self) -> None:
+        """Say that the load stops after the step under way."""
+        self.query_one("#loading-title", Label).update(f"Cancelling the load of {self.what} (after the step under way)")
 
     def action_hide(self) -> None:
         """Go to the main screen while the model keeps loading (earlier chats, help and settings work)."""
