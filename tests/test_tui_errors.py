@@ -264,6 +264,35 @@ def test_a_load_is_cancelled_from_the_loading_screen_or_the_palette_and_the_app_
     asyncio.run(main())
 
 
+def test_quitting_during_a_load_stops_the_loading_thread() -> None:
+    """The process waits for its threads at exit: quitting during a long quantization blanked the terminal and
+    left the process quantizing to the end. The load now stops at its next progress report."""
+    import time
+
+    reports: list[int] = []
+    ended = threading.Event()
+
+    def loader(options, progress):
+        try:
+            for step in range(60):  # at most 15 s, so a failing check cannot hang the test
+                progress("quantizing experts to 4 bits", step, 60)
+                reports.append(step)
+                time.sleep(0.25)
+            return LiveBackend(FakeSession())
+        finally:
+            ended.set()
+
+    app = MoeTuiApp(LaunchOptions(model="slow"), loader=loader, probe=FakeProbe())
+
+    async def main() -> None:
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and len(reports) > 1)
+            await pilot.press("ctrl+q")
+
+    asyncio.run(main())
+    assert ended.wait(2.0) and len(reports) < 60
+
+
 @pytest.mark.parametrize("outcome", ["loaded", "failed"])
 def test_a_load_that_ends_under_the_help_screen_does_not_leave_the_loading_screen_behind(outcome: str) -> None:
     """Help (or the palette) opened over the loading screen may still be open when the load ends: closing it

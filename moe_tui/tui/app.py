@@ -348,7 +348,10 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
             self.notify(f"the settings file had errors; your version is kept as {kept}", severity="warning", timeout=10)
 
     async def on_unmount(self) -> None:
-        """Stop an answer in progress, then release the model, the probe and the database."""
+        """Stop a load and an answer in progress, then release the model, the probe and the database."""
+        # A loading thread cannot be killed, and the process would wait for it: quitting during an hour of
+        # quantization left a blank terminal over a process still at work. It stops at its next report instead.
+        self._cancel_load.set()
         if self.main is not None:
             self.main.shutdown()
             await self.main.stop_generation(timeout=ANSWER_STOP_TIMEOUT_S)
