@@ -22,6 +22,7 @@ from moe_tui.engine_config import OffloadConfig
 from moe_tui.system import Nvml, SystemProbe
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
+from moe_tui.tui.screens.dialogs import ConfirmScreen
 from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.loading import LoadingScreen
 from moe_tui.tui.screens.main import MainScreen
@@ -246,7 +247,13 @@ def test_a_load_is_cancelled_from_the_loading_screen_or_the_palette_and_the_app_
     async def main() -> None:
         async with app.run_test(size=(100, 30)) as pilot:
             await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen) and len(reports) > 1)
-            await pilot.press("c")
+            await pilot.press("c")  # asks first: a stray key must not end the load
+            await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("n")
+            await wait_for(pilot, lambda: isinstance(app.screen, LoadingScreen))
+            shown = len(reports)
+            await wait_for(pilot, lambda: len(reports) > shown)  # still loading
+            await pilot.press("c", "y")
             await wait_for(pilot, lambda: isinstance(app.screen, MainScreen) and cancelled() and not app.model_loading)
             assert len(reports) < STEPS
             status = app.main.chat.query_one("#chat-status", Static)

@@ -71,8 +71,17 @@ class LoadingScreen(Screen):
             self.dismiss()  # not awaited: this screen's own handler cannot wait for its removal
 
     def action_cancel_load(self) -> None:
-        """Stop loading (the app goes on without a model)."""
-        cast("MoeTuiApp", self.app).cancel_load()
+        """Ask, then stop loading (the app goes on without a model): a stray key typed at this screen, a question
+        started before the prompt is there, must not throw away an hour of quantizing."""
+        from moe_tui.tui.screens.dialogs import ConfirmScreen
+
+        app = cast("MoeTuiApp", self.app)
+
+        def answer(stop: bool | None) -> None:
+            if stop:
+                app.cancel_load()
+
+        app.push_screen(ConfirmScreen(f"Stop loading {self.what}? What it has done so far is lost."), answer)
 
     def show_cancelling(self) -> None:
         """Say that the load stops after the step under way."""
