@@ -67,12 +67,39 @@ def test_a_second_start_waits_for_the_lock_and_the_lock_file_goes_with_the_last_
         with store_lock(entry, lambda *report: reports.append(report)):
             assert released and time.monotonic() >= released[0], "taken before the other process let it go"
             assert lock_path(entry).is_file() and is_locked(entry)  # this process's own hold counts too
-    assert reports == [(WAITING, 0, 1), (WAITING, 1, 1)]
+    assert reports[0] == (WAITING, 0, 1) and reports[-1] == (WAITING, 1, 1) and len(set(reports)) == 2
     assert not lock_path(entry).exists() and not is_locked(entry)
     quiet: list[tuple[str, int, int]] = []
     with store_lock(entry, lambda *report: quiet.append(report)):  # nobody else: no waiting stage
         pass
     assert quiet == []
+
+
+def test_a_wait_for_the_lock_can_be_given_up_by_the_progress_callback(tmp_path: Path) -> None:
+    """A load cancelled in the app (its progress callback raises) while another process builds the store stops
+    waiting at the next poll, not when the other process is done, and leaves that process's lock alone."""
+    entry = tmp_path / "quantized" / "entry"
+
+    class GivenUp(Exception):
+        pass
+
+    polls: list[float] = []
+
+    def report(stage: str, done: int, total: int) -> None:
+        polls.append(time.monotonic())
+        if len(polls) == 3:
+            raise GivenUp
+
+    with Holder(entry) as holder:
+        safety = threading.Timer(8, holder.release)  # a wait that cannot be given up ends anyway, and fails below
+        safety.start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(GivenUp), store_lock(entry, report):
+                pass
+            assert time.monotonic() - start < 5 and is_locked(entry)
+        finally:
+            safety.cancel()
 
 
 BUILD = """

@@ -37,7 +37,8 @@ def lock_path(directory: Path) -> Path:
 @contextlib.contextmanager
 def store_lock(directory: Path | None, report: Callable[[str, int, int], None]) -> Iterator[None]:
     """Hold the entry's lock for the ``with`` block, waiting while another process holds it; ``report(stage,
-    done, total)`` shows the wait as a stage (only when there is one). No lock when ``directory`` is None.
+    done, total)`` shows the wait as a stage (only when there is one), at every poll, so that a callback that
+    raises gives the wait up. No lock when ``directory`` is None.
     The lock file is removed when the block ends, so the cache directory holds only the entries."""
     path = lock_path(directory) if directory is not None else None
     handle = _acquire(path, report) if path is not None else None
@@ -59,15 +60,17 @@ def _acquire(path: Path, report: Callable[[str, int, int], None]) -> int | None:
             return None
         try:
             while not _try_lock(handle):
-                if not waited:
-                    report(WAITING, 0, 1)
-                    waited = True
+                report(WAITING, 0, 1)  # at every poll: a load cancelled by its progress callback stops here too
+                waited = True
                 time.sleep(POLL_S)
         except OSError:  # a file system without locks (some network mounts): work unlocked, as before
             os.close(handle)
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
+        except BaseException:  # the wait was given up (a cancelled load, ctrl+c)
+            os.close(handle)
+            raise
         if _is_file_at(handle, path):
             if waited:
                 report(WAITING, 1, 1)
