@@ -137,7 +137,7 @@ class OffloadConfig:
         if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
             return torch.device("cpu")
         if not torch.cuda.is_available():
-            raise UserError("device 'cuda' was asked for but no CUDA device is available; use --device cpu")
+            raise UserError(no_cuda_message())
         return torch.device("cuda", torch.cuda.current_device())
 
     def cache_sizes(self, num_layers: int, num_experts: int) -> list[int]:
@@ -148,6 +148,20 @@ class OffloadConfig:
         """Refuse a prefetch depth the model cannot have."""
         if self.prefetch > num_experts:
             raise UserError(f"prefetch {self.prefetch} is more than this model's {num_experts} experts per layer")
+
+
+def no_cuda_message() -> str:
+    """The one-line error for ``--device cuda`` where PyTorch has no CUDA device, with the likely reason."""
+    import torch
+
+    if torch.version.cuda is None:
+        reason = (
+            f"this PyTorch ({torch.__version__}) is a CPU-only build; on a machine with an NVIDIA driver"
+            " ./scripts/install.sh installs the CUDA build"
+        )
+    else:
+        reason = "PyTorch finds no CUDA device (nvidia-smi should list the GPU, and CUDA_VISIBLE_DEVICES allow it)"
+    return f"--device cuda was asked for, but {reason}; use --device cpu"
 
 
 def check_cache_sizes(cache_size: int | list[int] | tuple[int, ...], num_layers: int, num_experts: int) -> list[int]:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from moe_tui import __version__, cli
 
@@ -97,3 +98,21 @@ def test_unknown_option_exits_2_without_a_traceback() -> None:
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "unrecognized arguments: --no-such-option" in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA device")
+@pytest.mark.parametrize("command", [["ask", "hi"], ["bench", "--tokens", "2", "--runs", "1"]])
+@pytest.mark.parametrize(("cuda_build", "reason"), [(None, "CPU-only build"), ("12.8", "finds no CUDA device")])
+def test_device_cuda_without_a_gpu_says_why_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    cuda_build: str | None,
+    reason: str,
+) -> None:
+    """``ask`` and ``bench`` give the same message, and it tells a CPU-only PyTorch from a missing driver."""
+    monkeypatch.setattr(torch.version, "cuda", cuda_build)
+    assert cli.main([*command, "--device", "cuda"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("moe-tui: error: --device cuda was asked for, but ") and reason in line
+    assert line.endswith("; use --device cpu")

@@ -197,12 +197,13 @@ def _quant_cache(args: argparse.Namespace) -> str | None:
 def _device(choice: str) -> str:
     import torch
 
+    from moe_tui.engine_config import no_cuda_message
     from moe_tui.errors import UserError
 
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA device is available")
+        raise UserError(no_cuda_message())
     return choice
 
 
