@@ -48,6 +48,7 @@ import argparse
 import copy
 import dataclasses
 import datetime
+import importlib.util
 import json
 import re
 import signal
@@ -84,6 +85,8 @@ def step_tests(quick: bool) -> dict:
     if not cuda():
         raise Skipped("no CUDA device: the cuda-marked tests skip themselves")
     command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *(["-x"] if quick else [])]
+    if importlib.util.find_spec("pytest_timeout"):  # a CUDA test that hangs (a stream waiting forever) fails alone
+        command.append("--timeout=120")
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     summary = (done.stdout.strip().splitlines() or [""])[-1]
     return {
