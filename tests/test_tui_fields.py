@@ -90,3 +90,24 @@ def test_the_chat_prompt_takes_a_burst_in_order_and_still_sends_with_its_key() -
 )
 def test_a_path_typed_on_from_a_folder_starts_over_at_a_slash_or_tilde(typed: str, meant: str) -> None:
     assert typed_path(typed.replace("/", os.sep)) == meant.replace("/", os.sep)
+
+
+def test_the_command_palette_takes_a_burst_in_order() -> None:
+    """The palette's search field is Textual's, swapped for one that takes keys in order."""
+    from textual.command import CommandInput
+
+    app, _ = make_app()
+
+    async def check(pilot) -> None:
+        await wait_for(pilot, lambda: ready(app))
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: bool(app.screen.query(CommandInput)))
+        field = app.screen.query_one(CommandInput)
+        await wait_for(pilot, lambda: field.has_focus)
+        post_at_once(app, BURST)
+        await wait_for(pilot, lambda: field.value.endswith("f"))
+        await pilot.pause(0.1)
+        assert field.value == TYPED
+        await pilot.press("escape")
+
+    run(check, app)

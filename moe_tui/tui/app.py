@@ -22,6 +22,7 @@ from moe_tui.system import Probe, SystemProbe
 from moe_tui.themes import DEFAULT_THEME, DEFAULT_VARIABLES, load_theme
 from moe_tui.tui import keys
 from moe_tui.tui.backend import Backend, LaunchOptions, NoBackend, Progress, load_backend
+from moe_tui.tui.palette import OrderedCommandPalette
 from moe_tui.tui.screens.error import ErrorScreen
 from moe_tui.tui.screens.help import HelpScreen
 from moe_tui.tui.screens.loading import LoadingScreen, LoadProgress
@@ -314,6 +315,11 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         """Show the keys."""
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen(self.keymap))
+
+    def action_command_palette(self) -> None:
+        """Open the command palette (Textual's, with a search field that takes keys in order)."""
+        if self.use_command_palette and not OrderedCommandPalette.is_open(self):
+            self.push_screen(OrderedCommandPalette(id="--command-palette"))
 
     def action_next_theme(self) -> None:
         """Cycle through moe-tui's themes."""

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from textual.command import DiscoveryHit, Hit, Hits, Provider
+from textual.command import CommandInput, CommandPalette, DiscoveryHit, Hit, Hits, Provider
 
 from moe_tui.policies import POLICIES
+from moe_tui.tui.widgets.fields import KeysInOrder
 
 if TYPE_CHECKING:
     from moe_tui.tui.screens.main import MainScreen
@@ -181,3 +182,19 @@ class MainCommands(Provider):
             title = cache_size_title(k)
             if all(command.title.removesuffix(CURRENT) != title for command in commands):  # not offered above
                 yield Hit(1.0, title, partial(screen.set_cache_size, k), help="as typed")
+
+
+class OrderedCommandInput(KeysInOrder, CommandInput):
+    """The palette's search field, its keys applied in the order typed (see ``KeysInOrder``)."""
+
+
+class OrderedCommandPalette(CommandPalette):
+    """Textual's command palette with its search field swapped for :class:`OrderedCommandInput`: a backspace
+    typed together with letters (over a slow link) edited the query out of order, as in every Textual input."""
+
+    def compose(self):
+        """Textual's layout, the search field replaced as it is yielded."""
+        for child in super().compose():
+            if type(child) is CommandInput:
+                child = OrderedCommandInput(placeholder=child.placeholder, select_on_focus=child.select_on_focus)
+            yield child
