@@ -6,7 +6,16 @@ import random
 
 import pytest
 
-from moe_tui.sim import LayerPass, belady_layer, layer_passes, recorded_result, run_lab, simulate, simulate_layer
+from moe_tui.sim import (
+    LabStopped,
+    LayerPass,
+    belady_layer,
+    layer_passes,
+    recorded_result,
+    run_lab,
+    simulate,
+    simulate_layer,
+)
 from moe_tui.telemetry import LayerStep, TokenEvent, TraceHeader
 
 # The textbook reference string (Silberschatz, Operating System Concepts) with 3 frames:
@@ -234,6 +243,22 @@ def test_run_lab_covers_every_size_and_policy_with_gaps() -> None:
 def test_run_lab_without_prefetch_guesses_has_no_prefetch_policy() -> None:
     report = run_lab(HEADER, make_steps([[(0,), (1,)]]))
     assert report.policies == ("lru", "lfu", "fifo", "min")
+
+
+def test_run_lab_asks_before_each_replay_whether_to_stop() -> None:
+    """The lab's screen stops a long replay when the user leaves it: the answer is asked before every replay."""
+    asked: list[int] = []
+
+    def stop_at_the_third() -> bool:
+        asked.append(1)
+        return len(asked) == 3
+
+    with pytest.raises(LabStopped):
+        run_lab(HEADER, make_steps([[(0,), (1,)]]), should_stop=stop_at_the_third)
+    assert len(asked) == 3
+    never: list[int] = []
+    report = run_lab(HEADER, make_steps([[(0,), (1,)]]), should_stop=lambda: bool(never.append(1)))
+    assert len(never) == len(report.results)  # once per replay
 
 
 def test_recorded_result_folds_the_engine_counts() -> None:

@@ -777,6 +777,40 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
     run(check, app, size=(100, 30))
 
 
+def test_leaving_the_lab_stops_its_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long session's trace takes the lab minutes; leaving it stopped nothing, so the replays went on taking
+    the CPU from the answers (and quitting waited for them). Now they stop between two replays."""
+    from moe_tui.sim import lab as lab_module
+
+    replays: list[float] = []
+    replay = lab_module._simulate_passes
+
+    def slow_replay(*args, **kwargs):
+        replays.append(time.monotonic())
+        time.sleep(0.05)  # 48 replays of the demo trace: about 2.5 s in all
+        return replay(*args, **kwargs)
+
+    monkeypatch.setattr(lab_module, "_simulate_passes", slow_replay)
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: app.screen.id == "lab")
+        await pilot.press("o")
+        await wait_for(pilot, lambda: isinstance(app.screen, AskScreen))
+        await type_text(pilot, "demo-off-topic.jsonl")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(replays) >= 3)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        await pilot.pause(0.5)  # the replay under way ends
+        stopped = len(replays)
+        await pilot.pause(0.5)
+        assert len(replays) == stopped < 48  # 6 policies x 8 cache sizes in all
+
+    run(check, app, size=(100, 30))
+
+
 def test_palette_maximises_every_pane_the_chat_included() -> None:
     """Each "Maximise panel: ..." entry fills the screen; the chat's raised KeyError and ended the app."""
     app, _ = make_app()

@@ -9,13 +9,14 @@ simulate(header, events, cache_size=2, policy="lru").total.hits
 """
 
 from moe_tui.sim.cache import MIN_POLICY, belady_layer, simulate_layer
-from moe_tui.sim.lab import RECORDED, LabReport, SimResult, recorded_result, run_lab, simulate
+from moe_tui.sim.lab import RECORDED, LabReport, LabStopped, SimResult, recorded_result, run_lab, simulate
 from moe_tui.sim.passes import LayerPass, layer_passes
 
 __all__ = [
     "MIN_POLICY",
     "RECORDED",
     "LabReport",
+    "LabStopped",
     "LayerPass",
     "SimResult",
     "belady_layer",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -119,16 +119,22 @@ def simulate(
     return _simulate_passes(header, passes, _sizes(header, cache_size), policy, decode_only)
 
 
+class LabStopped(Exception):
+    """``run_lab`` was told to stop (its ``should_stop`` said so) before it had replayed everything."""
+
+
 def run_lab(
     header: TraceHeader,
     events: Iterable[TraceEvent],
     cache_sizes: Sequence[int] | None = None,
     policies: Sequence[str] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> LabReport:
     """Replay a trace for every cache size (default 1..num_experts) and policy, plus MIN and the recording.
 
     The default policies are every online policy, ``lru+prefetch`` and ``lru+prefetch+host`` when the trace
-    holds prefetch guesses, and ``min`` (always added, since gaps are measured against it).
+    holds prefetch guesses, and ``min`` (always added, since gaps are measured against it). ``should_stop`` is
+    asked before each replay (a long session's trace takes minutes in all); when it answers True, LabStopped.
     """
     events = list(events)
     passes = layer_passes(header, events)
@@ -142,11 +148,12 @@ def run_lab(
     else:
         chosen = [p for p in policies if p != MIN_POLICY]
     chosen.append(MIN_POLICY)
-    results = {
-        (policy, k): _simulate_passes(header, passes, (k,) * header.num_layers, policy)
-        for policy in chosen
-        for k in sizes
-    }
+    results = {}
+    for policy in chosen:
+        for k in sizes:
+            if should_stop is not None and should_stop():
+                raise LabStopped
+            results[policy, k] = _simulate_passes(header, passes, (k,) * header.num_layers, policy)
     return LabReport(
         header=header,
         passes=len({e.step for e in events if isinstance(e, LayerStep)}),

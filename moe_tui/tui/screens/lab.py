@@ -11,6 +11,7 @@ from textual.binding import BindingType
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Label, Static
+from textual.worker import get_current_worker
 
 from moe_tui.errors import UserError
 from moe_tui.paths import TRACES_DIR
@@ -100,10 +101,13 @@ class LabScreen(ReportsWorkerErrors, Screen):
 
     @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
     def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:
-        from moe_tui.sim import run_lab
+        from moe_tui.sim import LabStopped, run_lab
 
-        try:
-            report = run_lab(header, events)
+        worker = get_current_worker()
+        try:  # a long session's trace takes minutes: leaving the lab (or the app) stops it between replays
+            report = run_lab(header, events, should_stop=lambda: worker.is_cancelled)
+        except LabStopped:
+            return
         except (UserError, ValueError) as error:
             self.app.call_from_thread(self.query_one("#lab-note", Static).update, f"cannot simulate: {error}")
             return
