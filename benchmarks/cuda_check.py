@@ -1,6 +1,6 @@
 """The CUDA path, proven in one command: tests, stream-ordering stress, host syncs, and Mixtral-size numbers.
 
-Run on a machine with an NVIDIA GPU (under 8 minutes on one H100/H200)::
+Run on a machine with an NVIDIA GPU (planned to take under 8 minutes on one H100/H200; it has not run on one yet)::
 
     HF_HUB_OFFLINE=1 python benchmarks/cuda_check.py
 
