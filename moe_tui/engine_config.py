@@ -132,13 +132,7 @@ class OffloadConfig:
 
     def resolved_device(self) -> torch.device:
         """The fast-tier device; UserError when CUDA is asked for and absent."""
-        import torch
-
-        if self.device == "cpu" or (self.device == "auto" and not torch.cuda.is_available()):
-            return torch.device("cpu")
-        if not torch.cuda.is_available():
-            raise UserError(no_cuda_message())
-        return torch.device("cuda", torch.cuda.current_device())
+        return resolve_device(self.device)
 
     def cache_sizes(self, num_layers: int, num_experts: int) -> list[int]:
         """One cache size per MoE layer, checked against the model's shape."""
@@ -150,8 +144,20 @@ class OffloadConfig:
             raise UserError(f"prefetch {self.prefetch} is more than this model's {num_experts} experts per layer")
 
 
-def no_cuda_message() -> str:
-    """The one-line error for ``--device cuda`` where PyTorch has no CUDA device, with the likely reason."""
+def resolve_device(choice: str) -> torch.device:
+    """The device ``--device`` names (``cpu``, ``cuda``, or ``auto``: CUDA when there is one); UserError, with the
+    likely reason, when CUDA is asked for and absent."""
+    import torch
+
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(_no_cuda_message())
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def _no_cuda_message() -> str:
+    """Why ``--device cuda`` cannot be had here: a CPU-only PyTorch build, or no device it can see."""
     import torch
 
     if torch.version.cuda is None:

@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from moe_tui import bench
+    from moe_tui.engine_config import resolve_device
     from moe_tui.errors import UserError
 
     if args.tokens < 2:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
     memory.bound_kernel_caches()  # before the resident runs' first matmul, so they compute as chat's engine does
     prompts = bench.load_prompts(args.prompts or bench.DEFAULT_PROMPTS)
-    device = _device(args.device)
+    device = resolve_device(args.device).type
     with tempfile.TemporaryDirectory(prefix="moe-tui-synthetic-") as scratch:
         if args.synthetic:
             if args.model:
@@ -192,19 +193,6 @@ def _quant_cache(args: argparse.Namespace) -> str | None:
     from moe_tui.paths import quant_cache_dir
 
     return str(quant_cache_dir())
-
-
-def _device(choice: str) -> str:
-    import torch
-
-    from moe_tui.engine_config import no_cuda_message
-    from moe_tui.errors import UserError
-
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError(no_cuda_message())
-    return choice
 
 
 def _shape(args: argparse.Namespace):
