@@ -193,8 +193,8 @@ class MoeTuiApp(ReportsWorkerErrors, App[int]):
         settings of the launch (cache size, expert bits, prefetch, policy and miss mode chosen in the model
         picker)."""
         if self.loading_screen is not None:
-            # A load runs to its end (its thread cannot be stopped); a second one beside it would hold two
-            # stores at once, which is what switching one model for another must never do.
+            # A load's thread cannot be killed (a cancel ends it at its next report); a second one beside it
+            # would hold two stores at once, which is what switching one model for another must never do.
             self.notify("a model is still loading; load another once it is ready", severity="warning")
             return
         settings = replace(self.options.engine, **(engine or {}))

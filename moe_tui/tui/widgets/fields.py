@@ -4,8 +4,8 @@ Textual's Input and TextArea insert a typed character in their own key handler, 
 delete, arrows, home and end, word deletion) only after its event has gone back up to the app. When several keys
 wait in the app's queue at once (typed while an answer streams and the app is busy, or sent together over a slow
 SSH link), a character behind a backspace is inserted before the backspace runs: "ab", backspace, "c" became
-"ac" (Textual issue 6605). These fields run their own binding for a key as the key arrives, which is the binding
-the app would have run first anyway.
+"ab" rather than "ac" (Textual issue 6605). These fields run their own binding for a key as the key arrives,
+which is the binding the app would have run first anyway.
 """
 
 from __future__ import annotations
