@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -180,87 +180,83 @@ def build_store(
     cancelled load, ctrl+c) takes what it had written with it.
     """
     cache_dir = _store_dir(cfg, moe, plan.format, source)
+    with _building(cache_dir, report):
+        layers, experts = len(moe.layers), moe.num_experts
+        fmt = plan.format
+        description = store_description(fmt, source)
+        notes: list[str] = []
+        if cache_dir is not None:
+            loading = "loading saved expert store"
+            started = False
+
+            def loaded(done: int, total: int) -> None:
+                nonlocal started
+                started = True
+                report(loading, done, total)
+
+            store, reason = ExpertStore.open_saved(
+                cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description, loaded
+            )
+            if store is not None:
+                for moe_layer in moe.layers:
+                    _replace_experts(moe, moe_layer.index)
+                return store, {"store": "reused", "store_dir": str(cache_dir), "notes": notes}
+            if started:  # the read failed part-way: that stage is over
+                report(loading, layers, layers)
+            if reason:
+                notes.append(f"the saved quantized store in {cache_dir} is {reason}: discarded, quantizing again")
+        path = None
+        if cache_dir is not None and plan.store_kind == "mmap":
+            try:
+                if cache_dir.is_dir():
+                    ExpertStore.discard(cache_dir)  # what an interrupted save left (the data file is rewritten anyway)
+                cache_dir.mkdir(parents=True, exist_ok=True)
+                path = cache_dir / "experts.bin.partial"
+            except OSError as error:
+                notes.append(_not_kept(cache_dir, error))
+                cache_dir = None
+        store = ExpertStore(layers, experts, fmt.nbytes, plan.store_kind, path)
+        stage = f"quantizing experts to {fmt.bits} bits" if fmt.bits else "packing experts"
+        quant_device = plan.device if plan.device.type == "cuda" and fmt.bits else torch.device("cpu")
+        total = layers * experts
+        report(stage, 0, total)
+        for moe_layer in moe.layers:
+            for expert in range(experts):
+                gate, up, down = (w.to(quant_device) for w in read(moe_layer.index, expert))
+                fmt.pack(gate, up, down, store.row(moe_layer.index, expert))
+                report(stage, moe_layer.index * experts + expert + 1, total)
+            if replace_as_packed:
+                _replace_experts(moe, moe_layer.index)
+        if not replace_as_packed:
+            for moe_layer in moe.layers:
+                _replace_experts(moe, moe_layer.index)
+        info: dict[str, object] = {"store": "built", "notes": notes}
+        if cache_dir is not None:
+            saving = "saving expert store"
+            try:
+                store.save(cache_dir, description, model, lambda done, total: report(saving, done, total))
+                info["store_dir"] = str(cache_dir)
+            except OSError as error:  # a full disk or a directory that cannot be written: the store still works
+                notes.append(_not_kept(cache_dir, error))
+                with contextlib.suppress(OSError):
+                    ExpertStore.discard(cache_dir)
+                report(saving, layers, layers)  # that stage is over
+        return store, info
+
+
+@contextlib.contextmanager
+def _building(cache_dir: Path | None, report: Progress) -> Iterator[None]:
+    """Hold the store entry's lock (:mod:`moe_tui.offload.store_lock`) for the block; when the block ends in an
+    exception (a cancelled load, ctrl+c, an error), remove what it left unfinished, so that no partial file of
+    gigabytes stays behind (a saved entry being read stays)."""
     with store_lock(cache_dir, report):
         try:
-            return _reuse_or_build(cache_dir, moe, plan, read, source, report, replace_as_packed, model)
-        except BaseException:  # a cancelled load, ctrl+c, an error: no partial file of gigabytes is left behind
+            yield
+        except BaseException:
             if cache_dir is not None:
                 with contextlib.suppress(OSError):
                     ExpertStore.discard_unfinished(cache_dir)
             raise
-
-
-def _reuse_or_build(
-    cache_dir: Path | None,
-    moe: MoEModel,
-    plan: Plan,
-    read: ExpertReader,
-    source: dict[str, object],
-    report: Progress,
-    replace_as_packed: bool,
-    model: str,
-) -> tuple[ExpertStore, dict[str, object]]:
-    layers, experts = len(moe.layers), moe.num_experts
-    fmt = plan.format
-    description = store_description(fmt, source)
-    notes: list[str] = []
-    if cache_dir is not None:
-        loading = "loading saved expert store"
-        started = False
-
-        def loaded(done: int, total: int) -> None:
-            nonlocal started
-            started = True
-            report(loading, done, total)
-
-        store, reason = ExpertStore.open_saved(
-            cache_dir, layers, experts, fmt.nbytes, plan.store_kind, description, loaded
-        )
-        if store is not None:
-            for moe_layer in moe.layers:
-                _replace_experts(moe, moe_layer.index)
-            return store, {"store": "reused", "store_dir": str(cache_dir), "notes": notes}
-        if started:  # the read failed part-way: that stage is over
-            report(loading, layers, layers)
-        if reason:
-            notes.append(f"the saved quantized store in {cache_dir} is {reason}: discarded, quantizing again")
-    path = None
-    if cache_dir is not None and plan.store_kind == "mmap":
-        try:
-            if cache_dir.is_dir():
-                ExpertStore.discard(cache_dir)  # what an interrupted save left (the data file is rewritten anyway)
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            path = cache_dir / "experts.bin.partial"
-        except OSError as error:
-            notes.append(_not_kept(cache_dir, error))
-            cache_dir = None
-    store = ExpertStore(layers, experts, fmt.nbytes, plan.store_kind, path)
-    stage = f"quantizing experts to {fmt.bits} bits" if fmt.bits else "packing experts"
-    quant_device = plan.device if plan.device.type == "cuda" and fmt.bits else torch.device("cpu")
-    total = layers * experts
-    report(stage, 0, total)
-    for moe_layer in moe.layers:
-        for expert in range(experts):
-            gate, up, down = (w.to(quant_device) for w in read(moe_layer.index, expert))
-            fmt.pack(gate, up, down, store.row(moe_layer.index, expert))
-            report(stage, moe_layer.index * experts + expert + 1, total)
-        if replace_as_packed:
-            _replace_experts(moe, moe_layer.index)
-    if not replace_as_packed:
-        for moe_layer in moe.layers:
-            _replace_experts(moe, moe_layer.index)
-    info: dict[str, object] = {"store": "built", "notes": notes}
-    if cache_dir is not None:
-        saving = "saving expert store"
-        try:
-            store.save(cache_dir, description, model, lambda done, total: report(saving, done, total))
-            info["store_dir"] = str(cache_dir)
-        except OSError as error:  # a full disk or a directory that cannot be written: the store still works
-            notes.append(_not_kept(cache_dir, error))
-            with contextlib.suppress(OSError):
-                ExpertStore.discard(cache_dir)
-            report(saving, layers, layers)  # that stage is over
-    return store, info
 
 
 def _not_kept(cache_dir: Path, error: OSError) -> str:
