@@ -12,7 +12,10 @@ from textual.app import App
 from textual.widgets import Input, TextArea
 from tui_helpers import make_app, ready, run, wait_for
 
+from moe_tui import config
 from moe_tui.tui.screens.dialogs import typed_path
+from moe_tui.tui.screens.main import MainScreen
+from moe_tui.tui.screens.settings import SettingsScreen
 from moe_tui.tui.widgets.chat import PromptInput
 from moe_tui.tui.widgets.fields import TextBox, TextField
 
@@ -109,5 +112,25 @@ def test_the_command_palette_takes_a_burst_in_order() -> None:
         await pilot.pause(0.1)
         assert field.value == TYPED
         await pilot.press("escape")
+
+    run(check, app)
+
+
+def test_a_save_key_in_a_burst_saves_what_was_typed_before_it() -> None:
+    """ctrl+s is a priority binding, run as it arrives: it used to save the settings form before the digits
+    queued ahead of it reached the field."""
+    app, _ = make_app()
+
+    async def check(pilot) -> None:
+        await wait_for(pilot, lambda: ready(app))
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        field = app.screen.query_one("#max-new-tokens", Input)
+        field.focus()
+        await pilot.pause()
+        post_at_once(app, [("end", None), *[("backspace", "\x7f")] * len(field.value), ("3", "3"), ("2", "2")])
+        post_at_once(app, [("ctrl+s", None)])
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert config.load_settings()[0].generation == {"max_new_tokens": 32}
 
     run(check, app)

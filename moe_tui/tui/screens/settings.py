@@ -68,7 +68,13 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
             yield Button("Save", id="settings-save", variant="primary")
 
     def action_save(self) -> None:
-        """Validate and close with the values now chosen, or say what is wrong and stay."""
+        """Validate and close with the values now chosen, or say what is wrong and stay; keys typed before the
+        save that still wait on the focused field are applied first."""
+        # ctrl+s is a priority binding (a field would take ctrl+d), which runs the moment the key arrives: in a
+        # burst of keys ("32", ctrl+s) the digits still wait in the field's queue, so the save goes behind them.
+        (self.focused or self).call_later(self._save)
+
+    def _save(self) -> None:
         try:
             settings = GenerationSettings.from_text(
                 self.query_one("#temperature", Input).value,
@@ -98,9 +104,9 @@ class SettingsScreen(ModalScreen[dict[str, Any] | None]):
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """The Save button."""
         event.stop()
-        self.action_save()
+        self._save()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         """Enter in a number field saves too."""
         event.stop()
-        self.action_save()
+        self._save()
