@@ -10,15 +10,18 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Static
+from textual.widgets import Static, Tree
 from tui_fakes import FakeProbe, FakeSession, header, synthetic_events, write_trace
 from tui_helpers import palette, send, type_text, wait_for
 
 from moe_tui import paths
 from moe_tui.engine_config import OffloadConfig
+from moe_tui.errors import UserError
+from moe_tui.params import load_config
 from moe_tui.system import Nvml, SystemProbe
 from moe_tui.tui.app import MoeTuiApp
 from moe_tui.tui.backend import LaunchOptions, LiveBackend, load_backend
@@ -191,8 +194,6 @@ def test_loading_screen_shows_each_stage_and_a_later_model_can_be_loaded() -> No
 
             time.sleep(0.01)
         if raise_error:
-            from moe_tui.errors import UserError
-
             raise UserError("bad model")
         return LiveBackend(session)
 
@@ -304,7 +305,6 @@ def test_quitting_during_a_load_stops_the_loading_thread() -> None:
 def test_a_load_that_ends_under_the_help_screen_does_not_leave_the_loading_screen_behind(outcome: str) -> None:
     """Help (or the palette) opened over the loading screen may still be open when the load ends: closing it
     shows the model (or the error), not a loading screen that counts seconds forever."""
-    from moe_tui.errors import UserError
     from moe_tui.tui.screens.help import HelpScreen
 
     release = threading.Event()
@@ -614,3 +614,32 @@ def test_loading_another_model_frees_the_first_before_the_second_takes_memory() 
 
     asyncio.run(main())
     assert seen_closed == [True]
+
+
+def test_a_failed_load_after_a_model_leaves_no_parameter_tree_of_the_model_before() -> None:
+    """The panels forget the model that was dropped for the load; the parameter tree used to stay under its
+    "no model loaded" note."""
+    first = FakeSession()
+    first.engine.model = SimpleNamespace(config=load_config("mixtral-8x7b"), dtype="torch.bfloat16")
+    first.engine.config = OffloadConfig()
+
+    def loader(options, progress):
+        if options.model == "bad":
+            raise UserError("cannot load the tokenizer of bad")
+        return LiveBackend(first)
+
+    app = MoeTuiApp(LaunchOptions(model="first"), loader=loader, probe=FakeProbe())
+
+    async def check(pilot: Pilot) -> None:
+        panel = app.main.panels["params"]
+        tree, note = panel.query_one(Tree), panel.query_one("#params-note", Static)
+        await wait_for(pilot, lambda: tree.display and "Mixtral" in str(tree.root.label))
+        app.load_model("bad")
+        await wait_for(pilot, lambda: isinstance(app.screen, ErrorScreen))
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen is app.main)
+        await pilot.pause(0.2)
+        assert str(note.render()) == "no model loaded"
+        assert not tree.display and not tree.root.children
+
+    run(app, check)

@@ -51,6 +51,8 @@ from moe_tui.tui.widgets.statusbar import StatusBar
 from moe_tui.tui.workers import ReportsWorkerErrors
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from moe_tui.tui.app import MoeTuiApp
     from moe_tui.tui.params_view import HeldPrecisions
 
@@ -273,9 +275,17 @@ class MainScreen(ReportsWorkerErrors, Screen):
         try:
             root, size_of, note = params_tree(config, held)
         except Exception as error:  # a model family the breakdown does not know must not break the dashboard
-            self.app.call_from_thread(self.panels["params"].show_note, f"no parameter breakdown: {error}")
+            self.app.call_from_thread(self._show_built_params, config, None, None, f"no parameter breakdown: {error}")
             return
-        self.app.call_from_thread(self.params_panel.show_tree, root, size_of, note)
+        self.app.call_from_thread(self._show_built_params, config, root, size_of, note)
+
+    def _show_built_params(self, config: Any, root: Any, size_of: Callable[[Any], int] | None, note: str) -> None:
+        if self.backend.model_config() is not config:
+            return  # built for a model that has gone since: its tree must not stand for what is there now
+        if root is None or size_of is None:
+            self.params_panel.show_note(note)
+        else:
+            self.params_panel.show_tree(root, size_of, note)
 
     # ---------------------------------------------------------------- polling
     async def tick(self) -> None:

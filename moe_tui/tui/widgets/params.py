@@ -59,12 +59,16 @@ class ParamsPanel(Panel):
         yield tree
 
     def show_note(self, note: str) -> None:
-        """Say why there is no tree (or what precision the sizes are at)."""
+        """Say why there is no tree (no model, a replay, a tree being built or failing): the tree shown before,
+        another model's, goes."""
+        tree = self.query_one("#params-tree", Tree)
+        tree.clear()
+        tree.display = False
         self.query_one("#params-note", Static).update(note)
 
     def show_tree(self, root: Any, size_of: Callable[[Any], int], note: str) -> None:
-        """Show a parameter tree with sizes from ``size_of``."""
+        """Show a parameter tree with sizes from ``size_of``, under ``note`` (what precision the sizes are at)."""
         tree = self.query_one("#params-tree", Tree)
         fill_tree(tree, root, size_of)
         tree.display = True
-        self.show_note(note)
+        self.query_one("#params-note", Static).update(note)
