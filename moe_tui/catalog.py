@@ -2,7 +2,8 @@
 local Hugging Face cache, each described for the model picker (what it is, whether moe-tui can offload it, its
 total and active parameters, and what the planner suggests for this machine's memory).
 
-Describing reads only ``config.json`` and builds the parameter tree on the meta device: no weight is read.
+Describing reads ``config.json``, checks that the weights (a safetensors file or index and its shards) and a tokenizer
+are there, and builds the parameter tree on the meta device: no weight is read.
 """
 
 from __future__ import annotations
@@ -117,15 +118,13 @@ def _hub_cache_models() -> list[ModelEntry]:
 def describe(entry: ModelEntry, host_bytes: int, gpu_bytes: int | None) -> ModelReport:
     """Read the model's config and say whether moe-tui can offload it, its parameters, and the planner's
     suggestion for ``host_bytes`` of RAM and ``gpu_bytes`` of VRAM (None: a CPU-only machine)."""
-    from moe_tui.offload.arch import family_of
-    from moe_tui.offload.loader import read_model_config
+    from moe_tui.chat.session import check_model
     from moe_tui.params import build_tree
     from moe_tui.params.config import one_line
 
     try:
         with TRANSFORMERS_IMPORTS:  # another thread may be loading a model (and importing transformers' code)
-            config = read_model_config(entry.directory)
-            family_of(config)
+            config = check_model(entry.directory)
             tree = build_tree(config)
             suggestion = suggest(config, host_bytes, gpu_bytes)
     except UserError as error:

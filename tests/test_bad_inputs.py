@@ -216,6 +216,19 @@ def test_model_directory_files(tmp_path: Path, capsys: pytest.CaptureFixture[str
     check_cli_input(tmp_path, capsys, variant, target, good, wrong, lambda p: [*argv, "--config", "k=1"])
 
 
+def test_a_model_directory_without_a_tokenizer_is_refused_before_its_weights_load(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """transformers' own message for this began "Couldn't instantiate the backend tokenizer from one of:" and
+    the line ended there."""
+    directory = demo_copy(tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (directory / name).unlink()
+    code, err = run_cli(["ask", "--model", str(directory), "hello"], capsys, "missing")
+    assert_one_line_error(code, err)
+    assert f"{directory} has no tokenizer (tokenizer.json, tokenizer.model" in err
+
+
 # ----------------------------------------------------------------------------------------------- settings, themes
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_settings_file(tmp_path: Path, variant: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,3 +85,34 @@ print(failures)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300)
     assert done.stdout.strip() == "[]"
+
+
+def test_a_model_directory_without_weights_or_tokenizer_is_described_as_a_problem(tmp_path: Path) -> None:
+    """A directory holding only a config (``hf download ... config.json``, as for ``plan``) is listed but cannot
+    be loaded: the picker says so before the model in use is unloaded, as it does for a model that is not MoE."""
+    from moe_tui import paths
+
+    model = tmp_path / "config-only"
+    model.mkdir()
+    shutil.copy(paths.DEMO_MODEL_DIR / "config.json", model)
+    entry = catalog.typed_entry(str(model))
+
+    def problem() -> str:
+        return catalog.describe(entry, 8 * GIB, None).problem
+
+    assert (
+        problem()
+        == f"{model} has no model.safetensors or model.safetensors.index.json (only safetensors checkpoints load)"
+    )
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "part-1.safetensors"}})
+    )
+    assert (
+        problem()
+        == f"{model / 'model.safetensors.index.json'} refers to part-1.safetensors, which is missing from {model}"
+    )
+    (model / "model.safetensors.index.json").unlink()
+    (model / "model.safetensors").symlink_to(paths.DEMO_MODEL_DIR / "model.safetensors")
+    assert problem().startswith(f"{model} has no tokenizer (tokenizer.json, ")
+    shutil.copy(paths.DEMO_MODEL_DIR / "tokenizer.json", model)
+    assert problem() == ""

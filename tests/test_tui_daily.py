@@ -271,6 +271,9 @@ def test_a_typed_model_is_read_before_the_model_in_use_is_unloaded(tmp_path) -> 
     bert = tmp_path / "bert"
     bert.mkdir()
     (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_bytes((paths.DEMO_MODEL_DIR / "config.json").read_bytes())
     loaded = []
     session = FakeSession(words=2)
 
@@ -303,6 +306,8 @@ def test_a_typed_model_is_read_before_the_model_in_use_is_unloaded(tmp_path) -> 
         assert isinstance(app.screen, ModelPickerScreen) and app.screen.query_one("#model-note").has_class("-problem")
         await typed(pilot, str(bert))
         await wait_for(pilot, lambda: note().startswith("bert: bert is not a causal language model"), timeout=60)
+        await typed(pilot, str(config_only))  # a MoE config alone: nothing to load
+        await wait_for(pilot, lambda: note().startswith(f"config-only: {config_only} has no model.safetensors"))
         assert len(loaded) == 1 and screen.backend.can_chat  # the start's load only: nothing was unloaded
         await typed(pilot, str(paths.DEMO_MODEL_DIR))
         await wait_for(pilot, lambda: isinstance(app.screen, LoadOptionsScreen), timeout=60)

@@ -25,6 +25,7 @@ from moe_tui.chat.kv import ConversationCache, cache_bytes
 from moe_tui.chat.prompt import ChatMessage, render_turns, split_conversation, supports_thinking
 from moe_tui.errors import UserError
 from moe_tui.import_lock import TRANSFORMERS_IMPORTS
+from moe_tui.params.config import one_line
 from moe_tui.telemetry import Telemetry, TokenEvent
 
 DEMO_MODEL_NAME = paths.DEMO_MODEL_NAME
@@ -99,6 +100,7 @@ class ChatSession:
         directory, name = resolve_model(model)
         if progress is not None:
             progress("loading tokenizer", 0, 1)
+        check_model(directory)
         tokenizer = load_tokenizer(directory, name)
         if progress is not None:
             progress("loading tokenizer", 1, 1)
@@ -333,6 +335,28 @@ def resolve_model(model: str | Path | None) -> tuple[Path, str]:
     return directory, directory.resolve().name if is_path else spec
 
 
+# Files one of which every tokenizer transformers can build from a directory reads (besides *.tiktoken files).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")
+
+
+def check_model(directory: Path) -> Any:
+    """The transformers config of the model in ``directory``, once it is known that moe-tui can chat with it: a
+    causal language model of an MoE family the engine offloads, with its safetensors weights (every shard its
+    index names) and a tokenizer file there; :class:`UserError` saying what is wrong otherwise, as when only a
+    model's config was downloaded. Reads no weight."""
+    from moe_tui.offload.arch import family_of
+    from moe_tui.offload.checkpoint import checkpoint_files
+    from moe_tui.offload.loader import read_model_config
+
+    with TRANSFORMERS_IMPORTS:  # another thread may be importing transformers' code (the model picker's reads)
+        config = read_model_config(directory)
+        family_of(config)
+    checkpoint_files(directory)
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES) and not any(directory.glob("*.tiktoken")):
+        raise UserError(f"{directory} has no tokenizer ({', '.join(TOKENIZER_FILES)} or a *.tiktoken file)")
+    return config
+
+
 def load_tokenizer(directory: Path, name: str) -> Any:
     """The model's tokenizer from its directory (never downloaded); :class:`UserError` when it cannot be read."""
     from transformers import AutoTokenizer
@@ -341,8 +365,7 @@ def load_tokenizer(directory: Path, name: str) -> Any:
         with TRANSFORMERS_IMPORTS:  # its tokenizer class is imported on first use
             return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"cannot load the tokenizer of {name}: {first_line}") from None
+        raise UserError(f"cannot load the tokenizer of {name}: {one_line(error)}") from None
 
 
 def _load_engine(directory: Path, offload_config: Any, progress: Progress | None) -> Engine:

@@ -37,7 +37,7 @@ class Checkpoint:
         self.directory = directory
         self.fp8_block = fp8_block
         self.mxfp4_keys: set[str] = set()  # tensors stored as MXFP4 blocks and scales, read dequantized
-        self._files = self._shard_files(directory)
+        self._files, shards = checkpoint_files(directory)
         self._stack = ExitStack()
         self._handles: dict[str, Any] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
@@ -45,7 +45,7 @@ class Checkpoint:
         self.fp8_keys: set[str] = set()
         from safetensors import SafetensorError, safe_open
 
-        for name in sorted(set(self._files.values()) | set(self._files_without_index())):
+        for name in shards:
             path = directory / name
             try:
                 with open(path, "rb"):  # the operating system's own reason (permission, a directory, ...) first
@@ -208,27 +208,27 @@ class Checkpoint:
                 f"expected {list(shape)} from the model config"
             )
 
-    # ----------------------------------------------------------------- files
-    @staticmethod
-    def _shard_files(directory: Path) -> dict[str, str]:
-        index = directory / INDEX_FILE
-        if not index.is_file():
-            return {}
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as error:
-            raise UserError(f"{index} is not a valid safetensors index ({error})") from None
-        for name in set(weight_map.values()):
-            if not (directory / name).is_file():
-                raise UserError(f"{index} refers to {name}, which is missing from {directory}")
-        return dict(weight_map)
 
-    def _files_without_index(self) -> list[str]:
-        if self._files:
-            return []
-        if (self.directory / SINGLE_FILE).is_file():
-            return [SINGLE_FILE]
-        raise UserError(f"{self.directory} has no {SINGLE_FILE} or {INDEX_FILE} (only safetensors checkpoints load)")
+def checkpoint_files(directory: Path) -> tuple[dict[str, str], list[str]]:
+    """A checkpoint directory's index (tensor name to shard file; empty for a single ``model.safetensors``) and its
+    shard files, reading only the index: :class:`UserError` when there is no safetensors checkpoint, the index is
+    unreadable or it names a shard that is not there."""
+    index = directory / INDEX_FILE
+    if not index.is_file():
+        if (directory / SINGLE_FILE).is_file():
+            return {}, [SINGLE_FILE]
+        raise UserError(f"{directory} has no {SINGLE_FILE} or {INDEX_FILE} (only safetensors checkpoints load)")
+    try:
+        weight_map = dict(json.loads(index.read_text())["weight_map"])
+        shards = sorted(set(weight_map.values()))
+        if not shards or not all(isinstance(name, str) for name in shards):
+            raise ValueError("weight_map must map tensor names to shard file names")
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise UserError(f"{index} is not a valid safetensors index ({error})") from None
+    for name in shards:
+        if not (directory / name).is_file():
+            raise UserError(f"{index} refers to {name}, which is missing from {directory}")
+    return weight_map, shards
 
 
 def _dequantize_fp8(weight: Tensor, scale_inv: Tensor, block: tuple[int, int]) -> Tensor:
