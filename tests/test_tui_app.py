@@ -952,3 +952,22 @@ def test_the_loading_screen_folds_each_finished_stage_into_one_line_with_its_tim
             await wait_for(pilot, lambda: main_screen(app).backend.can_chat)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("size", [(60, 20), (120, 40)])
+def test_settings_fields_show_their_values_and_labels_their_sources_at_any_width(size: tuple[int, int]) -> None:
+    """The label column was 40 cells wide: at 60 columns a field showed three characters ("4096" as "96"), and
+    the thinking switch's label, longer than 40, lost its source to a second line cut off by the row."""
+    app, _ = make_app()
+
+    async def check(pilot: Pilot) -> None:
+        await pilot.press("f3")
+        await wait_for(pilot, lambda: isinstance(app.screen, SettingsScreen))
+        await pilot.pause(0.1)
+        for field in ("#temperature", "#top-p", "#max-new-tokens"):
+            assert app.screen.query_one(field, Input).content_region.width >= 8
+        for label in app.screen.query("#settings-grid Label"):
+            lines = label.content_region.height
+            assert lines * label.content_region.width >= len(str(label.render())), str(label.render())
+
+    run(check, app, size=size)
