@@ -352,3 +352,20 @@ print(failures)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("key", "dtype", "stored"),
+    [
+        ("model.layers.1.block_sparse_moe.experts.3.w2.weight", torch.int8, "I8"),  # an expert
+        ("model.layers.0.self_attn.q_proj.weight", torch.int32, "I32"),  # a resident weight
+    ],
+)
+def test_a_weight_stored_as_integers_is_refused(
+    checkpoint: Path, no_heavy_work, key: str, dtype: torch.dtype, stored: str
+) -> None:
+    """An integer tensor where the model has a float one used to load as its raw numbers, answering garbage."""
+    rewrite(checkpoint / "model.safetensors", lambda t: t.update({key: t[key].to(dtype)}))
+    message = f"checkpoint tensor {key} in model.safetensors is stored as {stored}, not as a floating-point type"
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_offloaded(checkpoint, OffloadConfig())

@@ -27,6 +27,7 @@ from moe_tui.offload.arch import MoEModel
 INDEX_FILE = "model.safetensors.index.json"
 SCALE_SUFFIX = "_scale_inv"  # FP8 block scales: ``X.weight_scale_inv`` beside ``X.weight``
 MXFP4_SUFFIXES = ("_blocks", "_scales")  # gpt-oss: ``X_blocks`` (packed FP4 pairs) and ``X_scales`` (exponents)
+FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")  # safetensors' names of the unquantized weight types
 SINGLE_FILE = "model.safetensors"
 
 
@@ -42,6 +43,7 @@ class Checkpoint:
         self._handles: dict[str, Any] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.shard_of: dict[str, str] = {}
+        self.dtypes: dict[str, str] = {}  # safetensors' dtype name of every stored tensor ("BF16", "I8", ...)
         self.fp8_keys: set[str] = set()
         from safetensors import SafetensorError, safe_open
 
@@ -63,6 +65,7 @@ class Checkpoint:
                 tensor_slice = handle.get_slice(key)
                 self.shapes[key] = tuple(tensor_slice.get_shape())
                 self.shard_of[key] = name
+                self.dtypes[key] = tensor_slice.get_dtype()
                 if tensor_slice.get_dtype().startswith("F8"):
                     self.fp8_keys.add(key)
         for key, name in self._files.items():
@@ -207,6 +210,17 @@ class Checkpoint:
                 f"checkpoint tensor {key} in {self.shard_of[key]} has shape {list(self.shapes[key])}, "
                 f"expected {list(shape)} from the model config"
             )
+        self.check_floating(key)
+
+    def check_floating(self, key: str) -> None:
+        """Refuse a weight stored as anything but a floating-point type (or FP8 / MXFP4, read dequantized): an
+        integer tensor where the model has a float one would be read as its raw numbers."""
+        if key in self.fp8_keys or key in self.mxfp4_keys or self.dtypes[key] in FLOAT_DTYPES:
+            return
+        raise UserError(
+            f"checkpoint tensor {key} in {self.shard_of[key]} is stored as {self.dtypes[key]}, not as a "
+            f"floating-point type ({', '.join(FLOAT_DTYPES)}): only unquantized, FP8 and MXFP4 weights load"
+        )
 
 
 def checkpoint_files(directory: Path) -> tuple[dict[str, str], list[str]]:

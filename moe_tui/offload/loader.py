@@ -221,7 +221,8 @@ def _config_dtype(config: object) -> torch.dtype:
 
 
 def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> dict[str, str]:
-    """Checkpoint key of every resident (non-expert) parameter and persistent buffer; UserError if one is missing."""
+    """Checkpoint key of every resident (non-expert) parameter and persistent buffer; UserError if one is missing,
+    has another shape, or is a float in the model but not in the checkpoint."""
     tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
     names: dict[str, str] = {}
     for key, tensor in model.state_dict(keep_vars=True).items():
@@ -236,6 +237,8 @@ def _resident_names(model: nn.Module, moe: MoEModel, checkpoint: Checkpoint) -> 
                 f"checkpoint tensor {found} has shape {list(checkpoint.shapes[found])}, "
                 f"expected {list(tensor.shape)} from the model config"
             )
+        if tensor.dtype.is_floating_point:
+            checkpoint.check_floating(found)
         names[key] = found
     return names
 
