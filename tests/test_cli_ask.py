@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
-from moe_tui import cli, config
+from moe_tui import cli, config, paths
 from moe_tui.telemetry import LayerStep, Telemetry, TraceHeader
 
 
@@ -47,6 +48,26 @@ def test_ask_follows_the_models_generation_config_unless_told(capsys: pytest.Cap
     assert code == 0 and json.loads(out)["tokens"] == 5
     code, out, _ = run_cli(["ask", "Explain zip()", "--json", "--max-new-tokens", "7"], capsys)
     assert json.loads(out)["tokens"] == 7
+
+
+@pytest.mark.parametrize("content", ['{"temperature": ', '{"temperature": "hot", "top_p": 7, "max_new_tokens": 6}'])
+def test_a_models_broken_generation_config_costs_its_recommendations_not_the_answer(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    """An unreadable generation_config.json ended ``ask`` (and a load in the app) with a traceback; a value no
+    setting may hold (top-p 7) refused every answer. The file's good values are still followed."""
+    directory = tmp_path / "model"
+    shutil.copytree(paths.DEMO_MODEL_DIR, directory)
+    (directory / "generation_config.json").write_text(content)
+    code, out, err = run_cli(["ask", "Explain zip()", "--model", str(directory), "--json"], capsys)
+    assert code == 0 and "Traceback" not in err, err
+    if content.endswith("}"):
+        assert json.loads(out)["tokens"] == 6  # the model's max_new_tokens, its two bad values left out
+        assert "note: the model's generation_config.json sets top_p to 7, which must be a number above 0" in err
+        assert "sets temperature to 'hot', which must be a number from 0 to 2: left out" in err
+    else:
+        assert f"moe-tui: note: {directory / 'generation_config.json'} is unreadable" in err
+        assert json.loads(out)["text"]
 
 
 def test_ask_uses_the_engine_settings_saved_in_the_settings_file(capsys: pytest.CaptureFixture[str]) -> None:

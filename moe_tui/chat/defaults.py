@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import fields
 from typing import Any
 
-from moe_tui.chat.generation import GenerationSettings
+from moe_tui.chat.generation import GenerationSettings, check_choices
 
 SOURCES = ("yours", "model", "default")
 
@@ -33,19 +33,17 @@ def effective_generation(chosen: dict[str, Any], model: dict[str, Any]) -> tuple
     return GenerationSettings(**values), sources
 
 
-def model_sampling(generation_config: Any) -> dict[str, Any]:
-    """The sampling values a model's ``generation_config.json`` recommends (empty when it has no such file)."""
+def model_sampling(generation_config: Any) -> tuple[dict[str, Any], dict[str, str]]:
+    """The sampling values a model's ``generation_config.json`` recommends (none when it has no such file), and
+    for each value no setting may hold (``top_p: 7``, ``temperature: "hot"``) what is wrong with it: those are
+    left out, so moe-tui's default takes their place rather than the model's file stopping every answer."""
     if generation_config is None or getattr(generation_config, "_from_model_config", False):
-        return {}
+        return {}, {}
     values: dict[str, Any] = {}
     if getattr(generation_config, "do_sample", None) is False:
         values["temperature"] = 0.0
     else:
         for name in ("temperature", "top_p"):
-            value = getattr(generation_config, name, None)
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values[name] = float(value)
-    max_new = getattr(generation_config, "max_new_tokens", None)
-    if isinstance(max_new, int) and max_new >= 1:
-        values["max_new_tokens"] = max_new
-    return values
+            values[name] = getattr(generation_config, name, None)
+    values["max_new_tokens"] = getattr(generation_config, "max_new_tokens", None)
+    return check_choices({name: value for name, value in values.items() if value is not None})

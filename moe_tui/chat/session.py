@@ -107,7 +107,19 @@ class ChatSession:
         engine = _load_engine(directory, offload_config, progress)
         session = cls(engine, tokenizer, name)
         session.directory = directory
+        session._note_unusable_defaults()
         return session
+
+    def _note_unusable_defaults(self) -> None:
+        """Add a load note for each value of the model's generation_config.json that is left out."""
+        from moe_tui.chat.defaults import model_sampling
+
+        generation_config = getattr(self.engine.model, "generation_config", None)
+        _, problems = model_sampling(generation_config)
+        notes = getattr(self.engine, "load_info", {}).setdefault("notes", [])
+        for name, problem in problems.items():
+            value = getattr(generation_config, name, None)
+            notes.append(f"the model's generation_config.json sets {name} to {value!r}, which {problem}: left out")
 
     @property
     def busy(self) -> bool:
@@ -238,7 +250,7 @@ class ChatSession:
         """The sampling values the model's ``generation_config.json`` recommends (see :mod:`moe_tui.chat.defaults`)."""
         from moe_tui.chat.defaults import model_sampling
 
-        return model_sampling(getattr(self.engine.model, "generation_config", None))
+        return model_sampling(getattr(self.engine.model, "generation_config", None))[0]
 
     @property
     def can_think(self) -> bool:

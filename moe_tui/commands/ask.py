@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"moe-tui: note: {warning}", file=sys.stderr)
     options = options_from_args(args, saved.engine)
     session = ChatSession.load(options.model, options.offload_config())
+    for note in getattr(session.engine, "load_info", {}).get("notes", ()):  # a discarded store, a broken file
+        print(f"moe-tui: note: {note}", file=sys.stderr)
     try:
         chosen = dict(saved.generation)
         flags = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}

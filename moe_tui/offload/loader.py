@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from moe_tui.offload.build import (
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
+from moe_tui.params.config import one_line
 from moe_tui.paths import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
 
@@ -183,10 +186,30 @@ def load_offloaded(
         store, info = build_store(cfg, moe, plan, read, source, progress, replace_as_packed=False, model=label)
     finish_model(model, moe, cfg, plan, progress)
     if (directory / "generation_config.json").is_file():
-        model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+        try:
+            with _transformers_quiet():  # a value it finds invalid is said once, by the chat session
+                model.generation_config = GenerationConfig.from_pretrained(directory, local_files_only=True)
+        except (OSError, ValueError, TypeError) as error:  # only recommendations: the model runs without them
+            info.setdefault("notes", []).append(
+                f"{directory / 'generation_config.json'} is unreadable ({one_line(error)}): the model's recommended "
+                "sampling settings are not used"
+            )
     info.update({"directory": str(directory), "layout": layout, "predicted_host_bytes": predicted_host_bytes})
     name = model_label(path_or_hub_id, directory)
     return OffloadedModel(model, moe, cfg, plan.format, store, plan.device, name, info, plan.conversation)
+
+
+@contextmanager
+def _transformers_quiet() -> Iterator[None]:
+    """transformers' warnings off for the block (they go to stderr, under the loading bars or a running app)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def count_moe_layers(directory: Path) -> int:
