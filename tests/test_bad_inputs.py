@@ -142,8 +142,8 @@ def check_cli_input(
     wrong: bytes,
     argv: Callable[[Path], list[str]],
     expect_note: bool = False,
-) -> None:
-    """Spoil ``target``, run the command, check the one-line error and the untouched file."""
+) -> str:
+    """Spoil ``target``, run the command, check the one-line error and the untouched file; returns stderr."""
     if variant == "unreadable" and ROOT:  # warm up the same code path (imports) before the forked child runs it
         spoil(target, "directory", good, wrong)
         run_cli(argv(target), capsys, "directory")
@@ -156,6 +156,7 @@ def check_cli_input(
     else:
         assert_one_line_error(code, err)
     assert fingerprint(target) == before
+    return err
 
 
 # ----------------------------------------------------------------------------------------------- traces
@@ -214,6 +215,20 @@ def test_model_directory_files(tmp_path: Path, capsys: pytest.CaptureFixture[str
     prompts.write_text("What is a list?\n")
     argv = ["bench", "--model", str(directory), "--prompts", str(prompts), "--tokens", "2", "--runs", "1"]
     check_cli_input(tmp_path, capsys, variant, target, good, wrong, lambda p: [*argv, "--config", "k=1"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_model_tokenizer_file(tmp_path: Path, capsys: pytest.CaptureFixture[str], variant: str) -> None:
+    """``ask`` needs the tokenizer (``bench`` reads prompts as bytes without one); the message names the file,
+    which the library's own JSON error did not."""
+    directory = demo_copy(tmp_path)
+    target = directory / "tokenizer.json"
+    argv = ["ask", "--model", str(directory), "--max-new-tokens", "2", "hi"]
+    config.settings_path().parent.mkdir(parents=True, exist_ok=True)
+    open_up(config.settings_path())  # ask reads the settings too: only the tokenizer may be out of reach
+    err = check_cli_input(tmp_path, capsys, variant, target, target.read_bytes(), PNG, lambda p: argv)
+    said = {"unreadable": "cannot read tokenizer.json: Permission denied", "directory": "tokenizer of model"}
+    assert said.get(variant, "cannot load the tokenizer of model: tokenizer.json is not valid JSON") in err
 
 
 def test_a_model_directory_without_a_tokenizer_is_refused_before_its_weights_load(

@@ -12,6 +12,7 @@ be imported by the UI at no cost.
 from __future__ import annotations
 
 import itertools
+import json
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -377,7 +378,24 @@ def load_tokenizer(directory: Path, name: str) -> Any:
         with TRANSFORMERS_IMPORTS:  # its tokenizer class is imported on first use
             return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"cannot load the tokenizer of {name}: {one_line(error)}") from None
+        reason = _broken_tokenizer_file(directory) or one_line(error)
+        raise UserError(f"cannot load the tokenizer of {name}: {reason}") from None
+
+
+def _broken_tokenizer_file(directory: Path) -> str | None:
+    """What is wrong with the first of the tokenizer's JSON files that cannot be read or is not JSON (``tokenizer.json
+    is not valid JSON (...)``), None when they all are: the library's own message names no file."""
+    for name in (*TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json"):
+        path = directory / name
+        if not name.endswith(".json") or not path.is_file():
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except OSError as error:
+            return f"cannot read {name}: {error.strerror or one_line(error)}"
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"{name} is not valid JSON ({one_line(error)})"
+    return None
 
 
 def _load_engine(directory: Path, offload_config: Any, progress: Progress | None) -> Engine:
