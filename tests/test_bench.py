@@ -359,3 +359,19 @@ def test_a_synthetic_model_of_any_family_is_benchmarked_and_recorded_for_replay(
 def test_an_unknown_synthetic_family_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["bench", "--synthetic", "--family", "llama"]) == 2
     assert "unknown --family 'llama'; choose from mixtral" in capsys.readouterr().err
+
+
+def test_a_model_whose_tokenizer_does_not_load_is_benchmarked_on_bytes_and_says_so(
+    tmp_path: Path, prompts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench needs no tokenizer (prompts become bytes), but it used to switch to bytes without a word."""
+    import shutil
+
+    directory = tmp_path / "model"
+    shutil.copytree(paths.DEMO_MODEL_DIR, directory)
+    (directory / "tokenizer.json").write_text("{")
+    argv = ["bench", "--model", str(directory), "--tokens", "2", "--runs", "1", "--prompts", str(prompts)]
+    assert cli.main([*argv, "--config", "k=1", "--json"]) == 0
+    notes = json.loads(capsys.readouterr().out)["notes"]
+    assert any(note.startswith("the model's tokenizer did not load (") and "UTF-8 bytes" in note for note in notes)
+    assert bench.open_model(paths.DEMO_MODEL_DIR).tokenizer_problem == ""  # a good one says nothing

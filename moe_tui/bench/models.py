@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_tui.errors import UserError
+from moe_tui.params.config import one_line
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -94,6 +95,7 @@ class BenchModel:
     vocab_size: int
     dtype: str
     tokenizer: Any = None
+    tokenizer_problem: str = ""  # why the directory's tokenizer did not load (prompts are then bytes)
 
     def encode(self, prompt: str) -> list[int]:
         """Token ids of a prompt as a user turn: the model's chat template (or plain tokenizer) when it has
@@ -125,10 +127,11 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None, name
     config = read_model_config(path)
     family_of(config)
     weights_quantization(config, path)
+    tokenizer, tokenizer_problem = None, ""
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError, KeyError):
-        tokenizer = None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        tokenizer_problem = one_line(error)
     experts = getattr(config, "num_local_experts", None) or config.num_experts
     own = str(getattr(config, "dtype", None) or "float32").removeprefix("torch.")
     return BenchModel(
@@ -141,6 +144,7 @@ def open_model(directory: str | os.PathLike[str], dtype: str | None = None, name
         vocab_size=config.vocab_size,
         dtype=dtype or own,
         tokenizer=tokenizer,
+        tokenizer_problem=tokenizer_problem,
     )
 
 
@@ -160,6 +164,6 @@ def write_synthetic(shape: SyntheticShape, directory: Path, dtype: str = "float3
     del model
     gc.collect()
     opened = open_model(directory, dtype)
-    opened.tokenizer = None  # no tokenizer was saved (a family's default one would come up empty): byte ids
+    opened.tokenizer, opened.tokenizer_problem = None, ""  # none was saved (a family's default would be empty)
     opened.description = shape.describe() + f", {dtype}, random weights (seed {shape.seed})"
     return opened

@@ -125,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
             specs = _specs(args, source.num_experts)
         _check_layer_lists(specs, source)
         routing, notes = _routing(args.routing, source)
+        if source.tokenizer_problem:
+            notes.append(
+                f"the model's tokenizer did not load ({source.tokenizer_problem}): the prompts were fed as their "
+                "UTF-8 bytes, folded into the vocabulary"
+            )
         settings = bench.Settings(
             prompts=[source.encode(p) for p in prompts],
             new_tokens=args.tokens,
