@@ -13,9 +13,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import select
 import shutil
+import signal
 import stat
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from moe_tui.errors import UserError
 VARIANTS = ("empty", "truncated", "corrupt", "wrong type", "unreadable", "directory")
 ROOT = os.geteuid() == 0
 NOBODY = 65534
+CHILD_TIMEOUT_S = 120
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
 GARBAGE = bytes(range(256)) * 4
 
@@ -124,7 +128,16 @@ def as_nobody(work: Callable[[], object]) -> object:
         os._exit(0)
     os.close(write)
     data = b""
-    while chunk := os.read(read, 1 << 16):
+    deadline = time.monotonic() + CHILD_TIMEOUT_S
+    while True:
+        ready, _, _ = select.select([read], [], [], max(deadline - time.monotonic(), 0))
+        if not ready:  # a child that reached torch's thread pool after the fork can wait forever: end it
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read)
+            pytest.fail(f"the child running as nobody gave no answer in {CHILD_TIMEOUT_S} s")
+        if not (chunk := os.read(read, 1 << 16)):
+            break
         data += chunk
     os.close(read)
     os.waitpid(pid, 0)
