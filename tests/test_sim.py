@@ -10,6 +10,7 @@ from moe_tui.sim import (
     LabStopped,
     LayerPass,
     belady_layer,
+    lab_sizes,
     layer_passes,
     recorded_result,
     run_lab,
@@ -238,6 +239,18 @@ def test_run_lab_covers_every_size_and_policy_with_gaps() -> None:
     data = report.to_dict()
     assert len(data["replays"]) == 8 * 6
     assert data["recorded"]["total"]["misses"] == 40
+
+
+def test_a_lab_of_many_experts_replays_every_small_cache_size_and_round_large_ones() -> None:
+    """A 128-expert model replayed all 128 sizes: 6 policies x 128 full replays of the trace (two minutes for
+    200 tokens of a 48-layer Qwen3-shaped trace), a table of 128 rows."""
+    qwen3 = TraceHeader(model="q", num_layers=2, num_experts=128, top_k=8, cache_size=(20, 20), expert_bytes=1)
+    every_small = tuple(range(1, 17))
+    assert lab_sizes(qwen3) == (*every_small, 20, 24, 32, 48, 64, 96, 128)  # the recorded k=20 among them
+    assert lab_sizes(qwen3, also=(100,)) == (*every_small, 20, 24, 32, 48, 64, 96, 100, 128)
+    report = run_lab(qwen3, make_steps([[(0, 1), (2, 3)], [(4, 5), (0, 1)]]))
+    assert report.cache_sizes == lab_sizes(qwen3)
+    assert lab_sizes(HEADER) == tuple(range(1, HEADER.num_experts + 1))  # a small model: every size
 
 
 def test_run_lab_without_prefetch_guesses_has_no_prefetch_policy() -> None:

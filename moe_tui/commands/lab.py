@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     """Read the trace, replay it, print tables or JSON; bad input raises UserError (exit 2)."""
     from moe_tui.commands.traces import read_trace_for_command
     from moe_tui.errors import UserError
-    from moe_tui.sim import run_lab
+    from moe_tui.sim import lab_sizes, run_lab
     from moe_tui.sim.report import check_trace_shape, format_report
     from moe_tui.telemetry import LayerStep
 
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     k = args.k if args.k is not None else Counter(header.cache_size).most_common(1)[0][0]
     if not 1 <= k <= header.num_experts:
         raise UserError(f"--k {k} is outside 1..{header.num_experts} (the trace's experts per layer)")
-    report = run_lab(header, events)
+    report = run_lab(header, events, lab_sizes(header, also=(k,)))
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
     else:

@@ -2,14 +2,23 @@
 
 ```python
 from moe_tui.sim import run_lab, simulate
-report = run_lab(header, events)              # every k in 1..num_experts x every policy, plus Belady's MIN
+report = run_lab(header, events)              # every k up to 16, round ones above, x every policy, and MIN
 report.hit_rate("lru", 2); report.gap("lru", 2, layer=0)
 simulate(header, events, cache_size=2, policy="lru").total.hits
 ```
 """
 
 from moe_tui.sim.cache import MIN_POLICY, belady_layer, simulate_layer
-from moe_tui.sim.lab import RECORDED, LabReport, LabStopped, SimResult, recorded_result, run_lab, simulate
+from moe_tui.sim.lab import (
+    RECORDED,
+    LabReport,
+    LabStopped,
+    SimResult,
+    lab_sizes,
+    recorded_result,
+    run_lab,
+    simulate,
+)
 from moe_tui.sim.passes import LayerPass, layer_passes
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
     "LayerPass",
     "SimResult",
     "belady_layer",
+    "lab_sizes",
     "layer_passes",
     "recorded_result",
     "run_lab",

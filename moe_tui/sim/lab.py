@@ -11,6 +11,7 @@ from moe_tui.sim.cache import MIN_POLICY, belady_layer, simulate_layer
 from moe_tui.sim.passes import LayerPass, has_prefetch, layer_passes
 from moe_tui.telemetry import Counters, LayerStep, TokenEvent, TraceEvent, TraceHeader
 
+EVERY_SIZE_UP_TO = 16  # the lab replays every cache size up to this; above it, only round ones (see lab_sizes)
 PREFETCH_SUFFIX = "+prefetch"
 HOST_SUFFIX = "+host"  # misses computed on the host from the store (the engine's miss=host)
 RECORDED = "recorded"
@@ -123,6 +124,22 @@ class LabStopped(Exception):
     """``run_lab`` was told to stop (its ``should_stop`` said so) before it had replayed everything."""
 
 
+def lab_sizes(header: TraceHeader, also: Iterable[int] = ()) -> tuple[int, ...]:
+    """The cache sizes the lab replays by default: every k up to 16 (all of them for a model of 16 experts or
+    fewer), then the round ones above (24, 32, 48, 64, 96, ...: each a power of two or 1.5 times one) and the
+    model's number of experts, plus the sizes the trace was recorded with and ``also``. A 128-expert model
+    gets 22 rows, not 128: every k replays the whole trace once per policy (minutes on a long trace), and the
+    hit rate changes slowly between those sizes."""
+    experts = header.num_experts
+    sizes = set(range(1, min(experts, EVERY_SIZE_UP_TO) + 1)) | {experts}
+    power = EVERY_SIZE_UP_TO
+    while power < experts:
+        sizes.update(k for k in (power, power * 3 // 2) if k < experts)
+        power *= 2
+    sizes.update(k for k in (*header.cache_size, *also) if 1 <= k <= experts)
+    return tuple(sorted(sizes))
+
+
 def run_lab(
     header: TraceHeader,
     events: Iterable[TraceEvent],
@@ -130,7 +147,7 @@ def run_lab(
     policies: Sequence[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> LabReport:
-    """Replay a trace for every cache size (default 1..num_experts) and policy, plus MIN and the recording.
+    """Replay a trace for every cache size (default :func:`lab_sizes`) and policy, plus MIN and the recording.
 
     The default policies are every online policy, ``lru+prefetch`` and ``lru+prefetch+host`` when the trace
     holds prefetch guesses, and ``min`` (always added, since gaps are measured against it). ``should_stop`` is
@@ -138,7 +155,7 @@ def run_lab(
     """
     events = list(events)
     passes = layer_passes(header, events)
-    sizes = tuple(cache_sizes) if cache_sizes else tuple(range(1, header.num_experts + 1))
+    sizes = tuple(cache_sizes) if cache_sizes else lab_sizes(header)
     for k in sizes:
         _sizes(header, k)
     if policies is None:
