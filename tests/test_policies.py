@@ -61,3 +61,31 @@ def test_make_policy_by_name_and_unknown_names():
     assert isinstance(make_policy("fifo"), FIFOPolicy)
     with pytest.raises(ValueError, match="choose from lru, lfu, fifo"):
         make_policy("random")
+
+
+@pytest.mark.parametrize("policy_class", [LRUPolicy, FIFOPolicy])
+def test_an_ordered_policys_quick_victim_is_the_lowest_score_outside_the_protected(policy_class) -> None:
+    """LRU and FIFO find a victim from their scores' order; on random traffic with random protected sets it is
+    always the key the full search over every resident key picks."""
+    import random
+
+    rng = random.Random(7)
+    policy, resident = policy_class(), {}
+    for _ in range(3000):
+        key = rng.randrange(40)
+        if key in resident:
+            policy.access(key)
+        elif len(resident) < 24:
+            resident[key] = True
+            policy.insert(key)
+        else:
+            protected = set(rng.sample(sorted(resident), rng.randrange(24)))
+            unprotected = [k for k in resident if k not in protected]
+            expected = min(unprotected, key=lambda k: policy._score[k]) if unprotected else None
+            victim = policy.victim(resident.keys(), protected)
+            assert victim == expected
+            if victim is not None:
+                del resident[victim]
+                policy.evict(victim)
+                resident[key] = True
+                policy.insert(key)
