@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -773,6 +774,12 @@ def test_lab_opens_a_trace_starting_from_the_bundled_samples(tmp_path: Path) -> 
         assert "+host: misses are computed on the host and never copied" in str(note.render())
         field = await field_after_o(pilot)
         assert field.value == str(samples / "demo-off-topic.jsonl")
+        cut = tmp_path / "cut.jsonl"  # a recording killed mid-write: its note stays beside the results
+        cut.write_text((samples / "demo-off-topic.jsonl").read_text()[:-40])
+        field.value = str(cut)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: "Each cell" in str(note.render()), timeout=60)
+        assert "cut off" in str(note.render())
 
     run(check, app, size=(100, 30))
 
@@ -801,6 +808,8 @@ def test_leaving_the_lab_stops_its_simulation(monkeypatch: pytest.MonkeyPatch) -
         await type_text(pilot, "demo-off-topic.jsonl")
         await pilot.press("enter")
         await wait_for(pilot, lambda: len(replays) >= 3)
+        note = app.screen.query_one("#lab-note")
+        await wait_for(pilot, lambda: re.match(r"simulating… replay \d+ of 48", str(note.render())) is not None)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, MainScreen))
         await pilot.pause(0.5)  # the replay under way ends

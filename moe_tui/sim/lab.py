@@ -146,12 +146,14 @@ def run_lab(
     cache_sizes: Sequence[int] | None = None,
     policies: Sequence[str] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> LabReport:
     """Replay a trace for every cache size (default :func:`lab_sizes`) and policy, plus MIN and the recording.
 
     The default policies are every online policy, ``lru+prefetch`` and ``lru+prefetch+host`` when the trace
     holds prefetch guesses, and ``min`` (always added, since gaps are measured against it). ``should_stop`` is
     asked before each replay (a long session's trace takes minutes in all); when it answers True, LabStopped.
+    ``progress(done, total)`` is told after each replay.
     """
     events = list(events)
     passes = layer_passes(header, events)
@@ -171,6 +173,8 @@ def run_lab(
             if should_stop is not None and should_stop():
                 raise LabStopped
             results[policy, k] = _simulate_passes(header, passes, (k,) * header.num_layers, policy)
+            if progress is not None:
+                progress(len(results), len(chosen) * len(sizes))
     return LabReport(
         header=header,
         passes=len({e.step for e in events if isinstance(e, LayerStep)}),

@@ -94,26 +94,34 @@ class LabScreen(ReportsWorkerErrors, Screen):
                 return
             self._last_trace = answer
             self.query_one("#lab-note", Static).update(" ".join(["simulating…", *notes]))
-            self._simulate(header, events, f"trace {answer}")
+            self._simulate(header, events, f"trace {answer}", tuple(notes))
 
         start = self._last_trace or f"{TRACES_DIR}{os.sep}"
         self.app.push_screen(AskScreen("Trace file to study:", start, extend=True), study)
 
     @work(thread=True, exclusive=True, group="lab", exit_on_error=False)
-    def _simulate(self, header: TraceHeader, events: list[TraceEvent], source: str) -> None:
+    def _simulate(
+        self, header: TraceHeader, events: list[TraceEvent], source: str, notes: tuple[str, ...] = ()
+    ) -> None:
         from moe_tui.sim import LabStopped, run_lab
 
         worker = get_current_worker()
+        note = self.query_one("#lab-note", Static)
+
+        def progress(done: int, total: int) -> None:
+            if not worker.is_cancelled:
+                self.app.call_from_thread(note.update, " ".join([f"simulating… replay {done} of {total}", *notes]))
+
         try:  # a long session's trace takes minutes: leaving the lab (or the app) stops it between replays
-            report = run_lab(header, events, should_stop=lambda: worker.is_cancelled)
+            report = run_lab(header, events, should_stop=lambda: worker.is_cancelled, progress=progress)
         except LabStopped:
             return
         except (UserError, ValueError) as error:
             self.app.call_from_thread(self.query_one("#lab-note", Static).update, f"cannot simulate: {error}")
             return
-        self.app.call_from_thread(self._show, report, source)
+        self.app.call_from_thread(self._show, report, source, notes)
 
-    def _show(self, report: Any, source: str) -> None:
+    def _show(self, report: Any, source: str, notes: tuple[str, ...] = ()) -> None:
         header = report.header
         recorded = report.recorded.total
         note = (
@@ -128,7 +136,7 @@ class LabScreen(ReportsWorkerErrors, Screen):
                 f" {HOST_SUFFIX}: misses are computed on the host and never copied, so only prefetched experts"
                 " fill the slots (the engine's miss=host)."
             )
-        self.query_one("#lab-note", Static).update(note)
+        self.query_one("#lab-note", Static).update(" ".join([note, *notes]))
         table = self.query_one(DataTable)
         columns, rows = lab_rows(report)
         table.clear(columns=True)
