@@ -282,6 +282,37 @@ def test_spread_slots_follows_the_miss_curves() -> None:
     assert plan.spread_slots(curves, 6) == [2, 3]  # a third slot in layer 0 gains nothing: left unspent
 
 
+def test_spread_slots_picks_as_a_search_over_every_layer_at_every_step_would() -> None:
+    """spread_slots keeps each layer's steepest drop between steps; on random curves (flat stretches, ties, too
+    few slots) it shares the slots exactly as recomputing every layer's best at every step does."""
+    import random
+
+    def recomputing(curves: list[list[float]], slots: int) -> list[int]:
+        sizes, remaining = [1] * len(curves), slots - len(curves)
+        while remaining > 0:
+            best = None
+            for layer, (curve, k) in enumerate(zip(curves, sizes, strict=True)):
+                for extra in range(1, min(remaining, len(curve) - k) + 1):
+                    rate = (curve[k - 1] - curve[k - 1 + extra]) / extra
+                    if rate > 0 and (best is None or rate > best[0]):
+                        best = (rate, layer, extra)
+            if best is None:
+                return sizes
+            sizes[best[1]] += best[2]
+            remaining -= best[2]
+        return sizes
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        experts = rng.randint(1, 12)
+        curves = [
+            sorted((round(rng.random() * 3, rng.choice([0, 1])) for _ in range(experts)), reverse=True)
+            for _ in range(rng.randint(1, 6))
+        ]
+        slots = rng.randint(len(curves), len(curves) * experts + 3)
+        assert plan.spread_slots(curves, slots) == recomputing(curves, slots), (curves, slots)
+
+
 def test_per_layer_candidate_beats_uniform_slots() -> None:
     facts = facts_by_hand()
     curves = [[4.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.5, 0.5]]

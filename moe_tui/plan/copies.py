@@ -22,7 +22,7 @@ def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel
 
     The trace's own prefetch depth is the only depth it can replay; other depths are not estimated.
     """
-    from moe_tui.sim import simulate
+    from moe_tui.sim.lab import simulate_passes
     from moe_tui.sim.passes import has_prefetch, layer_passes
 
     passes = layer_passes(header, events)
@@ -36,7 +36,7 @@ def trace_copy_model(header: TraceHeader, events: list[TraceEvent]) -> CopyModel
         if prefetch not in (0, replayable):
             return None
         policy = "lru+prefetch" if prefetch else "lru"
-        total = simulate(header, events, k, policy, decode_only=True).total
+        total = simulate_passes(header, passes, k, policy, decode_only=True).total
         return total.misses / tokens, total.prefetch_issued / tokens, total.hit_rate
 
     return model
@@ -61,18 +61,33 @@ def spread_slots(layer_misses: Sequence[Sequence[float]], slots: int) -> list[in
     stops early when no layer gains from more slots."""
     sizes = [1] * len(layer_misses)
     remaining = slots - len(sizes)
+
+    def steepest(layer: int) -> tuple[float, int] | None:
+        """The layer's best (drop per slot, slots) from its size now, within what remains; None: no gain."""
+        curve, k = layer_misses[layer], sizes[layer]
+        best: tuple[float, int] | None = None
+        for extra in range(1, min(remaining, len(curve) - k) + 1):
+            rate = (curve[k - 1] - curve[k - 1 + extra]) / extra
+            if rate > 0 and (best is None or rate > best[0]):
+                best = (rate, extra)
+        return best
+
+    # Each layer's steepest drop is kept until its size changes, or until it asks for more slots than remain
+    # (fewer slots left only narrow the choice): one layer's curve is read per step, not all of them.
+    steepest_of = [steepest(layer) for layer in range(len(sizes))]
     while remaining > 0:
-        best: tuple[float, int, int] | None = None
-        for layer, (curve, k) in enumerate(zip(layer_misses, sizes, strict=True)):
-            for extra in range(1, min(remaining, len(curve) - k) + 1):
-                rate = (curve[k - 1] - curve[k - 1 + extra]) / extra
-                if rate > 0 and (best is None or rate > best[0]):
-                    best = (rate, layer, extra)
-        if best is None:
+        choice: tuple[float, int, int] | None = None  # (rate, layer, slots): the steepest, first layer on a tie
+        for layer, found in enumerate(steepest_of):
+            if found is not None and found[1] > remaining:
+                found = steepest_of[layer] = steepest(layer)
+            if found is not None and (choice is None or found[0] > choice[0]):
+                choice = (found[0], layer, found[1])
+        if choice is None:
             break
-        _, layer, extra = best
+        _, layer, extra = choice
         sizes[layer] += extra
         remaining -= extra
+        steepest_of[layer] = steepest(layer)
     return sizes
 
 

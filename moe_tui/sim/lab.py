@@ -116,7 +116,18 @@ def simulate(
     replay answers "what if the cache had been this size with this policy". With ``decode_only`` (online
     policies only) prefills are replayed but not counted.
     """
-    passes = layer_passes(header, events)
+    return simulate_passes(header, layer_passes(header, events), cache_size, policy, decode_only)
+
+
+def simulate_passes(
+    header: TraceHeader,
+    passes: list[list[LayerPass]],
+    cache_size: int | Sequence[int],
+    policy: str = "lru",
+    decode_only: bool = False,
+) -> SimResult:
+    """:func:`simulate` on a trace already split into each layer's passes (:func:`layer_passes`), for a caller
+    that replays one trace many times."""
     return _simulate_passes(header, passes, _sizes(header, cache_size), policy, decode_only)
 
 
