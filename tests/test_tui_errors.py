@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import shutil
 import subprocess
@@ -565,7 +566,9 @@ def test_a_recording_that_cannot_be_written_is_refused_before_the_model_loads(
     assert f"there is no folder {tmp_path / 'missing'}" in capsys.readouterr().err
 
 
-def test_chat_command_starts_and_closes_the_app(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_chat_command_starts_and_closes_the_app(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from moe_tui.commands import chat
     from moe_tui.tui import app as app_module
 
@@ -579,6 +582,10 @@ def test_chat_command_starts_and_closes_the_app(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr("sys.stdout.isatty", lambda: True)
     from moe_tui.cli import main
 
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))  # piped: the app would never see a key
+    assert main(["-k", "3"]) == 2 and not started
+    assert "stdin is not one" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
     assert main(["--theme", "moe-light", "-k", "3", "--prefetch", "0", "--record", "t.jsonl"]) == 0
     assert started[0].engine.cache_size == 3 and started[0].engine.prefetch == 0 and started[0].record == "t.jsonl"
     assert chat.options_from_args(chat_args(["--replay", "x.jsonl", "--speed", "4"])).replay_speed == 4.0

@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from moe_tui import engine_config
 from moe_tui.commands import add_dtype_argument
@@ -186,6 +186,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("the dashboard needs an interactive terminal (stdout is not a TTY)")
     if options.replay == "-":
         options = replace(options, replay=str(_trace_from_stdin()))
+    elif not _is_terminal(sys.stdin):  # the app would start and never see a key, ctrl+q included
+        raise UserError(
+            "the dashboard reads its keys from the terminal, but stdin is not one: run it without redirecting "
+            "stdin (a question on stdin goes to `moe-tui ask -`, a trace to `moe-tui --replay -`)"
+        )
     from moe_tui.tui.app import MoeTuiApp
 
     app = MoeTuiApp(options, theme=args.theme)
@@ -197,6 +202,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.flush()
         os._exit(code)
     return code
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    """Whether ``stream`` is an open terminal (False for a pipe, a file, a closed or missing stream)."""
+    try:
+        return bool(stream is not None and stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def _trace_from_stdin() -> Path:
