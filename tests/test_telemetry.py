@@ -8,6 +8,7 @@ import threading
 from dataclasses import replace
 
 import pytest
+from tui_fakes import FullDisk
 
 from moe_tui.telemetry import (
     ConfigEvent,
@@ -287,6 +288,36 @@ def test_trace_writer_emits_one_json_object_per_line():
     lines = buffer.getvalue().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["header", "step"]
     assert json.loads(lines[1])["slots"] == [1, None]
+
+
+def test_a_trace_that_can_no_longer_be_written_stops_the_recording_not_the_engine():
+    """A full disk under --record failed every answer from then on, and quitting ended with a traceback."""
+    trace = FullDisk(room=2)  # the header and one step
+    telemetry = Telemetry(HEADER, trace=trace)
+    for step in range(3):
+        telemetry.record_step(make_step(step, 0, [1], [step > 0]))  # the second write fails: no exception
+    snapshot = telemetry.snapshot()
+    assert snapshot.totals.hits == 2 and snapshot.steps == 3  # the counters went on
+    assert snapshot.recording_stopped == (
+        "recording stopped: cannot write /mnt/full/session.jsonl (No space left on device)"
+    )
+    assert trace.closed and [json.loads(line)["type"] for line in trace.written.splitlines()] == ["header", "step"]
+    telemetry.close()  # nothing left to close
+
+
+@pytest.mark.parametrize("when", ["flush", "close"])
+def test_a_trace_whose_buffered_records_cannot_be_written_out_says_so(when: str):
+    """The engine flushes the trace after every pass (and closes it at the end): there a full disk shows."""
+    trace = FullDisk(room=2)
+    telemetry = Telemetry(HEADER, trace=trace)
+    telemetry.record_step(make_step(0, 0, [1], [False]))
+    trace.room = 0  # the disk filled meanwhile: the buffered records fail as they are written out
+    telemetry.flush() if when == "flush" else telemetry.close()
+    assert telemetry.snapshot().recording_stopped.startswith("recording stopped: cannot write /mnt/full/")
+    telemetry.record_step(make_step(1, 0, [1], [True]))
+    telemetry.flush()
+    telemetry.close()
+    assert Telemetry(HEADER).snapshot().recording_stopped == ""
 
 
 def test_journal_keeps_the_last_passes_in_order(monkeypatch):

@@ -650,3 +650,33 @@ def test_a_failed_load_after_a_model_leaves_no_parameter_tree_of_the_model_befor
         assert not tree.display and not tree.root.children
 
     run(app, check)
+
+
+def test_a_recording_that_fills_the_disk_is_stopped_with_one_notice_and_the_answers_go_on() -> None:
+    """With --record on a disk that filled, every answer failed ("No space left on device") and quitting ended
+    with a traceback; now the recording stops, the app says so once, and the chat carries on."""
+    from tui_fakes import FullDisk
+
+    from moe_tui.telemetry import Telemetry, TokenEvent
+
+    session = FakeSession(words=4)
+    session.engine.telemetry = Telemetry(session.engine.header, trace=FullDisk(room=5))
+    backend = LiveBackend(session, trace_path=FullDisk.name)
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: backend, probe=FakeProbe())
+
+    def notices() -> list[str]:
+        return [note.message for note in app._notifications if note.title == "Recording"]
+
+    async def check(pilot: Pilot) -> None:
+        for turn, question in enumerate(("first", "second"), start=1):
+            await send(pilot, question)
+            await wait_for(pilot, lambda turn=turn: len(app.main.query(MessageView)) == 2 * turn)
+            await wait_for(pilot, lambda: not app.main.generating)
+        await wait_for(pilot, lambda: bool(notices()))
+        await pilot.pause(0.3)
+        assert notices() == ["recording stopped: cannot write /mnt/full/session.jsonl (No space left on device)"]
+        assert all(view.source for view in app.main.query(MessageView))  # both answered
+        _, events, _ = backend.routing_trace()  # the lab studies what the engine kept, not the cut file
+        assert sum(isinstance(event, TokenEvent) for event in events) == 8
+
+    run(app, check)

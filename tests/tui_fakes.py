@@ -4,6 +4,8 @@ routing with locality, so the panels show consistent hits, misses, slots and pre
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import random
 import threading
@@ -385,3 +387,32 @@ def trace_lines(path: Path) -> list[dict[str, Any]]:
 def as_dict(event: TraceEvent) -> dict[str, Any]:
     """An event as plain data."""
     return asdict(event)
+
+
+class FullDisk(io.StringIO):
+    """A trace file on a disk that fills after ``room`` writes: every later write, and the close, fail."""
+
+    name = "/mnt/full/session.jsonl"
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+        self.written = ""
+
+    def write(self, text: str) -> int:
+        if self.room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= 1
+        self.written += text
+        return super().write(text)
+
+    def flush(self) -> None:
+        if self.room <= 0 and not self.closed:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().flush()
+
+    def close(self) -> None:
+        if self.room <= 0 and not self.closed:
+            super().close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().close()

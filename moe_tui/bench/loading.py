@@ -137,10 +137,17 @@ def _load_engine(spec: Spec, source: BenchModel, device: str, workdir: Path, qua
         fast_tier_bytes=fast,
         slow_tier_bytes=memory["slow_tier_bytes"],
         device=device,
-        cleanup=[engine.close],
+        cleanup=[engine.close, lambda: _say_if_recording_stopped(spec, engine)],
         on_token=on_token,
         expert_format=engine.format.label(),
     )
+
+
+def _say_if_recording_stopped(spec: Spec, engine: Any) -> None:
+    """A trace that could not be written to its end (a full disk) is said on stderr: it holds only the start."""
+    stopped = engine.telemetry.snapshot().recording_stopped
+    if stopped:
+        print(f"moe-tui: note: {spec.label}: {stopped}", file=sys.stderr)
 
 
 def _cuda_allocated(device: str) -> int:

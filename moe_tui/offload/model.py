@@ -64,8 +64,7 @@ class OffloadedModel:
             LayerCache(moe_layer.index, k, fmt.nbytes, device, make_policy(cfg.policy))
             for moe_layer, k in zip(moe.layers, sizes, strict=True)
         ]
-        self._trace = _open_trace(cfg.trace_path)
-        self.telemetry = Telemetry(self._header(), trace=self._trace)
+        self.telemetry = Telemetry(self._header(), trace=_open_trace(cfg.trace_path))
         self.engine = Engine(
             store=store,
             caches=self.caches,
@@ -240,8 +239,7 @@ class OffloadedModel:
     def _end_pass(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         try:
             self.engine.end_pass()
-            if self._trace is not None and not self._trace.closed:
-                self._trace.flush()  # a trace is readable (and replayable) up to the last pass
+            self.telemetry.flush()  # a trace is readable (and replayable) up to the last pass
         finally:
             with self._lock:
                 self._busy = False

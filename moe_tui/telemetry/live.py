@@ -4,6 +4,7 @@ the cache lab, and writes each record to a trace file when given one."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import threading
@@ -39,6 +40,7 @@ class LayerState:
     window_frequency: tuple[float, ...] = ()
     counters: Counters = field(default_factory=Counters)
     hit_rate_history: tuple[float, ...] = ()  # per pass: the hit rate over the last WINDOW_STEPS passes
+    recording_stopped: str = ""  # why the trace being recorded could not be written on ("" while it can)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Snapshot:
     tokens_per_s: float = 0.0
     bytes_per_token: float = 0.0
     hit_rate_history: tuple[float, ...] = ()  # per pass: the hit rate over the last WINDOW_STEPS passes
+    recording_stopped: str = ""  # why the trace being recorded could not be written on ("" while it can)
 
     @property
     def stall_share(self) -> float:
@@ -74,6 +77,7 @@ class Telemetry:
     def __init__(self, header: TraceHeader, trace: IO[str] | None = None, window: int = WINDOW_STEPS):
         self._lock = threading.Lock()
         self._trace = trace
+        self._recording_stopped = ""
         self._window = window
         self._version = 0
         self._cached: Snapshot | None = None
@@ -197,12 +201,38 @@ class Telemetry:
             self._cached = self._build_snapshot()
             return self._cached
 
-    def close(self) -> None:
-        """Flush and close the trace file, if any."""
+    def flush(self) -> None:
+        """Write out the trace's buffered records (a failure stops the recording, as a failed write does)."""
         with self._lock:
             if self._trace is not None:
-                self._trace.close()
-                self._trace = None
+                try:
+                    self._trace.flush()
+                except OSError as error:
+                    self._stop_recording(self._trace, error)
+
+    def close(self) -> None:
+        """Flush and close the trace file, if any (a failure to write its last records stops the recording,
+        as during a run)."""
+        with self._lock:
+            self._close_trace()
+
+    def _close_trace(self) -> None:
+        trace, self._trace = self._trace, None
+        if trace is None:
+            return
+        try:
+            trace.close()
+        except OSError as error:
+            self._stop_recording(trace, error)
+
+    def _stop_recording(self, trace: IO[str], error: OSError) -> None:
+        """The trace cannot be written (a full disk, a removed drive): the engine goes on without it."""
+        name = getattr(trace, "name", "the trace")
+        self._recording_stopped = f"recording stopped: cannot write {name} ({error.strerror or error})"
+        self._version = next(_VERSIONS)
+        self._trace = None
+        with contextlib.suppress(OSError):  # its buffered records may fail again; it is closed all the same
+            trace.close()
 
     def _build_snapshot(self) -> Snapshot:
         header = self._header
@@ -219,6 +249,7 @@ class Telemetry:
             tokens_per_s=self._tokens_per_s(),
             bytes_per_token=totals.bytes_loaded / self._tokens if self._tokens else 0.0,
             hit_rate_history=tuple(self._history),
+            recording_stopped=self._recording_stopped,
         )
 
     def _layer_state(self, layer: int, cache_size: int) -> LayerState:
@@ -261,7 +292,10 @@ class Telemetry:
 
     def _write(self, record: dict[str, Any]) -> None:
         if self._trace is not None:
-            self._trace.write(json.dumps(record, separators=(",", ":")) + "\n")
+            try:
+                self._trace.write(json.dumps(record, separators=(",", ":")) + "\n")
+            except OSError as error:
+                self._stop_recording(self._trace, error)
 
 
 def _slot_status(step: LayerStep, expert: int | None) -> str:

@@ -304,8 +304,9 @@ class LiveBackend(Backend):
     def routing_trace(self) -> tuple[TraceHeader, list[TraceEvent], str]:
         """This session's routing so far: the whole trace file with ``--record TRACE``, else the last
         ``JOURNAL_PASSES`` forward passes the engine keeps in memory (writing a trace file costs the generating
-        thread a few percent of its speed, keeping the steps costs nothing measurable)."""
-        if self.trace_path is not None:
+        thread a few percent of its speed, keeping the steps costs nothing measurable), as it is when a full disk
+        stopped the recording: the file holds only the start then."""
+        if self.trace_path is not None and not self.snapshot().recording_stopped:
             header, events = read_partial_trace(Path(self.trace_path))
         else:
             header, events = self.engine.journal()

@@ -124,6 +124,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         self._stop = threading.Event()
         self._replay_stop = threading.Event()
         self._drawn_version = -1
+        self._recording_said = ""  # the last "recording stopped" notice shown
         self._sampling = True
         self._generation_idle = threading.Event()
         self._generation_idle.set()
@@ -308,6 +309,9 @@ class MainScreen(ReportsWorkerErrors, Screen):
         if snapshot.version != self._drawn_version:
             self._drawn_version = snapshot.version
             self._show_status(snapshot)
+            if snapshot.recording_stopped and snapshot.recording_stopped != self._recording_said:
+                self._recording_said = snapshot.recording_stopped  # said once; the answers go on without it
+                self.notify(snapshot.recording_stopped, title="Recording", severity="warning", timeout=15)
 
     def _visible(self, panel: Panel, dashboard_shown: bool) -> bool:
         maximized = self.maximized
