@@ -78,3 +78,57 @@ def test_a_question_that_failed_is_taken_back(chat: ActiveChat) -> None:
     assert chat.withdraw_question() == [] and chat.id is None
     if chat.store is not None:  # the chat it began is not left behind empty
         assert [conversation.title for conversation in chat.store.list_conversations()] == ["first"]
+
+
+def test_an_answer_the_history_cannot_take_goes_on_unsaved_and_keeps_what_was_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk in the middle of an answer used to end the answer with the history's error; now the answer
+    goes on (the user reads it), what was saved stays, and ``unsaved`` says why the rest is not."""
+    from moe_tui.errors import UserError
+
+    with HistoryStore(tmp_path / "history.sqlite3") as store:
+        chat = ActiveChat(store)
+        saved = store.append_to_message
+        room = {"pieces": 2}
+
+        def append_until_full(message_id: int, text: str) -> None:
+            if room["pieces"] == 0:
+                raise UserError(f"chat history {store.path}: database or disk is full")
+            room["pieces"] -= 1
+            saved(message_id, text)
+
+        monkeypatch.setattr(store, "append_to_message", append_until_full)
+        answer = chat.begin_answer("demo", "what is a list?")
+        for piece in ("a ", "sequence ", "of ", "items"):
+            answer.append(piece)  # no exception
+        answer.end(failed=False)
+        assert answer.text == "a sequence of items"
+        full = f"chat history {store.path}: database or disk is full"
+        assert answer.unsaved == f"{full}; the rest of this answer is not saved"
+        assert chat.turns()[-1] == {"role": "assistant", "content": "a sequence "}  # the pieces saved before
+
+
+def test_closing_a_history_whose_disk_is_full_keeps_the_streamed_parts_for_the_next_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Closing folds the streamed parts into their messages, a write: on a full disk it raised at quit (exit
+    code 2 after a whole session) though everything was committed already."""
+    import sqlite3
+
+    from moe_tui.chat import history
+
+    path = tmp_path / "history.sqlite3"
+    store = HistoryStore(path)
+    conversation = store.create_conversation()
+    message = store.add_message(conversation.id, "assistant")
+    store.append_to_message(message.id, "kept")
+
+    def disk_full(*args: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(history, "_fold_parts", disk_full)
+    store.close()  # no exception
+    monkeypatch.undo()
+    with HistoryStore(path) as again:
+        assert again.messages(conversation.id)[-1].content == "kept"

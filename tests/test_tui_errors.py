@@ -680,3 +680,38 @@ def test_a_recording_that_fills_the_disk_is_stopped_with_one_notice_and_the_answ
         assert sum(isinstance(event, TokenEvent) for event in events) == 8
 
     run(app, check)
+
+
+def test_a_history_that_fills_mid_answer_lets_the_answer_finish_and_says_what_was_not_saved(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The answer used to stop at the piece the history could not take ("error: chat history ...: database or
+    disk is full"): the model had answered, the user could not read it."""
+    from moe_tui.chat.history import HistoryStore
+
+    saved = HistoryStore.append_to_message
+    room = {"pieces": 2}
+
+    def append_until_full(self, message_id: int, text: str) -> None:
+        if room["pieces"] == 0:
+            raise UserError(f"chat history {self.path}: database or disk is full")
+        room["pieces"] -= 1
+        saved(self, message_id, text)
+
+    monkeypatch.setattr(HistoryStore, "append_to_message", append_until_full)
+    session = FakeSession(words=6)
+    app = MoeTuiApp(LaunchOptions(), loader=lambda options, progress: LiveBackend(session), probe=FakeProbe())
+
+    def notices() -> list[str]:
+        return [note.message for note in app._notifications if note.title == "Chat history"]
+
+    async def check(pilot: Pilot) -> None:
+        await send(pilot, "tell me")
+        await wait_for(pilot, lambda: len(app.main.query(MessageView)) == 2)
+        await wait_for(pilot, lambda: not app.main.generating and bool(notices()))
+        assert len(app.main.query(MessageView).last().source.split()) == 6  # the whole answer is on screen
+        full = f"chat history {app.store.path}: database or disk is full"
+        assert notices() == [f"{full}; the rest of this answer is not saved"]
+        assert "error" not in str(app.main.query_one("#chat-status").render())
+
+    run(app, check)

@@ -26,6 +26,7 @@ class Answer:
     memory: list[Turn]  # the session's turns when there is no store
     pieces: list[str] = field(default_factory=list)
     warning: str = ""  # why the answer is not saved, when the store refused it
+    unsaved: str = ""  # why the rest of the answer is not saved, when the store failed while it streamed
     question: str | None = None  # the question it answers, when it was asked anew (not a regenerate)
 
     @classmethod
@@ -59,16 +60,25 @@ class Answer:
         return "".join(self.pieces)
 
     def append(self, piece: str) -> None:
-        """Add a streamed piece (generating thread), committed to the history before returning."""
+        """Add a streamed piece (generating thread), committed to the history before returning. When the history
+        cannot take it (a full disk), the answer goes on unsaved and ``unsaved`` says why: the user still reads
+        it, and the pieces saved before stay."""
         self.pieces.append(piece)
-        if self.store is not None and self.message_id is not None:
-            self.store.append_to_message(self.message_id, piece)
+        if self.store is not None and self.message_id is not None and not self.unsaved:
+            try:
+                self.store.append_to_message(self.message_id, piece)
+            except UserError as error:
+                self.unsaved = f"{error}; the rest of this answer is not saved"  # the error names the history
 
     def end(self, failed: bool) -> None:
-        """Close the answer (UI thread): kept in memory without a store; removed when it failed before any text."""
+        """Close the answer (UI thread): kept in memory without a store; removed when it failed before any text
+        (unless the history cannot be written: then ``unsaved`` says so)."""
         if self.store is None:
             if self.text and not self.warning:
                 self.memory.append({"role": "assistant", "content": self.text})
             return
         if failed and not self.text and self.message_id is not None:
-            self.store.delete_message(self.message_id)
+            try:
+                self.store.delete_message(self.message_id)
+            except UserError as error:
+                self.unsaved = self.unsaved or f"{error}; an empty answer stays in the chat history"

@@ -333,13 +333,16 @@ class HistoryStore:
         return target
 
     def close(self) -> None:
-        """Fold streamed parts into their messages and close the database (everything is already committed)."""
+        """Fold streamed parts into their messages and close the database (everything is already committed, so a
+        fold that cannot be written, on a full disk, is left for the next open: the parts are read as they are)."""
         with self._lock:
             if self._closed:
                 return
             try:
                 with self._write() as connection:
                     _fold_parts(connection)
+            except UserError:
+                pass
             finally:
                 self._closed = True
                 self._connection.close()

@@ -532,6 +532,8 @@ class MainScreen(ReportsWorkerErrors, Screen):
         answer = message.answer
         unanswered = bool(message.error) and not answer.text and answer.question is not None and not answer.warning
         answer.end(failed=bool(message.error))
+        if answer.unsaved:
+            self.notify(answer.unsaved, title="Chat history", severity="warning", timeout=10)
         if message.error:
             returned = unanswered and await self._return_question(answer.question or "")
             note = " · your question is back in the prompt" if returned else ""
