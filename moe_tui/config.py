@@ -238,11 +238,15 @@ def _write(settings: Settings, path: Path, broken: bool) -> Path | None:
             kept = path.with_name(f"{path.name}.broken-{stamp}-{counter}")
         shutil.copy2(path, kept)
     temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(to_toml(settings))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(to_toml(settings))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        temporary.unlink(missing_ok=True)  # a full disk: no half-written file beside the settings
+        raise
     return kept
 
 

@@ -143,3 +143,23 @@ def test_engine_settings_are_checked_by_the_engines_own_rules(tmp_path: Path) ->
     assert settings.engine == {"expert_bits": 4, "prefetch": 1}
     assert "line 3: engine.cache_size: cache size must be a whole number >= 1" in warning
     assert "line 5: unknown setting engine.size (ignored)" in warning
+
+
+def test_a_settings_write_on_a_full_disk_leaves_the_file_as_it_was_and_nothing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed write used to leave an empty settings.toml.tmp beside the settings."""
+    import errno
+    import os
+
+    path = tmp_path / "settings.toml"
+    config.save_settings(config.Settings(theme="moe-light"), path)
+    before = path.read_bytes()
+
+    def disk_full(descriptor: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        config.save_settings(config.Settings(theme="moe-dark"), path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["settings.toml"]
