@@ -202,6 +202,33 @@ def test_export_to_a_file_or_directory(store: HistoryStore, tmp_path: Path) -> N
         store.export_markdown_file(chat.id, tmp_path / "missing-dir" / "x.md")
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_export_the_disk_cannot_hold_leaves_no_cut_off_file(
+    store: HistoryStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overwrite: bool
+) -> None:
+    """A full disk cut the export off where it stopped (and, with overwrite, had already emptied the old file)."""
+    import errno
+
+    chat = store.create_conversation()
+    store.add_message(chat.id, "user", "a question " * 50)
+    target = tmp_path / "chat.md"
+    if overwrite:
+        target.write_text("the export before", encoding="utf-8")
+    real_write = Path.write_text
+
+    def half_then_full(self: Path, text: str, *args, **kwargs) -> int:
+        real_write(self, text[: len(text) // 2], *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", half_then_full)
+    with pytest.raises(UserError, match=r"cannot write .*chat\.md: No space left on device"):
+        store.export_markdown_file(chat.id, target, overwrite=overwrite)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("chat")) == (["chat.md"] if overwrite else [])
+    if overwrite:
+        assert target.read_text(encoding="utf-8") == "the export before"
+
+
 def test_store_can_be_shared_between_threads(store: HistoryStore) -> None:
     import threading
 

@@ -18,6 +18,8 @@ raises :class:`~moe_tui.errors.UserError` and is never modified.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import sqlite3
 import threading
@@ -318,7 +320,9 @@ class HistoryStore:
         """Write :meth:`export_markdown` to ``path`` and return where it went.
 
         When ``path`` is a directory the file is named after the conversation's title (with a number added
-        if that name is taken). An existing file is replaced only with ``overwrite=True``.
+        if that name is taken). An existing file is replaced only with ``overwrite=True``. The text goes to a
+        ``.partial`` file renamed into place once whole, so a write that fails (a full disk) leaves no cut-off
+        export and, with ``overwrite``, the old file as it was.
         """
         text = self.export_markdown(conversation_id)
         target = Path(path).expanduser()
@@ -326,9 +330,13 @@ class HistoryStore:
             target = _free_name(target, _slug(self.conversation(conversation_id).title) or f"chat-{conversation_id}")
         elif target.exists() and not overwrite:
             raise UserError(f"{target} already exists; choose another file name")
+        partial = target.with_name(target.name + ".partial")
         try:
-            target.write_text(text, encoding="utf-8")
+            partial.write_text(text, encoding="utf-8")
+            os.replace(partial, target)
         except OSError as error:
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)
             raise UserError(f"cannot write {target}: {error.strerror or error}") from None
         return target
 
