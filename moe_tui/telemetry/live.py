@@ -40,7 +40,6 @@ class LayerState:
     window_frequency: tuple[float, ...] = ()
     counters: Counters = field(default_factory=Counters)
     hit_rate_history: tuple[float, ...] = ()  # per pass: the hit rate over the last WINDOW_STEPS passes
-    recording_stopped: str = ""  # why the trace being recorded could not be written on ("" while it can)
 
 
 @dataclass(frozen=True)
@@ -214,16 +213,13 @@ class Telemetry:
         """Flush and close the trace file, if any (a failure to write its last records stops the recording,
         as during a run)."""
         with self._lock:
-            self._close_trace()
-
-    def _close_trace(self) -> None:
-        trace, self._trace = self._trace, None
-        if trace is None:
-            return
-        try:
-            trace.close()
-        except OSError as error:
-            self._stop_recording(trace, error)
+            trace, self._trace = self._trace, None
+            if trace is None:
+                return
+            try:
+                trace.close()
+            except OSError as error:
+                self._stop_recording(trace, error)
 
     def _stop_recording(self, trace: IO[str], error: OSError) -> None:
         """The trace cannot be written (a full disk, a removed drive): the engine goes on without it."""
