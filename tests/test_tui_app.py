@@ -980,3 +980,27 @@ def test_settings_fields_show_their_values_and_labels_their_sources_at_any_width
             assert lines * label.content_region.width >= len(str(label.render())), str(label.render())
 
     run(check, app, size=size)
+
+
+def test_a_new_chat_during_an_answer_says_that_it_stopped_the_answer() -> None:
+    """ctrl+n (or opening another chat) stops the answer under way: the status line used to say only "new
+    chat", and the first chat's shortened answer was a surprise later."""
+    app, _ = make_app(FakeSession(words=1000, delay=0.01))
+
+    async def check(pilot: Pilot) -> None:
+        screen = main_screen(app)
+        await send(pilot, "first")
+        await wait_for(pilot, lambda: screen.generating and len(messages(app)) == 2 and messages(app)[1][1])
+        first = screen.conversation_id
+        await pilot.press("ctrl+n")
+        await wait_for(pilot, lambda: not screen.generating)
+        await pilot.pause(0.3)
+        status = str(screen.query_one("#chat-status").render())
+        assert status == "new chat · the answer under way was stopped (what it had said is kept)"
+        kept = app.store.messages(first)[-1].content
+        assert kept and len(kept.split()) < 1000
+        await pilot.press("ctrl+n")  # nothing under way: nothing to say
+        await pilot.pause(0.1)
+        assert str(screen.query_one("#chat-status").render()) == "new chat"
+
+    run(check, app)

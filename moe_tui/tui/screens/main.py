@@ -585,11 +585,11 @@ class MainScreen(ReportsWorkerErrors, Screen):
 
     async def action_new_chat(self) -> None:
         """Start an empty conversation (stopping an answer in progress)."""
-        self._stop.set()
+        stopped = self._stop_for_another_chat()
         self.editing = False
         self.conversation.start_new()
         await self.chat.show_messages([])
-        self.chat.set_status("new chat")
+        self.chat.set_status(f"new chat{stopped}")
         self.query_one(PromptInput).focus()
         if self.query_one(ConversationList).display:
             self._refresh_conversations()
@@ -682,7 +682,7 @@ class MainScreen(ReportsWorkerErrors, Screen):
         """Show a saved conversation (stopping an answer in progress)."""
         if self.store is None:
             return
-        self._stop.set()
+        stopped = self._stop_for_another_chat()
         self.editing = False
         try:
             title, turns = self.conversation.open(conversation_id)
@@ -690,7 +690,12 @@ class MainScreen(ReportsWorkerErrors, Screen):
             self.notify(str(error), severity="error")
             return
         await self.chat.show_messages(turns)
-        self.chat.set_status(f"opened “{title}”")
+        self.chat.set_status(f"opened “{title}”{stopped}")
+
+    def _stop_for_another_chat(self) -> str:
+        """Stop the answer under way, if any, as another chat opens; what to add to the status line about it."""
+        self._stop.set()
+        return " · the answer under way was stopped (what it had said is kept)" if self.generating else ""
 
     def action_export(self) -> None:
         """Write the current conversation to a Markdown file."""
