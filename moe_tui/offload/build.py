@@ -28,7 +28,7 @@ from moe_tui.offload.experts import OffloadedExperts
 from moe_tui.offload.formats import ExpertFormat, make_format
 from moe_tui.offload.model import OffloadedModel, Progress
 from moe_tui.offload.quant import quantize_linears
-from moe_tui.offload.store import ExpertStore
+from moe_tui.offload.store import STORE_FILE, ExpertStore
 from moe_tui.offload.store_lock import store_lock
 
 STORE_VERSION = 1
@@ -211,7 +211,7 @@ def build_store(
                 if cache_dir.is_dir():
                     ExpertStore.discard(cache_dir)  # what an interrupted save left (the data file is rewritten anyway)
                 cache_dir.mkdir(parents=True, exist_ok=True)
-                path = cache_dir / "experts.bin.partial"
+                path = cache_dir / (STORE_FILE + ".partial")  # what discard_unfinished removes
             except OSError as error:
                 notes.append(_not_kept(cache_dir, error))
                 cache_dir = None

@@ -32,6 +32,7 @@ from torch import Tensor
 
 STORE_FILE = "experts.bin"
 META_FILE = "store.json"
+PARTIAL_FILES = (META_FILE + ".partial", STORE_FILE + ".partial")  # a save's files until it is whole
 STORE_KINDS = ("ram", "pinned", "mmap")
 LayerProgress = Callable[[int, int], None]  # (layers done, layers in all)
 READ_CHUNK = 64 * 1024**2  # a saved store is read back in pieces of this size, several at once
@@ -196,21 +197,14 @@ class ExpertStore:
     @staticmethod
     def discard(directory: Path) -> None:
         """Remove what a failed or interrupted save left in ``directory`` (the entry is rebuilt next time)."""
-        for name in (META_FILE, META_FILE + ".partial", STORE_FILE + ".partial"):
-            _remove(directory / name)
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
+        _remove_from(directory, (META_FILE, *PARTIAL_FILES))
 
     @staticmethod
     def discard_unfinished(directory: Path) -> None:
         """Remove what a build or save that stopped left in ``directory``: its partial files, and the data file
         of an entry without a description (one being rebuilt). A saved entry, description and all, stays."""
-        for name in (META_FILE + ".partial", STORE_FILE + ".partial"):
-            _remove(directory / name)
-        if not (directory / META_FILE).exists():
-            _remove(directory / STORE_FILE)
-        if directory.is_dir() and not any(directory.iterdir()):
-            directory.rmdir()
+        described = (directory / META_FILE).exists()
+        _remove_from(directory, PARTIAL_FILES if described else (*PARTIAL_FILES, STORE_FILE))
 
     def close(self) -> None:
         """Drop the buffers (a pinned store's registration first; an mmap store's mapping goes with its last
@@ -266,6 +260,14 @@ def _read_layers(path: Path, layers: list[Tensor], report: LayerProgress) -> Non
                 report(done, len(layers))
     finally:
         pool.shutdown(cancel_futures=True)  # after a failed read, the chunks not started yet are not read
+
+
+def _remove_from(directory: Path, names: tuple[str, ...]) -> None:
+    """Delete these files of a store entry, and the entry's directory once nothing is left in it."""
+    for name in names:
+        _remove(directory / name)
+    if directory.is_dir() and not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _remove(path: Path) -> None:
