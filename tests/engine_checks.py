@@ -4,6 +4,7 @@ model's routers select."""
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 
 import torch
@@ -94,6 +95,22 @@ def record_routing(om: OffloadedModel) -> list[list[set[int]]]:
     for index, router in enumerate(layers):
         router.register_forward_hook(hook(index))
     return routing
+
+
+def copy_is_asynchronous(source: torch.Tensor) -> bool:
+    """Whether a copy of host tensor ``source`` to the GPU returns before the GPU has reached it, which CUDA
+    allows only from page-locked memory: from pageable memory it waits for the stream first.
+
+    PyTorch's ``is_pinned()`` answers only for its own pinned allocator's blocks (it says False for memory
+    registered with ``cudaHostRegister``, seen on an H200 with torch 2.11), so the store is judged by this."""
+    target = torch.empty(source.numel(), dtype=source.dtype, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda._sleep(200_000_000)  # the stream is busy for about 100 ms of GPU clock
+    start = time.perf_counter()
+    target.copy_(source, non_blocking=True)
+    returned = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return returned < 0.05
 
 
 def logits(model, ids: torch.Tensor) -> torch.Tensor:

@@ -212,7 +212,7 @@ def dequantized_reference(config, om, seed: int):
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize(("bits", "name"), [(None, "bf16"), (4, "int4"), (8, "int8"), (2, "int2"), (3, "int3")])
 def test_every_format_matches_transformers_with_the_formats_weights(device: str, bits, name: str) -> None:
-    config = mixtral_config(experts=4, hidden=64, intermediate=64, layers=3)
+    config = mixtral_config(experts=4, hidden=128, intermediate=128, layers=3)  # CUDA's int4 kernel: 128-multiples
     settings = OffloadConfig(cache_size=2, prefetch=1, expert_bits=bits, group_size=32, dtype="bf16", device=device)
     om = offload_model(build(config, seed=31), settings)
     if device == "cuda" and bits == 8 and not om.format.fused:

@@ -133,8 +133,13 @@ class Int4Format(ExpertFormat):
         return self._mm((glu(gate, up)).contiguous(), down, down_meta)
 
     def dequantize(self, buffer: Tensor) -> tuple[Tensor, Tensor]:
-        """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding)."""
-        return weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
+        """The weights the kernel computes with, recovered by multiplying the identity (exact up to rounding), on
+        the buffer's device (the CUDA layout's kernel runs on the GPU even for a buffer in the host store)."""
+        home = buffer.device
+        if self.layout == "cuda":
+            buffer = buffer.to("cuda")
+        weights = weights_by_identity(self._mm, self.views(buffer), [k for _, k in self._matrices], self.dtype)
+        return weights[0].to(home), weights[1].to(home)
 
 
 MatrixProduct = Callable[[Tensor, Tensor, Tensor], Tensor]  # x, one matrix's packed view, its scales -> x W^T
