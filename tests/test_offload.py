@@ -592,6 +592,19 @@ def test_loading_bounds_onednn_kernel_caches_unless_the_user_sized_them(monkeypa
     assert os.environ["LRU_CACHE_CAPACITY"] == "8"  # the user's own size wins
 
 
+def test_the_cuda_allocator_is_asked_for_expandable_segments_unless_the_user_configured_it(monkeypatch) -> None:
+    for name in offload_memory.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1, device="cpu"))
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # a CPU engine leaves the GPU's allocator alone
+    offload_memory.prefer_expandable_segments()
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:512")
+    offload_memory.prefer_expandable_segments()
+    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # the user's setting, under either name, wins
+
+
 KERNEL_CACHE_CHECK = """
 import sys
 from moe_tui.offload import memory
