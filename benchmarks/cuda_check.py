@@ -29,8 +29,8 @@ Steps, each reported as passed, failed or skipped (with the reason):
    second reads the quantized-store cache), ``bench`` of five configurations, ``plan`` for Mixtral-8x7B on a
    24 GiB card, ``cache``, and one reading of the NVML probe while this process holds GPU memory.
 7. ``fit``: the fit check against the GPU memory an answer really takes: two layers each of Mixtral-8x7B (SDPA
-   attention) and gpt-oss-20b (eager attention) at k=2, a ~3500-token answer; PyTorch's peak reserved memory
-   plus what CUDA holds outside it must stay within the count ``chat`` checks before loading.
+   attention) and gpt-oss-20b (eager attention) at k=2, a ~3500-token answer, which must finish with PyTorch's
+   allocator capped at the count ``chat`` checks before loading, less what CUDA holds outside the allocator.
 8. ``mixtral``: 4 Mixtral-8x7B-shaped layers (random bf16 weights), offloaded to the GPU: quantization time to
    4 bits, then decode tokens/s at k=8, k=2 and k=2 with prefetch, in bf16 and at 4 bits, with the measured
    hit rate and the bound that copies at that hit rate put on tokens/s; and k=2 with ``miss=auto``, where the
@@ -50,10 +50,12 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -62,12 +64,16 @@ from pathlib import Path
 
 import torch
 
+from moe_tui.offload import memory
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 OUT = HERE / "results"
 sys.path.insert(0, str(HERE))  # expert_kernels.py and fit_check.py beside this file
 
+DEADLINE_GRACE_S = 15.0  # past --deadline, a step stuck in native code ends the process
 DELAY_CYCLES = 2_000_000  # about 1 ms of GPU clock per injected sleep
+WARMUP_TOKENS = 3  # decoded before a speed is measured (the first CUDA run's k=8 came out at half k=2's speed)
 
 
 class Skipped(Exception):
@@ -253,12 +259,15 @@ def step_transfer(quick: bool) -> dict:
         result[f"{kind}_gbps"] = size / min(times) / 1e9
         del source
     result.update(store_registration(target))
-    result["passed"] = result["store_pinned"] and result["store_exact"]
+    result["store_page_locked"] = result["store_gbps"] >= 0.8 * result["pinned_gbps"] > 2 * result["pageable_gbps"]
+    result["passed"] = result["store_page_locked"] and result["store_exact"]
     return result
 
 
 def store_registration(target: torch.Tensor) -> dict:
-    """A 3-layer pinned ExpertStore of 8 experts of 4-bit Mixtral size: page-locked, exact size, copy speed."""
+    """A 3-layer pinned ExpertStore of 8 experts of 4-bit Mixtral size: exact size and copy speed (page-locked
+    memory copies as fast as PyTorch's pinned memory; ``is_pinned()`` is kept for the record: torch 2.11 said
+    False for memory registered with ``cudaHostRegister``)."""
     import psutil
 
     from moe_tui.offload.store import ExpertStore
@@ -280,13 +289,13 @@ def store_registration(target: torch.Tensor) -> dict:
         target[: row.numel()].copy_(row, non_blocking=True)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    pinned = all(store.row(layer, 0).is_pinned() for layer in range(3))
+    torch_is_pinned = all(store.row(layer, 0).is_pinned() for layer in range(3))
     store.close()
     return {
         "store_bytes": store.total_bytes,
         "store_rss_growth": grown,
         "store_pinned_allocator_bytes": reserved,
-        "store_pinned": pinned,
+        "store_torch_is_pinned": torch_is_pinned,
         "store_exact": reserved == 0 and grown < store.total_bytes * 1.02,
         "store_gbps": row.numel() / min(times) / 1e9,
     }
@@ -352,12 +361,15 @@ def step_cli(quick: bool) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- 7. fit
-def step_fit(quick: bool) -> dict:
+def step_fit(quick: bool, result: dict) -> dict:
     """The fit check's count against the GPU memory a long answer really takes, at two real shapes.
 
-    After loading, what CUDA holds outside PyTorch's allocator (its context, library handles) is measured once;
-    the answer's peak is PyTorch's peak reserved memory plus that. It must not exceed what ``chat`` counts
-    before loading (weights, slots, workspace, KV cache and activations for the answer's tokens, the margin).
+    After loading, what CUDA holds outside PyTorch's allocator (its context, library handles) is measured once,
+    and the allocator is capped (``set_per_process_memory_fraction``) at what ``chat`` counts before loading
+    (weights, slots, workspace, KV cache and activations for the answer's tokens, the margin) less that: the
+    answer must finish under the cap, where an allocation beyond it fails as on a GPU that is full (after the
+    allocator has handed back its free cached blocks). The peak reserved memory is reported beside it. Fills
+    ``result`` as it goes.
     """
     if not cuda():
         raise Skipped("no CUDA device: on a CPU this is `python benchmarks/fit_check.py`")
@@ -367,45 +379,62 @@ def step_fit(quick: bool) -> dict:
 
     from moe_tui import fit
     from moe_tui.chat.generation import GenerationSettings
+    from moe_tui.chat.prompt import render_prompt
+    from moe_tui.errors import UserError
     from moe_tui.offload import OffloadConfig, offload_model
 
     words = 200 if quick else 900
-    result: dict = {"passed": True, "margin": fit.MARGIN["cuda"], "models": []}
-    for name in ("mixtral-8x7b", "gpt-oss-20b"):
-        engine = offload_model(
-            shaped_model(name), OffloadConfig(cache_size=2, prefetch=0, device="cuda"), progress=lambda *a: None
-        )
+    result.update({"passed": True, "margin": fit.MARGIN["cuda"], "models": []})
+    for name in ("gpt-oss-20b", "mixtral-8x7b"):  # the eager attention's score matrices first: the harder case
+        model = shaped_model(name, drawn_on="cuda")
+        torch.cuda.empty_cache()
+        engine = offload_model(model, OffloadConfig(cache_size=2, prefetch=0, device="cuda"), progress=lambda *a: None)
+        del model
         session = answering_session(engine, name)
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info()
         outside = total - free - torch.cuda.memory_reserved()
-        torch.cuda.reset_peak_memory_stats()
         settings = GenerationSettings(temperature=0, max_new_tokens=8)
-        answer = session.generate(question(words), settings, lambda _: None)
-        torch.cuda.synchronize()
-        tokens = answer.prompt_tokens + answer.tokens
+        prompt = question(words)
+        text = render_prompt(session.tokenizer, prompt)  # as the session renders and encodes it
+        tokens = len(session.tokenizer(text, add_special_tokens=False)["input_ids"]) + settings.max_new_tokens
         memory = engine.memory()
         config = engine.model.config
         costs = fit.TokenCosts.of(config, 2, config.intermediate_size)
         counted = fit.fast_tier_need(
             memory["resident_bytes"], memory["slot_bytes"], memory["workspace_bytes"], costs, tokens, "cuda"
         )
+        torch.cuda.set_per_process_memory_fraction((counted.total - outside) / total)
+        torch.cuda.reset_peak_memory_stats()
+        try:
+            answer = session.generate(prompt, settings, lambda _: None)
+            torch.cuda.synchronize()
+            error = None
+        except UserError as out_of_memory:  # the session's message for an answer that ran out of memory
+            error = str(out_of_memory)
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
         peak = torch.cuda.max_memory_reserved() + outside
         row = {
             "model": name,
             "attention": config._attn_implementation,
-            "tokens": tokens,
+            "tokens": answer.prompt_tokens + answer.tokens if error is None else tokens,
+            "out_of_memory": error,
             "outside_allocator": outside,
             "peak_allocated": torch.cuda.max_memory_allocated(),
             "peak": peak,
             "counted": counted.total,
             "counted_parts": counted.parts(),
-            "fits": peak <= counted.total,
+            "fits": error is None,
         }
         result["models"].append(row)
         result["passed"] = result["passed"] and row["fits"]
-        print(f"  {name}: peak {peak / 2**30:.2f} GiB, counted {counted.total / 2**30:.2f} GiB", flush=True)
+        print(
+            f"  {name}: {'fits' if error is None else 'OUT OF MEMORY'} under the count, {counted.total / 2**30:.2f}"
+            f" GiB; peak reserved {peak / 2**30:.2f} GiB (allocated {row['peak_allocated'] / 2**30:.2f})",
+            flush=True,
+        )
         engine.close()
         del engine, session
         gc.collect()
@@ -415,12 +444,18 @@ def step_fit(quick: bool) -> dict:
 
 # ----------------------------------------------------------------------------------------------- 8. mixtral
 def mixtral_layers(layers: int):
-    """A Mixtral-8x7B-shaped model of ``layers`` decoder layers with random bf16 weights, on the CPU."""
+    """A Mixtral-8x7B-shaped model of ``layers`` decoder layers with random bf16 weights, on the CPU (drawn on the
+    GPU when there is one: drawing them on a CPU took 28 s a layer on 2 cores, and over 27 s on 16)."""
     from transformers import MixtralConfig, MixtralForCausalLM
 
     config = MixtralConfig(num_hidden_layers=layers, vocab_size=32000, max_position_embeddings=4096)
     torch.manual_seed(0)
-    return MixtralForCausalLM._from_config(config, dtype=torch.bfloat16).eval()
+    with torch.device("cuda" if cuda() else "cpu"):
+        model = MixtralForCausalLM._from_config(config, dtype=torch.bfloat16)
+    model = model.cpu().eval()
+    if cuda():
+        torch.cuda.empty_cache()
+    return model
 
 
 def decode_speed(om, new_tokens: int) -> dict:
@@ -435,8 +470,11 @@ def decode_speed(om, new_tokens: int) -> dict:
             torch.cuda.synchronize(device)
 
     with torch.no_grad():
-        out = om.model(ids, use_cache=True)  # prefill (and warm-up)
+        out = om.model(ids, use_cache=True)  # prefill
         past, token = out.cache, out.logits[:, -1:].argmax(-1)
+        for _ in range(WARMUP_TOKENS):  # the first one-token passes load and tune the decode kernels
+            out = om.model(token, cache=past, use_cache=True)
+            past, token = out.cache, out.logits[:, -1:].argmax(-1)
         before = om.stats()
         synchronize()
         start = time.perf_counter()
@@ -456,21 +494,25 @@ def decode_speed(om, new_tokens: int) -> dict:
     }
 
 
-def step_mixtral(quick: bool, pinned_gbps: float | None) -> dict:
+def step_mixtral(quick: bool, pinned_gbps: float | None, result: dict) -> dict:
     """4 Mixtral layers offloaded to the GPU: quantization time, decode at k=8, k=2, k=2+prefetch, and k=2
-    with misses left to the cost model (``miss=auto``)."""
+    with misses left to the cost model (``miss=auto``). Fills ``result`` as it goes (a cut-off run keeps it)."""
     if not cuda():
         raise Skipped("no CUDA device: on a CPU this is `python benchmarks/results.py --only real-shapes`")
     from moe_tui.offload import OffloadConfig, offload_model
 
     layers = 2 if quick else 4
     new_tokens = 8 if quick else 32
-    result: dict = {"passed": True, "layers": layers, "configurations": []}
+    result.update({"passed": True, "layers": layers, "configurations": [], "init_s": []})
     for bits in (None, 4):
+        start = time.perf_counter()
         model = mixtral_layers(layers)
+        result["init_s"].append(time.perf_counter() - start)
+        print(f"  random weights for {layers} layers in {result['init_s'][-1]:.0f} s", flush=True)
         start = time.perf_counter()
         om = offload_model(model, OffloadConfig(cache_size=8, prefetch=0, expert_bits=bits, device="cuda"))
         build_s = time.perf_counter() - start
+        print(f"  offloaded ({om.format.label()}) in {build_s:.0f} s", flush=True)
         label = om.format.label()
         # miss=auto: the engine times a copy over PCIe against the CPU computing from pinned memory and picks
         # per pass (4-bit experts are in the CUDA kernel's layout, which the CPU cannot compute: copies only)
@@ -484,7 +526,11 @@ def step_mixtral(quick: bool, pinned_gbps: float | None) -> dict:
                 bound = pinned_gbps * 1e9 / speed["copied_bytes_per_token"]
             setting = {"format": label, "k": k, "prefetch": prefetch, "miss": miss, "build_s": build_s}
             result["configurations"].append({**setting, **speed, "copy_bound_tps": bound})
-            print(f"  {label} k={k} prefetch={prefetch} miss={miss}: {speed['tokens_per_s']:.1f} tok/s", flush=True)
+            print(
+                f"  {label} k={k} prefetch={prefetch} miss={miss}: {speed['tokens_per_s']:.1f} tok/s, hit rate "
+                f"{speed['hit_rate']:.2f}, {speed['copied_bytes_per_token'] / 2**20:.0f} MiB copied per token",
+                flush=True,
+            )
         om.close()
         del om, model
         torch.cuda.empty_cache()
@@ -501,15 +547,18 @@ def cut_off(signum: int, frame: object) -> None:
     raise OutOfTime
 
 
-def run_step(name: str, work: Callable[[], dict], seconds_left: float | None = None) -> dict:
+def run_step(name: str, work: Callable[[], dict], seconds_left: float | None = None, kept: dict | None = None) -> dict:
     """Run one step, turning a skip or an error into its report; with ``seconds_left`` (until the run's deadline)
-    it is skipped when none are left and cut off when they run out."""
+    it is skipped when none are left and cut off when they run out. ``kept`` is what a step that fills it as
+    it goes had measured when it failed or was cut off."""
     print(f"[{name}]", flush=True)
     start = time.perf_counter()
     if seconds_left is not None and seconds_left <= 0:
         report = {"status": "skipped", "reason": "out of time: the run's --deadline passed before this step"}
     else:
         report = step_report(work, seconds_left)
+        if report["status"] == "failed" and kept:
+            report = {**kept, **report}
     report["seconds"] = time.perf_counter() - start
     print(f"[{name}] {report['status']} in {report['seconds']:.0f} s {report.get('reason', '')}", flush=True)
     return report
@@ -552,30 +601,60 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
+    memory.prefer_expandable_segments()  # as the engine does, before this process's first CUDA allocation
     steps: dict[str, dict] = {}
+    kept: dict[str, dict] = {"mixtral": {}, "fit": {}}
     plan: dict[str, Callable[[], dict]] = {
         "tests": lambda: step_tests(args.quick),
         "streams": lambda: step_streams(args.quick),
         "syncs": lambda: step_syncs(args.quick),
         "transfer": lambda: step_transfer(args.quick),
         "cli": lambda: step_cli(args.quick),
-        "fit": lambda: step_fit(args.quick),
+        "fit": lambda: step_fit(args.quick, kept["fit"]),
         "kernels": lambda: step_kernels(args.quick),
-        "mixtral": lambda: step_mixtral(args.quick, steps.get("transfer", {}).get("pinned_gbps")),
+        "mixtral": lambda: step_mixtral(args.quick, steps.get("transfer", {}).get("pinned_gbps"), kept["mixtral"]),
     }
     gpu = torch.cuda.get_device_name(0) if cuda() else None
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else "check-cpu-only"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cuda-{slug}.json"
+    running: list[str] = []
+
+    def report_cut_off() -> None:
+        if running and running[-1] not in steps:
+            error = "cut off by the run's --deadline inside native code"
+            steps[running[-1]] = {**kept.get(running[-1], {}), "status": "failed", "error": error}
+        write_report(path, gpu, args.quick, steps)
+
+    if args.deadline is not None:
+        stop_at_deadline(args.deadline + DEADLINE_GRACE_S, report_cut_off)
     for name, work in plan.items():
+        running.append(name)
         seconds_left = None if args.deadline is None else args.deadline - (time.perf_counter() - started)
         steps[name] = (
-            {"status": "skipped", "reason": "--skip"} if name in args.skip else run_step(name, work, seconds_left)
+            {"status": "skipped", "reason": "--skip"}
+            if name in args.skip
+            else run_step(name, work, seconds_left, kept.get(name))
         )
         write_report(path, gpu, args.quick, steps)  # after every step: a run cut short keeps what it measured
     failed = [name for name, step in steps.items() if step["status"] == "failed"]
     print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
     return 1 if failed else 0
+
+
+def stop_at_deadline(seconds: float, write: Callable[[], None]) -> None:
+    """End the process ``seconds`` from now whatever runs then, calling ``write`` (the report, the step running
+    then marked as cut off) first: the deadline's alarm reaches Python code only, and a step can spend minutes
+    in one native call (drawing random weights on a CPU did)."""
+
+    def stop() -> None:
+        print(f"deadline passed {DEADLINE_GRACE_S:.0f} s ago inside native code: writing the report and ending")
+        write()
+        os._exit(1)
+
+    timer = threading.Timer(seconds, stop)
+    timer.daemon = True
+    timer.start()
 
 
 def write_report(path: Path, gpu: str | None, quick: bool, steps: dict[str, dict]) -> None:

@@ -446,8 +446,9 @@ def render(data: dict, labs: dict, argvs: dict, meta: dict) -> str:
         lines += kernels_section(data[KERNELS], meta)
     for checkpoint in saved("real-checkpoint.json"):
         lines += checkpoint_section(checkpoint)
-    for path in sorted(OUT.glob("cuda-*.json")):
-        lines += cuda_section(json.loads(path.read_text()), path.name)
+    cuda_runs = {path.name: json.loads(path.read_text()) for path in OUT.glob("cuda-*.json")}
+    for name, run in sorted(cuda_runs.items(), key=lambda item: item[1]["when"]):
+        lines += cuda_section(run, name)
     if fit_checks := saved("fit-check*.json"):
         lines += fit_section(fit_checks)
     for conversation in saved("conversation-ttft.json"):
@@ -617,12 +618,23 @@ def checkpoint_section(data: dict) -> list[str]:
     ]
 
 
+def fit_verdict(model: dict) -> str:
+    """One model's line of the CUDA check's fit step. Since the second GPU run the answer runs with PyTorch's
+    allocator capped at the count; the first run compared the peak reserved memory with the count instead."""
+    where = f"{model['model']} ({model['attention']}, {model['tokens']} tokens): "
+    peak = f"peak reserved {gib(model['peak'])}, {gib(model['outside_allocator'])} outside PyTorch's allocator"
+    if "out_of_memory" not in model:
+        return where + f"{peak}, against {gib(model['counted'])} counted"
+    verdict = "ran out of memory" if model["out_of_memory"] else "finished"
+    return where + f"{verdict} with the allocator capped at the {gib(model['counted'])} counted; {peak}"
+
+
 def cuda_section(data: dict, name: str) -> list[str]:
     """Section 8: what ``benchmarks/cuda_check.py`` found (or skipped, without a GPU)."""
     steps = data["steps"]
     gpu = data["gpu"] or "no GPU on the machine that ran it"
     lines = [
-        f"## 9. CUDA check: {gpu}",
+        f"## 9. CUDA check: {gpu}" + (" (--quick, chosen steps)" if data["quick"] else ""),
         "",
         f"`python benchmarks/cuda_check.py` on {data['when']} (torch {data['torch']}, CUDA {data['cuda']}); "
         f"`benchmarks/results/{name}`.",
@@ -650,12 +662,10 @@ def cuda_section(data: dict, name: str) -> list[str]:
                     f"{report['store_rss_growth'] / report['store_bytes']:.3f}x its size, pinned allocator "
                     f"{report['store_pinned_allocator_bytes']} B"
                 )
+                if "store_torch_is_pinned" in report:
+                    detail += f", torch's is_pinned() said {report['store_torch_is_pinned']}"
         if step == "fit" and "models" in report:
-            detail = "; ".join(
-                f"{m['model']} ({m['attention']}, {m['tokens']} tokens): peak {gib(m['peak'])} of {gib(m['counted'])} "
-                f"counted, {gib(m['outside_allocator'])} outside PyTorch's allocator (margin {gib(report['margin'])})"
-                for m in report["models"]
-            )
+            detail = "; ".join(fit_verdict(m) + f" (margin {gib(report['margin'])})" for m in report["models"])
         if step == "cli" and "runs" in report:
             runs = report["runs"].items()
             detail = ", ".join(f"{name} exit {run['rc']} in {run['seconds']:.0f} s" for name, run in runs)
@@ -670,7 +680,8 @@ def cuda_section(data: dict, name: str) -> list[str]:
             detail = ", ".join(
                 f"{r['shape']} int4 {1000 * r['median_s_1']:.2f} ms ({r['vs_bf16']:.2f}x bf16)" for r in int4
             )
-        rows.append([step, report["status"], f"{report['seconds']:.0f}", detail.replace("|", "/")])
+        seconds = f"{report['seconds']:.0f}" if "seconds" in report else "-"  # a --skip never ran
+        rows.append([step, report["status"], seconds, detail.replace("|", "/")])
     lines += [table(["step", "status", "s", "result"], rows), ""]
     mixtral = steps.get("mixtral", {})
     if mixtral.get("configurations"):

@@ -57,11 +57,7 @@ def test_a_deadline_cuts_off_the_step_running_then_and_skips_the_rest(tmp_path: 
 
 def test_decode_speed_counts_misses_the_host_computed_apart_from_copies() -> None:
     """The mixtral step's measure, run on the CPU: misses left to the host are neither hits nor copies."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        import cuda_check
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
+    cuda_check = _cuda_check()
     from moe_tui.offload import OffloadConfig, offload_model
 
     om = offload_model(cuda_check.small_mixtral(), OffloadConfig(cache_size=2, prefetch=0, device="cpu"))
@@ -75,3 +71,40 @@ def test_decode_speed_counts_misses_the_host_computed_apart_from_copies() -> Non
         assert on_host["host_per_token"] <= 4 * 2  # four MoE layers, top-2
     finally:
         om.close()
+
+
+def _cuda_check():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import cuda_check
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return cuda_check
+
+
+def test_a_failed_step_keeps_what_it_had_measured() -> None:
+    """A step cut off half-way (the first GPU run lost four configurations' numbers so) reports what it filled."""
+    cuda_check = _cuda_check()
+    kept: dict = {}
+
+    def work() -> dict:
+        kept["configurations"] = [{"k": 8, "tokens_per_s": 13.8}]
+        raise RuntimeError("the next configuration failed")
+
+    report = cuda_check.run_step("mixtral", work, None, kept)
+    assert report["status"] == "failed" and report["error"] == "RuntimeError: the next configuration failed"
+    assert report["configurations"] == [{"k": 8, "tokens_per_s": 13.8}]
+    assert cuda_check.run_step("mixtral", lambda: {"passed": True}, None, kept)["status"] == "passed"
+
+
+def test_past_the_deadline_a_step_stuck_in_native_code_ends_the_process_after_the_report() -> None:
+    """The deadline's alarm cannot interrupt one long native call; the watchdog writes the report and exits."""
+    code = (
+        "import sys, threading; sys.path.insert(0, 'benchmarks'); import cuda_check; "
+        "cuda_check.stop_at_deadline(0.3, lambda: print('report written', flush=True)); "
+        "threading.Event().wait()"  # blocks without ever returning to Python code
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "inside native code" in done.stdout and done.stdout.rstrip().endswith("report written")
