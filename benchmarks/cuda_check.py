@@ -399,11 +399,11 @@ def step_fit(quick: bool, result: dict) -> dict:
         prompt = question(words)
         text = render_prompt(session.tokenizer, prompt)  # as the session renders and encodes it
         tokens = len(session.tokenizer(text, add_special_tokens=False)["input_ids"]) + settings.max_new_tokens
-        memory = engine.memory()
+        held = engine.memory()
         config = engine.model.config
         costs = fit.TokenCosts.of(config, 2, config.intermediate_size)
         counted = fit.fast_tier_need(
-            memory["resident_bytes"], memory["slot_bytes"], memory["workspace_bytes"], costs, tokens, "cuda"
+            held["resident_bytes"], held["slot_bytes"], held["workspace_bytes"], costs, tokens, "cuda"
         )
         torch.cuda.set_per_process_memory_fraction((counted.total - outside) / total)
         torch.cuda.reset_peak_memory_stats()
@@ -512,8 +512,8 @@ def step_mixtral(quick: bool, pinned_gbps: float | None, result: dict) -> dict:
         start = time.perf_counter()
         om = offload_model(model, OffloadConfig(cache_size=8, prefetch=0, expert_bits=bits, device="cuda"))
         build_s = time.perf_counter() - start
-        print(f"  offloaded ({om.format.label()}) in {build_s:.0f} s", flush=True)
         label = om.format.label()
+        print(f"  offloaded ({label}) in {build_s:.0f} s", flush=True)
         # miss=auto: the engine times a copy over PCIe against the CPU computing from pinned memory and picks
         # per pass (4-bit experts are in the CUDA kernel's layout, which the CPU cannot compute: copies only)
         for k, prefetch, miss in ((8, 0, "copy"), (2, 0, "copy"), (2, 1, "copy"), (2, 0, "auto")):
