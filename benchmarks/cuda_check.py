@@ -64,7 +64,7 @@ from pathlib import Path
 
 import torch
 
-from moe_tui.offload import memory
+from moe_tui.engine_config import prefer_expandable_segments
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -601,7 +601,7 @@ def main() -> int:
     )  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
-    memory.prefer_expandable_segments()  # as the engine does, before this process's first CUDA allocation
+    prefer_expandable_segments()  # as moe-tui does, before anything starts CUDA in this process
     steps: dict[str, dict] = {}
     kept: dict[str, dict] = {"mixtral": {}, "fit": {}}
     plan: dict[str, Callable[[], dict]] = {

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from moe_tui import __version__
+from moe_tui.engine_config import prefer_expandable_segments
 from moe_tui.errors import UserError
 
 # name -> (module under moe_tui.commands, one-line help). The first entry is the default subcommand.
@@ -71,6 +72,7 @@ def _with_default_subcommand(argv: list[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line and return the process exit code (0 ok, 1 failure, 2 bad input)."""
+    prefer_expandable_segments()  # before anything starts CUDA in this process
     args_list = _with_default_subcommand(list(sys.argv[1:] if argv is None else argv))
     parser = build_parser()
     args = parser.parse_args(args_list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moe_tui import __version__, cli
+from moe_tui import __version__, cli, engine_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -116,3 +117,11 @@ def test_device_cuda_without_a_gpu_says_why_in_one_line(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("moe-tui: error: --device cuda was asked for, but ") and reason in line
     assert line.endswith("; use --device cpu")
+
+
+def test_the_command_line_settles_the_cuda_allocator_before_anything_starts_cuda(monkeypatch, tmp_path: Path) -> None:
+    """PyTorch reads its allocator's configuration as CUDA starts, so ``moe-tui`` sets it first of all."""
+    for name in engine_config.ALLOCATOR_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert cli.main(["cache", "--json", "--dir", str(tmp_path)]) == 0
+    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"

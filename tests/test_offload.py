@@ -23,7 +23,7 @@ from offload_models import (
     twin,
 )
 
-from moe_tui import fit
+from moe_tui import engine_config, fit
 from moe_tui.errors import UserError
 from moe_tui.offload import OffloadConfig, offload_model, transfer
 from moe_tui.offload import memory as offload_memory
@@ -592,17 +592,23 @@ def test_loading_bounds_onednn_kernel_caches_unless_the_user_sized_them(monkeypa
     assert os.environ["LRU_CACHE_CAPACITY"] == "8"  # the user's own size wins
 
 
+ALLOC_CONF = "PYTORCH_CUDA_ALLOC_CONF"
+
+
 def test_the_cuda_allocator_is_asked_for_expandable_segments_unless_the_user_configured_it(monkeypatch) -> None:
-    for name in offload_memory.ALLOCATOR_VARIABLES:
+    for name in engine_config.ALLOCATOR_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1, device="cpu"))
-    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # a CPU engine leaves the GPU's allocator alone
-    offload_memory.prefer_expandable_segments()
-    assert os.environ["PYTORCH_CUDA_ALLOC_CONF"] == "expandable_segments:True"
-    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    assert ALLOC_CONF not in os.environ  # a CPU engine leaves the GPU's allocator alone
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine, up to CUDA's start
+    seen_by_cuda: list[str | None] = []  # the setting as CUDA starts (current_device starts it)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: seen_by_cuda.append(os.getenv(ALLOC_CONF)) or 0)
+    assert engine_config.resolve_device("cuda") == torch.device("cuda", 0)
+    assert seen_by_cuda == ["expandable_segments:True"]
+    monkeypatch.delenv(ALLOC_CONF)
     monkeypatch.setenv("PYTORCH_ALLOC_CONF", "max_split_size_mb:512")
-    offload_memory.prefer_expandable_segments()
-    assert "PYTORCH_CUDA_ALLOC_CONF" not in os.environ  # the user's setting, under either name, wins
+    engine_config.resolve_device("auto")
+    assert seen_by_cuda[1:] == [None]  # the user's setting, under either name, wins
 
 
 KERNEL_CACHE_CHECK = """

@@ -59,8 +59,6 @@ def plan_offload(cfg: OffloadConfig, moe: MoEModel, dtype: torch.dtype, config: 
     """Check the settings against the model (its transformers ``config``) and decide the layout (UserError on
     any problem)."""
     device = cfg.resolved_device()
-    if device.type == "cuda":
-        memory.prefer_expandable_segments()
     sizes = cfg.cache_sizes(len(moe.layers), moe.num_experts)
     context = fit.context_tokens(cfg.context, getattr(config, "max_position_embeddings", None))
     cfg.check_prefetch(moe.num_experts)

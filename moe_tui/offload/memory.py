@@ -26,21 +26,6 @@ def free_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-ALLOCATOR_VARIABLES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")  # PyTorch's newer name, and the older one
-
-
-def prefer_expandable_segments() -> None:
-    """Have PyTorch's CUDA allocator map memory into growable segments, unless the user configured it.
-
-    A chunked prefill allocates attention buffers of a new size for every chunk (the context grows by a chunk
-    each time). The default allocator keeps each size's blocks in its own segments, so the memory it holds
-    grows past what is in use; with expandable segments freed pages are reused for the next, larger buffer.
-    Read when CUDA first allocates: called before the engine's first allocation, it changes nothing afterwards.
-    """
-    if not any(os.environ.get(name) for name in ALLOCATOR_VARIABLES):
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
-
-
 KERNEL_CACHE_ENTRIES = 32
 KERNEL_CACHE_VARIABLES = ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")  # oneDNN's and ideep's
 
