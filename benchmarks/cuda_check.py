@@ -36,6 +36,9 @@ Steps, each reported as passed, failed or skipped (with the reason):
    hit rate and the bound that copies at that hit rate put on tokens/s; and k=2 with ``miss=auto``, where the
    engine may have the CPU compute a missed expert from pinned memory instead of copying it (bf16 only: the
    CPU cannot compute the CUDA int4 layout), the figure ``plan`` would need to model that on a GPU.
+9. ``overhead``: the fixed cost of a decoded token, with weights too small to matter (32 decoder layers of
+   hidden size 64, every expert cached): transformers' own model on the GPU against the engine, in ms per token
+   and CUDA kernels launched per token, to say whose cost the first run's 1.7 ms per layer was.
 
 Writes ``benchmarks/results/cuda-<gpu>.json`` (``cuda-check-cpu-only.json`` without a GPU, where only what is
 meaningful on a CPU runs and every other step says it was skipped); ``benchmarks/results.py --render-only``
@@ -537,6 +540,76 @@ def step_mixtral(quick: bool, pinned_gbps: float | None, result: dict) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------------------------- 9. overhead
+def tiny_deep_mixtral(layers: int = 32):
+    """A Mixtral of ``layers`` layers (8 experts, top-2) with hidden size 64: its time is all fixed costs."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    config = MixtralConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return MixtralForCausalLM(config).eval()
+
+
+def decode_cost(model, device: torch.device, tokens: int = 16) -> dict:
+    """Median milliseconds per decoded token of ``model`` (a transformers causal LM, or an engine's model, on
+    ``device``) after a prefill and warm-up tokens, and the kernels one decode pass launches on a GPU."""
+    ids = torch.tensor([[1, 2, 3, 4]], device=device)
+
+    def step(token: torch.Tensor, past: object) -> tuple[torch.Tensor, object]:
+        out = model(token, cache=past, use_cache=True)
+        return out.logits[:, -1:].argmax(-1), out.cache
+
+    with torch.no_grad():
+        out = model(ids, use_cache=True)
+        token, past = out.logits[:, -1:].argmax(-1), out.cache
+        for _ in range(WARMUP_TOKENS):
+            token, past = step(token, past)
+        times = []
+        for _ in range(tokens):
+            start = time.perf_counter()
+            token, past = step(token, past)
+            token.tolist()  # the next pass needs the token on the host in generation as well
+            times.append(time.perf_counter() - start)
+        kernels = None
+        if device.type == "cuda":
+            activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            with torch.profiler.profile(activities=activities) as profile:
+                token, past = step(token, past)
+                torch.cuda.synchronize()
+            kernels = sum(event.device_type == torch.autograd.DeviceType.CUDA for event in profile.events())
+    return {"ms_per_token": 1000 * sorted(times)[len(times) // 2], "kernels_per_token": kernels}
+
+
+def step_overhead(quick: bool) -> dict:
+    """transformers' model and the engine, decoding with weights too small to matter, on the GPU."""
+    if not cuda():
+        raise Skipped("no CUDA device: on a CPU the engine's fixed cost is in RESULTS.md's engine-overhead section")
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    model = tiny_deep_mixtral()
+    device = torch.device("cuda")
+    resident = decode_cost(copy.deepcopy(model).to(device), device)
+    om = offload_model(copy.deepcopy(model), OffloadConfig(cache_size=8, prefetch=0, device="cuda"))
+    try:
+        engine = decode_cost(om.model, device)
+    finally:
+        om.close()
+    layers = model.config.num_hidden_layers
+    for label, cost in (("resident", resident), ("engine", engine)):
+        print(f"  {label}: {cost['ms_per_token']:.1f} ms, {cost['kernels_per_token']} kernels per token", flush=True)
+    return {
+        "passed": True,
+        "layers": layers,
+        "resident": resident,
+        "engine": engine,
+        "engine_ms_per_layer": engine["ms_per_token"] / layers,
+        "resident_ms_per_layer": resident["ms_per_token"] / layers,
+    }
+
+
 # ----------------------------------------------------------------------------------------------- driver
 class OutOfTime(BaseException):
     """The run's ``--deadline`` passed during a step (a BaseException, so that no step's own handler takes it)."""
@@ -608,6 +681,7 @@ def main() -> int:
         "tests": lambda: step_tests(args.quick),
         "streams": lambda: step_streams(args.quick),
         "syncs": lambda: step_syncs(args.quick),
+        "overhead": lambda: step_overhead(args.quick),
         "transfer": lambda: step_transfer(args.quick),
         "cli": lambda: step_cli(args.quick),
         "fit": lambda: step_fit(args.quick, kept["fit"]),

@@ -654,6 +654,15 @@ def cuda_section(data: dict, name: str) -> list[str]:
                 f"resident {report['resident']['prefill']} / {report['resident']['decode']} "
                 f"({report['moe_layers']} MoE layers)"
             )
+        if step == "overhead" and "engine" in report:
+            detail = (
+                ", ".join(
+                    f"{label} {report[label]['ms_per_token']:.1f} ms a token "
+                    f"({report[label + '_ms_per_layer']:.2f} a layer, {report[label]['kernels_per_token']} kernels)"
+                    for label in ("resident", "engine")
+                )
+                + f" ({report['layers']} layers of hidden size 64)"
+            )
         if step == "transfer" and "pinned_gbps" in report:
             detail = f"pinned {report['pinned_gbps']:.1f} GB/s, pageable {report['pageable_gbps']:.1f} GB/s"
             if "store_gbps" in report:

@@ -27,7 +27,7 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     assert data["gpu"] is None
     steps = data["steps"]
     skipped = {name for name, step in steps.items() if step["status"] == "skipped"}
-    assert skipped == {"tests", "streams", "syncs", "transfer", "cli", "fit", "mixtral"}
+    assert skipped == {"tests", "streams", "syncs", "overhead", "transfer", "cli", "fit", "mixtral"}
     assert all(steps[name]["reason"].startswith("no CUDA device") for name in skipped)
     kernels = steps["kernels"]
     assert kernels["status"] == "passed" and kernels["device"] == "cpu"
@@ -108,3 +108,20 @@ def test_past_the_deadline_a_step_stuck_in_native_code_ends_the_process_after_th
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "inside native code" in done.stdout and done.stdout.rstrip().endswith("report written")
+
+
+def test_decode_cost_times_transformers_model_and_the_engine_alike() -> None:
+    """The overhead step's measure, run on the CPU (it counts GPU kernels only where there is a GPU)."""
+    cuda_check = _cuda_check()
+    from moe_tui.offload import OffloadConfig, offload_model
+
+    model = cuda_check.tiny_deep_mixtral(layers=4)
+    cpu = torch.device("cpu")
+    resident = cuda_check.decode_cost(model, cpu, tokens=4)
+    om = offload_model(model, OffloadConfig(cache_size=8, prefetch=0, device="cpu"))
+    try:
+        engine = cuda_check.decode_cost(om.model, cpu, tokens=4)
+    finally:
+        om.close()
+    assert resident["ms_per_token"] > 0 and engine["ms_per_token"] > 0
+    assert resident["kernels_per_token"] is None and engine["kernels_per_token"] is None
