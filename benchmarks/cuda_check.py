@@ -586,7 +586,7 @@ def decode_cost(model, device: torch.device, tokens: int = 16) -> dict:
 def step_overhead(quick: bool) -> dict:
     """transformers' model and the engine, decoding with weights too small to matter, on the GPU."""
     if not cuda():
-        raise Skipped("no CUDA device: on a CPU the engine's fixed cost is in RESULTS.md's engine-overhead section")
+        raise Skipped("no CUDA device: on a CPU `moe-tui plan` measures this fixed cost itself (its overhead)")
     from moe_tui.offload import OffloadConfig, offload_model
 
     model = tiny_deep_mixtral()
