@@ -329,6 +329,11 @@ def test_history_database(tmp_path: Path, variant: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- quantized store
+# Quantized without HQQ's optimiser (quick), computing in bfloat16: the demo's own float32 would give its experts
+# HQQ's unfused layout and a load note saying so, and the notes these tests read are the store's own.
+QUICK_BF16 = {"quant_optimize": False, "dtype": "bf16"}
+
+
 @pytest.mark.parametrize("name", ["store.json", "experts.bin"])
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "unreadable"] + ["unreadable"])
 def test_quantized_store_cache_entry_is_rebuilt_never_trusted(tmp_path: Path, variant: str, name: str) -> None:
@@ -336,7 +341,7 @@ def test_quantized_store_cache_entry_is_rebuilt_never_trusted(tmp_path: Path, va
 
     from moe_tui.offload import OffloadConfig, load_offloaded
 
-    settings = OffloadConfig(cache_size=2, expert_bits=4, quant_cache_dir=tmp_path / "q", quant_optimize=False)
+    settings = OffloadConfig(cache_size=2, expert_bits=4, quant_cache_dir=tmp_path / "q", **QUICK_BF16)
     first = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
     entry = Path(first.load_info["store_dir"])
     rows = [first.store.row(0, e).clone() for e in range(4)]
@@ -385,7 +390,7 @@ def test_a_cache_directory_that_cannot_be_written_costs_the_cache_not_the_model(
 
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("a file where the cache directory should be")
-    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=blocker, quant_optimize=False)
+    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=blocker, **QUICK_BF16)
     om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
     assert om.load_info["store"] == "built" and "store_dir" not in om.load_info
     (note,) = om.load_info["notes"]
@@ -406,7 +411,7 @@ def test_a_disk_that_fills_while_the_cache_is_written_leaves_nothing_half_writte
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(store_module.os, "fsync", full)  # the first sync of the data file finds the disk full
-    settings = OffloadConfig(cache_size=2, expert_bits=2, quant_cache_dir=tmp_path / "q", quant_optimize=False)
+    settings = OffloadConfig(cache_size=2, expert_bits=2, quant_cache_dir=tmp_path / "q", **QUICK_BF16)
     om = load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=lambda *_: None)
     (note,) = om.load_info["notes"]
     assert "No space left on device" in note
@@ -435,7 +440,7 @@ def test_a_load_stopped_while_the_store_is_built_or_saved_leaves_no_entry(
             raise Stopped
 
     root = tmp_path / "q"
-    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=root, quant_optimize=False)
+    settings = OffloadConfig(cache_size=2, expert_bits=2, store=store, quant_cache_dir=root, **QUICK_BF16)
     with pytest.raises(Stopped):
         load_offloaded(paths.DEMO_MODEL_DIR, settings, progress=stop_in_stage)
     assert list(root.iterdir()) == []  # no entry, no partial file, no lock file

@@ -229,3 +229,17 @@ def test_every_format_matches_transformers_with_the_formats_weights(device: str,
     per_position = (got - expected).abs().amax(-1) / expected.abs().amax()
     assert (per_position < 2e-2).float().mean() >= 0.9
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.9
+
+
+def test_a_float32_model_quantized_without_its_kernel_says_which_dtype_would_use_it() -> None:
+    """The demo is float32: at 4 bits it got HQQ's unfused layout, slower than the int4 kernel, silently."""
+    config = mixtral_config(experts=4, hidden=128, intermediate=128, layers=2)
+    om = offload_model(build(config, seed=3), OffloadConfig(cache_size=2, expert_bits=4, device="cpu"))
+    assert om.format.name == "hqq4"
+    notes = om.load_info["notes"]
+    assert len(notes) == 1 and "the faster int4 format needs bfloat16 compute" in notes[0]
+    assert notes[0].endswith("this model computes in float32; --dtype bf16 would use it")
+    bf16 = offload_model(build(config, seed=3), OffloadConfig(cache_size=2, expert_bits=4, dtype="bf16", device="cpu"))
+    assert bf16.format.name == "int4" and bf16.load_info["notes"] == []
+    unfused = OffloadConfig(cache_size=2, expert_bits=4, fused=False, device="cpu")  # asked for: nothing to say
+    assert offload_model(build(config, seed=3), unfused).load_info["notes"] == []

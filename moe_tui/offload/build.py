@@ -25,7 +25,7 @@ from moe_tui.errors import UserError
 from moe_tui.offload import memory
 from moe_tui.offload.arch import MoEModel, find_moe
 from moe_tui.offload.experts import OffloadedExperts
-from moe_tui.offload.formats import ExpertFormat, make_format
+from moe_tui.offload.formats import ExpertFormat, kernel_dtype_note, make_format
 from moe_tui.offload.model import OffloadedModel, Progress
 from moe_tui.offload.quant import quantize_linears
 from moe_tui.offload.store import STORE_FILE, ExpertStore
@@ -184,7 +184,10 @@ def build_store(
         layers, experts = len(moe.layers), moe.num_experts
         fmt = plan.format
         description = store_description(fmt, source)
-        notes: list[str] = []
+        note = kernel_dtype_note(
+            fmt, moe.expert_shapes, cfg.expert_bits if cfg.fused else None, plan.group_size, plan.device
+        )
+        notes: list[str] = [note] if note else []
         if cache_dir is not None:
             loading = "loading saved expert store"
             started = False
