@@ -461,6 +461,23 @@ def mixtral_layers(layers: int):
     return model
 
 
+def greedy_decoder(model, ids: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """Prefill ``ids`` with ``model`` (a transformers causal LM, or an engine's model) and decode
+    ``WARMUP_TOKENS`` (the first one-token passes load and tune the decode kernels); returns a function that
+    decodes one more token greedily and returns it (call under ``torch.no_grad()``)."""
+    out = model(ids, use_cache=True)
+    state = {"token": out.logits[:, -1:].argmax(-1), "past": out.cache}
+
+    def decode() -> torch.Tensor:
+        out = model(state["token"], cache=state["past"], use_cache=True)
+        state["token"], state["past"] = out.logits[:, -1:].argmax(-1), out.cache
+        return state["token"]
+
+    for _ in range(WARMUP_TOKENS):
+        decode()
+    return decode
+
+
 def decode_speed(om, new_tokens: int) -> dict:
     """Greedy decode tokens/s after a 16-token prefill, and the engine's counters over the decoded tokens (on the
     model's own device: the GPU here, the CPU in the test that keeps this honest)."""
@@ -473,17 +490,12 @@ def decode_speed(om, new_tokens: int) -> dict:
             torch.cuda.synchronize(device)
 
     with torch.no_grad():
-        out = om.model(ids, use_cache=True)  # prefill
-        past, token = out.cache, out.logits[:, -1:].argmax(-1)
-        for _ in range(WARMUP_TOKENS):  # the first one-token passes load and tune the decode kernels
-            out = om.model(token, cache=past, use_cache=True)
-            past, token = out.cache, out.logits[:, -1:].argmax(-1)
+        decode = greedy_decoder(om.model, ids)
         before = om.stats()
         synchronize()
         start = time.perf_counter()
         for _ in range(new_tokens):
-            out = om.model(token, cache=past, use_cache=True)
-            past, token = out.cache, out.logits[:, -1:].argmax(-1)
+            decode()
         synchronize()
         elapsed = time.perf_counter() - start
     after = om.stats()
@@ -541,43 +553,21 @@ def step_mixtral(quick: bool, pinned_gbps: float | None, result: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- 9. overhead
-def tiny_deep_mixtral(layers: int = 32):
-    """A Mixtral of ``layers`` layers (8 experts, top-2) with hidden size 64: its time is all fixed costs."""
-    from transformers import MixtralConfig, MixtralForCausalLM
-
-    config = MixtralConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=8, num_experts_per_tok=2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    return MixtralForCausalLM(config).eval()
-
-
 def decode_cost(model, device: torch.device, tokens: int = 16) -> dict:
     """Median milliseconds per decoded token of ``model`` (a transformers causal LM, or an engine's model, on
     ``device``) after a prefill and warm-up tokens, and the kernels one decode pass launches on a GPU."""
-    ids = torch.tensor([[1, 2, 3, 4]], device=device)
-
-    def step(token: torch.Tensor, past: object) -> tuple[torch.Tensor, object]:
-        out = model(token, cache=past, use_cache=True)
-        return out.logits[:, -1:].argmax(-1), out.cache
-
     with torch.no_grad():
-        out = model(ids, use_cache=True)
-        token, past = out.logits[:, -1:].argmax(-1), out.cache
-        for _ in range(WARMUP_TOKENS):
-            token, past = step(token, past)
+        decode = greedy_decoder(model, torch.tensor([[1, 2, 3, 4]], device=device))
         times = []
         for _ in range(tokens):
             start = time.perf_counter()
-            token, past = step(token, past)
-            token.tolist()  # the next pass needs the token on the host in generation as well
+            decode().tolist()  # the next pass needs the token on the host in generation as well
             times.append(time.perf_counter() - start)
         kernels = None
         if device.type == "cuda":
             activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
             with torch.profiler.profile(activities=activities) as profile:
-                token, past = step(token, past)
+                decode()
                 torch.cuda.synchronize()
             kernels = sum(event.device_type == torch.autograd.DeviceType.CUDA for event in profile.events())
     return {"ms_per_token": 1000 * sorted(times)[len(times) // 2], "kernels_per_token": kernels}
@@ -588,8 +578,9 @@ def step_overhead(quick: bool) -> dict:
     if not cuda():
         raise Skipped("no CUDA device: on a CPU `moe-tui plan` measures this fixed cost itself (its overhead)")
     from moe_tui.offload import OffloadConfig, offload_model
+    from moe_tui.probes import miniature_mixtral
 
-    model = tiny_deep_mixtral()
+    model = miniature_mixtral(32, 8, 2)  # the model `moe-tui plan` measures its overhead on
     device = torch.device("cuda")
     resident = decode_cost(copy.deepcopy(model).to(device), device)
     om = offload_model(copy.deepcopy(model), OffloadConfig(cache_size=8, prefetch=0, device="cuda"))
@@ -692,18 +683,17 @@ def main() -> int:
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-") if gpu else "check-cpu-only"
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"cuda-{slug}.json"
-    running: list[str] = []
 
     def report_cut_off() -> None:
-        if running and running[-1] not in steps:
+        running = next((name for name in plan if name not in steps), None)
+        if running is not None:
             error = "cut off by the run's --deadline inside native code"
-            steps[running[-1]] = {**kept.get(running[-1], {}), "status": "failed", "error": error}
+            steps[running] = {**kept.get(running, {}), "status": "failed", "error": error}
         write_report(path, gpu, args.quick, steps)
 
     if args.deadline is not None:
         stop_at_deadline(args.deadline + DEADLINE_GRACE_S, report_cut_off)
     for name, work in plan.items():
-        running.append(name)
         seconds_left = None if args.deadline is None else args.deadline - (time.perf_counter() - started)
         steps[name] = (
             {"status": "skipped", "reason": "--skip"}

@@ -87,20 +87,11 @@ def _best_seconds(work, cuda: bool) -> float:
     return min(once() for _ in range(REPEATS))
 
 
-def per_token_overhead(
-    num_layers: int, num_experts: int, top_k: int, device: str = "cpu", tokens: int = 8, warmup: int = 2
-) -> float:
-    """Seconds per decoded token that do not depend on weight size: framework and engine bookkeeping.
-
-    Measured on a miniature Mixtral of the same depth, experts and top-k (hidden size 64, every expert
-    cached) generating ``tokens`` tokens after ``warmup`` (median gap between tokens): with weights that
-    small, what remains is the per-layer cost of running the decoder and the offloading engine, which a large
-    model pays too.
-    """
+def miniature_mixtral(num_layers: int, num_experts: int, top_k: int):
+    """A Mixtral of that depth, experts and top-k with hidden size 64 (random weights, seed 0, on the CPU): its
+    decode time is all fixed per-layer costs, the framework's and the engine's."""
     import torch
     from transformers import MixtralConfig, MixtralForCausalLM
-
-    from moe_tui.offload import OffloadConfig, offload_model
 
     config = MixtralConfig(
         vocab_size=128,
@@ -113,8 +104,26 @@ def per_token_overhead(
         num_experts_per_tok=top_k,
     )
     torch.manual_seed(0)
+    return MixtralForCausalLM(config).eval()
+
+
+def per_token_overhead(
+    num_layers: int, num_experts: int, top_k: int, device: str = "cpu", tokens: int = 8, warmup: int = 2
+) -> float:
+    """Seconds per decoded token that do not depend on weight size: framework and engine bookkeeping.
+
+    Measured on a miniature Mixtral of the same depth, experts and top-k (hidden size 64, every expert
+    cached) generating ``tokens`` tokens after ``warmup`` (median gap between tokens): with weights that
+    small, what remains is the per-layer cost of running the decoder and the offloading engine, which a large
+    model pays too.
+    """
+    import torch
+
+    from moe_tui.offload import OffloadConfig, offload_model
+
     engine = offload_model(
-        MixtralForCausalLM(config).eval(), OffloadConfig(cache_size=num_experts, prefetch=0, device=device)
+        miniature_mixtral(num_layers, num_experts, top_k),
+        OffloadConfig(cache_size=num_experts, prefetch=0, device=device),
     )
     try:
         ids = torch.tensor([[1, 2, 3, 4]], device=device)

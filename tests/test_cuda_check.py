@@ -114,8 +114,9 @@ def test_decode_cost_times_transformers_model_and_the_engine_alike() -> None:
     """The overhead step's measure, run on the CPU (it counts GPU kernels only where there is a GPU)."""
     cuda_check = _cuda_check()
     from moe_tui.offload import OffloadConfig, offload_model
+    from moe_tui.probes import miniature_mixtral
 
-    model = cuda_check.tiny_deep_mixtral(layers=4)
+    model = miniature_mixtral(4, 8, 2)
     cpu = torch.device("cpu")
     resident = cuda_check.decode_cost(model, cpu, tokens=4)
     om = offload_model(model, OffloadConfig(cache_size=8, prefetch=0, device="cpu"))
