@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -48,7 +47,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from moe_tui.chat.generation import check_choices
 from moe_tui.engine_config import check_saved_choices
-from moe_tui.paths import user_config_dir
+from moe_tui.paths import user_config_dir, write_whole
 
 SETTINGS_FILE = "settings.toml"
 
@@ -237,16 +236,7 @@ def _write(settings: Settings, path: Path, broken: bool) -> Path | None:
             counter += 1
             kept = path.with_name(f"{path.name}.broken-{stamp}-{counter}")
         shutil.copy2(path, kept)
-    temporary = path.with_name(path.name + ".tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(to_toml(settings))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError:
-        temporary.unlink(missing_ok=True)  # a full disk: no half-written file beside the settings
-        raise
+    write_whole(path, to_toml(settings), ".tmp")  # a full disk leaves no half-written file beside the settings
     return kept
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from importlib.resources import files
 from pathlib import Path
@@ -47,3 +48,20 @@ def quant_cache_dir() -> Path:
 def user_themes_dir() -> Path:
     """Directory for the user's own theme files (``*.toml``, loaded after the bundled ones)."""
     return user_config_dir() / "themes"
+
+
+def write_whole(path: Path, text: str, temporary_suffix: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: into ``path`` + ``temporary_suffix`` beside it, synced, then
+    renamed over ``path``. On an OSError (a full disk) the temporary file is removed and the error raised, and
+    a file already at ``path`` is as it was."""
+    temporary = path.with_name(path.name + temporary_suffix)
+    try:
+        with open(temporary, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise

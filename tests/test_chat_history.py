@@ -214,13 +214,11 @@ def test_an_export_the_disk_cannot_hold_leaves_no_cut_off_file(
     target = tmp_path / "chat.md"
     if overwrite:
         target.write_text("the export before", encoding="utf-8")
-    real_write = Path.write_text
 
-    def half_then_full(self: Path, text: str, *args, **kwargs) -> int:
-        real_write(self, text[: len(text) // 2], *args, **kwargs)
+    def full(descriptor: int) -> None:  # the text is written (buffered), the disk cannot hold it
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", half_then_full)
+    monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(UserError, match=r"cannot write .*chat\.md: No space left on device"):
         store.export_markdown_file(chat.id, target, overwrite=overwrite)
     monkeypatch.undo()

@@ -18,8 +18,6 @@ raises :class:`~moe_tui.errors.UserError` and is never modified.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
 import sqlite3
 import threading
@@ -330,13 +328,9 @@ class HistoryStore:
             target = _free_name(target, _slug(self.conversation(conversation_id).title) or f"chat-{conversation_id}")
         elif target.exists() and not overwrite:
             raise UserError(f"{target} already exists; choose another file name")
-        partial = target.with_name(target.name + ".partial")
         try:
-            partial.write_text(text, encoding="utf-8")
-            os.replace(partial, target)
+            paths.write_whole(target, text, ".partial")
         except OSError as error:
-            with contextlib.suppress(OSError):
-                partial.unlink(missing_ok=True)
             raise UserError(f"cannot write {target}: {error.strerror or error}") from None
         return target
 

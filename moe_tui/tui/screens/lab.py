@@ -117,7 +117,7 @@ class LabScreen(ReportsWorkerErrors, Screen):
         except LabStopped:
             return
         except (UserError, ValueError) as error:
-            self.app.call_from_thread(self.query_one("#lab-note", Static).update, f"cannot simulate: {error}")
+            self.app.call_from_thread(note.update, f"cannot simulate: {error}")
             return
         self.app.call_from_thread(self._show, report, source, notes)
 
