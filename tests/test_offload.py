@@ -611,6 +611,21 @@ def test_the_cuda_allocator_is_asked_for_expandable_segments_unless_the_user_con
     assert seen_by_cuda[1:] == [None]  # the user's setting, under either name, wins
 
 
+def test_an_engine_on_cuda_keeps_attention_off_cudnn_which_plans_for_every_decoded_length(monkeypatch) -> None:
+    enabled = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        offload_model(build(mixtral_config(experts=4)), OffloadConfig(cache_size=1, device="cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()  # a CPU engine leaves the GPU's kernels alone
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        assert engine_config.resolve_device("cuda") == torch.device("cuda", 0)
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(enabled)
+
+
 KERNEL_CACHE_CHECK = """
 import sys
 from moe_tui.offload import memory
