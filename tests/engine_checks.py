@@ -99,7 +99,8 @@ def record_routing(om: OffloadedModel) -> list[list[set[int]]]:
 
 def copy_is_asynchronous(source: torch.Tensor) -> bool:
     """Whether a copy of host tensor ``source`` to the GPU returns before the GPU has reached it, which CUDA
-    allows only from page-locked memory: from pageable memory it waits for the stream first.
+    allows only from page-locked memory: from pageable memory it waits for the stream first (except a small copy,
+    which the driver stages and may return before the GPU reaches it: a control needs megabytes).
 
     PyTorch's ``is_pinned()`` answers only for its own pinned allocator's blocks (it says False for memory
     registered with ``cudaHostRegister``, seen on an H200 with torch 2.11), so the store is judged by this."""
