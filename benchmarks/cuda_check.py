@@ -658,6 +658,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="smaller runs (a smoke test of the script)")
     parser.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
     parser.add_argument("--out", type=Path, default=OUT, help="where the JSON goes (default benchmarks/results)")
+    parser.add_argument("--note", default="", help="what this run is for, kept in the JSON and shown in RESULTS.md")
     parser.add_argument(
         "--deadline", type=float, metavar="SECONDS",
         help="end within this many seconds: the step running then is cut off and the rest are skipped, each said so"
@@ -689,7 +690,7 @@ def main() -> int:
         if running is not None:
             error = "cut off by the run's --deadline inside native code"
             steps[running] = {**kept.get(running, {}), "status": "failed", "error": error}
-        write_report(path, gpu, args.quick, steps)
+        write_report(path, gpu, args.quick, steps, args.note)
 
     if args.deadline is not None:
         stop_at_deadline(args.deadline + DEADLINE_GRACE_S, report_cut_off)
@@ -700,7 +701,8 @@ def main() -> int:
             if name in args.skip
             else run_step(name, work, seconds_left, kept.get(name))
         )
-        write_report(path, gpu, args.quick, steps)  # after every step: a run cut short keeps what it measured
+        # after every step: a run cut short keeps what it measured
+        write_report(path, gpu, args.quick, steps, args.note)
     failed = [name for name, step in steps.items() if step["status"] == "failed"]
     print(f"wrote {path}; " + (f"FAILED: {', '.join(failed)}" if failed else "no step failed"))
     return 1 if failed else 0
@@ -721,14 +723,15 @@ def stop_at_deadline(seconds: float, write: Callable[[], None]) -> None:
     timer.start()
 
 
-def write_report(path: Path, gpu: str | None, quick: bool, steps: dict[str, dict]) -> None:
-    """Write the steps run so far, with the machine's description, as JSON."""
+def write_report(path: Path, gpu: str | None, quick: bool, steps: dict[str, dict], note: str = "") -> None:
+    """Write the steps run so far, with the machine's description (and the run's ``note``), as JSON."""
     data = {
         "gpu": gpu,
         "when": f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "quick": quick,
+        "note": note,
         "steps": steps,
     }
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")

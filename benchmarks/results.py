@@ -633,11 +633,14 @@ def cuda_section(data: dict, name: str) -> list[str]:
     """Section 8: what ``benchmarks/cuda_check.py`` found (or skipped, without a GPU)."""
     steps = data["steps"]
     gpu = data["gpu"] or "no GPU on the machine that ran it"
+    chosen = [step for step, report in steps.items() if report.get("reason") != "--skip"]
     lines = [
-        f"## 9. CUDA check: {gpu}" + (" (--quick, chosen steps)" if data["quick"] else ""),
+        f"## 9. CUDA check: {gpu}, {data['when']}"
+        + (" (--quick)" if data["quick"] else "")
+        + (f" (steps run: {', '.join(chosen)})" if len(chosen) < len(steps) else ""),
         "",
-        f"`python benchmarks/cuda_check.py` on {data['when']} (torch {data['torch']}, CUDA {data['cuda']}); "
-        f"`benchmarks/results/{name}`.",
+        f"`python benchmarks/cuda_check.py` (torch {data['torch']}, CUDA {data['cuda']}); "
+        f"`benchmarks/results/{name}`." + (f" {data['note']}" if data.get("note") else ""),
         "",
     ]
     rows = []
@@ -685,10 +688,14 @@ def cuda_section(data: dict, name: str) -> list[str]:
             )
             detail += f"; greedy answer on CUDA and CPU {same}; NVML: {gpus or report['probe']['gpu_status']}"
         if step == "kernels" and "rows" in report:
-            int4 = [r for r in report["rows"] if r["format"] == "int4"]
+            shown = ("int4", "int8", "int8 (dequantized on use)")
             detail = ", ".join(
-                f"{r['shape']} int4 {1000 * r['median_s_1']:.2f} ms ({r['vs_bf16']:.2f}x bf16)" for r in int4
+                f"{r['shape']} {r['format']} {1000 * r['median_s_1']:.2f} ms ({r['vs_bf16']:.2f}x bf16)"
+                for r in report["rows"]
+                if r["format"] in shown
             )
+        if step == "mixtral" and report.get("configurations"):
+            detail = "decode speeds in the table below"
         seconds = f"{report['seconds']:.0f}" if "seconds" in report else "-"  # a --skip never ran
         rows.append([step, report["status"], seconds, detail.replace("|", "/")])
     lines += [table(["step", "status", "s", "result"], rows), ""]

@@ -19,12 +19,12 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     script = REPO / "benchmarks" / "cuda_check.py"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        [sys.executable, str(script), "--quick", "--note", "why this run", "--out", str(tmp_path)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     data = json.loads((tmp_path / "cuda-check-cpu-only.json").read_text())
-    assert data["gpu"] is None
+    assert data["gpu"] is None and data["note"] == "why this run"
     steps = data["steps"]
     skipped = {name for name, step in steps.items() if step["status"] == "skipped"}
     assert skipped == {"tests", "streams", "syncs", "overhead", "transfer", "cli", "fit", "mixtral"}
@@ -32,7 +32,7 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     kernels = steps["kernels"]
     assert kernels["status"] == "passed" and kernels["device"] == "cpu"
     formats = {row["format"]: row for row in kernels["rows"]}
-    assert {"bf16", "int4", "int8", "hqq2 (unfused)"} <= set(formats)
+    assert {"bf16", "int4", "int8", "int8 (dequantized on use)", "hqq2 (unfused)"} <= set(formats)
     assert all(row["median_s_1"] > 0 and row["bound_s"] > 0 for row in formats.values())
     assert "no step failed" in done.stdout
 
@@ -73,13 +73,35 @@ def test_decode_speed_counts_misses_the_host_computed_apart_from_copies() -> Non
         om.close()
 
 
+def test_results_name_each_cuda_run_by_its_time_the_steps_it_ran_and_its_note() -> None:
+    results = _benchmark("results")
+    run = {"gpu": "NVIDIA H200", "when": "2026-12-04 14:39 UTC", "torch": "2.11", "cuda": "13.0", "quick": False}
+    steps = {
+        "tests": {"status": "passed", "summary": "29 passed", "seconds": 24.0},
+        "fit": {"status": "skipped", "reason": "--skip"},
+    }
+    lines = results.cuda_section({**run, "note": "After the fix.", "steps": steps}, "cuda-nvidia-h200-tests.json")
+    assert lines[0] == "## 9. CUDA check: NVIDIA H200, 2026-12-04 14:39 UTC (steps run: tests)"
+    assert lines[2].endswith("`benchmarks/results/cuda-nvidia-h200-tests.json`. After the fix.")
+    assert "| fit | skipped | - | --skip |" in "\n".join(lines).splitlines()
+    older = results.cuda_section({**run, "steps": {"tests": steps["tests"]}}, "cuda-nvidia-h200.json")
+    assert older[0] == "## 9. CUDA check: NVIDIA H200, 2026-12-04 14:39 UTC"  # every step ran; no note was kept
+    assert older[2].endswith("`benchmarks/results/cuda-nvidia-h200.json`.")
+
+
 def _cuda_check():
+    return _benchmark("cuda_check")
+
+
+def _benchmark(name: str):
+    """A script of benchmarks/ imported as a module."""
+    import importlib
+
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import cuda_check
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    return cuda_check
 
 
 def test_a_failed_step_keeps_what_it_had_measured() -> None:
