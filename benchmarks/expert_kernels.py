@@ -1,12 +1,12 @@
 """Per-expert compute time of every expert format at real models' expert shapes, next to the memory bound.
 
 For Mixtral-8x7B (hidden 4096, expert width 14336) and Qwen3-30B-A3B (hidden 2048, expert width 768) it packs
-one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels; 2 and 3 bits
-expanded chunk by chunk for the int4 kernel; HQQ 4, 3 and 2 bits dequantized on every use), then times
-``format.forward`` for one token (and for 8 tokens) on this machine: the median of several runs after a
-warm-up. Next to each time stands the bound a decode step cannot
-beat, the format's bytes divided by the streaming read bandwidth measured in the same run (one pass over a
-1 GiB buffer with every core), and the ratio to bf16.
+one expert with random weights in each format (bf16; int4 and int8 with PyTorch's fused kernels, int8's values
+converted to bf16 on every use on CUDA; 2 and 3 bits expanded chunk by chunk for the int4 kernel; HQQ 4, 3 and 2
+bits dequantized on every use), then times ``format.forward`` for one token (and for 8 tokens) on this machine:
+the median of several runs after a warm-up. Next to each time stands the bound a decode step cannot beat, the
+format's bytes divided by the streaming read bandwidth measured in the same run (one pass over a 1 GiB buffer
+with every core), and the ratio to bf16.
 
 Quantization uses HQQ without its optimiser (min-max rounding): the kernels' speed does not depend on how the
 zero points were chosen, and the optimiser would take minutes per Mixtral expert on a small CPU.
@@ -49,19 +49,6 @@ FORMATS = (  # (label, bits, fused)
     ("hqq3 (unfused)", 3, False),
     ("hqq2 (unfused)", 2, False),
 )
-
-
-INT8_DEQUANTIZED = "int8 (dequantized on use)"
-
-
-def int8_dequantized(views: tuple, x: torch.Tensor, glu) -> torch.Tensor:
-    """The int8 format's expert computed another way: its weights converted to the compute dtype on every use,
-    then dense products with the per-row scales applied to their outputs (exact: a row's scale is a factor of
-    every output of that row). A candidate for CUDA, where the int8 kernel took 12x bf16's time at Mixtral's
-    shape; measured here, not used by the engine."""
-    gate_up, down, gate_up_scales, down_scales = views
-    gate, up = (F.linear(x, gate_up.to(x.dtype)) * gate_up_scales).chunk(2, dim=-1)
-    return F.linear(glu(gate, up), down.to(x.dtype)) * down_scales
 
 
 def read_bandwidth(device: torch.device, runs: int) -> float:
@@ -107,16 +94,14 @@ def measure_shape(name: str, hidden: int, width: int, device: torch.device, runs
         pack_s = time.perf_counter() - start
         buffer = buffer.to(device)
         views = fmt.views(buffer)
-        forwards = [(label, fmt.forward)] + ([(INT8_DEQUANTIZED, int8_dequantized)] if label == "int8" else [])
-        for row_label, forward in forwards:
-            row = {"shape": name, "format": row_label, "nbytes": fmt.nbytes, "pack_s": pack_s, "fused": fmt.fused}
-            for tokens in (1, 8):
-                x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
-                samples = timings(lambda x=x, forward=forward, views=views: forward(views, x, swiglu), device, runs)
-                row[f"median_s_{tokens}"] = statistics.median(samples)
-            row["bound_s"] = fmt.nbytes / bandwidth
-            rows.append(row)
-            print(f"{name:>14} {row_label:>15}: {1000 * row['median_s_1']:8.2f} ms/token", flush=True)
+        row = {"shape": name, "format": label, "nbytes": fmt.nbytes, "pack_s": pack_s, "fused": fmt.fused}
+        for tokens in (1, 8):
+            x = torch.randn(tokens, hidden, dtype=torch.bfloat16, device=device)
+            samples = timings(lambda x=x, fmt=fmt, views=views: fmt.forward(views, x, swiglu), device, runs)
+            row[f"median_s_{tokens}"] = statistics.median(samples)
+        row["bound_s"] = fmt.nbytes / bandwidth
+        rows.append(row)
+        print(f"{name:>14} {label:>15}: {1000 * row['median_s_1']:8.2f} ms/token", flush=True)
     base = next(r for r in rows if r["format"] == "bf16")["median_s_1"]
     for row in rows:
         row["vs_bf16"] = row["median_s_1"] / base

@@ -688,7 +688,7 @@ def cuda_section(data: dict, name: str) -> list[str]:
             )
             detail += f"; greedy answer on CUDA and CPU {same}; NVML: {gpus or report['probe']['gpu_status']}"
         if step == "kernels" and "rows" in report:
-            shown = ("int4", "int8", "int8 (dequantized on use)")
+            shown = ("int4", "int8", "int8 (dequantized on use)")  # the last: runs before int8 did so on CUDA
             detail = ", ".join(
                 f"{r['shape']} {r['format']} {1000 * r['median_s_1']:.2f} ms ({r['vs_bf16']:.2f}x bf16)"
                 for r in report["rows"]

@@ -5,7 +5,8 @@ up the same parts:
 
 * ``weights``: the resident, non-expert weights (attention, embeddings, norms, routers, shared experts);
 * ``slots``: k expert slots per MoE layer at the expert format's packed size;
-* ``workspace``: the dequantization workspace of an unfused quantized format (one expert at compute dtype);
+* ``workspace``: the dequantization workspace of an unfused quantized format (one expert at compute dtype), or
+  of int8 on CUDA (gate-up at compute dtype);
 * ``kv_cache``: keys and values of every decoder layer for ``context`` tokens rounded up to whole blocks of
   ``KV_BLOCK`` (MLA models cache the decompressed per-head keys and values, as transformers' implementation does);
 * ``activations``: the hidden states of one prefill chunk of ``PREFILL_CHUNK`` tokens (answers prefill in

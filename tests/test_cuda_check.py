@@ -32,7 +32,7 @@ def test_without_a_gpu_the_check_runs_the_cpu_parts_and_names_every_skip(tmp_pat
     kernels = steps["kernels"]
     assert kernels["status"] == "passed" and kernels["device"] == "cpu"
     formats = {row["format"]: row for row in kernels["rows"]}
-    assert {"bf16", "int4", "int8", "int8 (dequantized on use)", "hqq2 (unfused)"} <= set(formats)
+    assert {"bf16", "int4", "int8", "hqq2 (unfused)"} <= set(formats)
     assert all(row["median_s_1"] > 0 and row["bound_s"] > 0 for row in formats.values())
     assert "no step failed" in done.stdout
 

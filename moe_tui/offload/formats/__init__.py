@@ -7,7 +7,8 @@ kernel reads, so computing with a cached expert reads only those bytes:
 * :class:`~.int4.Int4Format` (4 bits): HQQ's quantization, converted to PyTorch's own int4 kernels
   (``_weight_int4pack_mm_for_cpu`` on CPU, ``_weight_int4pack_mm`` on CUDA), whose packed layout differs
   between the two devices;
-* :class:`~.int8.Int8Format` (8 bits): per-output-channel int8 with PyTorch's ``_weight_int8pack_mm``;
+* :class:`~.int8.Int8Format` (8 bits): per-output-channel int8 with PyTorch's ``_weight_int8pack_mm`` on a CPU,
+  converted to the compute dtype in a workspace on every use on CUDA (where that kernel is slow);
 * :class:`~.int2.Int2Format` (2 bits on CPU): HQQ's 2-bit values in the int4 kernel's layout, two packed bytes
   per stored byte, expanded a cache-sized chunk at a time before the int4 kernel;
 * :class:`~.int3.Int3Format` (3 bits on CPU): the same for 3-bit values, three stored bytes for four of the
