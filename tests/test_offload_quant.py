@@ -195,3 +195,53 @@ def test_headless_progress_draws_a_bar_per_stage_with_time_left_on_a_terminal_on
     pipe = io.StringIO()
     TerminalProgress(pipe)("quantizing experts to 4 bits", 1, 4)
     assert pipe.getvalue() == ""
+
+
+def test_deferred_compilation_compiles_each_function_once_on_its_first_call_with_its_options() -> None:
+    compiled: list[tuple[str, dict]] = []
+
+    def compile_now(function, **options):
+        compiled.append((function.__name__, options))
+        return lambda *args, **kwargs: ("compiled", function(*args, **kwargs))
+
+    deferred = offload_quant.compile_on_first_call(compile_now)
+
+    @deferred()
+    def double(x):
+        return 2 * x
+
+    @deferred(mode="max-autotune")
+    def negate(x):
+        return -x
+
+    square = deferred(lambda x: x * x)
+    assert compiled == [] and double.__name__ == "double"  # decorating compiles nothing
+    assert double(3) == ("compiled", 6) and double(x=4) == ("compiled", 8)
+    assert negate(1) == ("compiled", -1) and square(5) == ("compiled", 25)
+    assert compiled == [("double", {}), ("negate", {"mode": "max-autotune"}), ("<lambda>", {})]
+
+
+HQQ_IMPORT_CHECK = """
+import sys, torch
+compile_before = torch.compile
+from moe_tui.offload.loader import load_offloaded
+from moe_tui.offload import OffloadConfig
+from moe_tui.paths import DEMO_MODEL_DIR
+om = load_offloaded(DEMO_MODEL_DIR, OffloadConfig(cache_size=2), progress=lambda *report: None)
+print(sorted(name for name in ("hqq.core.quantize", "transformers.cache_utils", "torch._inductor.compile_fx")
+             if name in sys.modules), torch.compile is compile_before)
+"""
+
+
+def test_loading_a_model_imports_hqq_without_importing_torchinductor() -> None:
+    """hqq's import-time torch.compile decorators imported TorchInductor: 1.8 of the demo's 8.3 s to load."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", HQQ_IMPORT_CHECK], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "['hqq.core.quantize', 'transformers.cache_utils'] True"

@@ -38,6 +38,7 @@ from moe_tui.offload.build import (
 from moe_tui.offload.checkpoint import Checkpoint
 from moe_tui.offload.formats import ExpertFormat
 from moe_tui.offload.model import OffloadedModel, Progress
+from moe_tui.offload.quant import import_hqq
 from moe_tui.params.config import one_line
 from moe_tui.paths import DEMO_MODEL_DIR, DEMO_MODEL_NAME
 
@@ -163,6 +164,7 @@ def load_offloaded(
         from transformers import GenerationConfig
 
         directory = resolve_model_dir(path_or_hub_id)
+        import_hqq()  # before transformers imports it: without its import-time compilation (seconds)
         model, moe, quantized, dtype = _meta_model(directory, cfg.torch_dtype())
     plan = plan_offload(cfg, moe, dtype, model.config)
     progress("opening the model", 1, 1)

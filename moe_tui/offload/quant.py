@@ -5,12 +5,59 @@ The expert formats (:mod:`moe_tui.offload.formats`) build on :func:`quantize_mat
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from moe_tui.offload.arch import MoEModel
+
+HQQ_MODULE = "hqq.core.quantize"
+
+
+def import_hqq() -> None:
+    """Import HQQ's quantizer with ``torch.compile`` deferred to the first call of each function it decorates.
+
+    hqq decorates three methods of its linear layers (backends moe-tui does not use) with ``torch.compile()``
+    as it is imported, and decorating imports TorchInductor; transformers imports hqq, when it is installed,
+    as soon as a model's code loads (for its quantized KV cache). Deferring that took loading the demo model from
+    8.3 to 6.5 s on a 2-core CPU (``moe-tui ask``'s start, and the dashboard's). The loader calls this before
+    transformers loads a model's code; nothing happens once hqq is imported, or where it is not installed.
+    """
+    if HQQ_MODULE in sys.modules:
+        return
+    compile_now = torch.compile
+    torch.compile = compile_on_first_call(compile_now)
+    try:
+        __import__(HQQ_MODULE)
+    except ImportError:  # transformers will not import it either
+        pass
+    finally:
+        torch.compile = compile_now
+
+
+def compile_on_first_call(compile_now: Callable) -> Callable:
+    """A stand-in for ``torch.compile`` (called as ``compile_now`` is, with a function or as a decorator factory)
+    whose functions call ``compile_now`` with the same options only when first called."""
+
+    def deferred(function: Callable | None = None, **options):
+        if function is None:
+            return lambda decorated: deferred(decorated, **options)
+        compiled = None
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            nonlocal compiled
+            if compiled is None:
+                compiled = compile_now(function, **options)
+            return compiled(*args, **kwargs)
+
+        return call
+
+    return deferred
 
 
 def pack_factor(bits: int) -> tuple[int, torch.dtype]:
