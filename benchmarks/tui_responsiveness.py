@@ -151,7 +151,7 @@ def main() -> None:
     config.save_settings(config.Settings(generation={"temperature": 0.0, "max_new_tokens": args.tokens}))
     session = ChatSession.load(None, OffloadConfig(**offload))
     headless_run(session, settings)  # warm-up
-    app = MoeTuiApp(LaunchOptions(**offload))
+    app = MoeTuiApp(LaunchOptions(engine=OffloadConfig(**offload)))
     load_before = os.getloadavg()
     headless: list[float] = []
     dashboard: list[dict[str, object]] = []

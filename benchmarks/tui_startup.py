@@ -31,39 +31,61 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-READY_TEXT = "ready · ctrl+j"
+READY_TEXT = " ready · "  # the status line once the model is loaded ("demo-mixtral ready · esc stops an answer")
 LOADING_TEXT = "Loading the demo model"
 HELP_TEXT = "moe-tui keys"
 
 
 def child() -> None:
-    """Run the app headless and print when it became interactive and when the model was ready."""
+    """Run the app headless and print when it became interactive and when the model was ready; exit 1 when a
+    screen no longer shows the text the tmux measure waits for (which would then wait in vain)."""
     started = float(os.environ["MOE_TUI_BENCH_T0"])
     sys.path.insert(0, str(REPO))
     from textual import events
+    from textual.widgets import Static
 
+    from moe_tui.offload import OffloadConfig
     from moe_tui.tui.app import MoeTuiApp
     from moe_tui.tui.backend import LaunchOptions
     from moe_tui.tui.screens.help import HelpScreen
+    from moe_tui.tui.screens.loading import LoadingScreen
 
-    app = MoeTuiApp(LaunchOptions(device="cpu"))
+    app = MoeTuiApp(LaunchOptions(engine=OffloadConfig(device="cpu")))
     times: dict[str, float] = {}
+    unseen: list[str] = []
+
+    def shows(screen, text: str) -> bool:
+        return any(text in str(widget.content) for widget in screen.query(Static))
+
+    async def expect(screen, text: str) -> None:
+        """Note ``text`` as unseen unless ``screen`` shows it within 30 s (its widgets may still be mounting)."""
+        deadline = time.monotonic() + 30
+        while not shows(screen, text) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if not shows(screen, text):
+            unseen.append(text)
 
     async def main() -> None:
         async with app.run_test(size=(120, 40)) as pilot:
-            while app.screen.id != "loading":
+            while not isinstance(app.screen, LoadingScreen):
                 await asyncio.sleep(0.001)
             times["first screen"] = time.time() - started
+            loading = app.screen
             app._driver.send_message(events.Key("f1", None))
             while not isinstance(app.screen, HelpScreen):
                 await asyncio.sleep(0.001)
             times["interactive"] = time.time() - started
+            await expect(app.screen, HELP_TEXT)  # the texts are checked after the times they would delay
+            await expect(loading, LOADING_TEXT)
             await pilot.press("escape")
             while not app.main.backend.can_chat:
                 await asyncio.sleep(0.005)
             times["model ready"] = time.time() - started
+            await expect(app.screen, READY_TEXT)
 
     asyncio.run(main())
+    if unseen:
+        sys.exit(f"the app no longer shows {unseen}: update this script's texts")
     print(json.dumps(times))
 
 
