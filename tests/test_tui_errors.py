@@ -715,3 +715,61 @@ def test_a_history_that_fills_mid_answer_lets_the_answer_finish_and_says_what_wa
         assert "error" not in str(app.main.query_one("#chat-status").render())
 
     run(app, check)
+
+
+QUIT_WHILE_LOADING = """
+import asyncio, sys, threading, time
+from pathlib import Path
+from tui_fakes import FakeProbe
+from moe_tui.commands.chat import run_until_quit
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions
+
+loading = threading.Event()
+
+def slow_loader(options, progress):
+    loading.set()
+    time.sleep(120)  # one call without a progress report, as importing torch is: it cannot be interrupted
+
+async def quit_once_loading(pilot):
+    while not loading.is_set():
+        await asyncio.sleep(0.01)
+    await pilot.press("ctrl+q")
+
+app = MoeTuiApp(LaunchOptions(), loader=slow_loader, probe=FakeProbe())
+run_until_quit(app, lambda: Path(sys.argv[1]).write_text("cleaned up"), headless=True, auto_pilot=quit_once_loading)
+print("returned, so the process would have waited for the load")
+"""
+
+
+def test_quitting_while_a_model_loads_ends_the_process_without_waiting_for_the_load(tmp_path: Path) -> None:
+    """Quitting during the demo's start (torch's import) waited 7 s for the load with the terminal given back."""
+    env = {
+        **dict(__import__("os").environ),
+        "PYTHONPATH": str(Path(__file__).parent),
+        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
+    }
+    marker = tmp_path / "cleanup"
+    # the load sleeps 120 s: a process that waited for it would run past this timeout and fail the test
+    done = subprocess.run(
+        [sys.executable, "-c", QUIT_WHILE_LOADING, str(marker)], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "returned" not in done.stdout
+    assert marker.read_text() == "cleaned up"
+
+
+def test_quitting_after_the_load_returns_the_exit_code_and_cleans_up() -> None:
+    from moe_tui.commands.chat import run_until_quit
+
+    def failing_loader(options: LaunchOptions, progress) -> None:
+        raise UserError("no such model")
+
+    async def quit_after_the_load(pilot: Pilot) -> None:
+        await wait_for(pilot, lambda: pilot.app.loading_screen is None and not pilot.app.model_loading, timeout=30)
+        pilot.app.exit()
+
+    cleaned: list[str] = []
+    app = MoeTuiApp(LaunchOptions(), loader=failing_loader, probe=FakeProbe())
+    code = run_until_quit(app, lambda: cleaned.append("done"), headless=True, auto_pilot=quit_after_the_load)
+    assert code == 0 and cleaned == ["done"]

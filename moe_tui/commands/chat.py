@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import atexit
+import asyncio
 import os
 import shutil
 import sys
@@ -184,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args, settings.engine)
     if not sys.stdout.isatty():
         raise UserError("the dashboard needs an interactive terminal (stdout is not a TTY)")
+    stdin_copy: Path | None = None
     if options.replay == "-":
-        options = replace(options, replay=str(_trace_from_stdin()))
+        stdin_copy = _trace_from_stdin()
+        options = replace(options, replay=str(stdin_copy))
     elif not _is_terminal(sys.stdin):  # the app would start and never see a key, ctrl+q included
         raise UserError(
             "the dashboard reads its keys from the terminal, but stdin is not one: run it without redirecting "
@@ -194,13 +196,44 @@ def run(args: argparse.Namespace) -> int:
     from moe_tui.tui.app import MoeTuiApp
 
     app = MoeTuiApp(options, theme=args.theme)
-    code = app.run() or 0
-    if app.model_loading:
-        # A model still loading in its worker thread cannot be interrupted; everything the user wrote is
-        # already committed, so leave now instead of waiting for the load to finish.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+
+    def remove_stdin_copy() -> None:
+        if stdin_copy is not None:
+            shutil.rmtree(stdin_copy.parent, ignore_errors=True)
+
+    return run_until_quit(app, remove_stdin_copy)
+
+
+def run_until_quit(app: Any, cleanup: Callable[[], None] = lambda: None, **run_options: Any) -> int:
+    """Run ``app`` (a Textual app with ``model_loading``) until the user quits, call ``cleanup``, and return
+    its exit code; ``run_options`` go to ``app.run``.
+
+    A model still loading when the user quits is in a worker thread that cannot be interrupted before its next
+    progress report, and an import reports none: quitting during the demo's start waited 7 s with the terminal
+    already given back. ``asyncio.run`` (what ``App.run`` uses by default) waits for that thread as it closes its
+    loop, so the app runs on a loop of this function's own; when a load is still under way after the app has
+    closed (the database, the settings, the probe: everything the user wrote is committed), the process ends at
+    once, skipping the interpreter's shutdown, which would wait for the thread too.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        try:
+            code = app.run(loop=loop, **run_options) or 0
+        finally:
+            cleanup()
+        if app.model_loading:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())  # the app's other workers end on their own
+    finally:
+        loop.close()
     return code
 
 
@@ -222,8 +255,11 @@ def _trace_from_stdin() -> Path:
     os.dup2(terminal, 0)
     os.close(terminal)
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 (the process's own stdin, never closed)
-    directory = Path(tempfile.mkdtemp(prefix="moe-tui-"))
-    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix="moe-tui-"))  # removed when the app ends (run_until_quit)
     path = directory / "stdin.jsonl"
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
     return path
