@@ -574,7 +574,7 @@ def test_chat_command_starts_and_closes_the_app(
 
     started: list[LaunchOptions] = []
 
-    def fake_run(self) -> int:
+    def fake_run(self, **run_options) -> int:
         started.append(self.options)
         return 0
 
@@ -773,3 +773,37 @@ def test_quitting_after_the_load_returns_the_exit_code_and_cleans_up() -> None:
     app = MoeTuiApp(LaunchOptions(), loader=failing_loader, probe=FakeProbe())
     code = run_until_quit(app, lambda: cleaned.append("done"), headless=True, auto_pilot=quit_after_the_load)
     assert code == 0 and cleaned == ["done"]
+
+
+INTERRUPTED = """
+import asyncio, os, signal
+from tui_fakes import FakeProbe
+from moe_tui.commands.chat import run_until_quit
+from moe_tui.errors import UserError
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions
+
+def failing_loader(options, progress):
+    raise UserError("no such model")
+
+async def interrupt(pilot):
+    while pilot.app.loading_screen is not None or pilot.app.model_loading:
+        await asyncio.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)  # the app must quit by itself now
+
+app = MoeTuiApp(LaunchOptions(), loader=failing_loader, probe=FakeProbe())
+print("returned", run_until_quit(app, headless=True, auto_pilot=interrupt))
+"""
+
+
+def test_a_sigint_from_outside_quits_the_app_cleanly(tmp_path: Path) -> None:
+    """Under asyncio.run a SIGINT quit the app; on run_until_quit's own loop it first went unnoticed, then left
+    the terminal unrestored with exit code 130."""
+    env = {
+        **dict(__import__("os").environ),
+        "PYTHONPATH": str(Path(__file__).parent),
+        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
+    }
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED], env=env, capture_output=True, text=True, timeout=50)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "returned 0"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
@@ -216,6 +218,8 @@ def run_until_quit(app: Any, cleanup: Callable[[], None] = lambda: None, **run_o
     once, skipping the interpreter's shutdown, which would wait for the thread too.
     """
     loop = asyncio.new_event_loop()
+    with contextlib.suppress(NotImplementedError):  # (Windows' loops take no signal handlers)
+        loop.add_signal_handler(signal.SIGINT, app.exit)  # a SIGINT from outside quits, as under asyncio.run
     try:
         try:
             code = app.run(loop=loop, **run_options) or 0
