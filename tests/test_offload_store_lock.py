@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from moe_tui import cli, paths
-from moe_tui.offload.store_lock import WAITING, is_locked, lock_path, store_lock
+from moe_tui.offload.store_lock import WAITING, is_locked, lock_path, store_lock, working_on_a_store
 
 TESTS = Path(__file__).parent
 
@@ -189,3 +189,13 @@ def test_a_file_system_without_locks_works_unlocked(tmp_path: Path, monkeypatch:
     with store_lock(entry, lambda *report: reports.append(report)):
         assert not is_locked(entry)
     assert reports == [] and not lock_path(entry).exists()
+
+
+def test_the_process_knows_while_one_of_its_threads_works_on_an_entry(tmp_path: Path) -> None:
+    """Quitting the app ends the process at once unless a store is being written (run_until_quit)."""
+    assert not working_on_a_store()
+    with store_lock(None, lambda *report: None):  # no saved store: nothing on disk
+        assert not working_on_a_store()
+    with store_lock(tmp_path / "entry", lambda *report: None):
+        assert working_on_a_store()
+    assert not working_on_a_store()

@@ -759,6 +759,56 @@ def test_quitting_while_a_model_loads_ends_the_process_without_waiting_for_the_l
     assert marker.read_text() == "cleaned up"
 
 
+QUIT_WHILE_SAVING = """
+import asyncio, sys, threading, time
+from pathlib import Path
+from tui_fakes import FakeProbe
+from moe_tui.commands.chat import run_until_quit
+from moe_tui.offload.store_lock import store_lock
+from moe_tui.tui.app import MoeTuiApp
+from moe_tui.tui.backend import LaunchOptions
+
+entry = Path(sys.argv[1])
+writing = threading.Event()
+
+def saving_loader(options, progress):
+    with store_lock(entry, progress):  # as a build does, which removes its partial file when it is stopped
+        partial = entry / "experts.bin.partial"
+        entry.mkdir()
+        partial.write_bytes(bytes(1000))
+        writing.set()
+        try:
+            for expert in range(60):
+                time.sleep(2)  # an expert under HQQ's optimiser: the app closes well before the next report
+                progress("quantizing experts to 4 bits", expert, 60)  # raises once the app is closed
+        finally:
+            partial.unlink()
+
+async def quit_while_writing(pilot):
+    while not writing.is_set():
+        await asyncio.sleep(0.01)
+    await pilot.press("ctrl+q")
+
+app = MoeTuiApp(LaunchOptions(), loader=saving_loader, probe=FakeProbe())
+print("returned", run_until_quit(app, headless=True, auto_pilot=quit_while_writing))
+"""
+
+
+def test_quitting_while_a_store_is_written_waits_for_the_load_to_remove_its_partial_file(tmp_path: Path) -> None:
+    env = {
+        **dict(__import__("os").environ),
+        "PYTHONPATH": str(Path(__file__).parent),
+        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
+    }
+    entry = tmp_path / "entry"
+    done = subprocess.run(
+        [sys.executable, "-c", QUIT_WHILE_SAVING, str(entry)], env=env, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "returned 0"  # the load was waited for, not cut off
+    assert entry.is_dir() and not any(entry.iterdir())
+
+
 def test_quitting_after_the_load_returns_the_exit_code_and_cleans_up() -> None:
     from moe_tui.commands.chat import run_until_quit
 

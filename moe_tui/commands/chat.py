@@ -215,7 +215,8 @@ def run_until_quit(app: Any, cleanup: Callable[[], None] = lambda: None, **run_o
     already given back. ``asyncio.run`` (what ``App.run`` uses by default) waits for that thread as it closes its
     loop, so the app runs on a loop of this function's own; when a load is still under way after the app has
     closed (the database, the settings, the probe: everything the user wrote is committed), the process ends at
-    once, skipping the interpreter's shutdown, which would wait for the thread too.
+    once, skipping the interpreter's shutdown, which would wait for the thread too; unless the load is writing a
+    quantized store, which stops at its next expert and removes what it wrote (see :func:`_writing_a_store`).
     """
     loop = asyncio.new_event_loop()
     with contextlib.suppress(NotImplementedError):  # (Windows' loops take no signal handlers)
@@ -225,7 +226,7 @@ def run_until_quit(app: Any, cleanup: Callable[[], None] = lambda: None, **run_o
             code = app.run(loop=loop, **run_options) or 0
         finally:
             cleanup()
-        if app.model_loading:
+        if app.model_loading and not _writing_a_store():
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
@@ -239,6 +240,14 @@ def run_until_quit(app: Any, cleanup: Callable[[], None] = lambda: None, **run_o
     finally:
         loop.close()
     return code
+
+
+def _writing_a_store() -> bool:
+    """Whether the load is working on a saved quantized store: then it is waited for, since it stops at its next
+    progress report (an expert) and removes its partial files. Asked without importing the engine, which the
+    loading thread may be importing (waiting on that import would be the wait this avoids)."""
+    store_lock = sys.modules.get("moe_tui.offload.store_lock")
+    return store_lock is not None and store_lock.working_on_a_store()
 
 
 def _is_terminal(stream: TextIO | None) -> bool:

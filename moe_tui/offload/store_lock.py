@@ -27,6 +27,13 @@ except ImportError:  # pragma: no cover - Windows
 
 POLL_S = 0.2  # how often a waiting start tries the lock again
 WAITING = "waiting for another moe-tui saving this store"
+_WORKING: list[Path] = []  # the entries threads of this process hold (or work on unlocked) now
+
+
+def working_on_a_store() -> bool:
+    """Whether a thread of this process is checking, building or saving a store entry now: a process that
+    ended at once would leave the entry's partial files (gigabytes, until a later start discards them)."""
+    return bool(_WORKING)
 
 
 def lock_path(directory: Path) -> Path:
@@ -42,9 +49,13 @@ def store_lock(directory: Path | None, report: Callable[[str, int, int], None]) 
     The lock file is removed when the block ends, so the cache directory holds only the entries."""
     path = lock_path(directory) if directory is not None else None
     handle = _acquire(path, report) if path is not None else None
+    if directory is not None:
+        _WORKING.append(directory)
     try:
         yield
     finally:
+        if directory is not None:
+            _WORKING.remove(directory)
         if handle is not None:
             with contextlib.suppress(OSError):
                 path.unlink()  # still held: a start waiting on this file sees it gone and makes a new one
