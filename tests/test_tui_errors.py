@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -717,6 +718,19 @@ def test_a_history_that_fills_mid_answer_lets_the_answer_finish_and_says_what_wa
     run(app, check)
 
 
+def run_app_script(script: str, tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Run ``script`` (Python that drives the app with ``run_until_quit``) in a fresh process, with the test
+    helpers importable and the app's directories under ``tmp_path``: its exit is what these tests judge."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).parent),
+        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
+    }
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 QUIT_WHILE_LOADING = """
 import asyncio, sys, threading, time
 from pathlib import Path
@@ -744,16 +758,9 @@ print("returned, so the process would have waited for the load")
 
 def test_quitting_while_a_model_loads_ends_the_process_without_waiting_for_the_load(tmp_path: Path) -> None:
     """Quitting during the demo's start (torch's import) waited 7 s for the load with the terminal given back."""
-    env = {
-        **dict(__import__("os").environ),
-        "PYTHONPATH": str(Path(__file__).parent),
-        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
-    }
     marker = tmp_path / "cleanup"
     # the load sleeps 120 s: a process that waited for it would run past this timeout and fail the test
-    done = subprocess.run(
-        [sys.executable, "-c", QUIT_WHILE_LOADING, str(marker)], env=env, capture_output=True, text=True, timeout=90
-    )
+    done = run_app_script(QUIT_WHILE_LOADING, tmp_path, str(marker), timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "returned" not in done.stdout
     assert marker.read_text() == "cleaned up"
@@ -795,15 +802,8 @@ print("returned", run_until_quit(app, headless=True, auto_pilot=quit_while_writi
 
 
 def test_quitting_while_a_store_is_written_waits_for_the_load_to_remove_its_partial_file(tmp_path: Path) -> None:
-    env = {
-        **dict(__import__("os").environ),
-        "PYTHONPATH": str(Path(__file__).parent),
-        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
-    }
     entry = tmp_path / "entry"
-    done = subprocess.run(
-        [sys.executable, "-c", QUIT_WHILE_SAVING, str(entry)], env=env, capture_output=True, text=True, timeout=90
-    )
+    done = run_app_script(QUIT_WHILE_SAVING, tmp_path, str(entry), timeout=90)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "returned 0"  # the load was waited for, not cut off
     assert entry.is_dir() and not any(entry.iterdir())
@@ -849,11 +849,6 @@ print("returned", run_until_quit(app, headless=True, auto_pilot=interrupt))
 def test_a_sigint_from_outside_quits_the_app_cleanly(tmp_path: Path) -> None:
     """Under asyncio.run a SIGINT quit the app; on run_until_quit's own loop it first went unnoticed, then left
     the terminal unrestored with exit code 130."""
-    env = {
-        **dict(__import__("os").environ),
-        "PYTHONPATH": str(Path(__file__).parent),
-        **{f"MOE_TUI_{kind}_DIR": str(tmp_path / kind.lower()) for kind in ("DATA", "CONFIG", "CACHE")},
-    }
-    done = subprocess.run([sys.executable, "-c", INTERRUPTED], env=env, capture_output=True, text=True, timeout=50)
+    done = run_app_script(INTERRUPTED, tmp_path, timeout=50)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "returned 0"
